@@ -1,0 +1,91 @@
+//! Errors shared by the ports and the engine.
+
+use std::error::Error as StdError;
+
+use crate::order::{OrderId, ValidationError};
+use crate::repository::TransitionError;
+
+/// A backend failed: the database is down, a query failed, a connection broke.
+///
+/// `unavailable` separates failures that a retry may cure (the backend is unreachable or
+/// overloaded; an HTTP server answers 503) from the rest (500).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StorageError {
+    /// What failed, for logs; never shown to API clients.
+    pub message: String,
+    /// True when the backend could not be reached or is overloaded.
+    pub unavailable: bool,
+    /// The backend's own error.
+    #[source]
+    pub source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl StorageError {
+    /// A failure that retrying is unlikely to cure.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: false,
+            source: None,
+        }
+    }
+
+    /// The backend cannot be reached right now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: true,
+            source: None,
+        }
+    }
+
+    /// Attaches the backend's own error.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// Why [`OrderProcessor::submit`](crate::OrderProcessor::submit) refused an order.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The order broke a rule; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The repository failed; the order may not have been stored.
+    #[error("could not store the order")]
+    Storage(#[from] StorageError),
+}
+
+/// Why [`OrderProcessor::cancel`](crate::OrderProcessor::cancel) did not cancel.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No order has this id.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// Only a PENDING order can be cancelled.
+    #[error("order {id} is {status} and can no longer be cancelled")]
+    NotCancellable {
+        /// The order.
+        id: OrderId,
+        /// Its status now.
+        status: crate::OrderStatus,
+    },
+    /// The repository failed.
+    #[error("could not cancel the order")]
+    Storage(#[from] StorageError),
+}
+
+impl From<TransitionError> for CancelError {
+    fn from(err: TransitionError) -> Self {
+        match err {
+            TransitionError::NotFound(id) => CancelError::NotFound(id),
+            TransitionError::Conflict { id, current, .. } => CancelError::NotCancellable {
+                id,
+                status: current,
+            },
+            TransitionError::Storage(err) => CancelError::Storage(err),
+        }
+    }
+}

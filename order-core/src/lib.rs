@@ -1,0 +1,94 @@
+//! An order-processing engine to embed in a Rust service: it validates orders, stores them,
+//! and runs each through your processing step with leases, retries and crash recovery.
+//!
+//! ```
+//! use std::time::Duration;
+//! use order_core::{NewOrder, OrderProcessor, OrderStatus, SimulatedStep};
+//! use rust_decimal::Decimal;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(10))).build()?;
+//! let running = processor.start();
+//!
+//! let order = processor
+//!     .submit(NewOrder { user_id: "user-123".into(), item_ids: vec!["item1".into()], total_amount: Decimal::new(5999, 2) })
+//!     .await?;
+//! let done = processor.wait_until_done(order.id).await?.expect("the order exists");
+//! assert_eq!(done.status, OrderStatus::Completed);
+//!
+//! running.shutdown(Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - The domain, [`order`]: [`Order`], [`NewOrder`] and its validation, [`OrderStatus`] and
+//!   the transitions between statuses.
+//! - The ports, traits that the engine is written against:
+//!   [`Repository`] (where orders live, the source of truth), [`Queue`] (which orders wait
+//!   for a worker, and who holds which) and [`OrderHandler`] (what processing an order means
+//!   to you).
+//! - The engine, [`OrderProcessor`]: submit, get, cancel, metrics, and a claim loop that keeps
+//!   up to `concurrency` orders in the handler.
+//! - The adapters: [`InMemoryRepository`] and [`InMemoryQueue`] in [`memory`].
+//!
+//! # Concepts
+//!
+//! - A **claim** hands one queued order to one worker, with a **lease**: if the worker does not
+//!   finish, retry or renew before the lease runs out, the order goes to another worker.
+//! - Every claim has a fresh [`ClaimToken`]. Each change a worker makes, in the queue and in
+//!   the repository, is a compare-and-set **fenced** by that token, so a worker that lost its
+//!   lease can never overwrite what the worker after it wrote.
+//! - A failed attempt is **retried** with exponential backoff ([`RetryPolicy`]); when attempts
+//!   run out, or the handler says the error is permanent, the order is FAILED with its
+//!   `last_error`.
+//! - A **recovery sweep** treats the repository as the truth: at start and periodically it
+//!   re-queues PENDING orders, and PROCESSING orders whose lease ran out, that the queue does not
+//!   hold (after a crash, or with a queue that does not survive restarts).
+//!
+//! # Guarantees
+//!
+//! - An order [`OrderProcessor::submit`] accepted is stored before it returns, and is
+//!   processed until it is COMPLETED or FAILED (or CANCELLED before it started), however the
+//!   queue and workers fail, as long as the repository keeps it.
+//! - Delivery is at-least-once: a handler may see an order again after a crash or a lost
+//!   lease, so side effects should be keyed by the order id. Two workers never both record an
+//!   outcome for one order.
+//! - [`OrderProcessor::metrics`] costs the same with ten orders or ten million.
+//!
+//! # Features
+//!
+//! - `mock`: mockall's `MockRepository`, `MockQueue` and `MockOrderHandler`, for your tests.
+//! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`])
+//!   that every `Repository` and `Queue` must pass; run it against your own adapter.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod handler;
+pub mod memory;
+pub mod order;
+pub mod processor;
+pub mod queue;
+pub mod repository;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::{CancelError, StorageError, SubmitError};
+#[cfg(any(test, feature = "mock"))]
+pub use handler::MockOrderHandler;
+pub use handler::{HandlerError, OrderHandler, SimulatedStep};
+pub use memory::{InMemoryQueue, InMemoryRepository};
+pub use order::{
+    NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidatedOrder,
+    ValidationError,
+};
+pub use processor::{
+    BuildError, OrderProcessor, OrderProcessorBuilder, ProcessorHandle, RetryPolicy, ShutdownReport,
+};
+#[cfg(any(test, feature = "mock"))]
+pub use queue::MockQueue;
+pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
+#[cfg(any(test, feature = "mock"))]
+pub use repository::MockRepository;
+pub use repository::{OrderMetrics, Repository, StatusCounts, Transition, TransitionError};

@@ -1,0 +1,249 @@
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::time::Instant;
+
+use crate::error::StorageError;
+use crate::memory::lock;
+use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
+use crate::queue::ClaimToken;
+use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
+
+/// Orders kept in this process's memory: fast, and gone when the process exits.
+///
+/// Holds the same contract as the durable backends (see [`Repository`]); leases are measured
+/// on tokio's clock, so tests can drive them with `tokio::time::pause`.
+///
+/// ```
+/// # #[tokio::main] async fn main() {
+/// use order_core::{InMemoryRepository, NewOrder, Repository};
+/// use rust_decimal::Decimal;
+///
+/// let repository = InMemoryRepository::new();
+/// let order = NewOrder { user_id: "u".into(), item_ids: vec!["i".into()], total_amount: Decimal::ONE };
+/// let stored = repository.insert(&order.validate().unwrap()).await.unwrap();
+/// assert_eq!(repository.get(stored.id).await.unwrap(), Some(stored));
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct InMemoryRepository {
+    // A std mutex, not tokio's: no critical section awaits, and each is a few map operations,
+    // far cheaper than an async lock's bookkeeping.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every order, at index `id - 1`: ids are handed out densely from 1.
+    records: Vec<Record>,
+    /// Ids of PENDING and PROCESSING orders, so recovery never walks finished ones.
+    active: BTreeSet<OrderId>,
+    /// Updated with every write, so reading metrics costs nothing.
+    metrics: OrderMetrics,
+}
+
+#[derive(Debug)]
+struct Record {
+    order: Order,
+    /// The claim that holds a PROCESSING order, and until when.
+    holder: Option<(ClaimToken, Instant)>,
+}
+
+impl InMemoryRepository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Wall-clock time at the precision PostgreSQL keeps, so every backend shows the same times.
+fn wall_clock() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl State {
+    fn record_mut(&mut self, id: OrderId) -> Option<&mut Record> {
+        let index = usize::try_from(id.get() - 1).ok()?;
+        self.records.get_mut(index)
+    }
+
+    fn apply(&mut self, id: OrderId, transition: Transition) -> Result<Order, TransitionError> {
+        let now = wall_clock();
+        let monotonic_now = Instant::now();
+        let record = self.record_mut(id).ok_or(TransitionError::NotFound(id))?;
+        let from = record.order.status;
+        let target = transition.target();
+        let held_by = |claim: ClaimToken| {
+            from == OrderStatus::Processing && matches!(record.holder, Some((t, _)) if t == claim)
+        };
+        let lease_live = matches!(record.holder, Some((_, until)) if until > monotonic_now);
+        let allowed = match &transition {
+            Transition::Start { .. } => {
+                from == OrderStatus::Pending || (from == OrderStatus::Processing && !lease_live)
+            }
+            Transition::Renew { claim, .. }
+            | Transition::Complete { claim }
+            | Transition::Retry { claim, .. }
+            | Transition::Fail { claim, .. } => held_by(*claim),
+            Transition::Cancel => from == OrderStatus::Pending,
+        };
+        if !allowed {
+            let held_by_other = from == OrderStatus::Processing
+                && lease_live
+                && match &transition {
+                    Transition::Start { .. } | Transition::Cancel => true,
+                    Transition::Renew { claim, .. }
+                    | Transition::Complete { claim }
+                    | Transition::Retry { claim, .. }
+                    | Transition::Fail { claim, .. } => !held_by(*claim),
+                };
+            return Err(TransitionError::Conflict {
+                id,
+                current: from,
+                target,
+                held_by_other,
+            });
+        }
+
+        let renewal = matches!(transition, Transition::Renew { .. });
+        let order = &mut record.order;
+        match transition {
+            Transition::Start { claim, lease } => {
+                order.attempts = order.attempts.saturating_add(1);
+                order.processing_start_time.get_or_insert(now);
+                record.holder = Some((claim, monotonic_now + lease));
+            }
+            Transition::Renew { claim, lease } => {
+                record.holder = Some((claim, monotonic_now + lease));
+            }
+            Transition::Complete { .. } => {
+                order.processing_end_time = Some(now);
+                record.holder = None;
+            }
+            Transition::Retry { error, .. } => {
+                order.last_error = Some(error);
+                record.holder = None;
+            }
+            Transition::Fail { error, .. } => {
+                order.processing_end_time = Some(now);
+                order.last_error = Some(error);
+                record.holder = None;
+            }
+            Transition::Cancel => {}
+        }
+        // A renewal is bookkeeping, not news: it leaves `updated_at` alone.
+        if !renewal {
+            order.updated_at = now;
+        }
+        order.status = target;
+        let order = order.clone();
+
+        if from != target {
+            *self.metrics.statuses.get_mut(from) -= 1;
+            *self.metrics.statuses.get_mut(target) += 1;
+            if target.is_terminal() {
+                self.active.remove(&id);
+            }
+            if target == OrderStatus::Completed {
+                self.metrics.completed_processing_micros += processing_micros(&order);
+            }
+        }
+        Ok(order)
+    }
+}
+
+/// `processing_end_time - processing_start_time` in microseconds, 0 if either is missing.
+pub(crate) fn processing_micros(order: &Order) -> u64 {
+    match (order.processing_start_time, order.processing_end_time) {
+        (Some(start), Some(end)) => (end - start)
+            .num_microseconds()
+            .and_then(|micros| u64::try_from(micros).ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[async_trait]
+impl Repository for InMemoryRepository {
+    async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError> {
+        let now = wall_clock();
+        let mut state = lock(&self.state);
+        let raw_id = i64::try_from(state.records.len() + 1)
+            .map_err(|_| StorageError::other("order ids exhausted"))?;
+        let id = OrderId::new(raw_id).ok_or_else(|| StorageError::other("order ids exhausted"))?;
+        let stored = Order {
+            id,
+            user_id: order.user_id().to_owned(),
+            item_ids: order.item_ids().to_vec(),
+            total_amount: order.total_amount(),
+            status: OrderStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            processing_start_time: None,
+            processing_end_time: None,
+            attempts: 0,
+            last_error: None,
+        };
+        state.records.push(Record {
+            order: stored.clone(),
+            holder: None,
+        });
+        state.active.insert(id);
+        state.metrics.total_orders += 1;
+        state.metrics.statuses.pending += 1;
+        Ok(stored)
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        Ok(lock(&self.state)
+            .record_mut(id)
+            .map(|record| record.order.clone()))
+    }
+
+    async fn transition(
+        &self,
+        id: OrderId,
+        transition: Transition,
+    ) -> Result<Order, TransitionError> {
+        lock(&self.state).apply(id, transition)
+    }
+
+    async fn stranded(
+        &self,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StorageError> {
+        let now = Instant::now();
+        let state = lock(&self.state);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut found = Vec::new();
+        for &id in state.active.range((from, Bound::Unbounded)) {
+            if found.len() >= limit {
+                break;
+            }
+            let Some(record) = state
+                .records
+                .get(usize::try_from(id.get() - 1).unwrap_or(usize::MAX))
+            else {
+                continue;
+            };
+            let lapsed = match record.holder {
+                Some((_, until)) => until <= now,
+                None => true,
+            };
+            if record.order.status == OrderStatus::Pending
+                || (record.order.status == OrderStatus::Processing && lapsed)
+            {
+                found.push(id);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
+        Ok(lock(&self.state).metrics)
+    }
+}

@@ -1,0 +1,496 @@
+//! The domain: what an order is, what makes one valid, and how its status may change.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::Repository).
+///
+/// ```
+/// use order_core::OrderId;
+///
+/// let id: OrderId = "42".parse().unwrap();
+/// assert_eq!(id.get(), 42);
+/// assert!("0".parse::<OrderId>().is_err());
+/// assert!("abc".parse::<OrderId>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(i64);
+
+impl OrderId {
+    /// Wraps a raw id; `None` unless it is positive, as every assigned id is.
+    pub fn new(raw: i64) -> Option<Self> {
+        (raw > 0).then_some(Self(raw))
+    }
+
+    /// The raw integer, as stored and as shown in the API.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a text is not an [`OrderId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order id must be a positive integer no larger than {max}, got {input:?}", max = i64::MAX)]
+pub struct ParseOrderIdError {
+    /// The text that was offered, cut to 64 characters so an error never echoes a huge input.
+    pub input: String,
+}
+
+impl FromStr for OrderId {
+    type Err = ParseOrderIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<i64>()
+            .ok()
+            .and_then(OrderId::new)
+            .ok_or_else(|| ParseOrderIdError {
+                input: s.chars().take(64).collect(),
+            })
+    }
+}
+
+/// Where an order is in its life.
+///
+/// ```text
+///            cancel
+///   PENDING ────────► CANCELLED
+///    │   ▲
+///  start │ retry (handler failed, attempts left)
+///    ▼   │
+///   PROCESSING ──────► COMPLETED
+///        │  └────────► FAILED (attempts used up, or a permanent error)
+///        └── start (the lease ran out: another worker takes over)
+/// ```
+///
+/// COMPLETED, FAILED and CANCELLED are terminal: nothing moves an order out of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted and waiting for a worker (also between retries).
+    Pending,
+    /// A worker holds a lease on it and its handler is running.
+    Processing,
+    /// The handler succeeded.
+    Completed,
+    /// The handler failed permanently or ran out of attempts; `last_error` says why.
+    Failed,
+    /// Cancelled before any worker started it.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status, in the order of an order's life.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Processing,
+        OrderStatus::Completed,
+        OrderStatus::Failed,
+        OrderStatus::Cancelled,
+    ];
+
+    /// True for the statuses nothing leaves: COMPLETED, FAILED, CANCELLED.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Completed | OrderStatus::Failed | OrderStatus::Cancelled
+        )
+    }
+
+    /// The name used in the API and in storage: `PENDING`, `PROCESSING`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Processing => "PROCESSING",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::Failed => "FAILED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// A dense index (0..5) for per-status counters.
+    pub fn index(self) -> usize {
+        match self {
+            OrderStatus::Pending => 0,
+            OrderStatus::Processing => 1,
+            OrderStatus::Completed => 2,
+            OrderStatus::Failed => 3,
+            OrderStatus::Cancelled => 4,
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownStatus(s.chars().take(64).collect()))
+    }
+}
+
+/// A text that names no [`OrderStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown order status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+/// An order as stored: what was asked for, where it is, and what happened to it.
+///
+/// Serialises to the API's camelCase JSON; `totalAmount` is an exact JSON number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// Assigned by the repository at insert.
+    pub id: OrderId,
+    /// Who placed the order.
+    pub user_id: String,
+    /// What was ordered, in the order given.
+    pub item_ids: Vec<String>,
+    /// The order's total, exact to the cent.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    pub total_amount: Decimal,
+    /// Where the order is now.
+    pub status: OrderStatus,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When anything about it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When a worker first started it; kept across retries, so that
+    /// `processing_end_time - processing_start_time` is the whole time spent getting it done.
+    pub processing_start_time: Option<DateTime<Utc>>,
+    /// When it reached COMPLETED or FAILED.
+    pub processing_end_time: Option<DateTime<Utc>>,
+    /// How many times a worker has started it (1 in a run without failures or crashes).
+    pub attempts: u32,
+    /// The handler's error from the latest failed attempt, if any.
+    pub last_error: Option<String>,
+}
+
+/// The most items one order may hold.
+pub const MAX_ITEMS: usize = 1000;
+/// The longest user id or item id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// The largest total an order may have: 10^10.
+pub const MAX_TOTAL_AMOUNT: Decimal = Decimal::from_parts(1_410_065_408, 2, 0, false, 0);
+/// How many decimal places a total may have: money is in cents.
+pub const MAX_AMOUNT_SCALE: u32 = 2;
+
+/// An order as a client asks for it, before validation.
+///
+/// Deserialises from the API's JSON (`userId`, `itemIds`, `totalAmount`, nothing else);
+/// [`NewOrder::validate`] turns it into a [`ValidatedOrder`], the only thing a repository stores.
+///
+/// ```
+/// use order_core::NewOrder;
+/// use rust_decimal::Decimal;
+///
+/// let order = NewOrder {
+///     user_id: "user-123".into(),
+///     item_ids: vec!["item1".into(), "item2".into()],
+///     total_amount: Decimal::new(5999, 2),
+/// };
+/// let valid = order.validate().unwrap();
+/// assert_eq!(valid.total_amount().to_string(), "59.99");
+///
+/// let err = NewOrder { user_id: String::new(), ..valid.into_inner() }.validate().unwrap_err();
+/// assert_eq!(err.field, "userId");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewOrder {
+    /// Who places the order: 1 to 128 characters.
+    pub user_id: String,
+    /// What is ordered: 1 to 1000 ids of 1 to 128 characters each.
+    pub item_ids: Vec<String>,
+    /// The total: at least 0, at most 10^10, at most 2 decimal places.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    pub total_amount: Decimal,
+}
+
+/// A rule an order broke, naming the field (as the API spells it) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The field as the API names it: `userId`, `itemIds`, `itemIds[3]`, `totalAmount`.
+    pub field: String,
+    /// What is wrong with it, in words a client can act on.
+    pub reason: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    // Characters, not bytes: a limit of 128 should not punish non-ASCII names.
+    if value.chars().count() > MAX_ID_CHARS {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_ID_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl NewOrder {
+    /// Checks every rule, returning the first one broken.
+    ///
+    /// The total is normalised (`59.90` becomes `59.9`), so every backend stores and returns
+    /// the same text for the same amount.
+    pub fn validate(self) -> Result<ValidatedOrder, ValidationError> {
+        check_id("userId", &self.user_id)?;
+        if self.item_ids.is_empty() {
+            return Err(ValidationError::new(
+                "itemIds",
+                "must hold at least one item",
+            ));
+        }
+        if self.item_ids.len() > MAX_ITEMS {
+            return Err(ValidationError::new(
+                "itemIds",
+                format!("must hold at most {MAX_ITEMS} items"),
+            ));
+        }
+        for (index, item) in self.item_ids.iter().enumerate() {
+            check_id(format!("itemIds[{index}]"), item)?;
+        }
+        let amount = self.total_amount.normalize();
+        if amount.is_sign_negative() && !amount.is_zero() {
+            return Err(ValidationError::new("totalAmount", "must not be negative"));
+        }
+        if amount.scale() > MAX_AMOUNT_SCALE {
+            return Err(ValidationError::new(
+                "totalAmount",
+                format!("must have at most {MAX_AMOUNT_SCALE} decimal places"),
+            ));
+        }
+        if amount > MAX_TOTAL_AMOUNT {
+            return Err(ValidationError::new(
+                "totalAmount",
+                format!("must be at most {MAX_TOTAL_AMOUNT}"),
+            ));
+        }
+        Ok(ValidatedOrder(NewOrder {
+            // `-0` normalises to `0`, but keeps its sign bit; store a plain zero.
+            total_amount: if amount.is_zero() {
+                Decimal::ZERO
+            } else {
+                amount
+            },
+            ..self
+        }))
+    }
+}
+
+/// A [`NewOrder`] that passed [`NewOrder::validate`]: the only way to get one, so a repository
+/// can trust every field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedOrder(NewOrder);
+
+impl ValidatedOrder {
+    /// Who places the order.
+    pub fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+
+    /// What is ordered.
+    pub fn item_ids(&self) -> &[String] {
+        &self.0.item_ids
+    }
+
+    /// The normalised total.
+    pub fn total_amount(&self) -> Decimal {
+        self.0.total_amount
+    }
+
+    /// The validated fields, given back.
+    pub fn into_inner(self) -> NewOrder {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn order(user: &str, items: &[&str], amount: &str) -> NewOrder {
+        NewOrder {
+            user_id: user.into(),
+            item_ids: items.iter().map(|s| (*s).to_owned()).collect(),
+            total_amount: Decimal::from_str(amount).unwrap(),
+        }
+    }
+
+    fn field_of(result: Result<ValidatedOrder, ValidationError>) -> String {
+        result.unwrap_err().field
+    }
+
+    #[test]
+    fn a_well_formed_order_is_valid_and_its_amount_normalised() {
+        let valid = order("user-123", &["item1", "item2"], "59.90")
+            .validate()
+            .unwrap();
+        assert_eq!(valid.user_id(), "user-123");
+        assert_eq!(valid.item_ids(), ["item1", "item2"]);
+        assert_eq!(valid.total_amount().to_string(), "59.9");
+    }
+
+    #[test]
+    fn the_bounds_themselves_are_accepted() {
+        let long = "x".repeat(MAX_ID_CHARS);
+        let items: Vec<&str> = std::iter::repeat_n(long.as_str(), MAX_ITEMS).collect();
+        let valid = order(&long, &items, "10000000000.00").validate().unwrap();
+        assert_eq!(valid.total_amount(), Decimal::from(10_000_000_000_i64));
+        assert_eq!(
+            order("u", &["i"], "0").validate().unwrap().total_amount(),
+            Decimal::ZERO
+        );
+        assert_eq!(
+            order("u", &["i"], "-0.00")
+                .validate()
+                .unwrap()
+                .total_amount()
+                .to_string(),
+            "0"
+        );
+    }
+
+    #[test]
+    fn user_id_must_be_present_and_short() {
+        assert_eq!(field_of(order("", &["i"], "1").validate()), "userId");
+        assert_eq!(field_of(order("   ", &["i"], "1").validate()), "userId");
+        let long = "é".repeat(MAX_ID_CHARS + 1);
+        let err = order(&long, &["i"], "1").validate().unwrap_err();
+        assert_eq!(err.field, "userId");
+        assert_eq!(err.reason, "must be at most 128 characters");
+        // 128 two-byte characters are 256 bytes, and still allowed.
+        assert!(
+            order(&"é".repeat(MAX_ID_CHARS), &["i"], "1")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn item_ids_must_be_between_one_and_a_thousand_non_empty_ids() {
+        assert_eq!(field_of(order("u", &[], "1").validate()), "itemIds");
+        let many: Vec<&str> = std::iter::repeat_n("i", MAX_ITEMS + 1).collect();
+        assert_eq!(field_of(order("u", &many, "1").validate()), "itemIds");
+        assert_eq!(
+            field_of(order("u", &["a", "", "c"], "1").validate()),
+            "itemIds[1]"
+        );
+        let long = "x".repeat(MAX_ID_CHARS + 1);
+        assert_eq!(
+            field_of(order("u", &["a", &long], "1").validate()),
+            "itemIds[1]"
+        );
+    }
+
+    #[test]
+    fn total_amount_is_non_negative_cents_up_to_ten_billion() {
+        let err = order("u", &["i"], "-0.01").validate().unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("totalAmount", "must not be negative")
+        );
+        let err = order("u", &["i"], "1.001").validate().unwrap_err();
+        assert_eq!(err.reason, "must have at most 2 decimal places");
+        // Trailing zeros are not extra precision.
+        assert!(order("u", &["i"], "1.1000").validate().is_ok());
+        let err = order("u", &["i"], "10000000000.01").validate().unwrap_err();
+        assert_eq!(err.reason, "must be at most 10000000000");
+    }
+
+    #[test]
+    fn the_error_message_names_field_and_reason() {
+        let err = order("u", &[], "1").validate().unwrap_err();
+        assert_eq!(err.to_string(), "itemIds: must hold at least one item");
+    }
+
+    #[test]
+    fn order_ids_parse_only_from_positive_integers() {
+        assert_eq!("7".parse::<OrderId>().unwrap().get(), 7);
+        assert_eq!(
+            "9223372036854775807".parse::<OrderId>().unwrap().get(),
+            i64::MAX
+        );
+        for bad in ["0", "-1", "9223372036854775808", "1.5", "abc", "", " 1"] {
+            assert!(bad.parse::<OrderId>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names_and_only_three_are_terminal() {
+        for status in OrderStatus::ALL {
+            assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{status}\"")
+            );
+            assert_eq!(OrderStatus::ALL[status.index()], status);
+        }
+        let terminal: Vec<_> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                OrderStatus::Completed,
+                OrderStatus::Failed,
+                OrderStatus::Cancelled
+            ]
+        );
+    }
+
+    #[test]
+    fn amounts_cross_json_exactly() {
+        let parsed: NewOrder =
+            serde_json::from_str(r#"{"userId":"u","itemIds":["i"],"totalAmount":9999999999.99}"#)
+                .unwrap();
+        assert_eq!(parsed.total_amount.to_string(), "9999999999.99");
+        let json = serde_json::to_string(&parsed).unwrap();
+        assert!(json.contains(r#""totalAmount":9999999999.99"#), "{json}");
+        // 0.1 + 0.2 style float noise would show here if a float were involved anywhere.
+        let parsed: NewOrder =
+            serde_json::from_str(r#"{"userId":"u","itemIds":["i"],"totalAmount":0.30}"#).unwrap();
+        assert_eq!(parsed.validate().unwrap().total_amount().to_string(), "0.3");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<NewOrder>(
+            r#"{"userId":"u","itemIds":["i"],"totalAmount":1,"totalAmmount":2}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,744 @@
+//! The engine: takes orders in, runs them through the handler, retries, recovers.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::{CancelError, StorageError, SubmitError};
+use crate::handler::{HandlerError, OrderHandler};
+use crate::memory::{InMemoryQueue, InMemoryRepository};
+use crate::order::{NewOrder, Order, OrderId};
+use crate::queue::{Claim, Queue, QueueDepth, QueueError};
+use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
+
+/// The longest `last_error` kept, in characters: a handler's error should not bloat storage.
+const MAX_ERROR_CHARS: usize = 2000;
+/// How many orders one recovery sweep asks the repository for at a time.
+const SWEEP_PAGE: usize = 500;
+/// How many order snapshots a slow [`OrderProcessor::subscribe`] receiver may fall behind.
+const EVENT_BUFFER: usize = 1024;
+
+/// How failed attempts are retried: exponential backoff, then FAILED.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; when the last fails the order is FAILED.
+    pub max_attempts: u32,
+    /// The delay after the first failed attempt.
+    pub initial_backoff: Duration,
+    /// No delay is longer than this.
+    pub max_backoff: Duration,
+    /// Each delay is this many times the one before.
+    pub multiplier: f64,
+    /// Spreads each delay uniformly over its upper half, so orders that failed together do not
+    /// all come back at the same instant.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, 1 s then doubling up to 5 minutes, with jitter.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            multiplier: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before the attempt after `failed_attempts` failed ones (1-based).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use order_core::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy { jitter: false, ..RetryPolicy::default() };
+    /// assert_eq!(policy.backoff(1), Duration::from_secs(1));
+    /// assert_eq!(policy.backoff(3), Duration::from_secs(4));
+    /// assert_eq!(policy.backoff(30), Duration::from_secs(300));
+    /// ```
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let exponent = i32::try_from(failed_attempts.saturating_sub(1)).unwrap_or(i32::MAX);
+        let scaled = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = if scaled.is_finite() {
+            scaled.min(self.max_backoff.as_secs_f64())
+        } else {
+            self.max_backoff.as_secs_f64()
+        };
+        let seconds = if self.jitter {
+            capped * rand::random_range(0.5..=1.0)
+        } else {
+            capped
+        };
+        Duration::try_from_secs_f64(seconds).unwrap_or(self.max_backoff)
+    }
+}
+
+/// Why [`OrderProcessorBuilder::build`] refused its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error("{setting} {reason}")]
+    InvalidSetting {
+        /// The builder method's name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Builds an [`OrderProcessor`]; see [`OrderProcessor::builder`].
+#[must_use]
+pub struct OrderProcessorBuilder {
+    repository: Option<Arc<dyn Repository>>,
+    queue: Option<Arc<dyn Queue>>,
+    handler: Arc<dyn OrderHandler>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for OrderProcessorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderProcessorBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    concurrency: usize,
+    lease: Duration,
+    retry: RetryPolicy,
+    poll_interval: Duration,
+    sweep_interval: Duration,
+}
+
+impl OrderProcessorBuilder {
+    /// Where orders are stored; in memory unless set.
+    pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
+        self.repository = Some(repository);
+        self
+    }
+
+    /// The work queue; in memory unless set.
+    pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// How many orders may be in the handler at once (tasks, not threads); 64 unless set.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency;
+        self
+    }
+
+    /// How long a worker holds an order before another may take it over, unless renewed (the
+    /// worker renews every third of it while the handler runs); 10 s unless set. A crashed
+    /// worker's orders are picked up again about this long after it died.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How failed attempts are retried; [`RetryPolicy::default`] unless set.
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.settings.retry = retry;
+        self
+    }
+
+    /// The longest an idle worker waits before looking at the queue again, for queues whose
+    /// wake-ups can be missed; 1 s unless set.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval;
+        self
+    }
+
+    /// How often the recovery sweep re-queues orders a queue may have lost (it also runs at
+    /// start); 30 s unless set.
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.settings.sweep_interval = interval;
+        self
+    }
+
+    /// Checks the settings and builds the processor; nothing runs until
+    /// [`OrderProcessor::start`].
+    pub fn build(self) -> Result<OrderProcessor, BuildError> {
+        let s = self.settings;
+        let invalid = |setting, reason| Err(BuildError::InvalidSetting { setting, reason });
+        if s.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if s.lease < Duration::from_millis(10) {
+            return invalid("lease", "must be at least 10 ms");
+        }
+        if s.retry.max_attempts == 0 {
+            return invalid("retry_policy", "max_attempts must be at least 1");
+        }
+        if !(s.retry.multiplier.is_finite() && s.retry.multiplier >= 1.0) {
+            return invalid("retry_policy", "multiplier must be a finite number >= 1");
+        }
+        if s.poll_interval.is_zero() || s.sweep_interval.is_zero() {
+            return invalid("poll_interval/sweep_interval", "must be more than zero");
+        }
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(OrderProcessor {
+            engine: Arc::new(Engine {
+                repository: self
+                    .repository
+                    .unwrap_or_else(|| Arc::new(InMemoryRepository::new())),
+                queue: self.queue.unwrap_or_else(|| Arc::new(InMemoryQueue::new())),
+                handler: self.handler,
+                settings: s,
+                events,
+            }),
+        })
+    }
+}
+
+/// The order-processing engine: accepts orders, stores them, and runs each through the
+/// [`OrderHandler`] with leases, retries and crash recovery.
+///
+/// Cheap to clone (all clones share one engine). [`submit`](Self::submit), [`get`](Self::get)
+/// and [`metrics`](Self::metrics) work whether or not it has been [`start`](Self::start)ed;
+/// only a started processor works orders off the queue.
+#[derive(Clone)]
+pub struct OrderProcessor {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for OrderProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderProcessor")
+            .field("settings", &self.engine.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Engine {
+    repository: Arc<dyn Repository>,
+    queue: Arc<dyn Queue>,
+    handler: Arc<dyn OrderHandler>,
+    settings: Settings,
+    /// Snapshots of orders after each change this processor makes, for `subscribe`.
+    events: broadcast::Sender<Order>,
+}
+
+impl OrderProcessor {
+    /// A builder around the embedding service's processing step, with in-memory storage,
+    /// 64 concurrent orders, a 10 s lease and [`RetryPolicy::default`] until told otherwise.
+    pub fn builder(handler: impl OrderHandler + 'static) -> OrderProcessorBuilder {
+        OrderProcessorBuilder {
+            repository: None,
+            queue: None,
+            handler: Arc::new(handler),
+            settings: Settings {
+                concurrency: 64,
+                lease: Duration::from_secs(10),
+                retry: RetryPolicy::default(),
+                poll_interval: Duration::from_secs(1),
+                sweep_interval: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// Validates and stores an order, then queues it. When this returns `Ok` the order is
+    /// stored (as durably as the repository stores anything) and will be processed: if
+    /// queueing fails, the recovery sweep queues it later.
+    pub async fn submit(&self, order: NewOrder) -> Result<Order, SubmitError> {
+        let valid = order.validate()?;
+        let order = self.engine.repository.insert(&valid).await?;
+        self.engine.publish(&order);
+        if let Err(err) = self.engine.queue.push(order.id).await {
+            warn!(order_id = %order.id, error = %err, "order stored but not queued; the recovery sweep will queue it");
+        }
+        Ok(order)
+    }
+
+    /// The order with this id, or `None`.
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        self.engine.repository.get(id).await
+    }
+
+    /// Cancels a PENDING order; a worker never starts a cancelled order.
+    pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelError> {
+        let order = self
+            .engine
+            .repository
+            .transition(id, Transition::Cancel)
+            .await?;
+        self.engine.publish(&order);
+        Ok(order)
+    }
+
+    /// Counts over all orders; costs the same however many there are.
+    pub async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
+        self.engine.repository.metrics().await
+    }
+
+    /// How many orders the queue holds, by state.
+    pub async fn queue_depth(&self) -> Result<QueueDepth, QueueError> {
+        self.engine.queue.depth().await
+    }
+
+    /// A stream of order snapshots, one after each change this processor makes (submit,
+    /// start, completion, retry, failure, cancel). A receiver that falls more than 1024
+    /// behind gets [`broadcast::error::RecvError::Lagged`] and skips ahead.
+    pub fn subscribe(&self) -> broadcast::Receiver<Order> {
+        self.engine.events.subscribe()
+    }
+
+    /// Waits until the order is COMPLETED, FAILED or CANCELLED and returns it; `None` if there
+    /// is no such order. Wrap it in `tokio::time::timeout` to bound the wait.
+    pub async fn wait_until_done(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        let mut events = self.subscribe();
+        loop {
+            // Read after subscribing, so a change between the two is not missed.
+            match self.get(id).await? {
+                Some(order) if order.status.is_terminal() => return Ok(Some(order)),
+                None => return Ok(None),
+                Some(_) => {}
+            }
+            // Wake on this processor's own changes; look again every so often for changes made
+            // by another process sharing the repository.
+            let next = tokio::time::timeout(self.engine.settings.poll_interval, async {
+                loop {
+                    match events.recv().await {
+                        Ok(order) if order.id == id && order.status.is_terminal() => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            });
+            let _ = next.await;
+        }
+    }
+
+    /// Starts working orders off the queue: a claim loop that keeps up to `concurrency`
+    /// orders in the handler, and a recovery sweep (now, then every `sweep_interval`).
+    ///
+    /// Must be called within a tokio runtime. Keep the returned handle: dropping it stops the
+    /// work abruptly, as [`ProcessorHandle::shutdown`] with a zero timeout would.
+    pub fn start(&self) -> ProcessorHandle {
+        let s = self.engine.settings;
+        info!(
+            concurrency = s.concurrency,
+            lease_ms = s.lease.as_millis(),
+            max_attempts = s.retry.max_attempts,
+            "order processor started"
+        );
+        let stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let claim_loop = tokio::spawn(claim_loop(
+            self.engine.clone(),
+            stop.clone(),
+            abandon.clone(),
+            tracker.clone(),
+        ));
+        let sweeper = tokio::spawn(sweep_loop(self.engine.clone(), stop.clone()));
+        ProcessorHandle {
+            stop,
+            abandon,
+            tracker,
+            claim_loop: Some(claim_loop),
+            sweeper: Some(sweeper),
+        }
+    }
+}
+
+/// A running processor; see [`OrderProcessor::start`].
+#[derive(Debug)]
+pub struct ProcessorHandle {
+    /// Stops claiming and sweeping.
+    stop: CancellationToken,
+    /// Tells in-flight orders to give up their claims at once.
+    abandon: CancellationToken,
+    tracker: TaskTracker,
+    claim_loop: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+/// What [`ProcessorHandle::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Orders still in the handler when the timeout ran out; each was put back to PENDING for
+    /// a later run (or, if that write failed, is picked up when its lease runs out).
+    pub abandoned: usize,
+}
+
+impl ProcessorHandle {
+    /// Stops claiming new orders, lets the ones in the handler finish for up to `timeout`,
+    /// then gives the rest back to the queue and returns.
+    pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        self.stop.cancel();
+        for task in [self.claim_loop.take(), self.sweeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            // The loops end at their next await once `stop` is cancelled; a panic in one has
+            // already been reported by the runtime.
+            let _ = task.await;
+        }
+        self.tracker.close();
+        let in_flight = self.tracker.len();
+        if in_flight > 0 {
+            info!(in_flight, "draining orders in progress");
+        }
+        let abandoned = if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let abandoned = self.tracker.len();
+            warn!(
+                abandoned,
+                "drain timeout reached; giving unfinished orders back to the queue"
+            );
+            self.abandon.cancel();
+            self.tracker.wait().await;
+            abandoned
+        } else {
+            0
+        };
+        info!(abandoned, "order processor stopped");
+        ShutdownReport { abandoned }
+    }
+}
+
+impl Drop for ProcessorHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.abandon.cancel();
+    }
+}
+
+impl Engine {
+    fn publish(&self, order: &Order) {
+        // Cloning an order (with up to 1000 item ids) is not free: skip it when nobody listens.
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(order.clone());
+        }
+    }
+
+    /// Applies a worker's transition, retrying a storage failure a few times: the handler's
+    /// work is done, and losing its outcome would mean doing it again.
+    async fn record(&self, id: OrderId, transition: Transition) -> Result<Order, TransitionError> {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match self.repository.transition(id, transition.clone()).await {
+                Err(TransitionError::Storage(err)) if tries < 4 => {
+                    warn!(error = %err, retry_in_ms = delay.as_millis(), "could not record the outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+                Ok(order) => {
+                    self.publish(&order);
+                    return Ok(order);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+async fn claim_loop(
+    engine: Arc<Engine>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let s = engine.settings;
+    let slots = Arc::new(Semaphore::new(s.concurrency));
+    let mut error_backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => return,
+            },
+        };
+        let wanted = 1 + slots.available_permits();
+        let claims = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            claims = engine.queue.claim(wanted, s.lease) => claims,
+        };
+        match claims {
+            Ok(claims) if claims.is_empty() => {
+                drop(first);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = engine.queue.wait(s.poll_interval) => {}
+                }
+            }
+            Ok(claims) => {
+                error_backoff = Duration::from_millis(100);
+                let mut first = Some(first);
+                for claim in claims {
+                    // This loop is the semaphore's only taker, so the slots counted above are
+                    // still free; `first` covers the first claim.
+                    let permit = match first.take() {
+                        Some(permit) => permit,
+                        None => match slots.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                let _ = engine.queue.retry(&claim, Duration::ZERO).await;
+                                continue;
+                            }
+                        },
+                    };
+                    let span = info_span!("order", order_id = %claim.order_id, delivery = claim.deliveries);
+                    let engine = engine.clone();
+                    let abandon = abandon.clone();
+                    tracker.spawn(
+                        async move {
+                            process(&engine, claim, &abandon).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+            Err(err) => {
+                drop(first);
+                warn!(error = %err, retry_in_ms = error_backoff.as_millis(), "could not claim orders");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(error_backoff) => {}
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs one claimed order through the handler and records the outcome.
+async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
+    let s = engine.settings;
+    let id = claim.order_id;
+    let order = match engine
+        .repository
+        .transition(
+            id,
+            Transition::Start {
+                claim: claim.token,
+                lease: s.lease,
+            },
+        )
+        .await
+    {
+        Ok(order) => order,
+        Err(TransitionError::Conflict {
+            current,
+            held_by_other,
+            ..
+        }) => {
+            if current.is_terminal() {
+                debug!(status = %current, "order already finished; dropping it from the queue");
+                settle(engine.queue.ack(&claim).await);
+            } else {
+                // Another worker holds a live lease: look again once it could have run out.
+                debug!(status = %current, held_by_other, "order is held elsewhere");
+                settle(engine.queue.retry(&claim, s.lease).await);
+            }
+            return;
+        }
+        Err(TransitionError::NotFound(_)) => {
+            warn!("queued order does not exist; dropping it from the queue");
+            settle(engine.queue.ack(&claim).await);
+            return;
+        }
+        Err(TransitionError::Storage(err)) => {
+            warn!(error = %err, "could not start the order; it will be tried again");
+            settle(engine.queue.retry(&claim, Duration::from_secs(1)).await);
+            return;
+        }
+    };
+    engine.publish(&order);
+    debug!(attempt = order.attempts, "processing");
+
+    let outcome = tokio::select! {
+        biased;
+        () = abandon.cancelled() => {
+            give_back(engine, &claim).await;
+            return;
+        }
+        () = keep_lease(engine, &claim) => {
+            warn!("lease lost to another worker; abandoning this attempt");
+            return;
+        }
+        result = AssertUnwindSafe(engine.handler.process(&order)).catch_unwind() => result,
+    };
+    let result = outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(HandlerError::transient(format!(
+            "handler panicked: {message}"
+        )))
+    });
+
+    match result {
+        Ok(()) => match engine
+            .record(id, Transition::Complete { claim: claim.token })
+            .await
+        {
+            Ok(_) => {
+                debug!("completed");
+                settle(engine.queue.ack(&claim).await);
+            }
+            Err(err) => warn!(error = %err, "could not record completion"),
+        },
+        Err(err) => {
+            let error: String = err.message.chars().take(MAX_ERROR_CHARS).collect();
+            if err.permanent || order.attempts >= s.retry.max_attempts {
+                warn!(attempt = order.attempts, error = %error, permanent = err.permanent, "order failed");
+                match engine
+                    .record(
+                        id,
+                        Transition::Fail {
+                            claim: claim.token,
+                            error,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => settle(engine.queue.ack(&claim).await),
+                    Err(err) => warn!(error = %err, "could not record the failure"),
+                }
+            } else {
+                let delay = s.retry.backoff(order.attempts);
+                info!(attempt = order.attempts, error = %error, retry_in_ms = delay.as_millis(), "attempt failed; retrying");
+                match engine
+                    .record(
+                        id,
+                        Transition::Retry {
+                            claim: claim.token,
+                            error,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => settle(engine.queue.retry(&claim, delay).await),
+                    Err(err) => warn!(error = %err, "could not record the failed attempt"),
+                }
+            }
+        }
+    }
+}
+
+/// Renews the claim's lease, in the queue and in the repository, every third of the lease;
+/// returns only when the lease was lost to another worker.
+async fn keep_lease(engine: &Engine, claim: &Claim) {
+    let lease = engine.settings.lease;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    loop {
+        ticks.tick().await;
+        let renewed = engine
+            .repository
+            .transition(
+                claim.order_id,
+                Transition::Renew {
+                    claim: claim.token,
+                    lease,
+                },
+            )
+            .await;
+        match renewed {
+            Err(TransitionError::Conflict { .. } | TransitionError::NotFound(_)) => return,
+            Err(TransitionError::Storage(err)) => {
+                warn!(error = %err, "could not renew the lease");
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match engine.queue.extend(claim, lease).await {
+            Err(QueueError::LeaseLost(_)) => return,
+            Err(err) => warn!(error = %err, "could not extend the queue lease"),
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Hands an unfinished order back at shutdown, so the next run starts it at once rather than
+/// after its lease runs out.
+async fn give_back(engine: &Engine, claim: &Claim) {
+    let released = engine
+        .record(
+            claim.order_id,
+            Transition::Retry {
+                claim: claim.token,
+                error: "interrupted by shutdown".to_owned(),
+            },
+        )
+        .await;
+    if released.is_ok() {
+        settle(engine.queue.retry(claim, Duration::ZERO).await);
+    }
+}
+
+/// Logs the result of a queue call whose failure is recovered by leases: a claim that could
+/// not be acked or retried comes back when its lease runs out.
+fn settle(result: Result<(), QueueError>) {
+    match result {
+        Ok(()) => {}
+        Err(QueueError::LeaseLost(id)) => {
+            debug!(order_id = %id, "claim already lost; another worker has the order");
+        }
+        Err(err) => warn!(error = %err, "queue call failed; the lease will bring the order back"),
+    }
+}
+
+async fn sweep_loop(engine: Arc<Engine>, stop: CancellationToken) {
+    loop {
+        match sweep(&engine).await {
+            Ok(0) => debug!("recovery sweep found nothing to re-queue"),
+            Ok(requeued) => info!(requeued, "recovery sweep re-queued stranded orders"),
+            Err(err) => warn!(error = %err, "recovery sweep failed; it will run again"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(engine.settings.sweep_interval) => {}
+        }
+    }
+}
+
+/// Pushes every PENDING order, and every PROCESSING one whose lease ran out, to the queue;
+/// returns how many the queue did not hold. Pushing is idempotent, so orders the queue
+/// already holds stay as they are.
+async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
+    let mut after = None;
+    let mut pushed = 0;
+    loop {
+        let page = engine.repository.stranded(after, SWEEP_PAGE).await?;
+        for &id in &page {
+            match engine.queue.push(id).await {
+                Ok(true) => pushed += 1,
+                Ok(false) | Err(QueueError::LeaseLost(_)) => {}
+                Err(QueueError::Storage(err)) => return Err(err),
+            }
+        }
+        match page.last() {
+            Some(&last) if page.len() == SWEEP_PAGE => after = Some(last),
+            _ => return Ok(pushed),
+        }
+    }
+}

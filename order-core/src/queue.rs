@@ -1,0 +1,119 @@
+//! The port to the work queue: which orders are waiting for a worker, and who holds which.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::StorageError;
+use crate::order::OrderId;
+
+/// The fencing token of one claim: unique across claims, processes and restarts.
+///
+/// A worker presents it on every change it makes, to the queue (ack, retry, extend) and to the
+/// repository ([`Transition`](crate::Transition)); both refuse a token that no longer holds the
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimToken(Uuid);
+
+impl ClaimToken {
+    /// A fresh token, unique without coordination (a random UUID).
+    pub fn generate() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Wraps a token read back from storage.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The token as a UUID, for storage.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An order handed to one worker for the length of a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The order to work on.
+    pub order_id: OrderId,
+    /// This claim's fencing token.
+    pub token: ClaimToken,
+    /// How many times the queue has handed this order out, this claim included (1 the first
+    /// time; more after retries or lapsed leases).
+    pub deliveries: u32,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The claim no longer holds the order: its lease ran out and the order was handed out
+    /// again, or it was already acked or retried. Nothing was changed.
+    #[error("the claim on order {0} is no longer held")]
+    LeaseLost(OrderId),
+    /// The queue's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// How many orders the queue holds, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    /// Claimable now.
+    pub ready: u64,
+    /// Waiting for a retry delay to pass.
+    pub delayed: u64,
+    /// Held by a worker under a lease.
+    pub claimed: u64,
+}
+
+/// The work queue: at-least-once delivery of order ids, with leases.
+///
+/// # Contract
+///
+/// Every implementation passes the suite in `order_core::testing` (feature `testing`). In short:
+///
+/// - [`push`](Queue::push) is idempotent: an id the queue already holds (ready, delayed or
+///   claimed) is left as it is, so pushing again never makes a duplicate.
+/// - [`claim`](Queue::claim) hands each ready id to one caller at a time, oldest first, with a
+///   fresh [`ClaimToken`] and a lease. A claim that is not acked, retried or extended before
+///   its lease runs out becomes claimable again (at-least-once: a handler may run twice, never
+///   concurrently under two live leases).
+/// - [`ack`](Queue::ack), [`retry`](Queue::retry) and [`extend`](Queue::extend) act only while
+///   the claim still holds the id; otherwise they change nothing and return
+///   [`QueueError::LeaseLost`].
+/// - [`wait`](Queue::wait) returns early when work may have arrived; it may also return for no
+///   reason, so callers claim in a loop.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Makes `id` claimable, unless the queue holds it already; true when it was added.
+    async fn push(&self, id: OrderId) -> Result<bool, QueueError>;
+
+    /// Claims up to `max` ready ids, each held for `lease`. Returns at once, possibly empty.
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError>;
+
+    /// Holds the claimed id for `lease` from now.
+    async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError>;
+
+    /// Removes the claimed id: the work is done, or there is none to do.
+    async fn ack(&self, claim: &Claim) -> Result<(), QueueError>;
+
+    /// Releases the claimed id, claimable again once `delay` has passed.
+    async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError>;
+
+    /// Waits until work may be claimable, or `timeout` has passed.
+    async fn wait(&self, timeout: Duration);
+
+    /// How many ids the queue holds, by state.
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+}

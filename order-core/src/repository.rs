@@ -1,0 +1,215 @@
+//! The port to where orders live: the source of truth.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::StorageError;
+use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
+use crate::queue::ClaimToken;
+
+/// A change of status, applied by [`Repository::transition`] as one compare-and-set.
+///
+/// Every change a worker makes is fenced by its [`ClaimToken`]: it applies only while the order
+/// is PROCESSING under that very token. A worker whose lease ran out, and whose order another
+/// worker has since started, is refused with [`TransitionError::Conflict`], so a late or
+/// duplicate worker can never write over a newer state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// PENDING -> PROCESSING under `claim`, or a takeover: PROCESSING whose lease has run out
+    /// -> PROCESSING under `claim`. Adds one to `attempts`, sets `processing_start_time` if it
+    /// was unset, and holds the order for `lease` from now.
+    Start {
+        /// The claim the worker got from the queue.
+        claim: ClaimToken,
+        /// How long the order is the worker's before another may take it over.
+        lease: Duration,
+    },
+    /// PROCESSING under `claim` -> PROCESSING under `claim`, held for `lease` from now.
+    /// A worker whose handler runs long renews before its lease runs out.
+    Renew {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+        /// The new lease, from now.
+        lease: Duration,
+    },
+    /// PROCESSING under `claim` -> COMPLETED; sets `processing_end_time`.
+    Complete {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+    },
+    /// PROCESSING under `claim` -> PENDING with `last_error`, to be tried again.
+    Retry {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+        /// What went wrong in this attempt.
+        error: String,
+    },
+    /// PROCESSING under `claim` -> FAILED with `last_error`; sets `processing_end_time`.
+    Fail {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+        /// Why the order cannot be done.
+        error: String,
+    },
+    /// PENDING -> CANCELLED. Needs no claim: no worker holds a PENDING order.
+    Cancel,
+}
+
+impl Transition {
+    /// The status this transition leads to.
+    pub fn target(&self) -> OrderStatus {
+        match self {
+            Transition::Start { .. } | Transition::Renew { .. } => OrderStatus::Processing,
+            Transition::Complete { .. } => OrderStatus::Completed,
+            Transition::Retry { .. } => OrderStatus::Pending,
+            Transition::Fail { .. } => OrderStatus::Failed,
+            Transition::Cancel => OrderStatus::Cancelled,
+        }
+    }
+}
+
+/// Why a [`Transition`] was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// No order has this id.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// The order is not in a state this transition may leave from: wrong status, held by
+    /// another claim, or (for a takeover) its lease has not run out. Nothing was written.
+    #[error("order {id} is {current} and cannot go to {target}{held}", held = if *.held_by_other { " (another worker holds it)" } else { "" })]
+    Conflict {
+        /// The order.
+        id: OrderId,
+        /// Its status now.
+        current: OrderStatus,
+        /// The status the transition would have led to.
+        target: OrderStatus,
+        /// True when it is PROCESSING under a live lease of another claim.
+        held_by_other: bool,
+    },
+    /// The storage failed; the transition may or may not have been applied.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Counts that describe all orders, kept up to date on every write so that reading them costs
+/// the same with ten orders or ten million.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderMetrics {
+    /// Orders ever accepted.
+    pub total_orders: u64,
+    /// Orders in each status; they add up to `total_orders`.
+    pub statuses: StatusCounts,
+    /// Sum over COMPLETED orders of `processing_end_time - processing_start_time`, in
+    /// microseconds.
+    pub completed_processing_micros: u64,
+}
+
+impl OrderMetrics {
+    /// Mean of `processing_end_time - processing_start_time` over COMPLETED orders, in seconds;
+    /// 0 when none has completed.
+    pub fn avg_processing_seconds(&self) -> f64 {
+        if self.statuses.completed == 0 {
+            return 0.0;
+        }
+        // u64 -> f64 loses precision only above 2^53 microseconds (285 years of processing).
+        #[allow(clippy::cast_precision_loss)]
+        let mean_micros = self.completed_processing_micros as f64 / self.statuses.completed as f64;
+        mean_micros / 1_000_000.0
+    }
+}
+
+/// How many orders are in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    /// PENDING orders.
+    pub pending: u64,
+    /// PROCESSING orders.
+    pub processing: u64,
+    /// COMPLETED orders.
+    pub completed: u64,
+    /// FAILED orders.
+    pub failed: u64,
+    /// CANCELLED orders.
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// The count for one status.
+    pub fn get(&self, status: OrderStatus) -> u64 {
+        match status {
+            OrderStatus::Pending => self.pending,
+            OrderStatus::Processing => self.processing,
+            OrderStatus::Completed => self.completed,
+            OrderStatus::Failed => self.failed,
+            OrderStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    /// The count for one status, to change.
+    pub fn get_mut(&mut self, status: OrderStatus) -> &mut u64 {
+        match status {
+            OrderStatus::Pending => &mut self.pending,
+            OrderStatus::Processing => &mut self.processing,
+            OrderStatus::Completed => &mut self.completed,
+            OrderStatus::Failed => &mut self.failed,
+            OrderStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// All statuses together.
+    pub fn sum(&self) -> u64 {
+        OrderStatus::ALL.into_iter().map(|s| self.get(s)).sum()
+    }
+}
+
+/// Where orders are stored: the source of truth that the [`Queue`](crate::Queue) is rebuilt
+/// from after a crash.
+///
+/// # Contract
+///
+/// Every implementation passes the suite in `order_core::testing` (feature `testing`). In short:
+///
+/// - [`insert`](Repository::insert) assigns a new, increasing id and stores the order PENDING
+///   with `attempts` 0. When it returns `Ok`, the order is durable as far as the backend is.
+/// - [`transition`](Repository::transition) is an atomic compare-and-set: it checks the
+///   current status (and, for a worker's transitions, the claim and its lease) and writes the
+///   new state in one step, or writes nothing and says why.
+/// - [`stranded`](Repository::stranded) finds what a lost queue would have held: PENDING
+///   orders, and PROCESSING orders whose lease has run out.
+/// - [`metrics`](Repository::metrics) is consistent (statuses add up to the total) and does
+///   not read every order.
+/// - Leases are measured on the repository's own clock, so that several processes sharing one
+///   backend agree on when a lease ends.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait Repository: Send + Sync {
+    /// Stores a new PENDING order and returns it with its id and timestamps.
+    async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError>;
+
+    /// The order with this id, or `None`.
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError>;
+
+    /// Applies `transition` if the order is in a state it may leave from; returns the order as
+    /// written.
+    async fn transition(
+        &self,
+        id: OrderId,
+        transition: Transition,
+    ) -> Result<Order, TransitionError>;
+
+    /// Up to `limit` ids, ascending and greater than `after`, of orders that a worker should
+    /// pick up but that a queue may have lost: PENDING ones, and PROCESSING ones whose lease
+    /// has run out.
+    async fn stranded(
+        &self,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StorageError>;
+
+    /// Counts over all orders, without reading them all.
+    async fn metrics(&self) -> Result<OrderMetrics, StorageError>;
+}

@@ -1,0 +1,750 @@
+//! The contract every [`Repository`] and [`Queue`] must keep, as tests to run against an
+//! implementation.
+//!
+//! Each case is an async function taking a fresh, empty backend. The macros
+//! [`repository_contract_tests!`](crate::repository_contract_tests) and
+//! [`queue_contract_tests!`](crate::queue_contract_tests) turn every case into a `#[tokio::test]`
+//! in the calling crate, given an async factory:
+//!
+//! ```ignore
+//! order_core::repository_contract_tests!(async || {
+//!     std::sync::Arc::new(MyRepository::connect_to_a_fresh_database().await)
+//! });
+//! ```
+//!
+//! Lease cases use real time (a backend may keep time on another machine) with margins of
+//! 100 ms or more, and take about half a second each.
+
+// Test-support code: a broken expectation must fail the test, and panicking is how it does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use crate::order::{NewOrder, ValidatedOrder};
+
+/// A lease long enough to hold through a case's own steps.
+const LONG: Duration = Duration::from_secs(60);
+/// A lease short enough to watch run out.
+const SHORT: Duration = Duration::from_millis(300);
+
+/// A valid order for user `user` with `items` items.
+pub fn sample_order(user: &str, items: usize) -> ValidatedOrder {
+    NewOrder {
+        user_id: user.to_owned(),
+        item_ids: (1..=items).map(|i| format!("item-{i}")).collect(),
+        total_amount: Decimal::new(5999, 2),
+    }
+    .validate()
+    .expect("the sample order is valid")
+}
+
+async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+/// Cases for [`Repository`](crate::Repository) implementations.
+pub mod repository {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::{LONG, SHORT, sample_order, sleep};
+    use crate::order::{Order, OrderId, OrderStatus};
+    use crate::queue::ClaimToken;
+    use crate::repository::{Repository, Transition, TransitionError};
+
+    fn start(lease: std::time::Duration) -> (ClaimToken, Transition) {
+        let claim = ClaimToken::generate();
+        (claim, Transition::Start { claim, lease })
+    }
+
+    async fn conflict(repo: &dyn Repository, id: OrderId, t: Transition) -> (OrderStatus, bool) {
+        match repo.transition(id, t).await {
+            Err(TransitionError::Conflict {
+                id: got,
+                current,
+                held_by_other,
+                ..
+            }) => {
+                assert_eq!(got, id);
+                (current, held_by_other)
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    async fn insert(repo: &dyn Repository) -> Order {
+        repo.insert(&sample_order("user-1", 2)).await.unwrap()
+    }
+
+    /// A new order is PENDING, untouched, with an id above every earlier one, and reads back
+    /// exactly as it was returned.
+    pub async fn insert_stores_a_pending_order(repo: Arc<dyn Repository>) {
+        let first = repo.insert(&sample_order("user-1", 2)).await.unwrap();
+        let second = repo.insert(&sample_order("user-2", 1)).await.unwrap();
+        assert!(second.id > first.id);
+        assert_eq!(first.user_id, "user-1");
+        assert_eq!(first.item_ids, ["item-1", "item-2"]);
+        assert_eq!(first.total_amount.to_string(), "59.99");
+        assert_eq!(first.status, OrderStatus::Pending);
+        assert_eq!(first.attempts, 0);
+        assert_eq!(first.created_at, first.updated_at);
+        assert_eq!(
+            (first.processing_start_time, first.processing_end_time),
+            (None, None)
+        );
+        assert_eq!(first.last_error, None);
+        assert_eq!(repo.get(first.id).await.unwrap(), Some(first));
+        assert_eq!(repo.get(second.id).await.unwrap(), Some(second));
+    }
+
+    /// Reading or changing an id that was never assigned finds nothing.
+    pub async fn unknown_ids_are_not_found(repo: Arc<dyn Repository>) {
+        let missing = OrderId::new(987_654_321).unwrap();
+        assert_eq!(repo.get(missing).await.unwrap(), None);
+        assert!(matches!(
+            repo.transition(missing, Transition::Cancel).await,
+            Err(TransitionError::NotFound(id)) if id == missing
+        ));
+    }
+
+    /// PENDING -> PROCESSING -> COMPLETED under one claim, with times and attempts recorded.
+    pub async fn start_then_complete(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (claim, start) = start(LONG);
+        let started = repo.transition(order.id, start).await.unwrap();
+        assert_eq!(started.status, OrderStatus::Processing);
+        assert_eq!(started.attempts, 1);
+        let start_time = started.processing_start_time.expect("start time is set");
+        assert!(start_time >= order.created_at);
+        assert!(started.updated_at >= order.updated_at);
+
+        let done = repo
+            .transition(order.id, Transition::Complete { claim })
+            .await
+            .unwrap();
+        assert_eq!(done.status, OrderStatus::Completed);
+        assert_eq!(done.attempts, 1);
+        assert_eq!(done.processing_start_time, Some(start_time));
+        assert!(done.processing_end_time.expect("end time is set") >= start_time);
+        assert_eq!(repo.get(order.id).await.unwrap(), Some(done));
+    }
+
+    /// Only the claim that started an order may finish, retry, fail or renew it.
+    pub async fn changes_are_fenced_by_the_claim(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (_, start) = start(LONG);
+        let started = repo.transition(order.id, start).await.unwrap();
+        let stranger = ClaimToken::generate();
+        for t in [
+            Transition::Complete { claim: stranger },
+            Transition::Retry {
+                claim: stranger,
+                error: "x".into(),
+            },
+            Transition::Fail {
+                claim: stranger,
+                error: "x".into(),
+            },
+            Transition::Renew {
+                claim: stranger,
+                lease: LONG,
+            },
+        ] {
+            assert_eq!(
+                conflict(&*repo, order.id, t).await,
+                (OrderStatus::Processing, true)
+            );
+        }
+        assert_eq!(repo.get(order.id).await.unwrap(), Some(started));
+    }
+
+    /// A second start is refused while the first claim's lease lives, and takes over once it
+    /// has run out; the old claim can then change nothing.
+    pub async fn a_lapsed_lease_is_taken_over_and_the_old_claim_fenced(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (old, first_start) = start(SHORT);
+        let first = repo.transition(order.id, first_start).await.unwrap();
+        let (_, early) = start(LONG);
+        assert_eq!(
+            conflict(&*repo, order.id, early).await,
+            (OrderStatus::Processing, true)
+        );
+
+        sleep(SHORT + SHORT / 2).await;
+        let (new, takeover) = start(LONG);
+        let second = repo.transition(order.id, takeover).await.unwrap();
+        assert_eq!(second.status, OrderStatus::Processing);
+        assert_eq!(second.attempts, 2);
+        assert_eq!(
+            second.processing_start_time, first.processing_start_time,
+            "the start time is the first attempt's"
+        );
+
+        assert_eq!(
+            conflict(&*repo, order.id, Transition::Complete { claim: old }).await,
+            (OrderStatus::Processing, true)
+        );
+        let done = repo
+            .transition(order.id, Transition::Complete { claim: new })
+            .await
+            .unwrap();
+        assert_eq!(done.status, OrderStatus::Completed);
+    }
+
+    /// A claim whose lease ran out but that nobody took over may still finish its order.
+    pub async fn a_lapsed_lease_not_taken_over_still_completes(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (claim, start) = start(SHORT);
+        repo.transition(order.id, start).await.unwrap();
+        sleep(SHORT + SHORT / 2).await;
+        let done = repo
+            .transition(order.id, Transition::Complete { claim })
+            .await
+            .unwrap();
+        assert_eq!(done.status, OrderStatus::Completed);
+    }
+
+    /// Renewing moves the end of the lease, so nobody takes the order over meanwhile.
+    pub async fn renew_extends_the_lease(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (claim, start) = start(SHORT);
+        let started = repo.transition(order.id, start).await.unwrap();
+        sleep(SHORT * 2 / 3).await;
+        let renewed = repo
+            .transition(
+                order.id,
+                Transition::Renew {
+                    claim,
+                    lease: SHORT,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(renewed.status, OrderStatus::Processing);
+        assert_eq!(renewed.attempts, 1);
+        assert_eq!(
+            renewed.updated_at, started.updated_at,
+            "a renewal is not news"
+        );
+        sleep(SHORT / 2).await;
+        // Past the first lease, within the renewed one.
+        let (_, takeover) = self::start(LONG);
+        assert_eq!(
+            conflict(&*repo, order.id, takeover).await,
+            (OrderStatus::Processing, true)
+        );
+        sleep(SHORT).await;
+        let (_, takeover) = self::start(LONG);
+        assert_eq!(
+            repo.transition(order.id, takeover).await.unwrap().attempts,
+            2
+        );
+    }
+
+    /// A failed attempt goes back to PENDING with its error; the next attempt counts on; a
+    /// final failure is FAILED with an end time.
+    pub async fn retry_then_fail(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (first, start_first) = start(LONG);
+        repo.transition(order.id, start_first).await.unwrap();
+        let pending = repo
+            .transition(
+                order.id,
+                Transition::Retry {
+                    claim: first,
+                    error: "warehouse busy".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(pending.status, OrderStatus::Pending);
+        assert_eq!(pending.last_error.as_deref(), Some("warehouse busy"));
+        assert_eq!(pending.processing_end_time, None);
+        assert_eq!(
+            conflict(&*repo, order.id, Transition::Complete { claim: first }).await,
+            (OrderStatus::Pending, false),
+            "the retried claim no longer holds the order"
+        );
+
+        let (second, start_second) = start(LONG);
+        let started = repo.transition(order.id, start_second).await.unwrap();
+        assert_eq!(started.attempts, 2);
+        let failed = repo
+            .transition(
+                order.id,
+                Transition::Fail {
+                    claim: second,
+                    error: "card declined".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(failed.status, OrderStatus::Failed);
+        assert_eq!(failed.last_error.as_deref(), Some("card declined"));
+        assert!(failed.processing_end_time.is_some());
+    }
+
+    /// Only a PENDING order can be cancelled, and a cancelled order is never started.
+    pub async fn only_pending_orders_cancel(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let cancelled = repo.transition(order.id, Transition::Cancel).await.unwrap();
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        let (_, start_cancelled) = start(LONG);
+        assert_eq!(
+            conflict(&*repo, order.id, start_cancelled).await,
+            (OrderStatus::Cancelled, false)
+        );
+
+        let busy = insert(&*repo).await;
+        let (_, start_busy) = start(LONG);
+        repo.transition(busy.id, start_busy).await.unwrap();
+        assert_eq!(
+            conflict(&*repo, busy.id, Transition::Cancel).await,
+            (OrderStatus::Processing, true)
+        );
+    }
+
+    /// Nothing moves an order out of COMPLETED, FAILED or CANCELLED.
+    pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (claim, start_it) = start(LONG);
+        repo.transition(order.id, start_it).await.unwrap();
+        let done = repo
+            .transition(order.id, Transition::Complete { claim })
+            .await
+            .unwrap();
+        let (_, restart) = start(LONG);
+        for t in [
+            restart,
+            Transition::Cancel,
+            Transition::Complete { claim },
+            Transition::Retry {
+                claim,
+                error: "late".into(),
+            },
+            Transition::Fail {
+                claim,
+                error: "late".into(),
+            },
+            Transition::Renew { claim, lease: LONG },
+        ] {
+            let (current, _) = conflict(&*repo, order.id, t).await;
+            assert_eq!(current, OrderStatus::Completed);
+        }
+        assert_eq!(repo.get(order.id).await.unwrap(), Some(done));
+    }
+
+    /// Of many workers starting one order at once, exactly one wins.
+    pub async fn concurrent_starts_have_one_winner(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let repo = repo.clone();
+            tasks.spawn(async move { repo.transition(order.id, start(LONG).1).await.is_ok() });
+        }
+        let winners = tasks
+            .join_all()
+            .await
+            .into_iter()
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1);
+        assert_eq!(repo.get(order.id).await.unwrap().unwrap().attempts, 1);
+    }
+
+    /// Concurrent inserts get distinct ids, and the total counts each once.
+    pub async fn concurrent_inserts_get_distinct_ids(repo: Arc<dyn Repository>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..25 {
+                    let order = sample_order(&format!("user-{worker}"), 1);
+                    ids.push(repo.insert(&order).await.unwrap().id);
+                }
+                ids
+            });
+        }
+        let ids: Vec<OrderId> = tasks.join_all().await.into_iter().flatten().collect();
+        let distinct: HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 200);
+        let metrics = repo.metrics().await.unwrap();
+        assert_eq!(metrics.total_orders, 200);
+        assert_eq!(metrics.statuses.pending, 200);
+    }
+
+    /// Recovery finds PENDING orders and PROCESSING ones whose lease ran out, in id order,
+    /// a page at a time; it skips live leases and finished orders.
+    pub async fn stranded_finds_what_a_lost_queue_held(repo: Arc<dyn Repository>) {
+        let pending = insert(&*repo).await.id;
+        let live = insert(&*repo).await.id;
+        repo.transition(live, start(LONG).1).await.unwrap();
+        let lapsed = insert(&*repo).await.id;
+        repo.transition(lapsed, start(SHORT).1).await.unwrap();
+        let completed = insert(&*repo).await.id;
+        let (claim, start_it) = start(LONG);
+        repo.transition(completed, start_it).await.unwrap();
+        repo.transition(completed, Transition::Complete { claim })
+            .await
+            .unwrap();
+        let cancelled = insert(&*repo).await.id;
+        repo.transition(cancelled, Transition::Cancel)
+            .await
+            .unwrap();
+        let retried = insert(&*repo).await.id;
+        let (claim, start_it) = start(LONG);
+        repo.transition(retried, start_it).await.unwrap();
+        repo.transition(
+            retried,
+            Transition::Retry {
+                claim,
+                error: "again".into(),
+            },
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(repo.stranded(None, 100).await.unwrap(), [pending, retried]);
+        sleep(SHORT + SHORT / 2).await;
+        assert_eq!(
+            repo.stranded(None, 100).await.unwrap(),
+            [pending, lapsed, retried]
+        );
+        assert_eq!(repo.stranded(None, 2).await.unwrap(), [pending, lapsed]);
+        assert_eq!(repo.stranded(Some(lapsed), 2).await.unwrap(), [retried]);
+        assert_eq!(repo.stranded(Some(retried), 2).await.unwrap(), []);
+    }
+
+    /// Metrics count every status, add up to the total, and average the processing time of
+    /// completed orders.
+    pub async fn metrics_follow_every_change(repo: Arc<dyn Repository>) {
+        let empty = repo.metrics().await.unwrap();
+        assert_eq!(empty.total_orders, 0);
+        assert_eq!(empty.avg_processing_seconds(), 0.0);
+
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(insert(&*repo).await.id);
+        }
+        // ids[0] stays PENDING; [1] PROCESSING; [2] and [3] COMPLETED; [4] FAILED; [5] CANCELLED.
+        repo.transition(ids[1], start(LONG).1).await.unwrap();
+        let mut expected_micros = 0;
+        for &id in &ids[2..4] {
+            let (claim, start_it) = start(LONG);
+            repo.transition(id, start_it).await.unwrap();
+            sleep(std::time::Duration::from_millis(20)).await;
+            let done = repo
+                .transition(id, Transition::Complete { claim })
+                .await
+                .unwrap();
+            let took = done.processing_end_time.unwrap() - done.processing_start_time.unwrap();
+            expected_micros += took.num_microseconds().unwrap();
+        }
+        let (claim, start_it) = start(LONG);
+        repo.transition(ids[4], start_it).await.unwrap();
+        repo.transition(
+            ids[4],
+            Transition::Fail {
+                claim,
+                error: "no".into(),
+            },
+        )
+        .await
+        .unwrap();
+        repo.transition(ids[5], Transition::Cancel).await.unwrap();
+
+        let metrics = repo.metrics().await.unwrap();
+        assert_eq!(metrics.total_orders, 6);
+        let s = metrics.statuses;
+        assert_eq!(
+            (s.pending, s.processing, s.completed, s.failed, s.cancelled),
+            (1, 1, 2, 1, 1)
+        );
+        assert_eq!(s.sum(), metrics.total_orders);
+        assert_eq!(
+            metrics.completed_processing_micros,
+            u64::try_from(expected_micros).unwrap()
+        );
+        assert!(metrics.avg_processing_seconds() >= 0.02);
+    }
+}
+
+/// Cases for [`Queue`](crate::Queue) implementations.
+pub mod queue {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{LONG, SHORT, sleep};
+    use crate::order::OrderId;
+    use crate::queue::{Queue, QueueDepth, QueueError};
+
+    fn id(raw: i64) -> OrderId {
+        OrderId::new(raw).unwrap()
+    }
+
+    fn ids(claims: &[crate::queue::Claim]) -> Vec<OrderId> {
+        claims.iter().map(|c| c.order_id).collect()
+    }
+
+    /// Pushing an id the queue holds, in any state, changes nothing.
+    pub async fn push_is_idempotent(queue: Arc<dyn Queue>) {
+        assert!(queue.push(id(1)).await.unwrap());
+        assert!(!queue.push(id(1)).await.unwrap());
+        let claims = queue.claim(10, LONG).await.unwrap();
+        assert_eq!(ids(&claims), [id(1)]);
+        assert!(!queue.push(id(1)).await.unwrap(), "claimed ids are held");
+        assert!(queue.claim(10, LONG).await.unwrap().is_empty());
+        queue
+            .retry(&claims[0], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(!queue.push(id(1)).await.unwrap(), "delayed ids are held");
+        assert!(queue.claim(10, LONG).await.unwrap().is_empty());
+    }
+
+    /// Claims come oldest first, no more than asked for, each with its own token.
+    pub async fn claims_are_oldest_first_and_bounded(queue: Arc<dyn Queue>) {
+        for raw in 1..=5 {
+            queue.push(id(raw)).await.unwrap();
+        }
+        let first = queue.claim(2, LONG).await.unwrap();
+        assert_eq!(ids(&first), [id(1), id(2)]);
+        let rest = queue.claim(10, LONG).await.unwrap();
+        assert_eq!(ids(&rest), [id(3), id(4), id(5)]);
+        let tokens: HashSet<_> = first.iter().chain(&rest).map(|c| c.token).collect();
+        assert_eq!(tokens.len(), 5);
+        assert!(first.iter().chain(&rest).all(|c| c.deliveries == 1));
+        assert!(queue.claim(10, LONG).await.unwrap().is_empty());
+    }
+
+    /// An acked id is gone; it can be pushed afresh later.
+    pub async fn ack_removes_the_id(queue: Arc<dyn Queue>) {
+        queue.push(id(7)).await.unwrap();
+        let claim = queue.claim(1, LONG).await.unwrap().remove(0);
+        queue.ack(&claim).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
+        assert!(matches!(
+            queue.ack(&claim).await,
+            Err(QueueError::LeaseLost(lost)) if lost == id(7)
+        ));
+        assert!(queue.push(id(7)).await.unwrap());
+        assert_eq!(ids(&queue.claim(1, LONG).await.unwrap()), [id(7)]);
+    }
+
+    /// A claim not settled within its lease is handed out again with a new token; the old
+    /// claim can then change nothing.
+    pub async fn a_lapsed_lease_is_redelivered_and_the_old_claim_fenced(queue: Arc<dyn Queue>) {
+        queue.push(id(3)).await.unwrap();
+        let old = queue.claim(1, SHORT).await.unwrap().remove(0);
+        assert!(queue.claim(1, LONG).await.unwrap().is_empty());
+        sleep(SHORT + SHORT / 2).await;
+        let new = queue.claim(1, LONG).await.unwrap().remove(0);
+        assert_eq!(new.order_id, id(3));
+        assert_ne!(new.token, old.token);
+        assert_eq!(new.deliveries, 2);
+        for result in [
+            queue.ack(&old).await,
+            queue.retry(&old, Duration::ZERO).await,
+            queue.extend(&old, LONG).await,
+        ] {
+            assert!(
+                matches!(result, Err(QueueError::LeaseLost(_))),
+                "{result:?}"
+            );
+        }
+        queue.ack(&new).await.unwrap();
+    }
+
+    /// A claim whose lease ran out but that nobody claimed again can still be acked.
+    pub async fn a_lapsed_lease_not_reclaimed_can_still_ack(queue: Arc<dyn Queue>) {
+        queue.push(id(4)).await.unwrap();
+        let claim = queue.claim(1, SHORT).await.unwrap().remove(0);
+        sleep(SHORT + SHORT / 2).await;
+        queue.ack(&claim).await.unwrap();
+        assert!(queue.claim(1, LONG).await.unwrap().is_empty());
+    }
+
+    /// Extending moves the end of the lease, so the id is not handed out meanwhile.
+    pub async fn extend_keeps_the_claim(queue: Arc<dyn Queue>) {
+        queue.push(id(5)).await.unwrap();
+        let claim = queue.claim(1, SHORT).await.unwrap().remove(0);
+        sleep(SHORT * 2 / 3).await;
+        queue.extend(&claim, SHORT).await.unwrap();
+        sleep(SHORT / 2).await;
+        assert!(
+            queue.claim(1, LONG).await.unwrap().is_empty(),
+            "past the first lease, within the extended one"
+        );
+        sleep(SHORT).await;
+        assert_eq!(ids(&queue.claim(1, LONG).await.unwrap()), [id(5)]);
+    }
+
+    /// A retried id comes back after its delay, not before.
+    pub async fn retry_delays_the_next_delivery(queue: Arc<dyn Queue>) {
+        queue.push(id(9)).await.unwrap();
+        let claim = queue.claim(1, LONG).await.unwrap().remove(0);
+        queue.retry(&claim, SHORT).await.unwrap();
+        assert!(queue.claim(1, LONG).await.unwrap().is_empty());
+        assert_eq!(
+            queue.depth().await.unwrap(),
+            QueueDepth {
+                ready: 0,
+                delayed: 1,
+                claimed: 0
+            }
+        );
+        sleep(SHORT + SHORT / 2).await;
+        let again = queue.claim(1, LONG).await.unwrap().remove(0);
+        assert_eq!(again.order_id, id(9));
+        assert_eq!(again.deliveries, 2);
+    }
+
+    /// A retry without delay is claimable at once.
+    pub async fn retry_without_delay_is_ready_at_once(queue: Arc<dyn Queue>) {
+        queue.push(id(11)).await.unwrap();
+        let claim = queue.claim(1, LONG).await.unwrap().remove(0);
+        queue.retry(&claim, Duration::ZERO).await.unwrap();
+        assert_eq!(ids(&queue.claim(1, LONG).await.unwrap()), [id(11)]);
+    }
+
+    /// Depth counts ready, delayed and claimed ids.
+    pub async fn depth_counts_each_state(queue: Arc<dyn Queue>) {
+        for raw in 1..=4 {
+            queue.push(id(raw)).await.unwrap();
+        }
+        let claims = queue.claim(2, LONG).await.unwrap();
+        queue
+            .retry(&claims[0], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.depth().await.unwrap(),
+            QueueDepth {
+                ready: 2,
+                delayed: 1,
+                claimed: 1
+            }
+        );
+    }
+
+    /// A waiting worker wakes soon after work arrives, and an idle wait ends at its timeout.
+    pub async fn wait_wakes_on_new_work(queue: Arc<dyn Queue>) {
+        let began = Instant::now();
+        queue.wait(Duration::from_millis(200)).await;
+        let idle = began.elapsed();
+        assert!(
+            idle >= Duration::from_millis(150),
+            "an idle wait returned after {idle:?}"
+        );
+
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let began = Instant::now();
+                queue.wait(Duration::from_secs(30)).await;
+                began.elapsed()
+            })
+        };
+        sleep(Duration::from_millis(100)).await;
+        queue.push(id(21)).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter woke")
+            .unwrap();
+        assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    }
+
+    /// Claimers racing over one queue never get the same id.
+    pub async fn concurrent_claimers_never_share_an_id(queue: Arc<dyn Queue>) {
+        for raw in 1..=200 {
+            queue.push(id(raw)).await.unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let queue = queue.clone();
+            tasks.spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let claims = queue.claim(7, LONG).await.unwrap();
+                    if claims.is_empty() {
+                        return got;
+                    }
+                    got.extend(claims.into_iter().map(|c| c.order_id));
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+        let all: Vec<OrderId> = tasks.join_all().await.into_iter().flatten().collect();
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 200);
+        assert_eq!(distinct.len(), 200);
+    }
+}
+
+/// Generates one `#[tokio::test]` per [`Repository`](crate::Repository) contract case, each on
+/// a backend from `$factory` (an async closure returning `Arc<dyn Repository>`-compatible
+/// values).
+#[macro_export]
+macro_rules! repository_contract_tests {
+    ($factory:expr) => {
+        $crate::__contract_tests!(repository, $factory;
+            insert_stores_a_pending_order,
+            unknown_ids_are_not_found,
+            start_then_complete,
+            changes_are_fenced_by_the_claim,
+            a_lapsed_lease_is_taken_over_and_the_old_claim_fenced,
+            a_lapsed_lease_not_taken_over_still_completes,
+            renew_extends_the_lease,
+            retry_then_fail,
+            only_pending_orders_cancel,
+            finished_orders_never_change,
+            concurrent_starts_have_one_winner,
+            concurrent_inserts_get_distinct_ids,
+            stranded_finds_what_a_lost_queue_held,
+            metrics_follow_every_change,
+        );
+    };
+}
+
+/// Generates one `#[tokio::test]` per [`Queue`](crate::Queue) contract case, each on a backend
+/// from `$factory` (an async closure returning `Arc<dyn Queue>`-compatible values).
+#[macro_export]
+macro_rules! queue_contract_tests {
+    ($factory:expr) => {
+        $crate::__contract_tests!(queue, $factory;
+            push_is_idempotent,
+            claims_are_oldest_first_and_bounded,
+            ack_removes_the_id,
+            a_lapsed_lease_is_redelivered_and_the_old_claim_fenced,
+            a_lapsed_lease_not_reclaimed_can_still_ack,
+            extend_keeps_the_claim,
+            retry_delays_the_next_delivery,
+            retry_without_delay_is_ready_at_once,
+            depth_counts_each_state,
+            wait_wakes_on_new_work,
+            concurrent_claimers_never_share_an_id,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __contract_tests {
+    ($port:ident, $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::testing::$port::$case(factory().await).await;
+            }
+        )+
+    };
+}
