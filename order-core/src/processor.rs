@@ -742,3 +742,6 @@ async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

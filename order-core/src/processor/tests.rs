@@ -1,0 +1,614 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use super::*;
+use crate::handler::{MockOrderHandler, SimulatedStep};
+use crate::order::OrderStatus;
+use crate::queue::ClaimToken;
+use crate::repository::MockRepository;
+use crate::testing::sample_order;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn new_order(user: &str) -> NewOrder {
+    NewOrder {
+        user_id: user.into(),
+        item_ids: vec!["item1".into()],
+        total_amount: Decimal::new(1050, 2),
+    }
+}
+
+fn quick_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        multiplier: 2.0,
+        jitter: false,
+    }
+}
+
+async fn done(processor: &OrderProcessor, id: OrderId) -> Order {
+    tokio::time::timeout(WAIT, processor.wait_until_done(id))
+        .await
+        .expect("the order finished in time")
+        .unwrap()
+        .expect("the order exists")
+}
+
+/// Fails the first `failures` attempts of every order, then succeeds.
+struct FlakyStep {
+    failures: u32,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl OrderHandler for FlakyStep {
+    async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if order.attempts <= self.failures {
+            Err(HandlerError::transient(format!(
+                "warehouse busy (attempt {})",
+                order.attempts
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn submitted_orders_are_processed_once_each() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(
+            processor
+                .submit(new_order(&format!("u{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in ids {
+        let order = done(&processor, id).await;
+        assert_eq!(order.status, OrderStatus::Completed);
+        assert_eq!(order.attempts, 1);
+        assert_eq!(order.last_error, None);
+        assert!(order.processing_end_time >= order.processing_start_time);
+    }
+    let metrics = processor.metrics().await.unwrap();
+    assert_eq!(metrics.total_orders, 200);
+    assert_eq!(metrics.statuses.completed, 200);
+    assert_eq!(metrics.statuses.sum(), 200);
+    assert_eq!(running.shutdown(WAIT).await.abandoned, 0);
+}
+
+#[tokio::test]
+async fn invalid_orders_are_refused_and_nothing_is_stored() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    let err = processor
+        .submit(NewOrder {
+            item_ids: vec![],
+            ..new_order("u")
+        })
+        .await
+        .unwrap_err();
+    match err {
+        SubmitError::Invalid(err) => assert_eq!(err.field, "itemIds"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    assert_eq!(processor.metrics().await.unwrap().total_orders, 0);
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_with_backoff_then_succeeds() {
+    let step = Arc::new(FlakyStep {
+        failures: 2,
+        calls: AtomicU32::new(0),
+    });
+    let processor = OrderProcessor::builder(ArcStep(step.clone()))
+        .retry_policy(quick_retries(5))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!(order.status, OrderStatus::Completed);
+    assert_eq!(order.attempts, 3);
+    assert_eq!(
+        order.last_error.as_deref(),
+        Some("warehouse busy (attempt 2)")
+    );
+    assert_eq!(step.calls.load(Ordering::SeqCst), 3);
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn attempts_run_out_and_the_order_fails_with_its_last_error() {
+    let mut handler = MockOrderHandler::new();
+    handler
+        .expect_process()
+        .times(3)
+        .returning(|order| Err(HandlerError::transient(format!("down #{}", order.attempts))));
+    let processor = OrderProcessor::builder(handler)
+        .retry_policy(quick_retries(3))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!(order.status, OrderStatus::Failed);
+    assert_eq!(order.attempts, 3);
+    assert_eq!(order.last_error.as_deref(), Some("down #3"));
+    assert!(order.processing_end_time.is_some());
+    let metrics = processor.metrics().await.unwrap();
+    assert_eq!(
+        (metrics.statuses.failed, metrics.statuses.completed),
+        (1, 0)
+    );
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_the_order_at_once() {
+    let mut handler = MockOrderHandler::new();
+    handler
+        .expect_process()
+        .times(1)
+        .returning(|_| Err(HandlerError::permanent("card declined")));
+    let processor = OrderProcessor::builder(handler).build().unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!(order.status, OrderStatus::Failed);
+    assert_eq!(order.attempts, 1);
+    assert_eq!(order.last_error.as_deref(), Some("card declined"));
+    running.shutdown(WAIT).await;
+}
+
+/// Panics on every order, counting how often.
+struct PanickingStep(AtomicU32);
+
+#[async_trait]
+impl OrderHandler for PanickingStep {
+    async fn process(&self, _order: &Order) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("index out of bounds");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_an_error_not_a_lost_order() {
+    let step = Arc::new(PanickingStep(AtomicU32::new(0)));
+    let processor = OrderProcessor::builder(ArcStep(step.clone()))
+        .retry_policy(quick_retries(2))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!(order.status, OrderStatus::Failed);
+    assert_eq!(
+        order.last_error.as_deref(),
+        Some("handler panicked: index out of bounds")
+    );
+    assert_eq!(step.0.load(Ordering::SeqCst), 2);
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_order_is_never_started() {
+    let mut handler = MockOrderHandler::new();
+    handler.expect_process().times(1).returning(|_| Ok(()));
+    let processor = OrderProcessor::builder(handler).build().unwrap();
+    let cancelled = processor.submit(new_order("u")).await.unwrap().id;
+    let kept = processor.submit(new_order("v")).await.unwrap().id;
+    assert_eq!(
+        processor.cancel(cancelled).await.unwrap().status,
+        OrderStatus::Cancelled
+    );
+    let running = processor.start();
+    assert_eq!(done(&processor, kept).await.status, OrderStatus::Completed);
+    assert_eq!(
+        done(&processor, cancelled).await.status,
+        OrderStatus::Cancelled
+    );
+    assert!(matches!(
+        processor.cancel(kept).await,
+        Err(CancelError::NotCancellable {
+            status: OrderStatus::Completed,
+            ..
+        })
+    ));
+    assert!(matches!(
+        processor.cancel(OrderId::new(999).unwrap()).await,
+        Err(CancelError::NotFound(_))
+    ));
+    // The cancelled order's queue entry was dropped, not left to come back.
+    running.shutdown(WAIT).await;
+    assert_eq!(
+        processor.queue_depth().await.unwrap(),
+        QueueDepth::default()
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_recovers_what_a_crashed_run_left_behind() {
+    // A repository as a crashed process left it: one order never queued, one PROCESSING under
+    // a dead worker's lapsed lease, one finished. The new process's queue is empty.
+    let repository = Arc::new(InMemoryRepository::new());
+    let never_queued = repository.insert(&sample_order("a", 1)).await.unwrap().id;
+    let orphaned = repository.insert(&sample_order("b", 1)).await.unwrap().id;
+    repository
+        .transition(
+            orphaned,
+            Transition::Start {
+                claim: ClaimToken::generate(),
+                lease: Duration::from_millis(50),
+            },
+        )
+        .await
+        .unwrap();
+    let finished = repository.insert(&sample_order("c", 1)).await.unwrap().id;
+    let claim = ClaimToken::generate();
+    repository
+        .transition(
+            finished,
+            Transition::Start {
+                claim,
+                lease: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap();
+    repository
+        .transition(finished, Transition::Complete { claim })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut handler = MockOrderHandler::new();
+    handler.expect_process().times(2).returning(|_| Ok(()));
+    let processor = OrderProcessor::builder(handler)
+        .repository(repository)
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let first = done(&processor, never_queued).await;
+    assert_eq!((first.status, first.attempts), (OrderStatus::Completed, 1));
+    let second = done(&processor, orphaned).await;
+    assert_eq!(
+        (second.status, second.attempts),
+        (OrderStatus::Completed, 2)
+    );
+    running.shutdown(WAIT).await;
+}
+
+/// A queue whose first `failures` pushes fail, as a broker that is briefly down would.
+struct UnreliablePush {
+    inner: InMemoryQueue,
+    failures: AtomicU32,
+}
+
+#[async_trait]
+impl Queue for UnreliablePush {
+    async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(StorageError::unavailable("broker down").into());
+        }
+        self.inner.push(id).await
+    }
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
+        self.inner.claim(max, lease).await
+    }
+    async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
+        self.inner.extend(claim, lease).await
+    }
+    async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
+        self.inner.ack(claim).await
+    }
+    async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
+        self.inner.retry(claim, delay).await
+    }
+    async fn wait(&self, timeout: Duration) {
+        self.inner.wait(timeout).await;
+    }
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.inner.depth().await
+    }
+}
+
+#[tokio::test]
+async fn an_order_the_queue_refused_is_still_processed() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .queue(Arc::new(UnreliablePush {
+            inner: InMemoryQueue::new(),
+            failures: AtomicU32::new(1),
+        }))
+        .sweep_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    // The sweep at start found nothing; this submit's push fails.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let order = processor.submit(new_order("u")).await.unwrap();
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(
+        done(&processor, order.id).await.status,
+        OrderStatus::Completed
+    );
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_storage_failure_on_insert_is_reported_and_nothing_is_queued() {
+    let mut repository = MockRepository::new();
+    repository
+        .expect_insert()
+        .returning(|_| Err(StorageError::unavailable("connection refused")));
+    let queue = Arc::new(InMemoryQueue::new());
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .repository(Arc::new(repository))
+        .queue(queue.clone())
+        .build()
+        .unwrap();
+    match processor.submit(new_order("u")).await {
+        Err(SubmitError::Storage(err)) => assert!(err.unavailable),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
+}
+
+#[tokio::test]
+async fn a_storage_failure_while_starting_is_retried() {
+    // The repository refuses the first start; the order must still complete.
+    let inner = Arc::new(InMemoryRepository::new());
+    let id = inner.insert(&sample_order("u", 1)).await.unwrap().id;
+    let mut repository = MockRepository::new();
+    let refused = Arc::new(AtomicU32::new(0));
+    {
+        let inner = inner.clone();
+        let refused = refused.clone();
+        repository.expect_transition().returning(move |id, t| {
+            if matches!(t, Transition::Start { .. }) && refused.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                return Err(StorageError::unavailable("connection reset").into());
+            }
+            let inner = inner.clone();
+            // The mock is synchronous; the in-memory backend never waits, so this completes at
+            // once.
+            futures::executor::block_on(async move { inner.transition(id, t).await })
+        });
+    }
+    {
+        let inner = inner.clone();
+        repository
+            .expect_get()
+            .returning(move |id| futures::executor::block_on(inner.get(id)));
+    }
+    {
+        let inner = inner.clone();
+        repository.expect_stranded().returning(move |after, limit| {
+            futures::executor::block_on(inner.stranded(after, limit))
+        });
+    }
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .repository(Arc::new(repository))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let order = inner.get(id).await.unwrap().unwrap();
+            if order.status == OrderStatus::Completed {
+                assert_eq!(order.attempts, 1, "the refused start did not count");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("completed after the storage failure");
+    assert!(refused.load(Ordering::SeqCst) >= 2);
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
+    // Two processors share one repository and one queue; the handler takes four leases' time.
+    let repository: Arc<dyn Repository> = Arc::new(InMemoryRepository::new());
+    let queue: Arc<dyn Queue> = Arc::new(InMemoryQueue::new());
+    let step = Arc::new(FlakyStep {
+        failures: 0,
+        calls: AtomicU32::new(0),
+    });
+    let slow = SlowStep {
+        inner: step.clone(),
+        delay: Duration::from_millis(800),
+    };
+    let slow = Arc::new(slow);
+    let build = || {
+        OrderProcessor::builder(ArcStep(slow.clone()))
+            .repository(repository.clone())
+            .queue(queue.clone())
+            .lease(Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    let (run_a, run_b) = (a.start(), b.start());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(a.submit(new_order(&format!("u{i}"))).await.unwrap().id);
+    }
+    for id in ids {
+        let order = done(&b, id).await;
+        assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 1));
+    }
+    assert_eq!(step.calls.load(Ordering::SeqCst), 4);
+    run_a.shutdown(WAIT).await;
+    run_b.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_orders_in_progress_finish() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            processor
+                .submit(new_order(&format!("u{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Let the workers start them all.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(running.shutdown(WAIT).await.abandoned, 0);
+    for id in ids {
+        let order = processor.get(id).await.unwrap().unwrap();
+        assert_eq!(order.status, OrderStatus::Completed);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_past_its_timeout_gives_unfinished_orders_back() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        processor.get(id).await.unwrap().unwrap().status,
+        OrderStatus::Processing
+    );
+    let report = running.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.abandoned, 1);
+    let order = processor.get(id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(order.last_error.as_deref(), Some("interrupted by shutdown"));
+    let depth = processor.queue_depth().await.unwrap();
+    assert_eq!((depth.ready, depth.claimed), (1, 0));
+}
+
+#[tokio::test]
+async fn events_follow_an_order_through_its_life() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    let mut events = processor.subscribe();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&OrderStatus::Completed) {
+        let order = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(order.id, id);
+        seen.push(order.status);
+    }
+    assert_eq!(
+        seen,
+        [
+            OrderStatus::Pending,
+            OrderStatus::Processing,
+            OrderStatus::Completed
+        ]
+    );
+    running.shutdown(WAIT).await;
+}
+
+#[test]
+fn the_builder_refuses_settings_that_cannot_work() {
+    let step = || SimulatedStep::new(Duration::ZERO);
+    let refused = |result: Result<OrderProcessor, BuildError>| match result {
+        Err(BuildError::InvalidSetting { setting, .. }) => setting,
+        Ok(_) => panic!("built with a bad setting"),
+    };
+    assert_eq!(
+        refused(OrderProcessor::builder(step()).concurrency(0).build()),
+        "concurrency"
+    );
+    assert_eq!(
+        refused(
+            OrderProcessor::builder(step())
+                .lease(Duration::ZERO)
+                .build()
+        ),
+        "lease"
+    );
+    assert_eq!(
+        refused(
+            OrderProcessor::builder(step())
+                .retry_policy(RetryPolicy {
+                    max_attempts: 0,
+                    ..RetryPolicy::default()
+                })
+                .build()
+        ),
+        "retry_policy"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_its_cap_and_jitter_stays_in_the_upper_half() {
+    let policy = RetryPolicy {
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        jitter: false,
+        ..RetryPolicy::default()
+    };
+    let delays: Vec<_> = (1..=6).map(|n| policy.backoff(n).as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+    let jittered = RetryPolicy {
+        jitter: true,
+        ..policy
+    };
+    for _ in 0..100 {
+        let delay = jittered.backoff(3);
+        assert!(delay >= Duration::from_millis(200) && delay <= Duration::from_millis(400));
+    }
+    assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
+}
+
+/// Lets a test keep its own `Arc` to a handler it hands to the processor.
+struct ArcStep<H>(Arc<H>);
+
+#[async_trait]
+impl<H: OrderHandler> OrderHandler for ArcStep<H> {
+    async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        self.0.process(order).await
+    }
+}
+
+/// Sleeps, then hands the order to `inner`.
+struct SlowStep {
+    inner: Arc<FlakyStep>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl OrderHandler for SlowStep {
+    async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.process(order).await
+    }
+}
