@@ -165,7 +165,7 @@ pub struct Order {
     /// What was ordered, in the order given.
     pub item_ids: Vec<String>,
     /// The order's total, exact to the cent.
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    #[serde(with = "exact_amount")]
     pub total_amount: Decimal,
     /// Where the order is now.
     pub status: OrderStatus,
@@ -220,9 +220,36 @@ pub struct NewOrder {
     pub user_id: String,
     /// What is ordered: 1 to 1000 ids of 1 to 128 characters each.
     pub item_ids: Vec<String>,
-    /// The total: at least 0, at most 10^10, at most 2 decimal places.
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    /// The total: at least 0, at most 10^10, at most 2 decimal places. In JSON, a number
+    /// (never a string), read from its exact text.
+    #[serde(with = "exact_amount")]
     pub total_amount: Decimal,
+}
+
+/// Money as a JSON number, read and written from its decimal text so that no float is ever
+/// involved: `59.99` stays `59.99`.
+mod exact_amount {
+    use rust_decimal::Decimal;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        amount: &Decimal,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        rust_decimal::serde::arbitrary_precision::serialize(amount, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Decimal, D::Error> {
+        // With serde_json's `arbitrary_precision`, a `Number` keeps the text it was written as.
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let text = number.as_str();
+        Decimal::from_str_exact(text)
+            .or_else(|_| Decimal::from_scientific(text))
+            .map_err(|_| D::Error::custom(format!("{text} is not an amount this system can hold exactly (at most 28 significant digits)")))
+    }
 }
 
 /// A rule an order broke, naming the field (as the API spells it) and the reason.
@@ -483,6 +510,33 @@ mod tests {
         let parsed: NewOrder =
             serde_json::from_str(r#"{"userId":"u","itemIds":["i"],"totalAmount":0.30}"#).unwrap();
         assert_eq!(parsed.validate().unwrap().total_amount().to_string(), "0.3");
+    }
+
+    #[test]
+    fn amounts_must_be_json_numbers_held_exactly() {
+        let parse = |amount: &str| {
+            serde_json::from_str::<NewOrder>(&format!(
+                r#"{{"userId":"u","itemIds":["i"],"totalAmount":{amount}}}"#
+            ))
+        };
+        assert!(
+            parse(r#""1.00""#)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid type: string")
+        );
+        assert!(
+            parse("1e400")
+                .unwrap_err()
+                .to_string()
+                .contains("not an amount")
+        );
+        assert!(parse("0.1234567890123456789012345678901").is_err());
+        assert_eq!(parse("1.5e2").unwrap().total_amount.to_string(), "150");
+        assert_eq!(
+            parse("-0").unwrap().validate().unwrap().total_amount(),
+            Decimal::ZERO
+        );
     }
 
     #[test]

@@ -1,0 +1,44 @@
+//! `order-server`: parses its configuration, binds, and serves the order API until Ctrl-C or
+//! SIGTERM, then drains requests and orders in progress.
+
+use anyhow::Context;
+use clap::Parser;
+use order_server::{Config, LogFormat, app, run, shutdown_signal};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let processor = config.processor()?;
+    let listener = TcpListener::bind(config.listen_address())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_address()))?;
+    info!(
+        address = %listener.local_addr()?,
+        workers = config.workers,
+        processing_delay_ms = config.processing_delay_ms,
+        "listening"
+    );
+    warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
+
+    let running = processor.start();
+    run(
+        listener,
+        app(processor, config.request_timeout()),
+        shutdown_signal(),
+    )
+    .await
+    .context("server failed")?;
+    let report = running.shutdown(config.shutdown_timeout()).await;
+    info!(abandoned = report.abandoned, "stopped");
+    Ok(())
+}

@@ -1,0 +1,97 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use order_core::{OrderProcessor, Repository, SimulatedStep};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// What a client got back.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl Reply {
+    /// The `error` of a JSON error body, checking it is one.
+    pub(crate) fn error(&self) -> &str {
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            "application/json",
+            "errors are JSON"
+        );
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {}", self.body))
+    }
+}
+
+/// An API over in-memory storage whose processor is not started: orders stay PENDING.
+pub(crate) fn idle_app() -> (Router, OrderProcessor) {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    (
+        order_server::app(processor.clone(), Duration::from_secs(5)),
+        processor,
+    )
+}
+
+/// An API over the given repository (a mock, for failure paths).
+pub(crate) fn app_with(repository: impl Repository + 'static) -> Router {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .repository(Arc::new(repository))
+        .build()
+        .unwrap();
+    order_server::app(processor, Duration::from_secs(5))
+}
+
+pub(crate) async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            panic!(
+                "body is not JSON ({err}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub(crate) async fn get(app: &Router, uri: &str) -> Reply {
+    send(
+        app,
+        Request::builder().uri(uri).body(Body::empty()).unwrap(),
+    )
+    .await
+}
+
+pub(crate) async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) -> Reply {
+    send(
+        app,
+        Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .unwrap(),
+    )
+    .await
+}
+
+pub(crate) const VALID_ORDER: &str =
+    r#"{"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99}"#;

@@ -1,0 +1,205 @@
+//! The real `order-server` binary, over TCP on loopback: configuration from the environment,
+//! processing in real time, graceful shutdown on SIGTERM.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct Server {
+    child: Child,
+    base: String,
+    logs: Arc<Mutex<Vec<Value>>>,
+    client: reqwest::Client,
+}
+
+/// Starts the binary on a free loopback port with `env`, and waits until it listens.
+async fn spawn_server(env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_order-server"));
+    command
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("order-server starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let entry: Value = serde_json::from_str(&line).unwrap();
+            let address = entry["fields"]["address"].as_str().map(str::to_owned);
+            logs.lock().unwrap().push(entry);
+            if let Some(address) = address {
+                return address;
+            }
+        }
+        panic!("order-server exited before listening");
+    })
+    .await
+    .expect("order-server listens within 30 s");
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(entry) = serde_json::from_str(&line) {
+                sink.lock().unwrap().push(entry);
+            }
+        }
+    });
+    Server {
+        child,
+        base: format!("http://{address}"),
+        logs,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    async fn terminate(mut self) -> (bool, Vec<Value>) {
+        let pid = self.child.id().expect("still running").to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within 30 s of SIGTERM")
+            .unwrap();
+        // Let the log reader drain the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let logs = self.logs.lock().unwrap().clone();
+        (status.success(), logs)
+    }
+}
+
+fn order() -> Value {
+    json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99})
+}
+
+fn seconds_between(order: &Value, from: &str, to: &str) -> f64 {
+    let time =
+        |key: &str| chrono::DateTime::parse_from_rfc3339(order[key].as_str().unwrap()).unwrap();
+    (time(to) - time(from)).num_microseconds().unwrap() as f64 / 1e6
+}
+
+#[tokio::test]
+async fn an_order_goes_pending_processing_completed_in_about_the_processing_delay() {
+    let server = spawn_server(&[("PROCESSING_DELAY_MS", "1000")]).await;
+    let (status, created) = server.post("/orders", &order()).await;
+    assert_eq!(status, 201);
+    assert_eq!(created["order"]["status"], "PENDING");
+    let id = created["order"]["id"].as_i64().unwrap();
+
+    let mut seen = vec!["PENDING".to_owned()];
+    let began = Instant::now();
+    let finished = loop {
+        assert!(began.elapsed() < Duration::from_secs(20), "still {seen:?}");
+        let (status, body) = server.get(&format!("/orders/{id}")).await;
+        assert_eq!(status, 200);
+        let current = body["order"]["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&current) {
+            seen.push(current.clone());
+        }
+        if current == "COMPLETED" {
+            break body["order"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen, ["PENDING", "PROCESSING", "COMPLETED"]);
+    let took = seconds_between(&finished, "processingStartTime", "processingEndTime");
+    assert!((0.95..3.0).contains(&took), "processing took {took} s");
+    assert_eq!(finished["attempts"], 1);
+
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(metrics["totalOrders"], 1);
+    assert_eq!(metrics["processedCount"], 1);
+    assert_eq!(metrics["statuses"]["completed"], 1);
+    let avg = metrics["avgProcessingTime"].as_f64().unwrap();
+    assert!((avg - took).abs() < 1e-3, "avg {avg} vs {took}");
+
+    let (clean, _) = server.terminate().await;
+    assert!(clean, "exit status 0 after SIGTERM");
+}
+
+#[tokio::test]
+async fn sigterm_drains_orders_in_progress_then_exits_zero() {
+    let server = spawn_server(&[
+        ("PROCESSING_DELAY_MS", "700"),
+        ("SHUTDOWN_TIMEOUT_SECS", "20"),
+    ])
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, created) = server.post("/orders", &order()).await;
+        assert_eq!(status, 201);
+        ids.push(created["order"]["id"].as_i64().unwrap());
+    }
+    // Wait until all three are in the handler.
+    let began = Instant::now();
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        if metrics["statuses"]["processing"] == 3 {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let (clean, logs) = server.terminate().await;
+    assert!(clean, "exit status 0 after SIGTERM");
+    assert!(stopping.elapsed() < Duration::from_secs(20));
+    let stopped = logs
+        .iter()
+        .find(|entry| entry["fields"]["message"] == "stopped")
+        .unwrap_or_else(|| panic!("no 'stopped' line in {logs:?}"));
+    assert_eq!(stopped["fields"]["abandoned"], 0, "all three finished");
+}
+
+#[tokio::test]
+async fn a_database_url_this_build_cannot_use_stops_the_start_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", "postgres://localhost/orders")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
