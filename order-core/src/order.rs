@@ -288,8 +288,8 @@ fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError
 impl NewOrder {
     /// Checks every rule, returning the first one broken.
     ///
-    /// The total is normalised (`59.90` becomes `59.9`), so every backend stores and returns
-    /// the same text for the same amount.
+    /// The total is brought to two decimal places (`59.9` becomes `59.90`, `60` becomes
+    /// `60.00`), so every backend stores and shows the same text for the same amount.
     pub fn validate(self) -> Result<ValidatedOrder, ValidationError> {
         check_id("userId", &self.user_id)?;
         if self.item_ids.is_empty() {
@@ -323,13 +323,16 @@ impl NewOrder {
                 format!("must be at most {MAX_TOTAL_AMOUNT}"),
             ));
         }
+        // Cents, always: `59.9` is stored and shown as `59.90`, as PostgreSQL's NUMERIC(12, 2)
+        // holds it. `-0` keeps its sign bit through normalising; store a plain zero.
+        let mut cents = if amount.is_zero() {
+            Decimal::ZERO
+        } else {
+            amount
+        };
+        cents.rescale(MAX_AMOUNT_SCALE);
         Ok(ValidatedOrder(NewOrder {
-            // `-0` normalises to `0`, but keeps its sign bit; store a plain zero.
-            total_amount: if amount.is_zero() {
-                Decimal::ZERO
-            } else {
-                amount
-            },
+            total_amount: cents,
             ..self
         }))
     }
@@ -351,7 +354,7 @@ impl ValidatedOrder {
         &self.0.item_ids
     }
 
-    /// The normalised total.
+    /// The total, with exactly two decimal places.
     pub fn total_amount(&self) -> Decimal {
         self.0.total_amount
     }
@@ -380,13 +383,15 @@ mod tests {
     }
 
     #[test]
-    fn a_well_formed_order_is_valid_and_its_amount_normalised() {
-        let valid = order("user-123", &["item1", "item2"], "59.90")
+    fn a_well_formed_order_is_valid_and_its_amount_in_cents() {
+        let valid = order("user-123", &["item1", "item2"], "59.9")
             .validate()
             .unwrap();
         assert_eq!(valid.user_id(), "user-123");
         assert_eq!(valid.item_ids(), ["item1", "item2"]);
-        assert_eq!(valid.total_amount().to_string(), "59.9");
+        assert_eq!(valid.total_amount().to_string(), "59.90");
+        let whole = order("u", &["i"], "60").validate().unwrap();
+        assert_eq!(whole.total_amount().to_string(), "60.00");
     }
 
     #[test]
@@ -405,7 +410,7 @@ mod tests {
                 .unwrap()
                 .total_amount()
                 .to_string(),
-            "0"
+            "0.00"
         );
     }
 
@@ -509,7 +514,7 @@ mod tests {
         // 0.1 + 0.2 style float noise would show here if a float were involved anywhere.
         let parsed: NewOrder =
             serde_json::from_str(r#"{"userId":"u","itemIds":["i"],"totalAmount":0.30}"#).unwrap();
-        assert_eq!(parsed.validate().unwrap().total_amount().to_string(), "0.3");
+        assert_eq!(parsed.validate().unwrap().total_amount().to_string(), "0.30");
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! [`queue_contract_tests!`](crate::queue_contract_tests) turn every case into a `#[tokio::test]`
 //! in the calling crate, given an async factory:
 //!
-//! ```ignore
-//! order_core::repository_contract_tests!(async || {
-//!     std::sync::Arc::new(MyRepository::connect_to_a_fresh_database().await)
-//! });
+//! ```
+//! // In a test file of the crate that implements the backend (here, the in-memory one):
+//! mod repository_contract {
+//!     order_core::repository_contract_tests!(async || {
+//!         std::sync::Arc::new(order_core::InMemoryRepository::new())
+//!     });
+//! }
 //! ```
 //!
 //! Lease cases use real time (a backend may keep time on another machine) with margins of

@@ -1,6 +1,9 @@
 //! HTTP tests of order-server: what a client sees (status, headers, body) and the state
 //! afterwards.
 
+// Helpers of a test binary: a broken expectation panics, which is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod errors;
 mod failures;
 mod helpers;

@@ -56,11 +56,12 @@ async fn amounts_are_exact_json_numbers() {
     let (app, _) = idle_app();
     for (sent, shown) in [
         ("59.99", "59.99"),
-        ("0.1", "0.1"),
+        ("0.1", "0.10"),
         ("9999999999.99", "9999999999.99"),
-        ("10000000000", "10000000000"),
-        ("59.90", "59.9"),
-        ("0", "0"),
+        ("10000000000", "10000000000.00"),
+        ("59.900", "59.90"),
+        ("0", "0.00"),
+        ("1.5e1", "15.00"),
     ] {
         let body = format!(r#"{{"userId":"u","itemIds":["i"],"totalAmount":{sent}}}"#);
         let created = post_json(&app, "/orders", body).await;
