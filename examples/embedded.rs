@@ -58,8 +58,7 @@ impl OrderHandler for ReserveStock {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -95,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
                 total_amount: Decimal::new(cents, 2),
             })
             .await?;
-        println!("submitted order {} for {user}: {}", order.id, order.total_amount);
+        println!(
+            "submitted order {} for {user}: {}",
+            order.id, order.total_amount
+        );
         ids.push(order.id);
     }
 

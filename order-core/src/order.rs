@@ -514,7 +514,10 @@ mod tests {
         // 0.1 + 0.2 style float noise would show here if a float were involved anywhere.
         let parsed: NewOrder =
             serde_json::from_str(r#"{"userId":"u","itemIds":["i"],"totalAmount":0.30}"#).unwrap();
-        assert_eq!(parsed.validate().unwrap().total_amount().to_string(), "0.30");
+        assert_eq!(
+            parsed.validate().unwrap().total_amount().to_string(),
+            "0.30"
+        );
     }
 
     #[test]

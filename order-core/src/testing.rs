@@ -1,4 +1,4 @@
-//! The contract every [`Repository`] and [`Queue`] must keep, as tests to run against an
+//! The contract every [`Repository`](crate::Repository) and [`Queue`](crate::Queue) must keep, as tests to run against an
 //! implementation.
 //!
 //! Each case is an async function taking a fresh, empty backend. The macros
