@@ -32,6 +32,15 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
     }
 }
 
+async fn submit_many(processor: &OrderProcessor, count: usize) -> Vec<OrderId> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let order = processor.submit(new_order(&format!("u{i}"))).await.unwrap();
+        ids.push(order.id);
+    }
+    ids
+}
+
 async fn done(processor: &OrderProcessor, id: OrderId) -> Order {
     tokio::time::timeout(WAIT, processor.wait_until_done(id))
         .await
@@ -67,16 +76,7 @@ async fn submitted_orders_are_processed_once_each() {
         .build()
         .unwrap();
     let running = processor.start();
-    let mut ids = Vec::new();
-    for i in 0..200 {
-        ids.push(
-            processor
-                .submit(new_order(&format!("u{i}")))
-                .await
-                .unwrap()
-                .id,
-        );
-    }
+    let ids = submit_many(&processor, 200).await;
     for id in ids {
         let order = done(&processor, id).await;
         assert_eq!(order.status, OrderStatus::Completed);
@@ -110,19 +110,30 @@ async fn invalid_orders_are_refused_and_nothing_is_stored() {
     assert_eq!(processor.metrics().await.unwrap().total_orders, 0);
 }
 
+/// Starts a processor around `handler`, submits one order and returns it once finished,
+/// with the processor for a look at its metrics.
+async fn process_one(
+    handler: impl OrderHandler + 'static,
+    retry: RetryPolicy,
+) -> (Order, OrderProcessor) {
+    let processor = OrderProcessor::builder(handler)
+        .retry_policy(retry)
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    running.shutdown(WAIT).await;
+    (order, processor)
+}
+
 #[tokio::test]
 async fn a_failing_handler_is_retried_with_backoff_then_succeeds() {
     let step = Arc::new(FlakyStep {
         failures: 2,
         calls: AtomicU32::new(0),
     });
-    let processor = OrderProcessor::builder(ArcStep(step.clone()))
-        .retry_policy(quick_retries(5))
-        .build()
-        .unwrap();
-    let running = processor.start();
-    let id = processor.submit(new_order("u")).await.unwrap().id;
-    let order = done(&processor, id).await;
+    let (order, _) = process_one(ArcStep(step.clone()), quick_retries(5)).await;
     assert_eq!(order.status, OrderStatus::Completed);
     assert_eq!(order.attempts, 3);
     assert_eq!(
@@ -130,7 +141,6 @@ async fn a_failing_handler_is_retried_with_backoff_then_succeeds() {
         Some("warehouse busy (attempt 2)")
     );
     assert_eq!(step.calls.load(Ordering::SeqCst), 3);
-    running.shutdown(WAIT).await;
 }
 
 #[tokio::test]
@@ -140,13 +150,7 @@ async fn attempts_run_out_and_the_order_fails_with_its_last_error() {
         .expect_process()
         .times(3)
         .returning(|order| Err(HandlerError::transient(format!("down #{}", order.attempts))));
-    let processor = OrderProcessor::builder(handler)
-        .retry_policy(quick_retries(3))
-        .build()
-        .unwrap();
-    let running = processor.start();
-    let id = processor.submit(new_order("u")).await.unwrap().id;
-    let order = done(&processor, id).await;
+    let (order, processor) = process_one(handler, quick_retries(3)).await;
     assert_eq!(order.status, OrderStatus::Failed);
     assert_eq!(order.attempts, 3);
     assert_eq!(order.last_error.as_deref(), Some("down #3"));
@@ -156,7 +160,6 @@ async fn attempts_run_out_and_the_order_fails_with_its_last_error() {
         (metrics.statuses.failed, metrics.statuses.completed),
         (1, 0)
     );
-    running.shutdown(WAIT).await;
 }
 
 #[tokio::test]
@@ -166,14 +169,10 @@ async fn a_permanent_error_fails_the_order_at_once() {
         .expect_process()
         .times(1)
         .returning(|_| Err(HandlerError::permanent("card declined")));
-    let processor = OrderProcessor::builder(handler).build().unwrap();
-    let running = processor.start();
-    let id = processor.submit(new_order("u")).await.unwrap().id;
-    let order = done(&processor, id).await;
+    let (order, _) = process_one(handler, quick_retries(5)).await;
     assert_eq!(order.status, OrderStatus::Failed);
     assert_eq!(order.attempts, 1);
     assert_eq!(order.last_error.as_deref(), Some("card declined"));
-    running.shutdown(WAIT).await;
 }
 
 /// Panics on every order, counting how often.
@@ -190,20 +189,13 @@ impl OrderHandler for PanickingStep {
 #[tokio::test]
 async fn a_panicking_handler_is_an_error_not_a_lost_order() {
     let step = Arc::new(PanickingStep(AtomicU32::new(0)));
-    let processor = OrderProcessor::builder(ArcStep(step.clone()))
-        .retry_policy(quick_retries(2))
-        .build()
-        .unwrap();
-    let running = processor.start();
-    let id = processor.submit(new_order("u")).await.unwrap().id;
-    let order = done(&processor, id).await;
+    let (order, _) = process_one(ArcStep(step.clone()), quick_retries(2)).await;
     assert_eq!(order.status, OrderStatus::Failed);
     assert_eq!(
         order.last_error.as_deref(),
         Some("handler panicked: index out of bounds")
     );
     assert_eq!(step.0.load(Ordering::SeqCst), 2);
-    running.shutdown(WAIT).await;
 }
 
 #[tokio::test]
@@ -449,10 +441,7 @@ async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
     };
     let (a, b) = (build(), build());
     let (run_a, run_b) = (a.start(), b.start());
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(a.submit(new_order(&format!("u{i}"))).await.unwrap().id);
-    }
+    let ids = submit_many(&a, 4).await;
     for id in ids {
         let order = done(&b, id).await;
         assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 1));
@@ -468,16 +457,7 @@ async fn shutdown_lets_orders_in_progress_finish() {
         .build()
         .unwrap();
     let running = processor.start();
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(
-            processor
-                .submit(new_order(&format!("u{i}")))
-                .await
-                .unwrap()
-                .id,
-        );
-    }
+    let ids = submit_many(&processor, 5).await;
     // Let the workers start them all.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(running.shutdown(WAIT).await.abandoned, 0);
