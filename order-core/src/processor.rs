@@ -24,6 +24,12 @@ const MAX_ERROR_CHARS: usize = 2000;
 const SWEEP_PAGE: usize = 500;
 /// How many order snapshots a slow [`OrderProcessor::subscribe`] receiver may fall behind.
 const EVENT_BUFFER: usize = 1024;
+/// After the drain timeout, how long unfinished orders get to be handed back before shutdown
+/// returns regardless (a hung backend must not hang shutdown).
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest lease: a worker renews while it works, so a lease only needs to outlast the
+/// pause between two renewals.
+const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 /// How failed attempts are retried: exponential backoff, then FAILED.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,8 +148,8 @@ impl OrderProcessorBuilder {
     }
 
     /// How long a worker holds an order before another may take it over, unless renewed (the
-    /// worker renews every third of it while the handler runs); 10 s unless set. A crashed
-    /// worker's orders are picked up again about this long after it died.
+    /// worker renews every third of it while the handler runs); 10 s unless set, at most an
+    /// hour. A crashed worker's orders are picked up again about this long after it died.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
         self
@@ -177,8 +183,8 @@ impl OrderProcessorBuilder {
         if s.concurrency == 0 {
             return invalid("concurrency", "must be at least 1");
         }
-        if s.lease < Duration::from_millis(10) {
-            return invalid("lease", "must be at least 10 ms");
+        if s.lease < Duration::from_millis(10) || s.lease > MAX_LEASE {
+            return invalid("lease", "must be from 10 ms to 1 hour");
         }
         if s.retry.max_attempts == 0 {
             return invalid("retry_policy", "max_attempts must be at least 1");
@@ -186,8 +192,14 @@ impl OrderProcessorBuilder {
         if !(s.retry.multiplier.is_finite() && s.retry.multiplier >= 1.0) {
             return invalid("retry_policy", "multiplier must be a finite number >= 1");
         }
-        if s.poll_interval.is_zero() || s.sweep_interval.is_zero() {
-            return invalid("poll_interval/sweep_interval", "must be more than zero");
+        if s.retry.max_backoff > Duration::from_secs(30 * 24 * 3600) {
+            return invalid("retry_policy", "max_backoff must be at most 30 days");
+        }
+        if s.poll_interval.is_zero() || s.poll_interval > Duration::from_secs(3600) {
+            return invalid("poll_interval", "must be more than zero and at most 1 hour");
+        }
+        if s.sweep_interval.is_zero() || s.sweep_interval > Duration::from_secs(24 * 3600) {
+            return invalid("sweep_interval", "must be more than zero and at most 1 day");
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(OrderProcessor {
@@ -406,7 +418,15 @@ impl ProcessorHandle {
                 "drain timeout reached; giving unfinished orders back to the queue"
             );
             self.abandon.cancel();
-            self.tracker.wait().await;
+            if tokio::time::timeout(GIVE_BACK_TIMEOUT, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    left = self.tracker.len(),
+                    "orders could not be handed back in time; their leases will bring them back"
+                );
+            }
             abandoned
         } else {
             0
@@ -443,6 +463,16 @@ impl Engine {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     tries += 1;
+                }
+                // A write that failed may have landed all the same: finding the order already
+                // where this transition leads, after a failure, means it did.
+                Err(TransitionError::Conflict { current, .. })
+                    if tries > 0 && current == transition.target() =>
+                {
+                    return match self.repository.get(id).await? {
+                        Some(order) => Ok(order),
+                        None => Err(TransitionError::NotFound(id)),
+                    };
                 }
                 Ok(order) => {
                     self.publish(&order);
@@ -646,12 +676,16 @@ async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
 }
 
 /// Renews the claim's lease, in the queue and in the repository, every third of the lease;
-/// returns only when the lease was lost to another worker.
+/// returns when the lease was lost to another worker, or is about to run out because renewals
+/// keep failing (so that the handler stops before another worker may start the order).
 async fn keep_lease(engine: &Engine, claim: &Claim) {
     let lease = engine.settings.lease;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    let period = lease / 3;
+    let mut held_until = tokio::time::Instant::now() + lease;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         ticks.tick().await;
+        let asked_at = tokio::time::Instant::now();
         let renewed = engine
             .repository
             .transition(
@@ -665,10 +699,16 @@ async fn keep_lease(engine: &Engine, claim: &Claim) {
         match renewed {
             Err(TransitionError::Conflict { .. } | TransitionError::NotFound(_)) => return,
             Err(TransitionError::Storage(err)) => {
-                warn!(error = %err, "could not renew the lease");
+                if asked_at + period >= held_until {
+                    warn!(error = %err, "could not renew the lease before it runs out; stopping");
+                    return;
+                }
+                warn!(error = %err, "could not renew the lease; trying again");
                 continue;
             }
-            Ok(_) => {}
+            // The repository counts the lease from when it applied the renewal, no earlier than
+            // this call began.
+            Ok(_) => held_until = asked_at + lease,
         }
         match engine.queue.extend(claim, lease).await {
             Err(QueueError::LeaseLost(_)) => return,
@@ -678,17 +718,11 @@ async fn keep_lease(engine: &Engine, claim: &Claim) {
     }
 }
 
-/// Hands an unfinished order back at shutdown, so the next run starts it at once rather than
-/// after its lease runs out.
+/// Hands an unfinished order back at shutdown, without using up an attempt, so the next run
+/// starts it at once rather than after its lease runs out.
 async fn give_back(engine: &Engine, claim: &Claim) {
     let released = engine
-        .record(
-            claim.order_id,
-            Transition::Retry {
-                claim: claim.token,
-                error: "interrupted by shutdown".to_owned(),
-            },
-        )
+        .record(claim.order_id, Transition::Release { claim: claim.token })
         .await;
     if released.is_ok() {
         settle(engine.queue.retry(claim, Duration::ZERO).await);
@@ -709,7 +743,11 @@ fn settle(result: Result<(), QueueError>) {
 
 async fn sweep_loop(engine: Arc<Engine>, stop: CancellationToken) {
     loop {
-        match sweep(&engine).await {
+        let swept = tokio::select! {
+            () = stop.cancelled() => return,
+            swept = sweep(&engine) => swept,
+        };
+        match swept {
             Ok(0) => debug!("recovery sweep found nothing to re-queue"),
             Ok(requeued) => info!(requeued, "recovery sweep re-queued stranded orders"),
             Err(err) => warn!(error = %err, "recovery sweep failed; it will run again"),

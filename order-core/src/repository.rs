@@ -53,6 +53,15 @@ pub enum Transition {
         /// Why the order cannot be done.
         error: String,
     },
+    /// PROCESSING under `claim` -> PENDING, as if this attempt had never been made: `attempts`
+    /// goes back down by one, and `processing_start_time` is cleared when it reaches 0. For
+    /// work given back unfinished at shutdown, which should not use up one of the order's
+    /// attempts (a crash does: a takeover counts, so an order that kills its worker every
+    /// time still fails in the end).
+    Release {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+    },
     /// PENDING -> CANCELLED. Needs no claim: no worker holds a PENDING order.
     Cancel,
 }
@@ -63,7 +72,7 @@ impl Transition {
         match self {
             Transition::Start { .. } | Transition::Renew { .. } => OrderStatus::Processing,
             Transition::Complete { .. } => OrderStatus::Completed,
-            Transition::Retry { .. } => OrderStatus::Pending,
+            Transition::Retry { .. } | Transition::Release { .. } => OrderStatus::Pending,
             Transition::Fail { .. } => OrderStatus::Failed,
             Transition::Cancel => OrderStatus::Cancelled,
         }

@@ -156,6 +156,7 @@ pub mod repository {
                 claim: stranger,
                 lease: LONG,
             },
+            Transition::Release { claim: stranger },
         ] {
             assert_eq!(
                 conflict(&*repo, order.id, t).await,
@@ -291,6 +292,59 @@ pub mod repository {
         assert!(failed.processing_end_time.is_some());
     }
 
+    /// Giving an unfinished attempt back makes the order PENDING as if the attempt had not
+    /// been made; only the claim that holds it can.
+    pub async fn release_gives_an_unfinished_attempt_back(repo: Arc<dyn Repository>) {
+        let order = insert(&*repo).await;
+        let (claim, start_it) = start(LONG);
+        repo.transition(order.id, start_it).await.unwrap();
+        assert_eq!(
+            conflict(
+                &*repo,
+                order.id,
+                Transition::Release {
+                    claim: ClaimToken::generate()
+                }
+            )
+            .await,
+            (OrderStatus::Processing, true)
+        );
+        let released = repo
+            .transition(order.id, Transition::Release { claim })
+            .await
+            .unwrap();
+        assert_eq!(released.status, OrderStatus::Pending);
+        assert_eq!(released.attempts, 0);
+        assert_eq!(released.processing_start_time, None);
+        assert_eq!(released.last_error, None);
+        assert_eq!(repo.metrics().await.unwrap().statuses.pending, 1);
+
+        // After a failed attempt, a released second one leaves the first counted.
+        let (first, start_first) = start(LONG);
+        let started = repo.transition(order.id, start_first).await.unwrap();
+        repo.transition(
+            order.id,
+            Transition::Retry {
+                claim: first,
+                error: "busy".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let (second, start_second) = start(LONG);
+        repo.transition(order.id, start_second).await.unwrap();
+        let released = repo
+            .transition(order.id, Transition::Release { claim: second })
+            .await
+            .unwrap();
+        assert_eq!(released.attempts, 1);
+        assert_eq!(
+            released.processing_start_time,
+            started.processing_start_time
+        );
+        assert_eq!(released.last_error.as_deref(), Some("busy"));
+    }
+
     /// Only a PENDING order can be cancelled, and a cancelled order is never started.
     pub async fn only_pending_orders_cancel(repo: Arc<dyn Repository>) {
         let order = insert(&*repo).await;
@@ -334,6 +388,7 @@ pub mod repository {
                 error: "late".into(),
             },
             Transition::Renew { claim, lease: LONG },
+            Transition::Release { claim },
         ] {
             let (current, _) = conflict(&*repo, order.id, t).await;
             assert_eq!(current, OrderStatus::Completed);
@@ -707,6 +762,7 @@ macro_rules! repository_contract_tests {
             a_lapsed_lease_not_taken_over_still_completes,
             renew_extends_the_lease,
             retry_then_fail,
+            release_gives_an_unfinished_attempt_back,
             only_pending_orders_cancel,
             finished_orders_never_change,
             concurrent_starts_have_one_winner,

@@ -1,7 +1,7 @@
 //! The handlers: one function per route.
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_core::{
@@ -16,6 +16,12 @@ use crate::error::ApiError;
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct AppJson<T>(pub T);
 
+/// `axum::extract::Path`, with its rejections (a segment that is not UTF-8) answered as
+/// [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct AppPath<T>(pub T);
+
 /// An `{"order": ...}` body, as the seed API shaped it.
 #[derive(Debug, Serialize)]
 pub(crate) struct OrderBody {
@@ -27,7 +33,13 @@ pub(crate) async fn create_order(
     State(processor): State<OrderProcessor>,
     AppJson(new_order): AppJson<NewOrder>,
 ) -> Result<Response, ApiError> {
-    let order = processor.submit(new_order).await?;
+    // Submitted on its own task: if the client goes away or the request times out, storing
+    // and queueing still finish together instead of stopping between the two.
+    let order = tokio::spawn(async move { processor.submit(new_order).await })
+        .await
+        .map_err(|err| ApiError::Internal {
+            cause: format!("submit task failed: {err}"),
+        })??;
     let location = HeaderValue::from_str(&format!("/orders/{}", order.id)).map_err(|err| {
         ApiError::Internal {
             cause: err.to_string(),
@@ -45,7 +57,7 @@ pub(crate) async fn create_order(
 /// integer, `404` for an unknown one.
 pub(crate) async fn get_order(
     State(processor): State<OrderProcessor>,
-    Path(raw_id): Path<String>,
+    AppPath(raw_id): AppPath<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let id: OrderId = raw_id
         .parse()

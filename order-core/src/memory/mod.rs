@@ -9,11 +9,23 @@ pub use queue::InMemoryQueue;
 pub use repository::InMemoryRepository;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Locks `mutex`, going on past poisoning: the critical sections in this module never panic
 /// between two writes, so a poisoned lock still guards consistent state.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `now + after`, saturating at a century away instead of overflowing: computed before any
+/// state is touched, so that no duration, however large, can panic a critical section.
+fn deadline(now: Instant, after: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(after.min(CENTURY))
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

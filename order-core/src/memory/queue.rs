@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::memory::lock;
+use crate::memory::{deadline, lock};
 use crate::order::OrderId;
 use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 
@@ -137,7 +137,7 @@ impl Queue for InMemoryQueue {
 
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
         let now = Instant::now();
-        let until = now + lease;
+        let until = deadline(now, lease);
         let mut state = lock(&self.state);
         state.release_due(now);
         let count = max.min(state.ready.len());
@@ -164,7 +164,7 @@ impl Queue for InMemoryQueue {
     }
 
     async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
-        let until = Instant::now() + lease;
+        let until = deadline(Instant::now(), lease);
         let mut state = lock(&self.state);
         state.release_claim(claim)?;
         state.set_state(
@@ -187,7 +187,7 @@ impl Queue for InMemoryQueue {
     }
 
     async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
-        let now = Instant::now();
+        let until = deadline(Instant::now(), delay);
         {
             let mut state = lock(&self.state);
             state.release_claim(claim)?;
@@ -195,36 +195,35 @@ impl Queue for InMemoryQueue {
                 state.set_state(claim.order_id, EntryState::Ready);
                 state.ready.push_back(claim.order_id);
             } else {
-                let until = now + delay;
                 state.set_state(claim.order_id, EntryState::Delayed);
                 state.deadlines.insert((until, claim.order_id));
                 state.delayed += 1;
             }
         }
-        if delay.is_zero() {
-            self.arrivals.notify_one();
-        }
+        // Also for a delayed retry: a waiting worker may be asleep until a later deadline, and
+        // must look again to see this sooner one.
+        self.arrivals.notify_one();
         Ok(())
     }
 
     async fn wait(&self, timeout: Duration) {
         let now = Instant::now();
-        let mut deadline = now + timeout;
+        let mut wake_at = deadline(now, timeout);
         {
             let state = lock(&self.state);
             if !state.ready.is_empty() {
                 return;
             }
             if let Some(&(next, _)) = state.deadlines.first() {
-                deadline = deadline.min(next);
+                wake_at = wake_at.min(next);
             }
         }
-        if deadline <= now {
+        if wake_at <= now {
             return;
         }
         // `notify_one` keeps a permit when nobody is waiting yet, so a push that lands between
         // a caller's empty claim and this wait still wakes it.
-        let _ = tokio::time::timeout_at(deadline, self.arrivals.notified()).await;
+        let _ = tokio::time::timeout_at(wake_at, self.arrivals.notified()).await;
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {

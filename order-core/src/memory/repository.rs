@@ -7,7 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::time::Instant;
 
 use crate::error::StorageError;
-use crate::memory::lock;
+use crate::memory::{deadline, lock};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
@@ -87,6 +87,7 @@ impl State {
             Transition::Renew { claim, .. }
             | Transition::Complete { claim }
             | Transition::Retry { claim, .. }
+            | Transition::Release { claim }
             | Transition::Fail { claim, .. } => held_by(*claim),
             Transition::Cancel => from == OrderStatus::Pending,
         };
@@ -98,6 +99,7 @@ impl State {
                     Transition::Renew { claim, .. }
                     | Transition::Complete { claim }
                     | Transition::Retry { claim, .. }
+                    | Transition::Release { claim }
                     | Transition::Fail { claim, .. } => !held_by(*claim),
                 };
             return Err(TransitionError::Conflict {
@@ -114,10 +116,10 @@ impl State {
             Transition::Start { claim, lease } => {
                 order.attempts = order.attempts.saturating_add(1);
                 order.processing_start_time.get_or_insert(now);
-                record.holder = Some((claim, monotonic_now + lease));
+                record.holder = Some((claim, deadline(monotonic_now, lease)));
             }
             Transition::Renew { claim, lease } => {
-                record.holder = Some((claim, monotonic_now + lease));
+                record.holder = Some((claim, deadline(monotonic_now, lease)));
             }
             Transition::Complete { .. } => {
                 order.processing_end_time = Some(now);
@@ -125,6 +127,13 @@ impl State {
             }
             Transition::Retry { error, .. } => {
                 order.last_error = Some(error);
+                record.holder = None;
+            }
+            Transition::Release { .. } => {
+                order.attempts = order.attempts.saturating_sub(1);
+                if order.attempts == 0 {
+                    order.processing_start_time = None;
+                }
                 record.holder = None;
             }
             Transition::Fail { error, .. } => {

@@ -363,58 +363,236 @@ async fn a_storage_failure_on_insert_is_reported_and_nothing_is_queued() {
     assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
 }
 
-#[tokio::test]
-async fn a_storage_failure_while_starting_is_retried() {
-    // The repository refuses the first start; the order must still complete.
-    let inner = Arc::new(InMemoryRepository::new());
-    let id = inner.insert(&sample_order("u", 1)).await.unwrap().id;
-    let mut repository = MockRepository::new();
-    let refused = Arc::new(AtomicU32::new(0));
-    {
-        let inner = inner.clone();
-        let refused = refused.clone();
-        repository.expect_transition().returning(move |id, t| {
-            if matches!(t, Transition::Start { .. }) && refused.fetch_add(1, Ordering::SeqCst) == 0
-            {
-                return Err(StorageError::unavailable("connection reset").into());
+/// What [`FaultyRepository`] does with one transition.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Passes it through.
+    Pass,
+    /// Fails it with a storage error, writing nothing.
+    Refuse,
+    /// Writes it, then reports a storage error (a reply lost on the way back).
+    ApplyThenFail,
+}
+
+/// An in-memory repository with storage failures on demand, for the failure paths a real
+/// database cannot be made to produce at a chosen moment.
+struct FaultyRepository {
+    inner: InMemoryRepository,
+    fault: Box<dyn Fn(&Transition) -> Fault + Send + Sync>,
+    stranded_delay: Duration,
+}
+
+impl FaultyRepository {
+    fn new(fault: impl Fn(&Transition) -> Fault + Send + Sync + 'static) -> Self {
+        Self {
+            inner: InMemoryRepository::new(),
+            fault: Box::new(fault),
+            stranded_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[async_trait]
+impl Repository for FaultyRepository {
+    async fn insert(&self, order: &crate::ValidatedOrder) -> Result<Order, StorageError> {
+        self.inner.insert(order).await
+    }
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        self.inner.get(id).await
+    }
+    async fn transition(
+        &self,
+        id: OrderId,
+        transition: Transition,
+    ) -> Result<Order, TransitionError> {
+        match (self.fault)(&transition) {
+            Fault::Pass => self.inner.transition(id, transition).await,
+            Fault::Refuse => Err(StorageError::unavailable("connection reset").into()),
+            Fault::ApplyThenFail => {
+                self.inner.transition(id, transition).await?;
+                Err(StorageError::unavailable("reply lost").into())
             }
-            let inner = inner.clone();
-            // The mock is synchronous; the in-memory backend never waits, so this completes at
-            // once.
-            futures::executor::block_on(async move { inner.transition(id, t).await })
-        });
+        }
     }
-    {
-        let inner = inner.clone();
-        repository
-            .expect_get()
-            .returning(move |id| futures::executor::block_on(inner.get(id)));
+    async fn stranded(
+        &self,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StorageError> {
+        tokio::time::sleep(self.stranded_delay).await;
+        self.inner.stranded(after, limit).await
     }
-    {
-        let inner = inner.clone();
-        repository.expect_stranded().returning(move |after, limit| {
-            futures::executor::block_on(inner.stranded(after, limit))
-        });
+    async fn metrics(&self) -> Result<crate::OrderMetrics, StorageError> {
+        self.inner.metrics().await
     }
-    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .repository(Arc::new(repository))
+}
+
+/// Builds a processor on `repository`, with quick retries, and starts it.
+fn start_on(
+    repository: Arc<dyn Repository>,
+    handler: impl OrderHandler + 'static,
+    lease: Duration,
+) -> (OrderProcessor, ProcessorHandle) {
+    let processor = OrderProcessor::builder(handler)
+        .repository(repository)
+        .lease(lease)
+        .retry_policy(quick_retries(5))
         .build()
         .unwrap();
     let running = processor.start();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let order = inner.get(id).await.unwrap().unwrap();
-            if order.status == OrderStatus::Completed {
-                assert_eq!(order.attempts, 1, "the refused start did not count");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    (processor, running)
+}
+
+#[tokio::test]
+async fn a_storage_failure_while_starting_is_retried() {
+    let refused = Arc::new(AtomicU32::new(0));
+    let counter = refused.clone();
+    let repository = FaultyRepository::new(move |t| {
+        if matches!(t, Transition::Start { .. }) && counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            Fault::Refuse
+        } else {
+            Fault::Pass
+        }
+    });
+    let (processor, running) = start_on(
+        Arc::new(repository),
+        SimulatedStep::new(Duration::ZERO),
+        Duration::from_secs(10),
+    );
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!(order.status, OrderStatus::Completed);
+    assert_eq!(order.attempts, 1, "the refused start did not count");
+    assert_eq!(refused.load(Ordering::SeqCst), 2);
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_completion_that_landed_despite_an_error_is_not_done_twice() {
+    let repository = FaultyRepository::new(|t| {
+        if matches!(t, Transition::Complete { .. }) {
+            Fault::ApplyThenFail
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut handler = MockOrderHandler::new();
+    handler.expect_process().times(1).returning(|_| Ok(()));
+    let (processor, running) = start_on(Arc::new(repository), handler, Duration::from_secs(10));
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = done(&processor, id).await;
+    assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 1));
+    // Acked at once, not left for its lease to run out.
+    tokio::time::timeout(WAIT, async {
+        while processor.queue_depth().await.unwrap() != QueueDepth::default() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .expect("completed after the storage failure");
-    assert!(refused.load(Ordering::SeqCst) >= 2);
+    .expect("the claim was acked");
     running.shutdown(WAIT).await;
+}
+
+/// Counts handler runs that are under way at once, and the most there ever were.
+#[derive(Default)]
+struct Overlap {
+    now: AtomicU32,
+    most: AtomicU32,
+    started: AtomicU32,
+}
+
+struct OverlapGuard<'a>(&'a Overlap);
+
+impl Drop for OverlapGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl OrderHandler for Overlap {
+    async fn process(&self, _order: &Order) -> Result<(), HandlerError> {
+        let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(running, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _guard = OverlapGuard(self);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
+    // Renewals always fail, so each run must stop by itself before the order's lease lapses
+    // and another run (here, a takeover by the same processor) may start it.
+    let repository = FaultyRepository::new(|t| {
+        if matches!(t, Transition::Renew { .. }) {
+            Fault::Refuse
+        } else {
+            Fault::Pass
+        }
+    });
+    let overlap = Arc::new(Overlap::default());
+    let (processor, running) = start_on(
+        Arc::new(repository),
+        ArcStep(overlap.clone()),
+        Duration::from_millis(300),
+    );
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    tokio::time::timeout(WAIT, async {
+        while overlap.started.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the order was taken over after each stopped run");
+    assert_eq!(
+        overlap.most.load(Ordering::SeqCst),
+        1,
+        "never two runs at once"
+    );
+    assert!(processor.get(id).await.unwrap().unwrap().attempts >= 3);
+    running.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn a_retry_wakes_an_idle_worker_without_waiting_for_the_poll() {
+    let step = Arc::new(FlakyStep {
+        failures: 1,
+        calls: AtomicU32::new(0),
+    });
+    let processor = OrderProcessor::builder(ArcStep(step))
+        .retry_policy(quick_retries(3))
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let order = tokio::time::timeout(Duration::from_secs(5), processor.wait_until_done(id))
+        .await
+        .expect("retried within seconds, not after the 60 s poll")
+        .unwrap()
+        .unwrap();
+    assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 2));
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_slow_sweep() {
+    let mut repository = FaultyRepository::new(|_| Fault::Pass);
+    repository.stranded_delay = Duration::from_secs(3600);
+    let (_, running) = start_on(
+        Arc::new(repository),
+        SimulatedStep::new(Duration::ZERO),
+        Duration::from_secs(10),
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        running.shutdown(Duration::from_millis(100)),
+    )
+    .await
+    .expect("shutdown returned while the sweep was still waiting on storage");
 }
 
 #[tokio::test]
@@ -483,7 +661,9 @@ async fn shutdown_past_its_timeout_gives_unfinished_orders_back() {
     assert_eq!(report.abandoned, 1);
     let order = processor.get(id).await.unwrap().unwrap();
     assert_eq!(order.status, OrderStatus::Pending);
-    assert_eq!(order.last_error.as_deref(), Some("interrupted by shutdown"));
+    assert_eq!(order.attempts, 0, "the unfinished attempt was not counted");
+    assert_eq!(order.processing_start_time, None);
+    assert_eq!(order.last_error, None);
     let depth = processor.queue_depth().await.unwrap();
     assert_eq!((depth.ready, depth.claimed), (1, 0));
 }

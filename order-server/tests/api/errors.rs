@@ -194,3 +194,11 @@ async fn the_server_keeps_serving_after_bad_input() {
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(get(&app, "/metrics").await.body["totalOrders"], 1);
 }
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_a_400_that_says_so() {
+    let (app, _) = idle_app();
+    let reply = get(&app, "/orders/%FF").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error().contains("UTF-8"), "{}", reply.error());
+}
