@@ -41,6 +41,17 @@ async fn submit_many(processor: &OrderProcessor, count: usize) -> Vec<OrderId> {
     ids
 }
 
+/// Waits until `count` orders are in the handler.
+async fn until_processing(processor: &OrderProcessor, count: u64) {
+    tokio::time::timeout(WAIT, async {
+        while processor.metrics().await.unwrap().statuses.processing < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the workers started the orders");
+}
+
 async fn done(processor: &OrderProcessor, id: OrderId) -> Order {
     tokio::time::timeout(WAIT, processor.wait_until_done(id))
         .await
@@ -333,8 +344,8 @@ async fn an_order_the_queue_refused_is_still_processed() {
         .build()
         .unwrap();
     let running = processor.start();
-    // The sweep at start found nothing; this submit's push fails.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The repository is empty, so the sweep at start pushes nothing: this submit's push is the
+    // first, and fails.
     let order = processor.submit(new_order("u")).await.unwrap();
     assert_eq!(order.status, OrderStatus::Pending);
     assert_eq!(
@@ -536,11 +547,11 @@ async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
     let (processor, running) = start_on(
         Arc::new(repository),
         ArcStep(overlap.clone()),
-        Duration::from_millis(300),
+        Duration::from_millis(1200),
     );
     let id = processor.submit(new_order("u")).await.unwrap().id;
     tokio::time::timeout(WAIT, async {
-        while overlap.started.load(Ordering::SeqCst) < 3 {
+        while overlap.started.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -551,7 +562,7 @@ async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
         1,
         "never two runs at once"
     );
-    assert!(processor.get(id).await.unwrap().unwrap().attempts >= 3);
+    assert!(processor.get(id).await.unwrap().unwrap().attempts >= 2);
     running.shutdown(Duration::from_millis(10)).await;
 }
 
@@ -597,7 +608,7 @@ async fn shutdown_is_not_held_up_by_a_slow_sweep() {
 
 #[tokio::test]
 async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
-    // Two processors share one repository and one queue; the handler takes four leases' time.
+    // Two processors share one repository and one queue; the handler runs for more than three leases.
     let repository: Arc<dyn Repository> = Arc::new(InMemoryRepository::new());
     let queue: Arc<dyn Queue> = Arc::new(InMemoryQueue::new());
     let step = Arc::new(FlakyStep {
@@ -606,14 +617,14 @@ async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
     });
     let slow = SlowStep {
         inner: step.clone(),
-        delay: Duration::from_millis(800),
+        delay: Duration::from_millis(2000),
     };
     let slow = Arc::new(slow);
     let build = || {
         OrderProcessor::builder(ArcStep(slow.clone()))
             .repository(repository.clone())
             .queue(queue.clone())
-            .lease(Duration::from_millis(200))
+            .lease(Duration::from_millis(600))
             .build()
             .unwrap()
     };
@@ -636,8 +647,7 @@ async fn shutdown_lets_orders_in_progress_finish() {
         .unwrap();
     let running = processor.start();
     let ids = submit_many(&processor, 5).await;
-    // Let the workers start them all.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_processing(&processor, 5).await;
     assert_eq!(running.shutdown(WAIT).await.abandoned, 0);
     for id in ids {
         let order = processor.get(id).await.unwrap().unwrap();
@@ -652,11 +662,7 @@ async fn shutdown_past_its_timeout_gives_unfinished_orders_back() {
         .unwrap();
     let running = processor.start();
     let id = processor.submit(new_order("u")).await.unwrap().id;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        processor.get(id).await.unwrap().unwrap().status,
-        OrderStatus::Processing
-    );
+    until_processing(&processor, 1).await;
     let report = running.shutdown(Duration::from_millis(100)).await;
     assert_eq!(report.abandoned, 1);
     let order = processor.get(id).await.unwrap().unwrap();
