@@ -30,8 +30,25 @@ impl Reply {
     }
 }
 
+/// Shows the server's logs when the tests run with `TEST_LOG=1`; keeps them quiet otherwise.
+pub(crate) fn init_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "debug".into()),
+                )
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
 /// An API over in-memory storage whose processor is not started: orders stay PENDING.
 pub(crate) fn idle_app() -> (Router, OrderProcessor) {
+    init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
         .build()
         .unwrap();
@@ -43,6 +60,7 @@ pub(crate) fn idle_app() -> (Router, OrderProcessor) {
 
 /// An API over the given repository (a mock, for failure paths).
 pub(crate) fn app_with(repository: impl Repository + 'static) -> Router {
+    init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
         .repository(Arc::new(repository))
         .build()

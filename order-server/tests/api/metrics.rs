@@ -25,6 +25,7 @@ async fn metrics_start_at_zero_with_the_seed_keys() {
 
 #[tokio::test]
 async fn metrics_agree_with_the_orders() {
+    crate::helpers::init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(30)))
         .build()
         .unwrap();

@@ -48,6 +48,9 @@ async fn spawn_server(env: &[(&str, &str)]) -> Server {
     let sink = logs.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
+            if std::env::var_os("TEST_LOG").is_some() {
+                println!("order-server: {line}");
+            }
             if let Ok(entry) = serde_json::from_str(&line) {
                 sink.lock().unwrap().push(entry);
             }
