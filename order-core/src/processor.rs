@@ -119,6 +119,7 @@ impl std::fmt::Debug for OrderProcessorBuilder {
     }
 }
 
+/// The builder's settings; each is documented on its builder method.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     concurrency: usize,
@@ -235,10 +236,15 @@ impl std::fmt::Debug for OrderProcessor {
     }
 }
 
+/// What every clone of an [`OrderProcessor`] and every task it starts share.
 struct Engine {
+    /// The source of truth: every status change is a compare-and-set here.
     repository: Arc<dyn Repository>,
+    /// Which orders wait for a worker; rebuilt from the repository by the sweep if lost.
     queue: Arc<dyn Queue>,
+    /// The embedding service's processing step.
     handler: Arc<dyn OrderHandler>,
+    /// Fixed at build time, checked by the builder.
     settings: Settings,
     /// Snapshots of orders after each change this processor makes, for `subscribe`.
     events: broadcast::Sender<Order>,
@@ -341,7 +347,8 @@ impl OrderProcessor {
     /// orders in the handler, and a recovery sweep (now, then every `sweep_interval`).
     ///
     /// Must be called within a tokio runtime. Keep the returned handle: dropping it stops the
-    /// work abruptly, as [`ProcessorHandle::shutdown`] with a zero timeout would.
+    /// work abruptly, as [`ProcessorHandle::shutdown`] with a zero timeout would. Each call
+    /// starts another set of workers, as another process sharing the same backends would.
     pub fn start(&self) -> ProcessorHandle {
         let s = self.engine.settings;
         info!(
