@@ -511,11 +511,15 @@ async fn claim_loop(
             },
         };
         let wanted = 1 + slots.available_permits();
-        let claims = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            claims = engine.queue.claim(wanted, s.lease) => claims,
-        };
+        // Not raced against `stop`: a durable queue may commit a claim whose reply a dropped
+        // future would never read, leaving the orders idle until their leases run out.
+        let claims = engine.queue.claim(wanted, s.lease).await;
+        if stop.is_cancelled() {
+            for claim in claims.iter().flatten() {
+                settle(engine.queue.retry(claim, Duration::ZERO).await);
+            }
+            return;
+        }
         match claims {
             Ok(claims) if claims.is_empty() => {
                 drop(first);

@@ -2,7 +2,12 @@
 //! afterwards.
 
 // Helpers of a test binary: a broken expectation panics, which is how a test fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 mod errors;
 mod failures;
