@@ -117,17 +117,6 @@ impl OrderStatus {
             OrderStatus::Cancelled => "CANCELLED",
         }
     }
-
-    /// A dense index (0..5) for per-status counters.
-    pub fn index(self) -> usize {
-        match self {
-            OrderStatus::Pending => 0,
-            OrderStatus::Processing => 1,
-            OrderStatus::Completed => 2,
-            OrderStatus::Failed => 3,
-            OrderStatus::Cancelled => 4,
-        }
-    }
 }
 
 impl fmt::Display for OrderStatus {
@@ -487,7 +476,6 @@ mod tests {
                 serde_json::to_string(&status).unwrap(),
                 format!("\"{status}\"")
             );
-            assert_eq!(OrderStatus::ALL[status.index()], status);
         }
         let terminal: Vec<_> = OrderStatus::ALL
             .into_iter()

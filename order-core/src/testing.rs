@@ -80,6 +80,13 @@ pub mod repository {
         }
     }
 
+    /// Starts the order under a fresh claim with a long lease; returns the claim.
+    async fn started(repo: &dyn Repository, id: OrderId) -> ClaimToken {
+        let (claim, start_it) = start(LONG);
+        repo.transition(id, start_it).await.unwrap();
+        claim
+    }
+
     async fn insert(repo: &dyn Repository) -> Order {
         repo.insert(&sample_order("user-1", 2)).await.unwrap()
     }
@@ -297,8 +304,7 @@ pub mod repository {
     /// been made; only the claim that holds it can.
     pub async fn release_gives_an_unfinished_attempt_back(repo: Arc<dyn Repository>) {
         let order = insert(&*repo).await;
-        let (claim, start_it) = start(LONG);
-        repo.transition(order.id, start_it).await.unwrap();
+        let claim = started(&*repo, order.id).await;
         assert_eq!(
             conflict(
                 &*repo,
@@ -369,8 +375,7 @@ pub mod repository {
     /// Nothing moves an order out of COMPLETED, FAILED or CANCELLED.
     pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
         let order = insert(&*repo).await;
-        let (claim, start_it) = start(LONG);
-        repo.transition(order.id, start_it).await.unwrap();
+        let claim = started(&*repo, order.id).await;
         let done = repo
             .transition(order.id, Transition::Complete { claim })
             .await
@@ -446,8 +451,7 @@ pub mod repository {
         let lapsed = insert(&*repo).await.id;
         repo.transition(lapsed, start(SHORT).1).await.unwrap();
         let completed = insert(&*repo).await.id;
-        let (claim, start_it) = start(LONG);
-        repo.transition(completed, start_it).await.unwrap();
+        let claim = started(&*repo, completed).await;
         repo.transition(completed, Transition::Complete { claim })
             .await
             .unwrap();
@@ -456,8 +460,7 @@ pub mod repository {
             .await
             .unwrap();
         let retried = insert(&*repo).await.id;
-        let (claim, start_it) = start(LONG);
-        repo.transition(retried, start_it).await.unwrap();
+        let claim = started(&*repo, retried).await;
         repo.transition(
             retried,
             Transition::Retry {
@@ -494,8 +497,7 @@ pub mod repository {
         repo.transition(ids[1], start(LONG).1).await.unwrap();
         let mut expected_micros = 0;
         for &id in &ids[2..4] {
-            let (claim, start_it) = start(LONG);
-            repo.transition(id, start_it).await.unwrap();
+            let claim = started(&*repo, id).await;
             sleep(std::time::Duration::from_millis(20)).await;
             let done = repo
                 .transition(id, Transition::Complete { claim })
@@ -504,8 +506,7 @@ pub mod repository {
             let took = done.processing_end_time.unwrap() - done.processing_start_time.unwrap();
             expected_micros += took.num_microseconds().unwrap();
         }
-        let (claim, start_it) = start(LONG);
-        repo.transition(ids[4], start_it).await.unwrap();
+        let claim = started(&*repo, ids[4]).await;
         repo.transition(
             ids[4],
             Transition::Fail {

@@ -64,10 +64,18 @@ fn wall_clock() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Where an order sits in `State::records`.
+fn slot(id: OrderId) -> Option<usize> {
+    usize::try_from(id.get() - 1).ok()
+}
+
 impl State {
+    fn record(&self, id: OrderId) -> Option<&Record> {
+        self.records.get(slot(id)?)
+    }
+
     fn record_mut(&mut self, id: OrderId) -> Option<&mut Record> {
-        let index = usize::try_from(id.get() - 1).ok()?;
-        self.records.get_mut(index)
+        self.records.get_mut(slot(id)?)
     }
 
     fn apply(&mut self, id: OrderId, transition: Transition) -> Result<Order, TransitionError> {
@@ -165,7 +173,7 @@ impl State {
 }
 
 /// `processing_end_time - processing_start_time` in microseconds, 0 if either is missing.
-pub(crate) fn processing_micros(order: &Order) -> u64 {
+fn processing_micros(order: &Order) -> u64 {
     match (order.processing_start_time, order.processing_end_time) {
         (Some(start), Some(end)) => (end - start)
             .num_microseconds()
@@ -208,7 +216,7 @@ impl Repository for InMemoryRepository {
 
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
         Ok(lock(&self.state)
-            .record_mut(id)
+            .record(id)
             .map(|record| record.order.clone()))
     }
 
@@ -233,10 +241,7 @@ impl Repository for InMemoryRepository {
             if found.len() >= limit {
                 break;
             }
-            let Some(record) = state
-                .records
-                .get(usize::try_from(id.get() - 1).unwrap_or(usize::MAX))
-            else {
+            let Some(record) = state.record(id) else {
                 continue;
             };
             let lapsed = match record.holder {
