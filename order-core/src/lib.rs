@@ -68,6 +68,8 @@ mod error;
 pub mod handler;
 pub mod memory;
 pub mod order;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod processor;
 pub mod queue;
 pub mod repository;

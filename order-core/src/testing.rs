@@ -21,6 +21,7 @@
 // Test-support code: a broken expectation must fail the test, and panicking is how it does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -32,6 +33,33 @@ const LONG: Duration = Duration::from_secs(60);
 /// A lease short enough to watch run out, long enough that a busy machine's scheduling
 /// hiccups (the margins are a third to a half of it) do not decide a case.
 const SHORT: Duration = Duration::from_millis(500);
+
+/// What a contract factory returns: the backend to test, alone or with a guard that must live
+/// until the case ends (a scratch database that is dropped with it, say).
+pub trait Fixture {
+    /// The backend the case runs against.
+    type Backend;
+    /// Kept alive for the length of the case, then dropped.
+    type Guard;
+    /// Separates the two.
+    fn split(self) -> (Self::Backend, Self::Guard);
+}
+
+impl<T: ?Sized> Fixture for Arc<T> {
+    type Backend = Arc<T>;
+    type Guard = ();
+    fn split(self) -> (Arc<T>, ()) {
+        (self, ())
+    }
+}
+
+impl<T: ?Sized, G> Fixture for (Arc<T>, G) {
+    type Backend = Arc<T>;
+    type Guard = G;
+    fn split(self) -> (Arc<T>, G) {
+        self
+    }
+}
 
 /// A valid order for user `user` with `items` items.
 pub fn sample_order(user: &str, items: usize) -> ValidatedOrder {
@@ -796,6 +824,11 @@ macro_rules! queue_contract_tests {
     };
 }
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{TEST_DATABASE_URL, TestDatabase};
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __contract_tests {
@@ -804,7 +837,8 @@ macro_rules! __contract_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let factory = $factory;
-                $crate::testing::$port::$case(factory().await).await;
+                let (backend, _guard) = $crate::testing::Fixture::split(factory().await);
+                $crate::testing::$port::$case(backend).await;
             }
         )+
     };

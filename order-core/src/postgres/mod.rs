@@ -1,0 +1,189 @@
+//! Backends on PostgreSQL, through sea-orm: orders and the queue survive restarts, and several
+//! processes on one database share the work with PostgreSQL as their only coordinator.
+//!
+//! - [`PostgresRepository`] keeps orders in `order_engine_orders`. Every status change is one
+//!   fenced `UPDATE ... WHERE` (a compare-and-set), and a statement trigger keeps per-status
+//!   counters in `order_engine_status_counts`, so [`metrics`](crate::Repository::metrics)
+//!   reads a few dozen rows however many orders there are.
+//! - [`PostgresQueue`] keeps claimable ids in `order_engine_queue`. Workers claim with
+//!   `FOR UPDATE SKIP LOCKED`, leases are timestamps on the database's clock, and idle workers
+//!   sleep on `LISTEN order_engine_queue` until a push sends `NOTIFY`.
+//! - [`Migrator`] (sea-orm-migration) owns the schema. Every table, function and trigger is
+//!   prefixed `order_engine_`, and the migrator records itself in `order_engine_migrations`,
+//!   so it can run beside an embedding service's own migrations in the same database.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
+//! use order_core::{OrderProcessor, SimulatedStep};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
+//! postgres::migrate(&db).await?;
+//! let processor = OrderProcessor::builder(SimulatedStep::new(std::time::Duration::ZERO))
+//!     .repository(Arc::new(PostgresRepository::new(db.clone())))
+//!     .queue(Arc::new(PostgresQueue::new(db)))
+//!     .build()?;
+//! let running = processor.start();
+//! # running.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod entity;
+mod error;
+mod migration;
+mod queue;
+mod repository;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+
+pub use migration::Migrator;
+pub use queue::PostgresQueue;
+pub use repository::PostgresRepository;
+pub use sea_orm::DatabaseConnection;
+
+use crate::error::StorageError;
+use error::storage_error;
+
+/// The channel that [`PostgresQueue`] pushes `NOTIFY` on and idle workers `LISTEN` to.
+pub const NOTIFY_CHANNEL: &str = "order_engine_queue";
+
+/// How the connection pool behaves. The defaults suit a small machine (2 cores) running one
+/// server next to its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Connections the pool may open. One of them is held by the queue's `LISTEN` while
+    /// workers wait, so at least 2.
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// How long a request waits for a free connection (or for a new one to open) before it
+    /// fails as unavailable: the bound on how long an HTTP request hangs while the database is
+    /// down.
+    pub acquire_timeout: Duration,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every connection: a statement running longer is
+    /// cancelled and reported as unavailable.
+    pub statement_timeout: Duration,
+    /// Idle connections above `min_connections` are closed after this long.
+    pub idle_timeout: Duration,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            application_name: "order-engine".to_owned(),
+        }
+    }
+}
+
+/// Opens a pool of connections to the database at `url`
+/// (`postgres://user:password@host:port/database`).
+///
+/// Fails when the first connection cannot be made; later outages are survived: each call then
+/// fails with an unavailable [`StorageError`] until the database answers again.
+pub async fn connect(url: &str, options: &PoolOptions) -> Result<DatabaseConnection, StorageError> {
+    let mut connect = ConnectOptions::new(url);
+    connect
+        .max_connections(options.max_connections.max(2))
+        .min_connections(options.min_connections.min(options.max_connections))
+        .acquire_timeout(options.acquire_timeout)
+        .connect_timeout(options.connect_timeout)
+        .statement_timeout(options.statement_timeout)
+        .idle_timeout(options.idle_timeout)
+        // A connection that sat idle may have been cut by a database restart; check it before
+        // use rather than fail the request that drew it.
+        .test_before_acquire_if_idle_for(Duration::from_secs(10))
+        .set_application_name(options.application_name.clone())
+        .sqlx_logging(false);
+    Database::connect(connect)
+        .await
+        .map_err(|err| storage_error("could not connect to PostgreSQL", err))
+}
+
+/// A key for `pg_advisory_xact_lock` that serialises migrators: "order_en" in ASCII.
+const MIGRATION_LOCK: i64 = 0x6f72_6465_725f_656e;
+
+/// Brings the schema up to date, creating it in an empty database.
+///
+/// Safe to run from several processes at once: they take turns under an advisory lock, in one
+/// transaction each (PostgreSQL's DDL is transactional), and all but the first find nothing
+/// left to do.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), StorageError> {
+    let run = async {
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await
+    };
+    run.await
+        .map_err(|err| storage_error("could not migrate the database", err))
+}
+
+/// Checks that the database answers and that every migration has been applied: what a
+/// readiness probe asks before sending traffic.
+pub async fn check_ready(db: &DatabaseConnection) -> Result<(), StorageError> {
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(|err| storage_error("could not read the applied migrations", err))?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StorageError::unavailable(format!(
+            "{} migration(s) not applied yet",
+            pending.len()
+        )))
+    }
+}
+
+/// `duration` in whole microseconds, for `now() + $n * interval '1 microsecond'`; capped at a
+/// century so that no duration a caller passes can overflow a timestamp.
+fn micros(duration: Duration) -> i64 {
+    const CENTURY_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
+    i64::try_from(duration.as_micros()).map_or(CENTURY_MICROS, |m| m.min(CENTURY_MICROS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_become_capped_microseconds() {
+        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
+        assert_eq!(micros(Duration::ZERO), 0);
+        assert_eq!(micros(Duration::MAX), 100 * 365 * 24 * 3600 * 1_000_000);
+    }
+}
+
+#[cfg(test)]
+mod repository_contract {
+    crate::repository_contract_tests!(async || {
+        let db = crate::testing::TestDatabase::create().await;
+        let repository =
+            std::sync::Arc::new(super::PostgresRepository::new(db.connection().clone()));
+        (repository, db)
+    });
+}
+
+#[cfg(test)]
+mod queue_contract {
+    crate::queue_contract_tests!(async || {
+        let db = crate::testing::TestDatabase::create().await;
+        let queue = std::sync::Arc::new(super::PostgresQueue::new(db.connection().clone()));
+        (queue, db)
+    });
+}

@@ -1,0 +1,299 @@
+//! [`Queue`] on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
+use tokio::sync::{Notify, OnceCell};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, warn};
+
+use super::NOTIFY_CHANNEL;
+use super::error::storage_error;
+use super::micros;
+use crate::error::StorageError;
+use crate::order::OrderId;
+use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
+
+/// The work queue in PostgreSQL (`order_engine_queue`), see [the module](super).
+///
+/// - [`claim`](Queue::claim) takes the oldest claimable rows with `FOR UPDATE SKIP LOCKED`
+///   and stamps each with a fresh token and a lease, in one statement: concurrent claimers,
+///   in one process or many, never get the same id, and never wait on one another.
+/// - A held row's `available_at` is its lease's end, so a claim whose worker died becomes
+///   claimable again as soon as its lease runs out, by the same query and the same index.
+/// - [`push`](Queue::push) and an immediate [`retry`](Queue::retry) send `NOTIFY
+///   order_engine_queue` in their own statement; [`wait`](Queue::wait) sleeps on a `LISTEN`
+///   connection (opened on first use, reopened after a database restart) until one arrives.
+///   Behind a pooler that drops notifications, waiters still wake at their timeout.
+///
+/// Cloning is cheap: clones share the connection pool and the listener.
+#[derive(Debug, Clone)]
+pub struct PostgresQueue {
+    db: DatabaseConnection,
+    wakeups: Arc<Wakeups>,
+}
+
+#[derive(Debug, Default)]
+struct Wakeups {
+    /// Signalled for each notification (and for this process's own pushes, without waiting
+    /// for the round trip). `notify_one` keeps a permit when nobody waits, so a push that
+    /// lands between a worker's empty claim and its wait is not missed.
+    notify: Notify,
+    /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
+    listener: OnceCell<AbortOnDropHandle<()>>,
+}
+
+impl PostgresQueue {
+    /// The queue in the database behind `db`, whose schema [`migrate`](super::migrate) has set
+    /// up.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            wakeups: Arc::new(Wakeups::default()),
+        }
+    }
+
+    async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, QueueError> {
+        let result = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await
+            .map_err(|err| storage_error("queue statement failed", err))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, QueueError> {
+        Ok(self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await
+            .map_err(|err| storage_error("queue query failed", err))?)
+    }
+
+    fn start_listener(&self) -> AbortOnDropHandle<()> {
+        let pool = self.db.get_postgres_connection_pool().clone();
+        // The task holds only a weak reference: dropping the last queue stops it.
+        let wakeups = Arc::downgrade(&self.wakeups);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut reconnected = false;
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
+                        Ok(()) => {
+                            debug!(channel = NOTIFY_CHANNEL, "listening for new work");
+                            backoff = Duration::from_millis(100);
+                            // After a reconnect, work may have arrived while nobody
+                            // listened. (Before the first LISTEN, a worker's own poll
+                            // timeout covers the gap.)
+                            if reconnected {
+                                let Some(w) = wakeups.upgrade() else { return };
+                                w.notify.notify_one();
+                            }
+                            reconnected = true;
+                            loop {
+                                let received = listener.try_recv().await;
+                                let Some(w) = wakeups.upgrade() else { return };
+                                w.notify.notify_one();
+                                match received {
+                                    Ok(Some(_)) => {}
+                                    // The connection dropped; the next call reconnects
+                                    // and listens again.
+                                    Ok(None) => debug!("LISTEN connection lost; reconnecting"),
+                                    Err(err) => {
+                                        warn!(error = %err, "LISTEN connection failed");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(err) => warn!(error = %err, "could not LISTEN for new work"),
+                    },
+                    Err(err) => debug!(error = %err, "could not open a LISTEN connection"),
+                }
+                if wakeups.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }))
+    }
+}
+
+fn order_id(row: &QueryResult) -> Result<OrderId, QueueError> {
+    let raw: i64 = row
+        .try_get("", "order_id")
+        .map_err(|err| storage_error("could not read a queued id", err))?;
+    OrderId::new(raw)
+        .ok_or_else(|| StorageError::other(format!("invalid queued order id {raw}")).into())
+}
+
+#[async_trait]
+impl Queue for PostgresQueue {
+    async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
+        let rows = self
+            .query(
+                "WITH added AS (
+                    INSERT INTO order_engine_queue (order_id) VALUES ($1)
+                    ON CONFLICT (order_id) DO NOTHING RETURNING order_id)
+                 SELECT order_id, pg_notify($2, '')::text AS notified FROM added",
+                vec![id.get().into(), NOTIFY_CHANNEL.into()],
+            )
+            .await?;
+        let added = !rows.is_empty();
+        if added {
+            self.wakeups.notify.notify_one();
+        }
+        Ok(added)
+    }
+
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .query(
+                "WITH ready AS (
+                    SELECT order_id, available_at FROM order_engine_queue
+                     WHERE available_at <= now()
+                     ORDER BY available_at, order_id
+                     LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE order_engine_queue q
+                    SET claim_token = gen_random_uuid(),
+                        available_at = now() + $2 * interval '1 microsecond',
+                        deliveries = q.deliveries + 1
+                   FROM ready
+                  WHERE q.order_id = ready.order_id
+              RETURNING q.order_id, q.claim_token, q.deliveries, ready.available_at AS since",
+                vec![
+                    i64::try_from(max).unwrap_or(i64::MAX).into(),
+                    micros(lease).into(),
+                ],
+            )
+            .await?;
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let read = |err| storage_error("could not read a claim", err);
+            let token: uuid::Uuid = row.try_get("", "claim_token").map_err(read)?;
+            let deliveries: i32 = row.try_get("", "deliveries").map_err(read)?;
+            let since: chrono::DateTime<chrono::Utc> = row.try_get("", "since").map_err(read)?;
+            let claim = Claim {
+                order_id: order_id(row)?,
+                token: ClaimToken::from_uuid(token),
+                deliveries: u32::try_from(deliveries).unwrap_or(0),
+            };
+            claims.push((since, claim));
+        }
+        // RETURNING keeps no order; hand them out oldest first, as they were chosen.
+        claims.sort_by_key(|(since, claim)| (*since, claim.order_id));
+        Ok(claims.into_iter().map(|(_, claim)| claim).collect())
+    }
+
+    async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
+        let changed = self
+            .execute(
+                "UPDATE order_engine_queue SET available_at = now() + $3 * interval '1 microsecond'
+                  WHERE order_id = $1 AND claim_token = $2",
+                vec![
+                    claim.order_id.get().into(),
+                    claim.token.as_uuid().into(),
+                    micros(lease).into(),
+                ],
+            )
+            .await?;
+        held(changed, claim)
+    }
+
+    async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
+        let changed = self
+            .execute(
+                "DELETE FROM order_engine_queue WHERE order_id = $1 AND claim_token = $2",
+                vec![claim.order_id.get().into(), claim.token.as_uuid().into()],
+            )
+            .await?;
+        held(changed, claim)
+    }
+
+    async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
+        let rows = self
+            .query(
+                "WITH released AS (
+                    UPDATE order_engine_queue
+                       SET claim_token = NULL,
+                           available_at = now() + $3 * interval '1 microsecond'
+                     WHERE order_id = $1 AND claim_token = $2
+                 RETURNING order_id)
+                 SELECT order_id, CASE WHEN $3 = 0 THEN pg_notify($4, '')::text END AS notified
+                   FROM released",
+                vec![
+                    claim.order_id.get().into(),
+                    claim.token.as_uuid().into(),
+                    micros(delay).into(),
+                    NOTIFY_CHANNEL.into(),
+                ],
+            )
+            .await?;
+        held(u64::try_from(rows.len()).unwrap_or(u64::MAX), claim)
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        // Started here rather than in `new`, so a process that only pushes holds no extra
+        // connection.
+        self.wakeups
+            .listener
+            .get_or_init(|| async { self.start_listener() })
+            .await;
+        let _ = tokio::time::timeout(timeout, self.wakeups.notify.notified()).await;
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let rows = self
+            .query(
+                "SELECT count(*) FILTER (WHERE claim_token IS NULL AND available_at <= now())
+                            AS ready,
+                        count(*) FILTER (WHERE claim_token IS NULL AND available_at > now())
+                            AS delayed,
+                        count(*) FILTER (WHERE claim_token IS NOT NULL) AS claimed
+                   FROM order_engine_queue",
+                Vec::new(),
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(QueueDepth::default());
+        };
+        let read = |column: &str| -> Result<u64, QueueError> {
+            let count: i64 = row
+                .try_get("", column)
+                .map_err(|err| storage_error("could not read the queue depth", err))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        };
+        Ok(QueueDepth {
+            ready: read("ready")?,
+            delayed: read("delayed")?,
+            claimed: read("claimed")?,
+        })
+    }
+}
+
+/// `Ok` when the fenced statement touched the claimed row, `LeaseLost` when the claim no longer
+/// held it.
+fn held(changed: u64, claim: &Claim) -> Result<(), QueueError> {
+    if changed == 0 {
+        Err(QueueError::LeaseLost(claim.order_id))
+    } else {
+        Ok(())
+    }
+}
