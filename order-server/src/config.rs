@@ -3,8 +3,12 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, ValueEnum};
-use order_core::{BuildError, OrderProcessor, RetryPolicy, SimulatedStep};
+use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
+use order_core::{BuildError, OrderProcessor, RetryPolicy, SimulatedStep, StorageError};
+use tracing::{info, warn};
 
 /// How order-server is run; `order-server --help` lists it all.
 #[derive(Debug, Clone, Parser)]
@@ -47,9 +51,33 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
-    /// PostgreSQL connection URL. Unset: orders are kept in memory and lost on exit.
+    /// PostgreSQL connection URL (`postgres://user:password@host:port/database`). Unset:
+    /// orders are kept in memory and lost on exit. Set: the schema is migrated at start, and
+    /// any number of servers may share the database.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Most connections this server opens to PostgreSQL.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a database connection before it is answered with 503, in
+    /// milliseconds: the bound on a request's wait while PostgreSQL is down.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_acquire_timeout_ms: u64,
+
+    /// PostgreSQL `statement_timeout` for every statement, in milliseconds.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_statement_timeout_ms: u64,
+
+    /// At start, how long to keep trying to reach PostgreSQL before giving up, in seconds.
+    #[arg(long, env = "DB_STARTUP_TIMEOUT_SECS", default_value_t = 30)]
+    pub db_startup_timeout_secs: u64,
+
+    /// How often idle workers look for work when no notification came, in milliseconds: the
+    /// fallback for connection poolers that do not pass on PostgreSQL's NOTIFY.
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub poll_interval_ms: u64,
 
     /// Log output: human-readable text or one JSON object per line. Levels come from RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -68,12 +96,9 @@ pub enum LogFormat {
 /// Why the configuration cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// PostgreSQL storage was asked for, but this build has none.
-    #[error(
-        "DATABASE_URL is set, but this version of order-server keeps orders in memory only; \
-         unset DATABASE_URL to run in memory"
-    )]
-    PostgresUnavailable,
+    /// PostgreSQL could not be reached or migrated in time.
+    #[error("PostgreSQL is not usable: {0}")]
+    Postgres(#[from] StorageError),
     /// The engine refused a setting.
     #[error(transparent)]
     Processor(#[from] BuildError),
@@ -95,20 +120,60 @@ impl Config {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
-    /// The order processor these settings describe, not yet started.
-    pub fn processor(&self) -> Result<OrderProcessor, ConfigError> {
-        if self.database_url.is_some() {
-            return Err(ConfigError::PostgresUnavailable);
+    /// The connection pool settings these flags describe.
+    pub fn pool_options(&self) -> PoolOptions {
+        PoolOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            connect_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            application_name: "order-server".to_owned(),
+            ..PoolOptions::default()
         }
+    }
+
+    /// The order processor these settings describe, not yet started: in memory, or on
+    /// PostgreSQL (connected, waiting up to `DB_STARTUP_TIMEOUT_SECS` for it, and migrated)
+    /// when `DATABASE_URL` is set.
+    pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
         let step = SimulatedStep::new(Duration::from_millis(self.processing_delay_ms));
-        Ok(OrderProcessor::builder(step)
+        let mut builder = OrderProcessor::builder(step)
             .concurrency(self.workers as usize)
             .lease(Duration::from_millis(self.lease_ms))
+            .poll_interval(Duration::from_millis(self.poll_interval_ms))
             .retry_policy(RetryPolicy {
                 max_attempts: self.max_attempts,
                 ..RetryPolicy::default()
-            })
-            .build()?)
+            });
+        if let Some(url) = &self.database_url {
+            let db = self.connect(url).await?;
+            postgres::migrate(&db).await?;
+            info!("PostgreSQL schema is up to date");
+            builder = builder
+                .repository(Arc::new(PostgresRepository::new(db.clone())))
+                .queue(Arc::new(PostgresQueue::new(db)));
+        }
+        Ok(builder.build()?)
+    }
+
+    /// Connects to PostgreSQL, retrying with a progress line until it answers or the startup
+    /// timeout passes: a server started beside its database (compose, systemd) should not
+    /// fail because the database took a few seconds longer.
+    async fn connect(&self, url: &str) -> Result<postgres::DatabaseConnection, StorageError> {
+        let give_up =
+            tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match postgres::connect(url, &self.pool_options()).await {
+                Ok(db) => return Ok(db),
+                Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
+                    warn!(error = %err, retry_in_ms = pause.as_millis(), "waiting for PostgreSQL");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 
@@ -123,7 +188,7 @@ mod tests {
         assert_eq!(config.workers, 64);
         assert_eq!(config.processing_delay_ms, 2000);
         assert_eq!(config.log_format, LogFormat::Text);
-        assert!(config.processor().is_ok());
+        assert_eq!(config.pool_options().max_connections, 16);
     }
 
     #[test]
@@ -136,14 +201,24 @@ mod tests {
         assert_eq!(config.listen_address().to_string(), "[::1]:0");
     }
 
-    #[test]
-    fn a_database_url_is_refused_rather_than_silently_ignored() {
-        let config =
-            Config::try_parse_from(["order-server", "--database-url", "postgres://db/orders"])
-                .unwrap();
-        assert!(matches!(
-            config.processor(),
-            Err(ConfigError::PostgresUnavailable)
-        ));
+    #[tokio::test]
+    async fn an_unreachable_database_fails_the_start_with_its_cause() {
+        // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+        let config = Config::try_parse_from([
+            "order-server",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/orders",
+            "--db-startup-timeout-secs",
+            "0",
+            "--db-acquire-timeout-ms",
+            "200",
+        ])
+        .unwrap();
+        let err = config.processor().await.unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Postgres(e) if e.unavailable),
+            "{err}"
+        );
+        assert!(err.to_string().contains("PostgreSQL"), "{err}");
     }
 }

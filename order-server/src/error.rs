@@ -143,6 +143,12 @@ impl IntoResponse for ApiError {
             field,
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Storage outages are usually short: tell well-behaved clients when to retry.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Some(cause) = cause {
             response
                 .extensions_mut()
@@ -174,7 +180,13 @@ pub(crate) async fn log_server_errors(request: Request, next: Next) -> Response 
             .extensions()
             .get::<ServerErrorCause>()
             .map_or("no cause recorded", |cause| cause.0.as_str());
-        tracing::error!(%method, %path, status = response.status().as_u16(), cause, "request failed");
+        let status = response.status().as_u16();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // An outage or overload: expected to pass, and logged once per request already.
+            tracing::warn!(%method, %path, status, cause, "request failed");
+        } else {
+            tracing::error!(%method, %path, status, cause, "request failed");
+        }
     }
     response
 }

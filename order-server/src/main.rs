@@ -18,17 +18,20 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
 
-    let processor = config.processor()?;
+    let processor = config.processor().await?;
     let listener = TcpListener::bind(config.listen_address())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_address()))?;
     info!(
         address = %listener.local_addr()?,
         workers = config.workers,
+        storage = if config.database_url.is_some() { "postgresql" } else { "memory" },
         processing_delay_ms = config.processing_delay_ms,
         "listening"
     );
-    warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
+    if config.database_url.is_none() {
+        warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
+    }
 
     let running = processor.start();
     run(

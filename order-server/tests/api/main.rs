@@ -14,4 +14,7 @@ mod failures;
 mod helpers;
 mod metrics;
 mod orders;
+mod outage;
+mod postgres;
+mod process;
 mod server;

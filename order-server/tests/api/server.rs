@@ -1,113 +1,12 @@
 //! The real `order-server` binary, over TCP on loopback: configuration from the environment,
 //! processing in real time, graceful shutdown on SIGTERM.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-struct Server {
-    child: Child,
-    base: String,
-    logs: Arc<Mutex<Vec<Value>>>,
-    client: reqwest::Client,
-}
-
-/// Starts the binary on a free loopback port with `env`, and waits until it listens.
-async fn spawn_server(env: &[(&str, &str)]) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_order-server"));
-    command
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("order-server starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let entry: Value = serde_json::from_str(&line).unwrap();
-            let address = entry["fields"]["address"].as_str().map(str::to_owned);
-            logs.lock().unwrap().push(entry);
-            if let Some(address) = address {
-                return address;
-            }
-        }
-        panic!("order-server exited before listening");
-    })
-    .await
-    .expect("order-server listens within 30 s");
-    let sink = logs.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if std::env::var_os("TEST_LOG").is_some() {
-                println!("order-server: {line}");
-            }
-            if let Ok(entry) = serde_json::from_str(&line) {
-                sink.lock().unwrap().push(entry);
-            }
-        }
-    });
-    Server {
-        child,
-        base: format!("http://{address}"),
-        logs,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    }
-}
-
-impl Server {
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
-    async fn terminate(mut self) -> (bool, Vec<Value>) {
-        let pid = self.child.id().expect("still running").to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("exits within 30 s of SIGTERM")
-            .unwrap();
-        // Let the log reader drain the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let logs = self.logs.lock().unwrap().clone();
-        (status.success(), logs)
-    }
-}
+use crate::process::spawn_server;
 
 fn order() -> Value {
     json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99})
@@ -193,16 +92,19 @@ async fn sigterm_drains_orders_in_progress_then_exits_zero() {
 }
 
 #[tokio::test]
-async fn a_database_url_this_build_cannot_use_stops_the_start_with_a_clear_error() {
+async fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
         .env_clear()
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
-        .env("DATABASE_URL", "postgres://localhost/orders")
+        // Nothing listens on port 1: refused at once, and no waiting for it to come up.
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/orders")
+        .env("DB_STARTUP_TIMEOUT_SECS", "0")
+        .env("DB_ACQUIRE_TIMEOUT_MS", "200")
         .output()
         .await
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("PostgreSQL is not usable"), "{stderr}");
 }

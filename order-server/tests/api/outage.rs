@@ -1,0 +1,285 @@
+//! PostgreSQL stops under a running server and comes back: requests get a quick JSON 503,
+//! readiness says so, and once the database returns everything resumes without a restart and
+//! no acknowledged order is lost.
+//!
+//! The test runs its own throwaway cluster (`initdb` + `pg_ctl` from the machine's PostgreSQL
+//! binaries: `PG_BINDIR`, else `pg_config --bindir`, else the newest
+//! `/usr/lib/postgresql/*/bin`), as the `postgres` user when run as root, since PostgreSQL
+//! refuses to run as root. Stopping a shared server would break other tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::process::{Server, spawn_server};
+
+/// A PostgreSQL cluster in a temporary directory, on a free loopback port.
+struct Cluster {
+    bindir: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// The user to run the server binaries as, when we are root.
+    run_as: Option<String>,
+}
+
+impl Cluster {
+    async fn create() -> Self {
+        let bindir = find_bindir().await.expect(
+            "PostgreSQL's server binaries (initdb, pg_ctl) are needed: install Debian's \
+             postgresql package or set PG_BINDIR",
+        );
+        let root = output("id", &["-u"]).await.trim() == "0";
+        let run_as = root.then(|| "postgres".to_owned());
+        let dir = std::env::temp_dir().join(format!("order-outage-{}", uuid_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(user) = &run_as {
+            let chown = Command::new("chown")
+                .args([user.as_str(), dir.to_str().unwrap()])
+                .status()
+                .await
+                .unwrap();
+            assert!(chown.success(), "chown {user} {dir:?}");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Self {
+            bindir,
+            dir,
+            port,
+            run_as,
+        };
+        let data = cluster.data();
+        cluster
+            .run(
+                "initdb",
+                &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+            )
+            .await;
+        cluster.start().await;
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_str().unwrap().to_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .await;
+    }
+
+    /// Stops the server the hard way: no checkpoint, clients cut off, crash recovery at the
+    /// next start.
+    async fn crash(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        )
+        .await;
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) {
+        let binary = self.bindir.join(program);
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let out = command.args(args).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let data = self.data();
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&pg_ctl);
+                command
+            }
+            None => std::process::Command::new(&pg_ctl),
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unique enough for a scratch directory: the process id and a randomly seeded hash.
+fn uuid_suffix() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(std::process::id());
+    format!("{}-{random:x}", std::process::id())
+}
+
+async fn output(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn find_bindir() -> Option<PathBuf> {
+    let has_initdb = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("PG_BINDIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if has_initdb(&dir) {
+            return Some(dir);
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output().await {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_initdb(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            has_initdb(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn order(i: usize) -> Value {
+    json!({"userId": format!("user-{i}"), "itemIds": ["item1"], "totalAmount": 10})
+}
+
+/// `POST /orders`, retried while the server answers 503, as a client should during an
+/// outage; the id once created.
+async fn create_retrying(server: &Server, order: &Value) -> i64 {
+    let began = Instant::now();
+    loop {
+        let (status, body) = server.post("/orders", order).await;
+        match status {
+            201 => return body["order"]["id"].as_i64().unwrap(),
+            503 => assert!(began.elapsed() < Duration::from_secs(20), "{body}"),
+            _ => panic!("unexpected {status}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_returns() {
+    let cluster = Cluster::create().await;
+    let url = cluster.url();
+    let server = spawn_server(&[
+        ("DATABASE_URL", &url),
+        ("PROCESSING_DELAY_MS", "100"),
+        ("DB_ACQUIRE_TIMEOUT_MS", "1000"),
+        ("LEASE_MS", "2000"),
+        ("POLL_INTERVAL_MS", "200"),
+    ])
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        acknowledged.push(server.create(&order(i)).await);
+    }
+
+    cluster.crash().await;
+    for path in ["/orders", "/orders/1", "/readyz", "/metrics"] {
+        let began = Instant::now();
+        let (status, body) = if path == "/orders" {
+            server.post(path, &order(99)).await
+        } else {
+            server.get(path).await
+        };
+        let took = began.elapsed();
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+        assert!(took < Duration::from_secs(4), "{path} took {took:?}");
+    }
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200, "the process itself is alive");
+    // Workers keep failing to claim for a while; they must back off, not die.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    cluster.start().await;
+    let began = Instant::now();
+    loop {
+        let (status, _) = server.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "not ready again 20 s after the database returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 20..30 {
+        acknowledged.push(create_retrying(&server, &order(i)).await);
+    }
+
+    let began = Instant::now();
+    loop {
+        let mut unfinished = Vec::new();
+        for id in &acknowledged {
+            let (status, body) = server.get(&format!("/orders/{id}")).await;
+            if status != 200 || body["order"]["status"] != "COMPLETED" {
+                unfinished.push((*id, status, body["order"]["status"].clone()));
+            }
+        }
+        if unfinished.is_empty() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "not completed: {unfinished:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(
+        metrics["statuses"]["completed"],
+        json!(acknowledged.len()),
+        "{metrics}"
+    );
+    let (clean, _) = server.terminate().await;
+    assert!(clean, "exits 0 after the outage");
+}

@@ -1,0 +1,291 @@
+//! The real binary on PostgreSQL: the API, a SIGKILL mid-processing, and two servers sharing
+//! one database. Each test has a scratch database of its own.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use order_core::testing::TestDatabase;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde_json::{Value, json};
+
+use crate::process::{Server, spawn_server};
+
+fn order(user: &str) -> Value {
+    json!({"userId": user, "itemIds": ["item1", "item2"], "totalAmount": 59.99})
+}
+
+/// `(status, count)` of every order in the database, counted directly (not from the
+/// counters the server keeps).
+pub(crate) async fn direct_counts(db: &DatabaseConnection) -> BTreeMap<String, i64> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT status, count(*) AS n FROM order_engine_orders GROUP BY status",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get::<String>("", "status").unwrap(),
+                row.try_get::<i64>("", "n").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every order's `(status, attempts)` by id.
+async fn orders_by_id(db: &DatabaseConnection) -> HashMap<i64, (String, i32)> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT id, status, attempts FROM order_engine_orders",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get::<i64>("", "id").unwrap(),
+                (
+                    row.try_get::<String>("", "status").unwrap(),
+                    row.try_get::<i32>("", "attempts").unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until no order is PENDING or PROCESSING, failing after `limit`.
+pub(crate) async fn wait_until_all_finished(db: &DatabaseConnection, limit: Duration) {
+    let began = Instant::now();
+    loop {
+        let counts = direct_counts(db).await;
+        let unfinished =
+            counts.get("PENDING").unwrap_or(&0) + counts.get("PROCESSING").unwrap_or(&0);
+        if unfinished == 0 {
+            return;
+        }
+        assert!(
+            began.elapsed() < limit,
+            "still unfinished after {limit:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn queue_length(db: &DatabaseConnection) -> i64 {
+    db.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT count(*) AS n FROM order_engine_queue",
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get("", "n")
+    .unwrap()
+}
+
+async fn pg_server(db: &TestDatabase, env: &[(&str, &str)]) -> Server {
+    let mut all = vec![("DATABASE_URL", db.url())];
+    all.extend_from_slice(env);
+    spawn_server(&all).await
+}
+
+#[tokio::test]
+async fn the_api_keeps_orders_in_postgres_across_restarts() {
+    let db = TestDatabase::create().await;
+    let server = pg_server(&db, &[("PROCESSING_DELAY_MS", "50")]).await;
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!((status, &ready["status"]), (200, &json!("ready")));
+
+    let id = server.create(&order("user-1")).await;
+    let (status, body) = server
+        .post(
+            "/orders",
+            &json!({"userId": "", "itemIds": [], "totalAmount": 1}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].is_string());
+    let (status, body) = server.get("/orders/999999").await;
+    assert_eq!(status, 404, "{body}");
+
+    wait_until_all_finished(db.connection(), Duration::from_secs(20)).await;
+    let (clean, _) = server.terminate().await;
+    assert!(clean);
+
+    // A new process finds the order as the first one left it.
+    let server = pg_server(&db, &[]).await;
+    let (status, body) = server.get(&format!("/orders/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["order"]["status"], "COMPLETED");
+    assert_eq!(body["order"]["attempts"], 1);
+    assert_eq!(body["order"]["totalAmount"], json!(59.99));
+    assert_eq!(body["order"]["itemIds"], json!(["item1", "item2"]));
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(
+        metrics["totalOrders"], 1,
+        "the invalid order stored nothing: {metrics}"
+    );
+    assert_eq!(metrics["statuses"]["completed"], 1);
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_restart() {
+    let db = TestDatabase::create().await;
+    // Short leases so that orders the killed server held are taken over within seconds.
+    let env = [
+        ("PROCESSING_DELAY_MS", "300"),
+        ("WORKERS", "16"),
+        ("LEASE_MS", "1000"),
+        ("POLL_INTERVAL_MS", "200"),
+    ];
+    let server = pg_server(&db, &env).await;
+
+    // Clients keep creating orders while the server is killed under them.
+    let base = server.base.clone();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..8 {
+        let base = base.clone();
+        clients.spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let (mut acknowledged, mut unanswered) = (Vec::new(), 0_usize);
+            for _ in 0..40 {
+                match http
+                    .post(format!("{base}/orders"))
+                    .json(&order(&format!("client-{client}")))
+                    .send()
+                    .await
+                {
+                    Ok(response) if response.status() == 201 => {
+                        let body: Value = response.json().await.unwrap();
+                        acknowledged.push(body["order"]["id"].as_i64().unwrap());
+                    }
+                    Ok(response) => panic!("unexpected status {}", response.status()),
+                    // The server died mid-request: not acknowledged, may or may not exist.
+                    Err(_) => {
+                        unanswered += 1;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acknowledged, unanswered)
+        });
+    }
+    // Kill once some orders are being processed and more are arriving.
+    let began = Instant::now();
+    loop {
+        let counts = direct_counts(db.connection()).await;
+        if counts.get("PROCESSING").copied().unwrap_or(0) >= 5 && counts.values().sum::<i64>() >= 60
+        {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(20), "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before_kill = direct_counts(db.connection()).await;
+    server.kill().await;
+    let mut acknowledged = HashSet::new();
+    let mut unanswered = 0;
+    while let Some(result) = clients.join_next().await {
+        let (ids, lost) = result.unwrap();
+        unanswered += lost;
+        for id in ids {
+            assert!(acknowledged.insert(id), "id {id} acknowledged twice");
+        }
+    }
+    assert!(
+        before_kill.get("PROCESSING").copied().unwrap_or(0) > 0,
+        "the kill must hit orders mid-processing: {before_kill:?}"
+    );
+
+    let restarted = Instant::now();
+    let server = pg_server(&db, &env).await;
+    wait_until_all_finished(db.connection(), Duration::from_secs(30)).await;
+    let recovered_in = restarted.elapsed();
+
+    let orders = orders_by_id(db.connection()).await;
+    for id in &acknowledged {
+        let (status, attempts) = orders
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged order {id} is gone"));
+        assert_eq!(status, "COMPLETED", "order {id}");
+        // Started at most once before the kill and once after it.
+        assert!(
+            (1..=2).contains(attempts),
+            "order {id}: {attempts} attempts"
+        );
+    }
+    // Nothing extra: at most one order per request that got no answer.
+    assert!(
+        orders.len() <= acknowledged.len() + unanswered,
+        "{} rows for {} acknowledged and {unanswered} unanswered requests",
+        orders.len(),
+        acknowledged.len()
+    );
+    assert!(orders.values().all(|(status, _)| status == "COMPLETED"));
+    assert_eq!(queue_length(db.connection()).await, 0, "the queue drained");
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(metrics["totalOrders"], json!(orders.len()), "{metrics}");
+    assert_eq!(metrics["statuses"]["completed"], json!(orders.len()));
+    assert!(
+        recovered_in < Duration::from_secs(15),
+        "recovery took {recovered_in:?}"
+    );
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn two_servers_on_one_database_share_the_work_and_start_each_order_once() {
+    let db = TestDatabase::create().await;
+    let env = [
+        ("PROCESSING_DELAY_MS", "40"),
+        ("WORKERS", "4"),
+        ("RUST_LOG", "info,order_core=debug"),
+    ];
+    let servers = [pg_server(&db, &env).await, pg_server(&db, &env).await];
+    let mut ids = HashSet::new();
+    for i in 0..120 {
+        let server = &servers[i % 2];
+        ids.insert(server.create(&order(&format!("user-{i}"))).await);
+    }
+    assert_eq!(ids.len(), 120);
+    wait_until_all_finished(db.connection(), Duration::from_secs(30)).await;
+
+    let orders = orders_by_id(db.connection()).await;
+    assert_eq!(orders.len(), 120);
+    for (id, (status, attempts)) in &orders {
+        assert_eq!(
+            (status.as_str(), *attempts),
+            ("COMPLETED", 1),
+            "order {id}: claimed by one worker, once"
+        );
+    }
+    // Which server completed what, from each one's own log.
+    let mut completed_by = Vec::new();
+    for server in servers {
+        let logs = server.logs();
+        let done: HashSet<String> = logs
+            .iter()
+            .filter(|line| line["fields"]["message"] == "completed")
+            .filter_map(|line| line["span"]["order_id"].as_str().map(str::to_owned))
+            .collect();
+        completed_by.push(done);
+        server.terminate().await;
+    }
+    let (a, b) = (&completed_by[0], &completed_by[1]);
+    assert!(a.is_disjoint(b), "no order completed by both servers");
+    assert_eq!(a.len() + b.len(), 120, "every completion logged once");
+    assert!(
+        a.len() >= 10 && b.len() >= 10,
+        "both servers took work: {} and {}",
+        a.len(),
+        b.len()
+    );
+}
