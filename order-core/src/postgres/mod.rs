@@ -169,6 +169,99 @@ mod tests {
     }
 }
 
+/// What only a real database shows: several pools (as several servers would have) racing over
+/// one database.
+#[cfg(test)]
+mod shared_database {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::testing::{TestDatabase, sample_order};
+    use crate::{OrderId, OrderProcessor, OrderStatus, Queue, Repository, SimulatedStep};
+
+    use super::*;
+
+    async fn second_pool(db: &TestDatabase) -> DatabaseConnection {
+        connect(db.url(), &PoolOptions::default()).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claimers_on_separate_pools_never_share_an_id() {
+        let db = TestDatabase::create().await;
+        let queues = [
+            PostgresQueue::new(db.connection().clone()),
+            PostgresQueue::new(second_pool(&db).await),
+        ];
+        for raw in 1..=400 {
+            queues[0].push(OrderId::new(raw).unwrap()).await.unwrap();
+        }
+        let mut claimers = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let queue = queues[worker % 2].clone();
+            claimers.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claims = queue.claim(7, Duration::from_secs(60)).await.unwrap();
+                    if claims.is_empty() {
+                        return mine;
+                    }
+                    for claim in claims {
+                        queue.ack(&claim).await.unwrap();
+                        mine.push(claim.order_id);
+                    }
+                }
+            });
+        }
+        let mut seen = HashSet::new();
+        while let Some(mine) = claimers.join_next().await {
+            for id in mine.unwrap() {
+                assert!(seen.insert(id), "order {id} was claimed twice");
+            }
+        }
+        assert_eq!(seen.len(), 400);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processors_on_separate_pools_share_the_work_and_start_each_order_once() {
+        let db = TestDatabase::create().await;
+        let mut processors = Vec::new();
+        for pool in [db.connection().clone(), second_pool(&db).await] {
+            processors.push(
+                OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
+                    .repository(Arc::new(PostgresRepository::new(pool.clone())))
+                    .queue(Arc::new(PostgresQueue::new(pool)))
+                    .concurrency(4)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let running: Vec<_> = processors.iter().map(OrderProcessor::start).collect();
+        let repository = PostgresRepository::new(db.connection().clone());
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let order = sample_order(&format!("user-{i}"), 1);
+            let submitted = processors[i % 2].submit(order.into_inner()).await.unwrap();
+            ids.push(submitted.id);
+        }
+        for id in &ids {
+            let done =
+                tokio::time::timeout(Duration::from_secs(30), processors[0].wait_until_done(*id))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+            assert_eq!((done.status, done.attempts), (OrderStatus::Completed, 1));
+        }
+        let metrics = repository.metrics().await.unwrap();
+        assert_eq!(metrics.statuses.completed, 200);
+        assert_eq!(metrics.total_orders, 200);
+        for handle in running {
+            assert_eq!(handle.shutdown(Duration::from_secs(5)).await.abandoned, 0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod repository_contract {
     crate::repository_contract_tests!(async || {
