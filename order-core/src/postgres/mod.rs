@@ -223,6 +223,44 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_on_one_pool_wakes_a_waiter_on_another_through_notify() {
+        let db = TestDatabase::create().await;
+        let waiting = PostgresQueue::new(db.connection().clone());
+        let pushing = PostgresQueue::new(second_pool(&db).await);
+        // The first wait opens the LISTEN connection; let it settle.
+        waiting.wait(Duration::from_millis(300)).await;
+        for round in 1..=3 {
+            let waiter = {
+                let waiting = waiting.clone();
+                tokio::spawn(async move {
+                    let began = std::time::Instant::now();
+                    waiting.wait(Duration::from_secs(30)).await;
+                    began.elapsed()
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pushing.push(OrderId::new(round).unwrap()).await.unwrap();
+            let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("the waiter woke")
+                .unwrap();
+            // Far below the 30 s timeout: woken by the notification, not by a poll.
+            assert!(
+                waited < Duration::from_secs(2),
+                "round {round}: woke after {waited:?}"
+            );
+            assert_eq!(
+                waiting
+                    .claim(10, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn processors_on_separate_pools_share_the_work_and_start_each_order_once() {
         let db = TestDatabase::create().await;
         let mut processors = Vec::new();

@@ -24,10 +24,13 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 ///   in one process or many, never get the same id, and never wait on one another.
 /// - A held row's `available_at` is its lease's end, so a claim whose worker died becomes
 ///   claimable again as soon as its lease runs out, by the same query and the same index.
-/// - [`push`](Queue::push) and an immediate [`retry`](Queue::retry) send `NOTIFY
-///   order_engine_queue` in their own statement; [`wait`](Queue::wait) sleeps on a `LISTEN`
-///   connection (opened on first use, reopened after a database restart) until one arrives.
-///   Behind a pooler that drops notifications, waiters still wake at their timeout.
+/// - [`push`](Queue::push) and an immediate [`retry`](Queue::retry) wake this process's
+///   waiters at once and have a background task send `NOTIFY order_engine_queue` for the
+///   others, one at a time however many pushes arrive meanwhile: a `NOTIFY` takes a
+///   database-wide lock through its commit, so one per push would serialise every push's
+///   commit. [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use,
+///   reopened after a database restart) until a notification arrives. Behind a pooler that
+///   drops notifications, waiters still wake at their timeout.
 ///
 /// Cloning is cheap: clones share the connection pool and the listener.
 #[derive(Debug, Clone)]
@@ -44,6 +47,11 @@ struct Wakeups {
     notify: Notify,
     /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
     listener: OnceCell<AbortOnDropHandle<()>>,
+    /// Signalled for each push; the announcer task turns any number of signals into one
+    /// `NOTIFY` at a time.
+    announce: Notify,
+    /// The task that sends `NOTIFY`; stopped when the last clone is dropped.
+    announcer: OnceCell<AbortOnDropHandle<()>>,
 }
 
 impl PostgresQueue {
@@ -79,6 +87,46 @@ impl PostgresQueue {
             ))
             .await
             .map_err(|err| storage_error("queue query failed", err))?)
+    }
+
+    /// Wakes this process's waiters now and other processes' shortly.
+    async fn announce(&self) {
+        self.wakeups.notify.notify_one();
+        self.wakeups
+            .announcer
+            .get_or_init(|| async { self.start_announcer() })
+            .await;
+        self.wakeups.announce.notify_one();
+    }
+
+    fn start_announcer(&self) -> AbortOnDropHandle<()> {
+        let db = self.db.clone();
+        let wakeups = Arc::downgrade(&self.wakeups);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                let Some(w) = wakeups.upgrade() else { return };
+                // Holding the Arc while waiting would keep the queue alive forever; a weak
+                // reference and a short wait let the task end soon after the queue does.
+                let signalled =
+                    tokio::time::timeout(Duration::from_secs(1), w.announce.notified()).await;
+                drop(w);
+                if signalled.is_err() {
+                    continue;
+                }
+                let sent = db
+                    .execute_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT pg_notify($1, '')",
+                        [NOTIFY_CHANNEL.into()],
+                    ))
+                    .await;
+                if let Err(err) = sent {
+                    // Other processes will find the work at their next poll.
+                    debug!(error = %err, "could not send NOTIFY");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }))
     }
 
     fn start_listener(&self) -> AbortOnDropHandle<()> {
@@ -145,16 +193,14 @@ impl Queue for PostgresQueue {
     async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
         let rows = self
             .query(
-                "WITH added AS (
-                    INSERT INTO order_engine_queue (order_id) VALUES ($1)
-                    ON CONFLICT (order_id) DO NOTHING RETURNING order_id)
-                 SELECT order_id, pg_notify($2, '')::text AS notified FROM added",
-                vec![id.get().into(), NOTIFY_CHANNEL.into()],
+                "INSERT INTO order_engine_queue (order_id) VALUES ($1)
+                 ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+                vec![id.get().into()],
             )
             .await?;
         let added = !rows.is_empty();
         if added {
-            self.wakeups.notify.notify_one();
+            self.announce().await;
         }
         Ok(added)
     }
@@ -228,25 +274,24 @@ impl Queue for PostgresQueue {
     }
 
     async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
-        let rows = self
-            .query(
-                "WITH released AS (
-                    UPDATE order_engine_queue
-                       SET claim_token = NULL,
-                           available_at = now() + $3 * interval '1 microsecond'
-                     WHERE order_id = $1 AND claim_token = $2
-                 RETURNING order_id)
-                 SELECT order_id, CASE WHEN $3 = 0 THEN pg_notify($4, '')::text END AS notified
-                   FROM released",
+        let changed = self
+            .execute(
+                "UPDATE order_engine_queue
+                    SET claim_token = NULL,
+                        available_at = now() + $3 * interval '1 microsecond'
+                  WHERE order_id = $1 AND claim_token = $2",
                 vec![
                     claim.order_id.get().into(),
                     claim.token.as_uuid().into(),
                     micros(delay).into(),
-                    NOTIFY_CHANNEL.into(),
                 ],
             )
             .await?;
-        held(u64::try_from(rows.len()).unwrap_or(u64::MAX), claim)
+        held(changed, claim)?;
+        if delay.is_zero() {
+            self.announce().await;
+        }
+        Ok(())
     }
 
     async fn wait(&self, timeout: Duration) {
