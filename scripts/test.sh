@@ -17,6 +17,13 @@ need_component clippy clippy
 
 started=$SECONDS
 
+# PostgreSQL: TEST_DATABASE_URL, else DATABASE_URL, else a server on 127.0.0.1:5432, else a
+# private cluster stopped on exit; exports TEST_DATABASE_URL and PG_BINDIR, unsets DATABASE_URL.
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+step "PostgreSQL"
+ensure_postgres
+
 step "format (cargo fmt --check)"
 cargo fmt --all --check
 
@@ -31,6 +38,20 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 
 step "example: embedded"
 cargo run --quiet -p examples --example embedded
+
+step "example: postgres"
+example_db="order_example_$$"
+drop_example_db() {
+  if [[ -n ${example_db:-} ]]; then
+    pg_psql "$TEST_DATABASE_URL" -q -c "DROP DATABASE IF EXISTS $example_db WITH (FORCE)"
+    example_db=""
+  fi
+}
+pg_psql "$TEST_DATABASE_URL" -q -c "CREATE DATABASE $example_db"
+pg_at_exit drop_example_db # also when the example fails
+DATABASE_URL=$(pg_url_with_database "$TEST_DATABASE_URL" "$example_db") \
+  cargo run --quiet -p examples --example postgres
+drop_example_db
 
 step "benches build"
 cargo bench -p benches --no-run
