@@ -187,6 +187,24 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_only_with_every_migration_applied_and_migrating_twice_is_harmless() {
+        let db = TestDatabase::create().await;
+        check_ready(db.connection()).await.unwrap();
+        // Two servers starting at once: both migrate, one waits for the other.
+        let other = second_pool(&db).await;
+        let (a, b) = tokio::join!(migrate(db.connection()), migrate(&other));
+        a.unwrap();
+        b.unwrap();
+        check_ready(db.connection()).await.unwrap();
+
+        Migrator::down(db.connection(), None).await.unwrap();
+        let err = check_ready(db.connection()).await.unwrap_err();
+        assert!(err.message.contains("not applied"), "{err}");
+        migrate(db.connection()).await.unwrap();
+        check_ready(db.connection()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claimers_on_separate_pools_never_share_an_id() {
         let db = TestDatabase::create().await;
         let queues = [
