@@ -1,12 +1,12 @@
 //! [`Queue`] on PostgreSQL.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
@@ -46,12 +46,12 @@ struct Wakeups {
     /// lands between a worker's empty claim and its wait is not missed.
     notify: Notify,
     /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
-    listener: OnceCell<AbortOnDropHandle<()>>,
+    listener: OnceLock<AbortOnDropHandle<()>>,
     /// Signalled for each push; the announcer task turns any number of signals into one
     /// `NOTIFY` at a time.
     announce: Notify,
     /// The task that sends `NOTIFY`; stopped when the last clone is dropped.
-    announcer: OnceCell<AbortOnDropHandle<()>>,
+    announcer: OnceLock<AbortOnDropHandle<()>>,
 }
 
 impl PostgresQueue {
@@ -90,12 +90,11 @@ impl PostgresQueue {
     }
 
     /// Wakes this process's waiters now and other processes' shortly.
-    async fn announce(&self) {
+    fn announce(&self) {
         self.wakeups.notify.notify_one();
         self.wakeups
             .announcer
-            .get_or_init(|| async { self.start_announcer() })
-            .await;
+            .get_or_init(|| self.start_announcer());
         self.wakeups.announce.notify_one();
     }
 
@@ -200,7 +199,7 @@ impl Queue for PostgresQueue {
             .await?;
         let added = !rows.is_empty();
         if added {
-            self.announce().await;
+            self.announce();
         }
         Ok(added)
     }
@@ -289,7 +288,7 @@ impl Queue for PostgresQueue {
             .await?;
         held(changed, claim)?;
         if delay.is_zero() {
-            self.announce().await;
+            self.announce();
         }
         Ok(())
     }
@@ -297,10 +296,7 @@ impl Queue for PostgresQueue {
     async fn wait(&self, timeout: Duration) {
         // Started here rather than in `new`, so a process that only pushes holds no extra
         // connection.
-        self.wakeups
-            .listener
-            .get_or_init(|| async { self.start_listener() })
-            .await;
+        self.wakeups.listener.get_or_init(|| self.start_listener());
         let _ = tokio::time::timeout(timeout, self.wakeups.notify.notified()).await;
     }
 
