@@ -283,3 +283,66 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
     let (clean, _) = server.terminate().await;
     assert!(clean, "exits 0 after the outage");
 }
+
+#[tokio::test]
+async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
+    use order_core::postgres::{self, PoolOptions, PostgresQueue};
+    use order_core::{OrderId, Queue};
+
+    let cluster = Cluster::create().await;
+    let options = PoolOptions {
+        acquire_timeout: Duration::from_secs(1),
+        ..PoolOptions::default()
+    };
+    let db = postgres::connect(&cluster.url(), &options).await.unwrap();
+    postgres::migrate(&db).await.unwrap();
+    // Two pools, as two servers: only NOTIFY carries a push from one to the other.
+    let waiting = PostgresQueue::new(db);
+    let pushing = PostgresQueue::new(postgres::connect(&cluster.url(), &options).await.unwrap());
+    waiting.wait(Duration::from_millis(300)).await; // opens the LISTEN connection
+
+    cluster.crash().await;
+    cluster.start().await;
+    // The listener reconnects and wakes its waiters once (work may have come meanwhile);
+    // drain that wake-up so that the next one can only come from a notification.
+    let began = Instant::now();
+    loop {
+        let waited = Instant::now();
+        waiting.wait(Duration::from_millis(500)).await;
+        if waited.elapsed() >= Duration::from_millis(450)
+            && began.elapsed() > Duration::from_secs(2)
+        {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the waiter never went quiet"
+        );
+    }
+
+    let id = OrderId::new(1).unwrap();
+    let pushed = Instant::now();
+    loop {
+        // The pushing pool's old connections died with the server; retry as the engine does.
+        match pushing.push(id).await {
+            Ok(_) => break,
+            Err(err) => assert!(pushed.elapsed() < Duration::from_secs(10), "{err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let woke = Instant::now();
+    waiting.wait(Duration::from_secs(30)).await;
+    let waited = woke.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "woke {waited:?} after the push: the LISTEN connection did not come back"
+    );
+    assert_eq!(
+        waiting
+            .claim(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
