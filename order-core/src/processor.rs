@@ -275,8 +275,20 @@ impl OrderProcessor {
         let valid = order.validate()?;
         let order = self.engine.repository.insert(&valid).await?;
         self.engine.publish(&order);
-        if let Err(err) = self.engine.queue.push(order.id).await {
-            warn!(order_id = %order.id, error = %err, "order stored but not queued; the recovery sweep will queue it");
+        // A connection cut by a database restart fails once; a couple of quick retries spare
+        // the order a wait for the recovery sweep.
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=3 {
+            match self.engine.queue.push(order.id).await {
+                Ok(_) => break,
+                Err(err) if attempt == 3 => {
+                    warn!(order_id = %order.id, error = %err, "order stored but not queued; the recovery sweep will queue it");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
         Ok(order)
     }
@@ -573,6 +585,8 @@ async fn claim_loop(
 async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
     let s = engine.settings;
     let id = claim.order_id;
+    // The lease runs from when the repository applied Start, no earlier than this.
+    let starting_at = tokio::time::Instant::now();
     let order = match engine
         .repository
         .transition(
@@ -620,7 +634,7 @@ async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
             give_back(engine, &claim).await;
             return;
         }
-        () = keep_lease(engine, &claim) => {
+        () = keep_lease(engine, &claim, starting_at) => {
             warn!("lease lost to another worker; abandoning this attempt");
             return;
         }
@@ -689,24 +703,30 @@ async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
 /// Renews the claim's lease, in the queue and in the repository, every third of the lease;
 /// returns when the lease was lost to another worker, or is about to run out because renewals
 /// keep failing (so that the handler stops before another worker may start the order).
-async fn keep_lease(engine: &Engine, claim: &Claim) {
+async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Instant) {
     let lease = engine.settings.lease;
     let period = lease / 3;
-    let mut held_until = tokio::time::Instant::now() + lease;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut held_until = started_at + lease;
+    let mut ticks = tokio::time::interval_at(started_at + period, period);
     loop {
         ticks.tick().await;
         let asked_at = tokio::time::Instant::now();
-        let renewed = engine
-            .repository
-            .transition(
-                claim.order_id,
-                Transition::Renew {
-                    claim: claim.token,
-                    lease,
-                },
-            )
-            .await;
+        // A renewal still unanswered when the lease ends (a hung connection, a partitioned
+        // database) must not let the handler run on: another worker may take the order
+        // over then.
+        let renewal = engine.repository.transition(
+            claim.order_id,
+            Transition::Renew {
+                claim: claim.token,
+                lease,
+            },
+        );
+        let Ok(renewed) =
+            tokio::time::timeout(held_until.saturating_duration_since(asked_at), renewal).await
+        else {
+            warn!("the lease ran out while renewing it; stopping");
+            return;
+        };
         match renewed {
             Err(TransitionError::Conflict { .. } | TransitionError::NotFound(_)) => return,
             Err(TransitionError::Storage(err)) => {
@@ -721,10 +741,11 @@ async fn keep_lease(engine: &Engine, claim: &Claim) {
             // this call began.
             Ok(_) => held_until = asked_at + lease,
         }
-        match engine.queue.extend(claim, lease).await {
-            Err(QueueError::LeaseLost(_)) => return,
-            Err(err) => warn!(error = %err, "could not extend the queue lease"),
-            Ok(()) => {}
+        match tokio::time::timeout(period, engine.queue.extend(claim, lease)).await {
+            Ok(Err(QueueError::LeaseLost(_))) => return,
+            Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
+            Err(_) => warn!("extending the queue lease timed out"),
+            Ok(Ok(())) => {}
         }
     }
 }

@@ -383,6 +383,8 @@ enum Fault {
     Refuse,
     /// Writes it, then reports a storage error (a reply lost on the way back).
     ApplyThenFail,
+    /// Never answer, as a connection to a partitioned database does not.
+    Hang,
 }
 
 /// An in-memory repository with storage failures on demand, for the failure paths a real
@@ -423,6 +425,7 @@ impl Repository for FaultyRepository {
                 self.inner.transition(id, transition).await?;
                 Err(StorageError::unavailable("reply lost").into())
             }
+            Fault::Hang => std::future::pending().await,
         }
     }
     async fn stranded(
@@ -563,6 +566,39 @@ async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
         "never two runs at once"
     );
     assert!(processor.get(id).await.unwrap().unwrap().attempts >= 2);
+    running.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_renewal_hangs_stops_before_its_lease_runs_out() {
+    // The renewal never answers; the run must still stop by the end of its lease, not wait on
+    // the call while another run takes the order over.
+    let repository = FaultyRepository::new(|t| {
+        if matches!(t, Transition::Renew { .. }) {
+            Fault::Hang
+        } else {
+            Fault::Pass
+        }
+    });
+    let overlap = Arc::new(Overlap::default());
+    let (processor, running) = start_on(
+        Arc::new(repository),
+        ArcStep(overlap.clone()),
+        Duration::from_millis(1200),
+    );
+    processor.submit(new_order("u")).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while overlap.started.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the order was taken over after the stalled run stopped");
+    assert_eq!(
+        overlap.most.load(Ordering::SeqCst),
+        1,
+        "never two runs at once"
+    );
     running.shutdown(Duration::from_millis(10)).await;
 }
 
