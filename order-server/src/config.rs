@@ -125,7 +125,6 @@ impl Config {
         PoolOptions {
             max_connections: self.db_max_connections,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
-            connect_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
             application_name: "order-server".to_owned(),
             ..PoolOptions::default()
@@ -147,13 +146,32 @@ impl Config {
             });
         if let Some(url) = &self.database_url {
             let db = self.connect(url).await?;
-            postgres::migrate(&db).await?;
+            self.migrate(&db).await?;
             info!("PostgreSQL schema is up to date");
             builder = builder
                 .repository(Arc::new(PostgresRepository::new(db.clone())))
                 .queue(Arc::new(PostgresQueue::new(db)));
         }
         Ok(builder.build()?)
+    }
+
+    /// Migrates, retrying like [`connect`](Self::connect) while the database is unavailable
+    /// (a restart, a failover) so that replicas starting together do not crash-loop.
+    async fn migrate(&self, db: &postgres::DatabaseConnection) -> Result<(), StorageError> {
+        let give_up =
+            tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match postgres::migrate(db).await {
+                Ok(()) => return Ok(()),
+                Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
+                    warn!(error = %err, retry_in_ms = pause.as_millis(), "migration failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Connects to PostgreSQL, retrying with a progress line until it answers or the startup

@@ -4,6 +4,17 @@ use sea_orm::{DbErr, RuntimeErr, sqlx};
 
 use crate::error::StorageError;
 
+/// SQLSTATEs that a retry later may cure: 08 connection exception; 53 insufficient
+/// resources; 57P operator intervention (shutdown, cannot connect now); 57014 statement
+/// timeout; 40001 and 40P01 serialisation failure and deadlock; 25006 read-only transaction
+/// (a replica not yet promoted); 42P01 undefined table (migrations not applied yet).
+fn retryable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "57014" | "40001" | "40P01" | "25006" | "42P01")
+}
+
 /// `err` with `context`, marked unavailable when retrying later may cure it.
 pub(crate) fn storage_error(context: &str, err: DbErr) -> StorageError {
     let unavailable = is_unavailable(&err);
@@ -15,14 +26,17 @@ pub(crate) fn storage_error(context: &str, err: DbErr) -> StorageError {
 }
 
 /// True for failures of reaching the database rather than of the statement itself: no
-/// connection, a broken one, a server shutting down or refusing connections, a statement that
-/// timed out, a serialisation failure or deadlock that a retry resolves.
+/// connection, a broken one, a server shutting down, refusing connections or read-only after
+/// a failover, a statement that timed out, a serialisation failure or deadlock that a retry
+/// resolves, a schema not migrated yet. A wrong password or database name is not: retrying
+/// cannot cure it.
 fn is_unavailable(err: &DbErr) -> bool {
     match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
-            sqlx_unavailable(err)
-        }
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(err))
+        | DbErr::Exec(RuntimeErr::SqlxError(err))
+        | DbErr::Query(RuntimeErr::SqlxError(err)) => sqlx_unavailable(err),
+        DbErr::Conn(RuntimeErr::Internal(_)) => true,
         _ => false,
     }
 }
@@ -35,17 +49,25 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources; 57P: operator
-            // intervention (shutdown, cannot connect now); 57014: statement timeout;
-            // 40001/40P01: serialisation failure, deadlock.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code == "57014"
-                || code == "40001"
-                || code == "40P01"
-        }),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| retryable_sqlstate(&code)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable_sqlstate;
+
+    #[test]
+    fn outages_are_retryable_and_mistakes_are_not() {
+        for code in [
+            "08006", "53300", "57P01", "57P03", "57014", "40001", "40P01", "25006", "42P01",
+        ] {
+            assert!(retryable_sqlstate(code), "{code}");
+        }
+        // Wrong password, unknown database, syntax error, unique violation, check violation.
+        for code in ["28P01", "3D000", "42601", "23505", "23514"] {
+            assert!(!retryable_sqlstate(code), "{code}");
+        }
     }
 }

@@ -61,12 +61,10 @@ pub struct PoolOptions {
     pub max_connections: u32,
     /// Connections kept open while idle.
     pub min_connections: u32,
-    /// How long a request waits for a free connection (or for a new one to open) before it
+    /// How long a request waits for a free connection (opening a new one included) before it
     /// fails as unavailable: the bound on how long an HTTP request hangs while the database is
     /// down.
     pub acquire_timeout: Duration,
-    /// How long opening one connection may take.
-    pub connect_timeout: Duration,
     /// PostgreSQL's `statement_timeout` on every connection: a statement running longer is
     /// cancelled and reported as unavailable.
     pub statement_timeout: Duration,
@@ -82,7 +80,6 @@ impl Default for PoolOptions {
             max_connections: 16,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(3),
-            connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             application_name: "order-engine".to_owned(),
@@ -101,7 +98,6 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<DatabaseConnect
         .max_connections(options.max_connections.max(2))
         .min_connections(options.min_connections.min(options.max_connections))
         .acquire_timeout(options.acquire_timeout)
-        .connect_timeout(options.connect_timeout)
         .statement_timeout(options.statement_timeout)
         .idle_timeout(options.idle_timeout)
         // A connection that sat idle may have been cut by a database restart; check it before
@@ -125,6 +121,9 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_725f_656e;
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StorageError> {
     let run = async {
         let txn = db.begin().await?;
+        // Waiting for another server's migration is not a slow statement: no timeout here.
+        txn.execute_unprepared("SET LOCAL statement_timeout = 0")
+            .await?;
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
         Migrator::up(&txn, None).await?;
@@ -137,7 +136,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StorageError> {
 /// Checks that the database answers and that every migration has been applied: what a
 /// readiness probe asks before sending traffic.
 pub async fn check_ready(db: &DatabaseConnection) -> Result<(), StorageError> {
-    let pending = Migrator::get_pending_migrations(db)
+    // The read-only variant: a readiness probe must not create the migrations table.
+    let pending = Migrator::get_pending_migrations_read_only(db)
         .await
         .map_err(|err| storage_error("could not read the applied migrations", err))?;
     if pending.is_empty() {

@@ -1,12 +1,12 @@
 //! [`Queue`] on PostgreSQL.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
@@ -39,7 +39,7 @@ pub struct PostgresQueue {
     wakeups: Arc<Wakeups>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Wakeups {
     /// Signalled for each notification (and for this process's own pushes, without waiting
     /// for the round trip). `notify_one` keeps a permit when nobody waits, so a push that
@@ -47,11 +47,25 @@ struct Wakeups {
     notify: Notify,
     /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
     listener: OnceLock<AbortOnDropHandle<()>>,
+    /// Whether `LISTEN` is in place.
+    listening: watch::Sender<bool>,
     /// Signalled for each push; the announcer task turns any number of signals into one
     /// `NOTIFY` at a time.
     announce: Notify,
     /// The task that sends `NOTIFY`; stopped when the last clone is dropped.
     announcer: OnceLock<AbortOnDropHandle<()>>,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            listener: OnceLock::new(),
+            listening: watch::Sender::new(false),
+            announce: Notify::new(),
+            announcer: OnceLock::new(),
+        }
+    }
 }
 
 impl PostgresQueue {
@@ -120,9 +134,13 @@ impl PostgresQueue {
                     ))
                     .await;
                 if let Err(err) = sent {
-                    // Other processes will find the work at their next poll.
-                    debug!(error = %err, "could not send NOTIFY");
+                    // Likely a connection cut by a restart: try again shortly rather than
+                    // leave other processes to find the work at their next poll.
+                    debug!(error = %err, "could not send NOTIFY; trying again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(w) = wakeups.upgrade() {
+                        w.announce.notify_one();
+                    }
                 }
             }
         }))
@@ -141,29 +159,19 @@ impl PostgresQueue {
                         Ok(()) => {
                             debug!(channel = NOTIFY_CHANNEL, "listening for new work");
                             backoff = Duration::from_millis(100);
+                            let Some(w) = wakeups.upgrade() else { return };
+                            w.listening.send_replace(true);
                             // After a reconnect, work may have arrived while nobody
-                            // listened. (Before the first LISTEN, a worker's own poll
-                            // timeout covers the gap.)
+                            // listened. (The first time, `wait` held its caller until
+                            // LISTEN was in place.)
                             if reconnected {
-                                let Some(w) = wakeups.upgrade() else { return };
                                 w.notify.notify_one();
                             }
+                            drop(w);
                             reconnected = true;
-                            loop {
-                                let received = listener.try_recv().await;
-                                let Some(w) = wakeups.upgrade() else { return };
-                                w.notify.notify_one();
-                                match received {
-                                    Ok(Some(_)) => {}
-                                    // The connection dropped; the next call reconnects
-                                    // and listens again.
-                                    Ok(None) => debug!("LISTEN connection lost; reconnecting"),
-                                    Err(err) => {
-                                        warn!(error = %err, "LISTEN connection failed");
-                                        break;
-                                    }
-                                }
-                            }
+                            listen(&mut listener, &wakeups).await;
+                            let Some(w) = wakeups.upgrade() else { return };
+                            w.listening.send_replace(false);
                         }
                         Err(err) => warn!(error = %err, "could not LISTEN for new work"),
                     },
@@ -176,6 +184,44 @@ impl PostgresQueue {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }))
+    }
+}
+
+/// How long the `LISTEN` connection may stay silent before it is pinged: a connection to a
+/// vanished host (a partition, a frozen VM) fails no read, so silence must be checked.
+const LISTEN_PING_AFTER: Duration = Duration::from_secs(30);
+/// How long that ping may take before the connection is given up and reopened.
+const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wakes a waiter for each notification until the connection fails or stops answering.
+async fn listen(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
+    loop {
+        let received = match tokio::time::timeout(LISTEN_PING_AFTER, listener.try_recv()).await {
+            Ok(received) => received,
+            Err(_) => {
+                let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(err)) => warn!(error = %err, "LISTEN connection failed its ping"),
+                    Err(_) => warn!("LISTEN connection did not answer its ping"),
+                }
+                return;
+            }
+        };
+        let Some(w) = wakeups.upgrade() else { return };
+        w.notify.notify_one();
+        match received {
+            Ok(Some(_)) => {}
+            // The connection dropped: reopen it (and wake waiters once it is back).
+            Ok(None) => {
+                debug!("LISTEN connection lost; reconnecting");
+                return;
+            }
+            Err(err) => {
+                warn!(error = %err, "LISTEN connection failed");
+                return;
+            }
+        }
     }
 }
 
@@ -294,10 +340,22 @@ impl Queue for PostgresQueue {
     }
 
     async fn wait(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         // Started here rather than in `new`, so a process that only pushes holds no extra
         // connection.
         self.wakeups.listener.get_or_init(|| self.start_listener());
-        let _ = tokio::time::timeout(timeout, self.wakeups.notify.notified()).await;
+        let mut listening = self.wakeups.listening.subscribe();
+        if !*listening.borrow_and_update() {
+            // Until LISTEN is in place, other processes' notifications are lost: hold the
+            // caller until it is (its next claim then misses nothing), unless a local push or
+            // the timeout comes first.
+            tokio::select! {
+                _ = listening.wait_for(|listening| *listening) => {}
+                () = self.wakeups.notify.notified() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, self.wakeups.notify.notified()).await;
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
