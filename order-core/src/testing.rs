@@ -15,8 +15,12 @@
 //! }
 //! ```
 //!
-//! Lease cases use real time (a backend may keep time on another machine) with margins of
-//! 150 ms or more, and take about a second each.
+//! The factory may also return `(backend, guard)`, the guard kept until the case ends: a
+//! scratch database that is dropped with it, say ([`TestDatabase`], feature `postgres`).
+//!
+//! Lease cases use real time (a backend may keep time on another machine) with leases of a
+//! second and margins of a third of that or more, so a busy machine's stalls or a database's
+//! round trips do not decide a case; each takes two or three seconds.
 
 // Test-support code: a broken expectation must fail the test, and panicking is how it does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -32,7 +36,7 @@ use crate::order::{NewOrder, ValidatedOrder};
 const LONG: Duration = Duration::from_secs(60);
 /// A lease short enough to watch run out, long enough that a busy machine's scheduling
 /// hiccups (the margins are a third to a half of it) do not decide a case.
-const SHORT: Duration = Duration::from_millis(500);
+const SHORT: Duration = Duration::from_secs(1);
 
 /// What a contract factory returns: the backend to test, alone or with a guard that must live
 /// until the case ends (a scratch database that is dropped with it, say).

@@ -5,10 +5,12 @@ use sea_orm_migration::prelude::*;
 
 /// The project's migrations, for `sea_orm_migration`'s [`MigratorTrait`].
 ///
-/// [`migrate`](super::migrate) runs them under a lock; an embedding service with its own
-/// migrator can instead call `Migrator::up(&db, None)` itself, or list these migrations among
-/// its own. Applied migrations are recorded in `order_engine_migrations`, apart from an
-/// embedding service's `seaql_migrations`.
+/// [`migrate`](super::migrate) runs them in one transaction under an advisory lock, so several
+/// servers starting at once take turns: prefer it. A service that drives migrations itself can
+/// call `Migrator::up(&db, None)` beside its own migrator (not list these migrations among its
+/// own: they would then be recorded in its table, and `migrate` would run them again); it must
+/// then keep replicas from migrating at the same moment. Applied migrations are recorded in
+/// `order_engine_migrations`, apart from an embedding service's `seaql_migrations`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
 
@@ -211,7 +213,8 @@ impl MigrationTrait for CreateOrdersAndQueue {
                 "DROP TABLE IF EXISTS order_engine_orders, order_engine_queue, \
                  order_engine_status_counts;
                  DROP FUNCTION IF EXISTS order_engine_count_inserts(), \
-                 order_engine_count_updates(), order_engine_count_deletes();",
+                 order_engine_count_updates(), order_engine_count_deletes(), \
+                 order_engine_count_truncate();",
             )
             .await?;
         Ok(())
@@ -292,4 +295,13 @@ CREATE TRIGGER order_engine_orders_count_updates AFTER UPDATE ON order_engine_or
 CREATE TRIGGER order_engine_orders_count_deletes AFTER DELETE ON order_engine_orders
     REFERENCING OLD TABLE AS deleted
     FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_deletes();
+
+CREATE FUNCTION order_engine_count_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE order_engine_status_counts SET orders = 0, processing_micros = 0;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER order_engine_orders_count_truncate AFTER TRUNCATE ON order_engine_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_truncate();
 ";

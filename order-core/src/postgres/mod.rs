@@ -205,6 +205,41 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_counters_follow_an_operator_deleting_or_truncating_orders() {
+        use sea_orm::ConnectionTrait;
+
+        let db = TestDatabase::create().await;
+        let repository = PostgresRepository::new(db.connection().clone());
+        for user in ["a", "b", "c"] {
+            repository.insert(&sample_order(user, 1)).await.unwrap();
+        }
+        let first = OrderId::new(1).unwrap();
+        repository
+            .transition(first, crate::Transition::Cancel)
+            .await
+            .unwrap();
+        db.connection()
+            .execute_unprepared("DELETE FROM order_engine_orders WHERE user_id = 'b'")
+            .await
+            .unwrap();
+        let metrics = repository.metrics().await.unwrap();
+        assert_eq!(metrics.total_orders, 2);
+        assert_eq!(
+            (metrics.statuses.pending, metrics.statuses.cancelled),
+            (1, 1)
+        );
+
+        db.connection()
+            .execute_unprepared("TRUNCATE order_engine_orders")
+            .await
+            .unwrap();
+        assert_eq!(
+            repository.metrics().await.unwrap(),
+            crate::OrderMetrics::default()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claimers_on_separate_pools_never_share_an_id() {
         let db = TestDatabase::create().await;
         let queues = [

@@ -48,7 +48,7 @@ fn transition_statement(id: OrderId, transition: Transition) -> (String, Vec<Val
         Transition::Start { claim, lease } => (
             "status = 'PROCESSING', claim_token = $2, \
              lease_expires_at = now() + $3 * interval '1 microsecond', \
-             attempts = attempts + 1, \
+             attempts = least(attempts, 2147483646) + 1, \
              processing_start_time = coalesce(processing_start_time, now()), \
              updated_at = now()"
                 .to_owned(),

@@ -135,11 +135,12 @@ async fn the_api_keeps_orders_in_postgres_across_restarts() {
 #[tokio::test]
 async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_restart() {
     let db = TestDatabase::create().await;
-    // Short leases so that orders the killed server held are taken over within seconds.
+    // Short leases so that orders the killed server held are taken over within seconds, yet
+    // long enough that a loaded machine's stalls do not cause takeovers of their own.
     let env = [
         ("PROCESSING_DELAY_MS", "300"),
         ("WORKERS", "16"),
-        ("LEASE_MS", "1000"),
+        ("LEASE_MS", "3000"),
         ("POLL_INTERVAL_MS", "200"),
     ];
     let server = pg_server(&db, &env).await;
@@ -165,6 +166,12 @@ async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_
                     Ok(response) if response.status() == 201 => {
                         let body: Value = response.json().await.unwrap();
                         acknowledged.push(body["order"]["id"].as_i64().unwrap());
+                    }
+                    // Overloaded (no connection in time) or dying: not acknowledged, and the
+                    // order may or may not exist.
+                    Ok(response) if response.status() == 503 => {
+                        unanswered += 1;
+                        break;
                     }
                     Ok(response) => panic!("unexpected status {}", response.status()),
                     // The server died mid-request: not acknowledged, may or may not exist.
