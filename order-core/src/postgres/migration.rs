@@ -198,9 +198,10 @@ impl MigrationTrait for CreateOrdersAndQueue {
 
         let db = manager.get_connection();
         db.execute_unprepared(&format!(
-            "{STRANDED_INDEX}\n{seed}\n{triggers}",
+            "{STRANDED_INDEX}\n{seed}\n{triggers}\n{queue_counts}",
             seed = seed_counters(),
             triggers = COUNT_TRIGGERS.replace("{slots}", &COUNTER_SLOTS.to_string()),
+            queue_counts = QUEUE_COUNTS.replace("{slots}", &COUNTER_SLOTS.to_string()),
         ))
         .await?;
         Ok(())
@@ -211,10 +212,10 @@ impl MigrationTrait for CreateOrdersAndQueue {
             .get_connection()
             .execute_unprepared(
                 "DROP TABLE IF EXISTS order_engine_orders, order_engine_queue, \
-                 order_engine_status_counts;
+                 order_engine_status_counts, order_engine_queue_counts;
                  DROP FUNCTION IF EXISTS order_engine_count_inserts(), \
                  order_engine_count_updates(), order_engine_count_deletes(), \
-                 order_engine_count_truncate();",
+                 order_engine_count_truncate(), order_engine_count_queued();",
             )
             .await?;
         Ok(())
@@ -304,4 +305,39 @@ END $$;
 
 CREATE TRIGGER order_engine_orders_count_truncate AFTER TRUNCATE ON order_engine_orders
     FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_truncate();
+";
+
+/// How many ids the queue holds, kept per slot by triggers on insert and delete (claims,
+/// extensions and retries are updates, and change no count), so that
+/// [`depth`](crate::Queue::depth) need not count a backlog row by row: it counts only rows
+/// whose `available_at` is ahead (held or delayed ones) through the index.
+const QUEUE_COUNTS: &str = r"
+CREATE TABLE order_engine_queue_counts (
+    slot smallint PRIMARY KEY,
+    queued bigint NOT NULL DEFAULT 0
+);
+INSERT INTO order_engine_queue_counts (slot) SELECT generate_series(0, {slots} - 1);
+
+CREATE FUNCTION order_engine_count_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE order_engine_queue_counts SET queued = 0;
+    ELSIF TG_OP = 'INSERT' THEN
+        UPDATE order_engine_queue_counts SET queued = queued + (SELECT count(*) FROM added)
+         WHERE slot = pg_backend_pid() % {slots};
+    ELSE
+        UPDATE order_engine_queue_counts SET queued = queued - (SELECT count(*) FROM removed)
+         WHERE slot = pg_backend_pid() % {slots};
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER order_engine_queue_count_inserts AFTER INSERT ON order_engine_queue
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_queued();
+CREATE TRIGGER order_engine_queue_count_deletes AFTER DELETE ON order_engine_queue
+    REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_queued();
+CREATE TRIGGER order_engine_queue_count_truncate AFTER TRUNCATE ON order_engine_queue
+    FOR EACH STATEMENT EXECUTE FUNCTION order_engine_count_queued();
 ";

@@ -359,14 +359,18 @@ impl Queue for PostgresQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        // The total comes from the trigger-kept counters; held and delayed ids are the rows
+        // whose `available_at` is still ahead, found through the index, so the cost grows
+        // with the work in flight and waiting out a delay, not with the backlog. A lapsed
+        // claim counts as ready: the next claim takes it.
         let rows = self
             .query(
-                "SELECT count(*) FILTER (WHERE claim_token IS NULL AND available_at <= now())
-                            AS ready,
-                        count(*) FILTER (WHERE claim_token IS NULL AND available_at > now())
-                            AS delayed,
+                "SELECT (SELECT coalesce(sum(queued), 0) FROM order_engine_queue_counts)::bigint
+                            AS total,
+                        count(*) FILTER (WHERE claim_token IS NULL) AS delayed,
                         count(*) FILTER (WHERE claim_token IS NOT NULL) AS claimed
-                   FROM order_engine_queue",
+                   FROM order_engine_queue
+                  WHERE available_at > now()",
                 Vec::new(),
             )
             .await?;
@@ -379,10 +383,11 @@ impl Queue for PostgresQueue {
                 .map_err(|err| storage_error("could not read the queue depth", err))?;
             Ok(u64::try_from(count).unwrap_or(0))
         };
+        let (total, delayed, claimed) = (read("total")?, read("delayed")?, read("claimed")?);
         Ok(QueueDepth {
-            ready: read("ready")?,
-            delayed: read("delayed")?,
-            claimed: read("claimed")?,
+            ready: total.saturating_sub(delayed + claimed),
+            delayed,
+            claimed,
         })
     }
 }
