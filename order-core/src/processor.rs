@@ -503,6 +503,9 @@ impl Engine {
     }
 }
 
+/// The longest a claim may go unanswered before the claim loop gives up on it and backs off.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn claim_loop(
     engine: Arc<Engine>,
     stop: CancellationToken,
@@ -524,8 +527,16 @@ async fn claim_loop(
         };
         let wanted = 1 + slots.available_permits();
         // Not raced against `stop`: a durable queue may commit a claim whose reply a dropped
-        // future would never read, leaving the orders idle until their leases run out.
-        let claims = engine.queue.claim(wanted, s.lease).await;
+        // future would never read, leaving the orders idle until their leases run out. Only a
+        // claim that hangs (a connection to a vanished database host fails no read for
+        // minutes) is given up, at that same cost.
+        let claims =
+            match tokio::time::timeout(CLAIM_TIMEOUT, engine.queue.claim(wanted, s.lease)).await {
+                Ok(claims) => claims,
+                Err(_) => Err(QueueError::Storage(StorageError::unavailable(format!(
+                    "claiming took longer than {CLAIM_TIMEOUT:?}"
+                )))),
+            };
         if stop.is_cancelled() {
             for claim in claims.iter().flatten() {
                 settle(engine.queue.retry(claim, Duration::ZERO).await);

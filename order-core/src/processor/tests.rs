@@ -297,10 +297,12 @@ async fn the_sweep_recovers_what_a_crashed_run_left_behind() {
     running.shutdown(WAIT).await;
 }
 
-/// A queue whose first `failures` pushes fail, as a broker that is briefly down would.
+/// A queue whose first `failures` pushes fail, as a broker that is briefly down would, and
+/// whose first `hangs` claims never answer, as a connection to a vanished host does not.
 struct UnreliablePush {
     inner: InMemoryQueue,
     failures: AtomicU32,
+    hangs: AtomicU32,
 }
 
 #[async_trait]
@@ -314,6 +316,15 @@ impl Queue for UnreliablePush {
         self.inner.push(id).await
     }
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
+        if self
+            .hangs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
         self.inner.claim(max, lease).await
     }
     async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
@@ -333,12 +344,36 @@ impl Queue for UnreliablePush {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_claim_that_never_answers_is_given_up_and_work_goes_on() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .queue(Arc::new(UnreliablePush {
+            inner: InMemoryQueue::new(),
+            failures: AtomicU32::new(0),
+            hangs: AtomicU32::new(1),
+        }))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    // Virtual time: the hung claim is given up after its timeout, and the next one works.
+    let order = tokio::time::timeout(Duration::from_secs(120), processor.wait_until_done(id))
+        .await
+        .expect("processed after the hung claim was given up")
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.status, OrderStatus::Completed);
+    running.shutdown(WAIT).await;
+}
+
 #[tokio::test]
 async fn an_order_the_queue_refused_is_still_processed() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
         .queue(Arc::new(UnreliablePush {
             inner: InMemoryQueue::new(),
-            failures: AtomicU32::new(1),
+            // More than submit's own retries: only the sweep can queue it.
+            failures: AtomicU32::new(3),
+            hangs: AtomicU32::new(0),
         }))
         .sweep_interval(Duration::from_millis(50))
         .build()
