@@ -17,18 +17,21 @@ need_component clippy clippy
 
 started=$SECONDS
 
-# PostgreSQL: TEST_DATABASE_URL, else DATABASE_URL, else a server on 127.0.0.1:5432, else a
-# private cluster stopped on exit; exports TEST_DATABASE_URL and PG_BINDIR, unsets DATABASE_URL.
+# The PostgreSQL helpers; the server itself is found (or started) just before the tests, so
+# that formatting and lints run even on a machine without one.
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
-step "PostgreSQL"
-ensure_postgres
 
 step "format (cargo fmt --check)"
 cargo fmt --all --check
 
 step "lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# TEST_DATABASE_URL, else DATABASE_URL, else a server on 127.0.0.1:5432, else a private
+# cluster stopped on exit; exports TEST_DATABASE_URL and PG_BINDIR, unsets DATABASE_URL.
+step "PostgreSQL"
+ensure_postgres
 
 step "tests (cargo test)"
 cargo test --workspace --all-features
