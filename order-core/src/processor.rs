@@ -810,12 +810,10 @@ async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
     let mut pushed = 0;
     loop {
         let page = engine.repository.stranded(after, SWEEP_PAGE).await?;
-        for &id in &page {
-            match engine.queue.push(id).await {
-                Ok(true) => pushed += 1,
-                Ok(false) | Err(QueueError::LeaseLost(_)) => {}
-                Err(QueueError::Storage(err)) => return Err(err),
-            }
+        match engine.queue.push_many(&page).await {
+            Ok(added) => pushed += added,
+            Err(QueueError::LeaseLost(_)) => {}
+            Err(QueueError::Storage(err)) => return Err(err),
         }
         match page.last() {
             Some(&last) if page.len() == SWEEP_PAGE => after = Some(last),

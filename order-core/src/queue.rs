@@ -99,6 +99,19 @@ pub trait Queue: Send + Sync {
     /// Makes `id` claimable, unless the queue holds it already; true when it was added.
     async fn push(&self, id: OrderId) -> Result<bool, QueueError>;
 
+    /// [`push`](Queue::push) for each of `ids`; returns how many were added. The recovery
+    /// sweep hands over its pages of stranded orders this way, so a backend that can (a
+    /// database: one statement) should do it in one round trip; by default, one push each.
+    async fn push_many(&self, ids: &[OrderId]) -> Result<usize, QueueError> {
+        let mut added = 0;
+        for &id in ids {
+            if self.push(id).await? {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
     /// Claims up to `max` ready ids, each held for `lease`. Returns at once, possibly empty.
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError>;
 

@@ -602,6 +602,39 @@ pub mod queue {
         assert!(queue.claim(10, LONG).await.unwrap().is_empty());
     }
 
+    /// Pushing many at once adds the ids the queue does not hold, once each, and says how
+    /// many.
+    pub async fn push_many_adds_only_what_is_missing(queue: Arc<dyn Queue>) {
+        assert_eq!(queue.push_many(&[]).await.unwrap(), 0);
+        queue.push(id(2)).await.unwrap();
+        let claimed = queue.claim(1, LONG).await.unwrap();
+        assert_eq!(claimed[0].order_id, id(2));
+        assert_eq!(
+            queue
+                .push_many(&[id(1), id(2), id(3), id(3)])
+                .await
+                .unwrap(),
+            2,
+            "1 and 3 are new; 2 is held, and 3 is listed twice"
+        );
+        assert_eq!(
+            queue.depth().await.unwrap(),
+            QueueDepth {
+                ready: 2,
+                delayed: 0,
+                claimed: 1
+            }
+        );
+        let ready: Vec<_> = queue
+            .claim(10, LONG)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|claim| claim.order_id)
+            .collect();
+        assert_eq!(ready, [id(1), id(3)]);
+    }
+
     /// Claims come oldest first, no more than asked for, each with its own token.
     pub async fn claims_are_oldest_first_and_bounded(queue: Arc<dyn Queue>) {
         for raw in 1..=5 {
@@ -814,6 +847,7 @@ macro_rules! queue_contract_tests {
     ($factory:expr) => {
         $crate::__contract_tests!(queue, $factory;
             push_is_idempotent,
+            push_many_adds_only_what_is_missing,
             claims_are_oldest_first_and_bounded,
             ack_removes_the_id,
             a_lapsed_lease_is_redelivered_and_the_old_claim_fenced,

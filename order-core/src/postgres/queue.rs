@@ -250,6 +250,25 @@ impl Queue for PostgresQueue {
         Ok(added)
     }
 
+    async fn push_many(&self, ids: &[OrderId]) -> Result<usize, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        let added = self
+            .execute(
+                "INSERT INTO order_engine_queue (order_id)
+                 SELECT DISTINCT unnest($1::bigint[])
+                 ON CONFLICT (order_id) DO NOTHING",
+                vec![raw.into()],
+            )
+            .await?;
+        if added > 0 {
+            self.announce();
+        }
+        Ok(usize::try_from(added).unwrap_or(usize::MAX))
+    }
+
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
