@@ -288,6 +288,7 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
 async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     use order_core::postgres::{self, PoolOptions, PostgresQueue};
     use order_core::{OrderId, Queue};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let cluster = Cluster::create().await;
     let options = PoolOptions {
@@ -303,7 +304,30 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
 
     cluster.crash().await;
     cluster.start().await;
-    // The listener reconnects and wakes its waiters once (work may have come meanwhile);
+    // Wait for the listener's new LISTEN to be in place, seen from the server's side.
+    let watcher = postgres::connect(&cluster.url(), &options).await.unwrap();
+    let began = Instant::now();
+    loop {
+        waiting.wait(Duration::from_millis(100)).await;
+        let listeners: i64 = watcher
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'",
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get("", "n").ok())
+            .unwrap_or(0);
+        if listeners > 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "LISTEN never came back"
+        );
+    }
+    // The listener woke its waiters once when it came back (work may have come meanwhile);
     // drain that wake-up so that the next one can only come from a notification.
     let began = Instant::now();
     loop {
