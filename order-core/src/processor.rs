@@ -277,12 +277,16 @@ impl OrderProcessor {
         self.engine.publish(&order);
         // A connection cut by a database restart fails once; a couple of quick retries spare
         // the order a wait for the recovery sweep.
+        // Retries stop after a second, so that a database that is down does not hold the
+        // request much past its first failure.
+        let began = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=3 {
             match self.engine.queue.push(order.id).await {
                 Ok(_) => break,
-                Err(err) if attempt == 3 => {
+                Err(err) if attempt == 3 || began.elapsed() >= Duration::from_secs(1) => {
                     warn!(order_id = %order.id, error = %err, "order stored but not queued; the recovery sweep will queue it");
+                    break;
                 }
                 Err(_) => {
                     tokio::time::sleep(pause).await;
@@ -505,6 +509,9 @@ impl Engine {
 
 /// The longest a claim may go unanswered before the claim loop gives up on it and backs off.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once shutdown begins, how long a claim still unanswered may go on before it is dropped:
+/// shutdown must not wait out [`CLAIM_TIMEOUT`].
+const CLAIM_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 async fn claim_loop(
     engine: Arc<Engine>,
@@ -530,13 +537,20 @@ async fn claim_loop(
         // future would never read, leaving the orders idle until their leases run out. Only a
         // claim that hangs (a connection to a vanished database host fails no read for
         // minutes) is given up, at that same cost.
-        let claims =
-            match tokio::time::timeout(CLAIM_TIMEOUT, engine.queue.claim(wanted, s.lease)).await {
-                Ok(claims) => claims,
-                Err(_) => Err(QueueError::Storage(StorageError::unavailable(format!(
-                    "claiming took longer than {CLAIM_TIMEOUT:?}"
-                )))),
-            };
+        let shutting_down = async {
+            stop.cancelled().await;
+            tokio::time::sleep(CLAIM_SHUTDOWN_GRACE).await;
+        };
+        let claims = tokio::select! {
+            claims = tokio::time::timeout(CLAIM_TIMEOUT, engine.queue.claim(wanted, s.lease)) => {
+                claims.unwrap_or_else(|_| {
+                    Err(QueueError::Storage(StorageError::unavailable(format!(
+                        "claiming took longer than {CLAIM_TIMEOUT:?}"
+                    ))))
+                })
+            }
+            () = shutting_down => return,
+        };
         if stop.is_cancelled() {
             for claim in claims.iter().flatten() {
                 settle(engine.queue.retry(claim, Duration::ZERO).await);
@@ -732,9 +746,12 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
                 lease,
             },
         );
-        let Ok(renewed) =
-            tokio::time::timeout(held_until.saturating_duration_since(asked_at), renewal).await
-        else {
+        // Half a period short of the lease's end: the queue's lease began at the claim, a
+        // little earlier, and a takeover must find this run already stopped.
+        let budget = held_until
+            .saturating_duration_since(asked_at)
+            .saturating_sub(period / 2);
+        let Ok(renewed) = tokio::time::timeout(budget, renewal).await else {
             warn!("the lease ran out while renewing it; stopping");
             return;
         };

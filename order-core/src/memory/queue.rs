@@ -227,13 +227,27 @@ impl Queue for InMemoryQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        // Lapsed claims count as claimed until a claim hands them out again: until then their
-        // holder may still settle them.
+        // Entries whose delay or lease has run out count as ready, as the next claim will
+        // treat them; they stay as they are until then, so that a lapsed holder may still
+        // settle its claim.
+        let now = Instant::now();
         let state = lock(&self.state);
-        Ok(QueueDepth {
+        let mut depth = QueueDepth {
             ready: state.ready.len() as u64,
             delayed: state.delayed,
             claimed: state.claimed,
-        })
+        };
+        for (due, id) in &state.deadlines {
+            if *due > now {
+                break;
+            }
+            match state.entries.get(id).map(|entry| entry.state) {
+                Some(EntryState::Delayed) => depth.delayed = depth.delayed.saturating_sub(1),
+                Some(EntryState::Claimed { .. }) => depth.claimed = depth.claimed.saturating_sub(1),
+                Some(EntryState::Ready) | None => continue,
+            }
+            depth.ready += 1;
+        }
+        Ok(depth)
     }
 }

@@ -134,6 +134,10 @@ impl PostgresQueue {
                     ))
                     .await;
                 if let Err(err) = sent {
+                    if db.get_postgres_connection_pool().is_closed() {
+                        // Closed by its owner: nothing will be sent on it again.
+                        return;
+                    }
                     // Likely a connection cut by a restart: try again shortly rather than
                     // leave other processes to find the work at their next poll.
                     debug!(error = %err, "could not send NOTIFY; trying again");
@@ -162,8 +166,8 @@ impl PostgresQueue {
                             let Some(w) = wakeups.upgrade() else { return };
                             w.listening.send_replace(true);
                             // After a reconnect, work may have arrived while nobody
-                            // listened. (The first time, `wait` held its caller until
-                            // LISTEN was in place.)
+                            // listened. (The first time, `wait` returns as soon as LISTEN
+                            // is in place, for its caller to claim again.)
                             if reconnected {
                                 w.notify.notify_one();
                             }
@@ -366,10 +370,11 @@ impl Queue for PostgresQueue {
         let mut listening = self.wakeups.listening.subscribe();
         if !*listening.borrow_and_update() {
             // Until LISTEN is in place, other processes' notifications are lost: hold the
-            // caller until it is (its next claim then misses nothing), unless a local push or
-            // the timeout comes first.
+            // caller until it is, unless a local push or the timeout comes first.
+            // LISTEN in place: return, so that the caller claims once more and finds what
+            // was pushed before it (a spurious wake-up, once).
             tokio::select! {
-                _ = listening.wait_for(|listening| *listening) => {}
+                _ = listening.wait_for(|listening| *listening) => return,
                 () = self.wakeups.notify.notified() => return,
                 () = tokio::time::sleep_until(deadline) => return,
             }
