@@ -276,9 +276,8 @@ impl OrderProcessor {
         let order = self.engine.repository.insert(&valid).await?;
         self.engine.publish(&order);
         // A connection cut by a database restart fails once; a couple of quick retries spare
-        // the order a wait for the recovery sweep.
-        // Retries stop after a second, so that a database that is down does not hold the
-        // request much past its first failure.
+        // the order a wait for the recovery sweep. They stop after a second, so that a
+        // database that is down does not hold the request much past its first failure.
         let began = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=3 {

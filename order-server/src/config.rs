@@ -145,9 +145,7 @@ impl Config {
                 ..RetryPolicy::default()
             });
         if let Some(url) = &self.database_url {
-            let db = self.connect(url).await?;
-            self.migrate(&db).await?;
-            info!("PostgreSQL schema is up to date");
+            let db = self.connect_and_migrate(url).await?;
             builder = builder
                 .repository(Arc::new(PostgresRepository::new(db.clone())))
                 .queue(Arc::new(PostgresQueue::new(db)));
@@ -155,42 +153,51 @@ impl Config {
         Ok(builder.build()?)
     }
 
-    /// Migrates, retrying like [`connect`](Self::connect) while the database is unavailable
-    /// (a restart, a failover) so that replicas starting together do not crash-loop.
-    async fn migrate(&self, db: &postgres::DatabaseConnection) -> Result<(), StorageError> {
+    /// Connects to PostgreSQL and migrates, each retried with a progress line while the
+    /// database is unavailable, until the startup timeout passes: a server started beside its
+    /// database (compose, systemd) should not fail because the database took a few seconds
+    /// longer, nor replicas starting together crash-loop on each other's migration.
+    async fn connect_and_migrate(
+        &self,
+        url: &str,
+    ) -> Result<postgres::DatabaseConnection, StorageError> {
         let give_up =
             tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
-        let mut pause = Duration::from_millis(250);
-        loop {
-            match postgres::migrate(db).await {
-                Ok(()) => return Ok(()),
-                Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
-                    warn!(error = %err, retry_in_ms = pause.as_millis(), "migration failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let options = self.pool_options();
+        let db = retry_at_start(give_up, "waiting for PostgreSQL", || {
+            postgres::connect(url, &options)
+        })
+        .await?;
+        retry_at_start(give_up, "migration failed; retrying", || {
+            postgres::migrate(&db)
+        })
+        .await?;
+        info!("PostgreSQL schema is up to date");
+        Ok(db)
     }
+}
 
-    /// Connects to PostgreSQL, retrying with a progress line until it answers or the startup
-    /// timeout passes: a server started beside its database (compose, systemd) should not
-    /// fail because the database took a few seconds longer.
-    async fn connect(&self, url: &str) -> Result<postgres::DatabaseConnection, StorageError> {
-        let give_up =
-            tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
-        let mut pause = Duration::from_millis(250);
-        loop {
-            match postgres::connect(url, &self.pool_options()).await {
-                Ok(db) => return Ok(db),
-                Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
-                    warn!(error = %err, retry_in_ms = pause.as_millis(), "waiting for PostgreSQL");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(err),
+/// Runs `attempt` until it succeeds, fails for good, or `give_up` would pass during the next
+/// pause; unavailable errors are logged with `waiting` and retried with growing pauses.
+async fn retry_at_start<T, F, Fut>(
+    give_up: tokio::time::Instant,
+    waiting: &str,
+    mut attempt: F,
+) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
+                warn!(error = %err, retry_in_ms = pause.as_millis(), "{waiting}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
+            Err(err) => return Err(err),
         }
     }
 }

@@ -570,13 +570,13 @@ impl OrderHandler for Overlap {
     }
 }
 
-#[tokio::test]
-async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
-    // Renewals always fail, so each run must stop by itself before the order's lease lapses
-    // and another run (here, a takeover by the same processor) may start it.
-    let repository = FaultyRepository::new(|t| {
+/// Runs one order whose renewals all meet `fault`, and checks that each run stops by itself
+/// before its lease lapses and another run (here, a takeover by the same processor) may start
+/// the order: two runs, never at once.
+async fn a_run_whose_renewals_stall_stops_in_time(fault: Fault) {
+    let repository = FaultyRepository::new(move |t| {
         if matches!(t, Transition::Renew { .. }) {
-            Fault::Refuse
+            fault
         } else {
             Fault::Pass
         }
@@ -605,36 +605,15 @@ async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
 }
 
 #[tokio::test]
+async fn a_worker_that_cannot_renew_stops_before_its_lease_runs_out() {
+    a_run_whose_renewals_stall_stops_in_time(Fault::Refuse).await;
+}
+
+#[tokio::test]
 async fn a_worker_whose_renewal_hangs_stops_before_its_lease_runs_out() {
-    // The renewal never answers; the run must still stop by the end of its lease, not wait on
-    // the call while another run takes the order over.
-    let repository = FaultyRepository::new(|t| {
-        if matches!(t, Transition::Renew { .. }) {
-            Fault::Hang
-        } else {
-            Fault::Pass
-        }
-    });
-    let overlap = Arc::new(Overlap::default());
-    let (processor, running) = start_on(
-        Arc::new(repository),
-        ArcStep(overlap.clone()),
-        Duration::from_millis(1200),
-    );
-    processor.submit(new_order("u")).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while overlap.started.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the order was taken over after the stalled run stopped");
-    assert_eq!(
-        overlap.most.load(Ordering::SeqCst),
-        1,
-        "never two runs at once"
-    );
-    running.shutdown(Duration::from_millis(10)).await;
+    // The renewal never answers: the run must not wait on the call while another run takes
+    // the order over.
+    a_run_whose_renewals_stall_stops_in_time(Fault::Hang).await;
 }
 
 #[tokio::test]

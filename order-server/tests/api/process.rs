@@ -94,15 +94,20 @@ impl Server {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
-    pub(crate) async fn terminate(mut self) -> (bool, Vec<Value>) {
+    /// Sends `signal` (`TERM`, `KILL`) to the process.
+    async fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running").to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
+        let sent = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
             .status()
             .await
             .unwrap();
-        assert!(killed.success());
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    pub(crate) async fn terminate(mut self) -> (bool, Vec<Value>) {
+        self.signal("TERM").await;
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits within 30 s of SIGTERM")
@@ -116,13 +121,7 @@ impl Server {
     /// Kills the process with SIGKILL, as a crash or the OOM killer would: no drain, no
     /// goodbye.
     pub(crate) async fn kill(mut self) {
-        let pid = self.child.id().expect("still running").to_string();
-        let killed = Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
+        self.signal("KILL").await;
         self.child.wait().await.unwrap();
     }
 
