@@ -49,6 +49,9 @@ struct Wakeups {
     listener: OnceLock<AbortOnDropHandle<()>>,
     /// Whether `LISTEN` is in place.
     listening: watch::Sender<bool>,
+    /// The payload of this queue's own notifications, unique to it, so that its listener
+    /// ignores their echo.
+    sender: String,
     /// Signalled for each push; the announcer task turns any number of signals into one
     /// `NOTIFY` at a time.
     announce: Notify,
@@ -62,6 +65,7 @@ impl Default for Wakeups {
             notify: Notify::new(),
             listener: OnceLock::new(),
             listening: watch::Sender::new(false),
+            sender: uuid::Uuid::new_v4().simple().to_string(),
             announce: Notify::new(),
             announcer: OnceLock::new(),
         }
@@ -114,6 +118,7 @@ impl PostgresQueue {
 
     fn start_announcer(&self) -> AbortOnDropHandle<()> {
         let db = self.db.clone();
+        let sender = self.wakeups.sender.clone();
         let wakeups = Arc::downgrade(&self.wakeups);
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
@@ -129,8 +134,8 @@ impl PostgresQueue {
                 let sent = db
                     .execute_raw(Statement::from_sql_and_values(
                         DbBackend::Postgres,
-                        "SELECT pg_notify($1, '')",
-                        [NOTIFY_CHANNEL.into()],
+                        "SELECT pg_notify($1, $2)",
+                        [NOTIFY_CHANNEL.into(), sender.clone().into()],
                     ))
                     .await;
                 if let Err(err) = sent {
@@ -213,16 +218,19 @@ async fn listen(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
             }
         };
         let Some(w) = wakeups.upgrade() else { return };
-        w.notify.notify_one();
         match received {
-            Ok(Some(_)) => {}
+            // This queue's own pushes woke its waiters already, without the round trip.
+            Ok(Some(notification)) if notification.payload() == w.sender => {}
+            Ok(Some(_)) => w.notify.notify_one(),
             // The connection dropped: reopen it (and wake waiters once it is back).
             Ok(None) => {
                 debug!("LISTEN connection lost; reconnecting");
+                w.notify.notify_one();
                 return;
             }
             Err(err) => {
                 warn!(error = %err, "LISTEN connection failed");
+                w.notify.notify_one();
                 return;
             }
         }
