@@ -154,6 +154,7 @@ impl Repository for PostgresRepository {
         }
 
         // Nothing was written: read why, for the caller to decide what to do.
+        let read = |err| storage_error("could not read the order", err);
         let row = self
             .db
             .query_one_raw(Statement::from_sql_and_values(
@@ -164,9 +165,8 @@ impl Repository for PostgresRepository {
                 [id.get().into()],
             ))
             .await
-            .map_err(|err| storage_error("could not read the order", err))?
+            .map_err(read)?
             .ok_or(TransitionError::NotFound(id))?;
-        let read = |err| storage_error("could not read the order", err);
         let status: String = row.try_get("", "status").map_err(read)?;
         let current = status
             .parse::<OrderStatus>()
@@ -230,8 +230,8 @@ impl Repository for PostgresRepository {
             statuses: StatusCounts::default(),
             ..OrderMetrics::default()
         };
+        let read = |err| storage_error("could not read the order counts", err);
         for row in rows {
-            let read = |err| storage_error("could not read the order counts", err);
             let status: String = row.try_get("", "status").map_err(read)?;
             let orders: i64 = row.try_get("", "orders").map_err(read)?;
             let micros: i64 = row.try_get("", "micros").map_err(read)?;
