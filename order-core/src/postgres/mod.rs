@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod entity;
 mod error;
 mod migration;

@@ -1,16 +1,23 @@
 //! [`Repository`] on PostgreSQL.
 
-use async_trait::async_trait;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, Statement, Value,
-};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::entity::{ActiveModel, Entity as Orders};
+use async_trait::async_trait;
+use futures::FutureExt;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, QueryResult,
+    Statement, Value,
+};
+use uuid::Uuid;
+
+use super::batch::{Batcher, Limits};
+use super::entity::{Entity as Orders, Model};
 use super::error::storage_error;
 use super::micros;
 use crate::error::StorageError;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
+use crate::queue::ClaimToken;
 use crate::repository::{OrderMetrics, Repository, StatusCounts, Transition, TransitionError};
 
 /// Orders in PostgreSQL (`order_engine_orders`), see [the module](super).
@@ -19,16 +26,70 @@ use crate::repository::{OrderMetrics, Repository, StatusCounts, Transition, Tran
 /// two workers racing for one order cannot both win, whatever process they run in. Leases are
 /// compared with the database's `now()`, one clock for every server.
 ///
-/// Cloning is cheap: clones share the connection pool.
+/// The calls a busy server makes most, [`insert`](Repository::insert),
+/// [`get`](Repository::get) and the `Start` and `Complete` transitions, are group-committed:
+/// the calls that arrive while earlier ones are being written share one statement (a
+/// multi-row `INSERT`, an `UPDATE ... FROM unnest(...)`), and each caller is answered once
+/// that statement has committed. A lone call goes out at once.
+///
+/// Cloning is cheap: clones share the connection pool and the batches.
 #[derive(Debug, Clone)]
 pub struct PostgresRepository {
     db: DatabaseConnection,
+    batches: Arc<Batches>,
 }
+
+/// A response to one caller of a batch.
+type Reply<T> = Result<T, StorageError>;
+
+/// The group-committed calls, one batcher each.
+#[derive(Debug)]
+struct Batches {
+    inserts: Batcher<ValidatedOrder, Reply<Order>>,
+    reads: Batcher<OrderId, Reply<Option<Order>>>,
+    /// `None`: the order was not in a state to start from (the caller finds out why).
+    starts: Batcher<(OrderId, ClaimToken, i64), Reply<Option<Order>>>,
+    /// `None`: the order was no longer held by the claim.
+    completions: Batcher<(OrderId, ClaimToken), Reply<Option<Order>>>,
+}
+
+/// Up to this many calls share a statement: past a few hundred rows a statement costs as much
+/// per row as apart, and holds its row locks longer.
+const MAX_BATCH: usize = 512;
+/// Statements of one kind in flight at once. Two keep both of a small machine's cores busy
+/// (one batch is written while the next gathers); more would only make batches smaller.
+const MAX_IN_FLIGHT: usize = 2;
+
+const LIMITS: Limits = Limits {
+    max_batch: MAX_BATCH,
+    max_in_flight: MAX_IN_FLIGHT,
+};
 
 impl PostgresRepository {
     /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        let batches = Batches {
+            inserts: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |orders| insert_batch(db.clone(), orders).boxed()
+            }),
+            reads: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |ids| read_batch(db.clone(), ids).boxed()
+            }),
+            starts: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |starts| start_batch(db.clone(), starts).boxed()
+            }),
+            completions: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |completions| complete_batch(db.clone(), completions).boxed()
+            }),
+        };
+        Self {
+            db,
+            batches: Arc::new(batches),
+        }
     }
 
     /// The connection pool, for readiness checks and an embedding service's own queries.
@@ -37,8 +98,249 @@ impl PostgresRepository {
     }
 }
 
-/// Columns every transition sets: the claim is cleared when the order leaves PROCESSING.
+/// The error every caller of a failed batch gets: the batch's, told to each.
+fn shared(err: &StorageError) -> StorageError {
+    StorageError {
+        message: err.message.clone(),
+        unavailable: err.unavailable,
+        source: None,
+    }
+}
+
+/// A batch whose flush was lost (it panicked): its callers' writes may or may not have landed.
+fn lost_batch() -> StorageError {
+    StorageError::other("the batch this call was written in was lost")
+}
+
+async fn rows(
+    db: &DatabaseConnection,
+    context: &str,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<QueryResult>, StorageError> {
+    db.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+    .map_err(|err| storage_error(context, err))
+}
+
+fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
+    let model = Model::from_query_result(row, "")
+        .map_err(|err| storage_error("could not read the order", err))?;
+    Order::try_from(model)
+}
+
+/// Stores the orders in one statement: ids are drawn in the batch's order, and each row comes
+/// back with its place in the batch.
+const INSERT_BATCH: &str = "
+WITH input AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id, r.*
+      FROM unnest($1::text[], $2::numeric[], $3::int[], $4::int[])
+           WITH ORDINALITY AS r(user_id, total_amount, first_item, item_count, position)
+     ORDER BY r.position),
+inserted AS (
+    INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, user_id, ($5::text[])[first_item : first_item + item_count - 1], total_amount,
+           'PENDING', 0
+      FROM input
+    RETURNING *)
+SELECT inserted.*, input.position FROM inserted JOIN input USING (id)";
+
+async fn insert_batch(db: DatabaseConnection, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
+    match insert_rows(&db, &orders).await {
+        Ok(inserted) => inserted.into_iter().map(Ok).collect(),
+        // One order the database refuses (none should: they are validated) must not fail the
+        // others: store them one by one, each failing alone.
+        Err(err) if !err.unavailable && orders.len() > 1 => {
+            let mut replies = Vec::with_capacity(orders.len());
+            for order in orders {
+                replies.push(
+                    insert_rows(&db, std::slice::from_ref(&order))
+                        .await
+                        .and_then(|mut one| one.pop().ok_or_else(lost_batch)),
+                );
+            }
+            replies
+        }
+        Err(err) => orders.iter().map(|_| Err(shared(&err))).collect(),
+    }
+}
+
+/// The orders, stored in one statement, in the order given.
+async fn insert_rows(
+    db: &DatabaseConnection,
+    orders: &[ValidatedOrder],
+) -> Result<Vec<Order>, StorageError> {
+    let mut user_ids = Vec::with_capacity(orders.len());
+    let mut amounts = Vec::with_capacity(orders.len());
+    let mut first_items = Vec::with_capacity(orders.len());
+    let mut item_counts = Vec::with_capacity(orders.len());
+    let mut items: Vec<String> = Vec::new();
+    for order in orders {
+        user_ids.push(order.user_id().to_owned());
+        amounts.push(order.total_amount());
+        // Validation caps an order's items far below i32::MAX, and a batch's total with them.
+        first_items.push(i32::try_from(items.len() + 1).unwrap_or(i32::MAX));
+        item_counts.push(i32::try_from(order.item_ids().len()).unwrap_or(i32::MAX));
+        items.extend(order.item_ids().iter().cloned());
+    }
+    let values = vec![
+        user_ids.into(),
+        amounts.into(),
+        first_items.into(),
+        item_counts.into(),
+        items.into(),
+    ];
+    let rows = rows(db, "could not insert the orders", INSERT_BATCH, values).await?;
+    let mut placed: Vec<Option<Order>> = vec![None; orders.len()];
+    for row in &rows {
+        let position: i64 = row
+            .try_get("", "position")
+            .map_err(|err| storage_error("could not read an inserted order", err))?;
+        let slot = usize::try_from(position - 1)
+            .ok()
+            .and_then(|i| placed.get_mut(i))
+            .ok_or_else(|| StorageError::other("an inserted order came back out of place"))?;
+        *slot = Some(order_row(row)?);
+    }
+    placed
+        .into_iter()
+        .map(|order| {
+            order.ok_or_else(|| StorageError::other("an inserted order did not come back"))
+        })
+        .collect()
+}
+
+async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
+    let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let found = rows(
+        &db,
+        "could not read the order",
+        "SELECT * FROM order_engine_orders WHERE id = ANY($1::bigint[])",
+        vec![raw.into()],
+    )
+    .await
+    .and_then(|rows| {
+        rows.iter()
+            .map(|row| order_row(row).map(|order| (order.id, order)))
+            .collect::<Result<HashMap<_, _>, _>>()
+    });
+    match found {
+        Ok(found) => ids.iter().map(|id| Ok(found.get(id).cloned())).collect(),
+        Err(err) => ids.iter().map(|_| Err(shared(&err))).collect(),
+    }
+}
+
+/// The columns every transition sets when an order leaves PROCESSING: the claim is cleared.
 const LEAVE_PROCESSING: &str = "claim_token = NULL, lease_expires_at = NULL, updated_at = now()";
+
+/// `Transition::Start` for many orders. Rows are locked in id order (the input is sorted), so
+/// two such statements never deadlock on one another.
+const START_BATCH: &str = "
+UPDATE order_engine_orders o
+   SET status = 'PROCESSING', claim_token = b.claim,
+       lease_expires_at = now() + b.lease * interval '1 microsecond',
+       attempts = least(o.attempts, 2147483646) + 1,
+       processing_start_time = coalesce(o.processing_start_time, now()),
+       updated_at = now()
+  FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) AS b(id, claim, lease)
+ WHERE o.id = b.id
+   AND (o.status = 'PENDING' OR (o.status = 'PROCESSING' AND o.lease_expires_at <= now()))
+RETURNING o.*, b.claim AS fenced_by";
+
+/// `Transition::Complete` for many orders, each fenced by its claim.
+const COMPLETE_BATCH: &str = "
+UPDATE order_engine_orders o
+   SET status = 'COMPLETED', processing_end_time = now(),
+       claim_token = NULL, lease_expires_at = NULL, updated_at = now()
+  FROM unnest($1::bigint[], $2::uuid[]) AS b(id, claim)
+ WHERE o.id = b.id AND o.status = 'PROCESSING' AND o.claim_token = b.claim
+RETURNING o.*, b.claim AS fenced_by";
+
+async fn start_batch(
+    db: DatabaseConnection,
+    starts: Vec<(OrderId, ClaimToken, i64)>,
+) -> Vec<Reply<Option<Order>>> {
+    let mut sorted: Vec<&(OrderId, ClaimToken, i64)> = starts.iter().collect();
+    sorted.sort_by_key(|(id, _, _)| *id);
+    let values = vec![
+        sorted
+            .iter()
+            .map(|(id, _, _)| id.get())
+            .collect::<Vec<_>>()
+            .into(),
+        sorted
+            .iter()
+            .map(|(_, claim, _)| claim.as_uuid())
+            .collect::<Vec<_>>()
+            .into(),
+        sorted
+            .iter()
+            .map(|(_, _, lease)| *lease)
+            .collect::<Vec<_>>()
+            .into(),
+    ];
+    let keys = starts.iter().map(|(id, claim, _)| (*id, *claim));
+    fenced_batch(&db, "could not start the orders", START_BATCH, values, keys).await
+}
+
+async fn complete_batch(
+    db: DatabaseConnection,
+    completions: Vec<(OrderId, ClaimToken)>,
+) -> Vec<Reply<Option<Order>>> {
+    let mut sorted = completions.clone();
+    sorted.sort();
+    let values = vec![
+        sorted
+            .iter()
+            .map(|(id, _)| id.get())
+            .collect::<Vec<_>>()
+            .into(),
+        sorted
+            .iter()
+            .map(|(_, claim)| claim.as_uuid())
+            .collect::<Vec<_>>()
+            .into(),
+    ];
+    fenced_batch(
+        &db,
+        "could not complete the orders",
+        COMPLETE_BATCH,
+        values,
+        completions.into_iter(),
+    )
+    .await
+}
+
+/// Runs a fenced batch `UPDATE` and answers each (order, claim) with the row it wrote, or
+/// `None` when the fence kept it from writing.
+async fn fenced_batch(
+    db: &DatabaseConnection,
+    context: &str,
+    sql: &str,
+    values: Vec<Value>,
+    keys: impl ExactSizeIterator<Item = (OrderId, ClaimToken)>,
+) -> Vec<Reply<Option<Order>>> {
+    let written = rows(db, context, sql, values).await.and_then(|rows| {
+        rows.iter()
+            .map(|row| {
+                let fenced_by: Uuid = row
+                    .try_get("", "fenced_by")
+                    .map_err(|err| storage_error(context, err))?;
+                let order = order_row(row)?;
+                Ok(((order.id, ClaimToken::from_uuid(fenced_by)), order))
+            })
+            .collect::<Result<HashMap<_, _>, StorageError>>()
+    });
+    match written {
+        Ok(mut written) => keys.map(|key| Ok(written.remove(&key))).collect(),
+        Err(err) => keys.map(|_| Err(shared(&err))).collect(),
+    }
+}
 
 /// The `UPDATE` for `transition` and its parameters (`$1` is always the order id).
 fn transition_statement(id: OrderId, transition: Transition) -> (String, Vec<Value>) {
@@ -102,27 +404,19 @@ fn transition_statement(id: OrderId, transition: Transition) -> (String, Vec<Val
 #[async_trait]
 impl Repository for PostgresRepository {
     async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError> {
-        let row = ActiveModel {
-            user_id: Set(order.user_id().to_owned()),
-            item_ids: Set(order.item_ids().to_vec()),
-            total_amount: Set(order.total_amount()),
-            status: Set(OrderStatus::Pending.as_str().to_owned()),
-            attempts: Set(0),
-            ..Default::default()
-        }
-        .insert(&self.db)
-        .await
-        .map_err(|err| storage_error("could not insert the order", err))?;
-        Order::try_from(row)
+        self.batches
+            .inserts
+            .call(order.clone())
+            .await
+            .unwrap_or_else(|| Err(lost_batch()))
     }
 
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
-        Orders::find_by_id(id.get())
-            .one(&self.db)
+        self.batches
+            .reads
+            .call(id)
             .await
-            .map_err(|err| storage_error("could not read the order", err))?
-            .map(Order::try_from)
-            .transpose()
+            .unwrap_or_else(|| Err(lost_batch()))
     }
 
     async fn transition(
@@ -139,18 +433,35 @@ impl Repository for PostgresRepository {
             | Transition::Release { claim }
             | Transition::Fail { claim, .. } => Some(*claim),
         };
-        let (sql, values) = transition_statement(id, transition);
-        let written = Orders::find()
-            .from_raw_sql(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                values,
-            ))
-            .one(&self.db)
-            .await
-            .map_err(|err| storage_error("could not update the order", err))?;
-        if let Some(row) = written {
-            return Ok(Order::try_from(row)?);
+        let batched = match &transition {
+            Transition::Start { claim, lease } => {
+                Some(self.batches.starts.call((id, *claim, micros(*lease))).await)
+            }
+            Transition::Complete { claim } => {
+                Some(self.batches.completions.call((id, *claim)).await)
+            }
+            _ => None,
+        };
+        match batched {
+            Some(Some(Ok(Some(order)))) => return Ok(order),
+            Some(Some(Ok(None))) => {}
+            Some(Some(Err(err))) => return Err(err.into()),
+            Some(None) => return Err(lost_batch().into()),
+            None => {
+                let (sql, values) = transition_statement(id, transition);
+                let written = Orders::find()
+                    .from_raw_sql(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        sql,
+                        values,
+                    ))
+                    .one(&self.db)
+                    .await
+                    .map_err(|err| storage_error("could not update the order", err))?;
+                if let Some(row) = written {
+                    return Ok(Order::try_from(row)?);
+                }
+            }
         }
 
         // Nothing was written: read why, for the caller to decide what to do.
