@@ -132,10 +132,10 @@ mod tests {
 
     use super::*;
 
-    fn recording_batcher(
-        limits: Limits,
-        delay: Duration,
-    ) -> (Batcher<u32, u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    /// Every batch a test batcher flushed.
+    type Flushed = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn recording_batcher(limits: Limits, delay: Duration) -> (Batcher<u32, u32>, Flushed) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let seen = batches.clone();
         let batcher = Batcher::new(limits, move |requests: Vec<u32>| {

@@ -1,9 +1,11 @@
 //! [`Queue`] on PostgreSQL.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
 use tokio::sync::{Notify, watch};
@@ -11,6 +13,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::NOTIFY_CHANNEL;
+use super::batch::{Batcher, Limits};
 use super::error::storage_error;
 use super::micros;
 use crate::error::StorageError;
@@ -28,7 +31,9 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 ///   waiters at once and have a background task send `NOTIFY order_engine_queue` for the
 ///   others, one at a time however many pushes arrive meanwhile: a `NOTIFY` takes a
 ///   database-wide lock through its commit, so one per push would serialise every push's
-///   commit. [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use,
+///   commit.
+/// - Pushes and acks are group-committed: those that arrive while earlier ones are being
+///   written share one statement, and each caller is answered once it has committed. [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use,
 ///   reopened after a database restart) until a notification arrives. Behind a pooler that
 ///   drops notifications, waiters still wake at their timeout.
 ///
@@ -37,6 +42,93 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 pub struct PostgresQueue {
     db: DatabaseConnection,
     wakeups: Arc<Wakeups>,
+    batches: Arc<Batches>,
+}
+
+/// The group-committed calls, one batcher each; every reply says whether the call changed a
+/// row (an id added, a claim acked).
+#[derive(Debug)]
+struct Batches {
+    pushes: Batcher<OrderId, Result<bool, StorageError>>,
+    acks: Batcher<(OrderId, ClaimToken), Result<bool, StorageError>>,
+}
+
+/// As for the repository's batches: a few hundred rows at most, two statements in flight.
+const LIMITS: Limits = Limits {
+    max_batch: 512,
+    max_in_flight: 2,
+};
+
+/// The error every caller of a failed batch gets.
+fn shared(err: &StorageError) -> StorageError {
+    StorageError {
+        message: err.message.clone(),
+        unavailable: err.unavailable,
+        source: None,
+    }
+}
+
+fn lost_batch() -> QueueError {
+    StorageError::other("the batch this call was written in was lost").into()
+}
+
+async fn push_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Result<bool, StorageError>> {
+    let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let added = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO order_engine_queue (order_id)
+             SELECT DISTINCT unnest($1::bigint[]) ORDER BY 1
+             ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+            vec![raw.into()],
+        ))
+        .await
+        .map_err(|err| storage_error("could not queue the orders", err))
+        .and_then(|rows| rows.iter().map(order_id).collect::<Result<HashSet<_>, _>>());
+    match added {
+        // An id pushed twice in one batch is added once: the first caller hears so.
+        Ok(mut added) => ids.iter().map(|id| Ok(added.remove(id))).collect(),
+        Err(err) => ids.iter().map(|_| Err(shared(&err))).collect(),
+    }
+}
+
+async fn ack_batch(
+    db: DatabaseConnection,
+    claims: Vec<(OrderId, ClaimToken)>,
+) -> Vec<Result<bool, StorageError>> {
+    let mut sorted = claims.clone();
+    sorted.sort();
+    let ids: Vec<i64> = sorted.iter().map(|(id, _)| id.get()).collect();
+    let tokens: Vec<uuid::Uuid> = sorted.iter().map(|(_, token)| token.as_uuid()).collect();
+    let acked = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM order_engine_queue q
+              USING unnest($1::bigint[], $2::uuid[]) AS b(order_id, claim_token)
+              WHERE q.order_id = b.order_id AND q.claim_token = b.claim_token
+          RETURNING q.order_id, q.claim_token",
+            vec![ids.into(), tokens.into()],
+        ))
+        .await
+        .map_err(|err| storage_error("could not ack the claims", err))
+        .and_then(|rows| {
+            rows.iter()
+                .map(|row| {
+                    let token: uuid::Uuid = row
+                        .try_get("", "claim_token")
+                        .map_err(|err| storage_error("could not read an acked claim", err))?;
+                    let id = order_id(row)?;
+                    Ok((id, ClaimToken::from_uuid(token)))
+                })
+                .collect::<Result<HashSet<_>, StorageError>>()
+        });
+    match acked {
+        Ok(acked) => claims
+            .iter()
+            .map(|claim| Ok(acked.contains(claim)))
+            .collect(),
+        Err(err) => claims.iter().map(|_| Err(shared(&err))).collect(),
+    }
 }
 
 #[derive(Debug)]
@@ -76,9 +168,20 @@ impl PostgresQueue {
     /// The queue in the database behind `db`, whose schema [`migrate`](super::migrate) has set
     /// up.
     pub fn new(db: DatabaseConnection) -> Self {
+        let batches = Batches {
+            pushes: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |ids| push_batch(db.clone(), ids).boxed()
+            }),
+            acks: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |claims| ack_batch(db.clone(), claims).boxed()
+            }),
+        };
         Self {
             db,
             wakeups: Arc::new(Wakeups::default()),
+            batches: Arc::new(batches),
         }
     }
 
@@ -237,25 +340,22 @@ async fn listen(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
     }
 }
 
-fn order_id(row: &QueryResult) -> Result<OrderId, QueueError> {
+fn order_id(row: &QueryResult) -> Result<OrderId, StorageError> {
     let raw: i64 = row
         .try_get("", "order_id")
         .map_err(|err| storage_error("could not read a queued id", err))?;
-    OrderId::new(raw)
-        .ok_or_else(|| StorageError::other(format!("invalid queued order id {raw}")).into())
+    OrderId::new(raw).ok_or_else(|| StorageError::other(format!("invalid queued order id {raw}")))
 }
 
 #[async_trait]
 impl Queue for PostgresQueue {
     async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
-        let rows = self
-            .query(
-                "INSERT INTO order_engine_queue (order_id) VALUES ($1)
-                 ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-                vec![id.get().into()],
-            )
-            .await?;
-        let added = !rows.is_empty();
+        let added = self
+            .batches
+            .pushes
+            .call(id)
+            .await
+            .ok_or_else(lost_batch)??;
         if added {
             self.announce();
         }
@@ -340,13 +440,13 @@ impl Queue for PostgresQueue {
     }
 
     async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
-        let changed = self
-            .execute(
-                "DELETE FROM order_engine_queue WHERE order_id = $1 AND claim_token = $2",
-                vec![claim.order_id.get().into(), claim.token.as_uuid().into()],
-            )
-            .await?;
-        held(changed, claim)
+        let acked = self
+            .batches
+            .acks
+            .call((claim.order_id, claim.token))
+            .await
+            .ok_or_else(lost_batch)??;
+        held(u64::from(acked), claim)
     }
 
     async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
