@@ -95,11 +95,13 @@ async fn main() -> anyhow::Result<()> {
     postgres::migrate(&db).await?;
     println!("connected; migrations applied");
 
+    // Linked, the repository queues each order in the statement that stores it.
+    let queue = PostgresQueue::new(db.clone());
     let processor = OrderProcessor::builder(ChargePayment {
         card_limit: Decimal::new(100_000, 2),
     })
-    .repository(Arc::new(PostgresRepository::new(db.clone())))
-    .queue(Arc::new(PostgresQueue::new(db)))
+    .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
+    .queue(Arc::new(queue))
     .concurrency(8)
     .retry_policy(RetryPolicy {
         max_attempts: 3,

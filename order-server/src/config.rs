@@ -146,9 +146,10 @@ impl Config {
             });
         if let Some(url) = &self.database_url {
             let db = self.connect_and_migrate(url).await?;
+            let queue = PostgresQueue::new(db.clone());
             builder = builder
-                .repository(Arc::new(PostgresRepository::new(db.clone())))
-                .queue(Arc::new(PostgresQueue::new(db)));
+                .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
+                .queue(Arc::new(queue));
         }
         Ok(builder.build()?)
     }

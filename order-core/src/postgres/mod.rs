@@ -20,9 +20,10 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
 //! postgres::migrate(&db).await?;
+//! let queue = PostgresQueue::new(db.clone());
 //! let processor = OrderProcessor::builder(SimulatedStep::new(std::time::Duration::ZERO))
-//!     .repository(Arc::new(PostgresRepository::new(db.clone())))
-//!     .queue(Arc::new(PostgresQueue::new(db)))
+//!     .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
+//!     .queue(Arc::new(queue))
 //!     .build()?;
 //! let running = processor.start();
 //! # running.shutdown(std::time::Duration::from_secs(5)).await;
@@ -315,14 +316,58 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_linked_repository_queues_what_it_stores_and_acks_what_it_completes() {
+        let db = TestDatabase::create().await;
+        let queue = PostgresQueue::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        let lease = Duration::from_secs(60);
+
+        let order = repository.insert(&sample_order("a", 1)).await.unwrap();
+        // Queued by the insert itself: a process that died right after it loses nothing.
+        assert_eq!(queue.depth().await.unwrap().ready, 1);
+        // The engine's push that follows is answered without a second row.
+        assert!(queue.push(order.id).await.unwrap());
+        assert_eq!(queue.depth().await.unwrap().ready, 1);
+        // A queue that is not linked finds the id already queued.
+        let other = PostgresQueue::new(second_pool(&db).await);
+        assert!(!other.push(order.id).await.unwrap());
+
+        let claim = queue.claim(10, lease).await.unwrap().remove(0);
+        repository
+            .transition(
+                order.id,
+                crate::Transition::Start {
+                    claim: claim.token,
+                    lease,
+                },
+            )
+            .await
+            .unwrap();
+        let done = repository
+            .transition(order.id, crate::Transition::Complete { claim: claim.token })
+            .await
+            .unwrap();
+        assert_eq!(done.status, OrderStatus::Completed);
+        // Acked by the completion itself.
+        assert_eq!(queue.depth().await.unwrap(), crate::QueueDepth::default());
+        queue.ack(&claim).await.unwrap();
+        // Only once: the mark is taken, and the row is gone.
+        assert!(matches!(
+            queue.ack(&claim).await,
+            Err(crate::QueueError::LeaseLost(id)) if id == order.id
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn processors_on_separate_pools_share_the_work_and_start_each_order_once() {
         let db = TestDatabase::create().await;
         let mut processors = Vec::new();
         for pool in [db.connection().clone(), second_pool(&db).await] {
+            let queue = PostgresQueue::new(pool.clone());
             processors.push(
                 OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
-                    .repository(Arc::new(PostgresRepository::new(pool.clone())))
-                    .queue(Arc::new(PostgresQueue::new(pool)))
+                    .repository(Arc::new(PostgresRepository::new(pool).linked_to(&queue)))
+                    .queue(Arc::new(queue))
                     .concurrency(4)
                     .build()
                     .unwrap(),
@@ -361,6 +406,16 @@ mod repository_contract {
         let repository =
             std::sync::Arc::new(super::PostgresRepository::new(db.connection().clone()));
         (repository, db)
+    });
+}
+
+#[cfg(test)]
+mod linked_repository_contract {
+    crate::repository_contract_tests!(async || {
+        let db = crate::testing::TestDatabase::create().await;
+        let queue = super::PostgresQueue::new(db.connection().clone());
+        let repository = super::PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        (std::sync::Arc::new(repository), db)
     });
 }
 

@@ -1,7 +1,7 @@
 //! [`Queue`] on PostgreSQL.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,12 +37,62 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 ///   reopened after a database restart) until a notification arrives. Behind a pooler that
 ///   drops notifications, waiters still wake at their timeout.
 ///
+/// A [`PostgresRepository`](super::PostgresRepository)
+/// [linked](super::PostgresRepository::linked_to) to this queue writes to its table in its own
+/// statements (an order is queued by the statement that stores it, a claim acked by the one
+/// that completes it); [`push`](Queue::push) and [`ack`](Queue::ack) then answer those calls
+/// without a round trip.
+///
 /// Cloning is cheap: clones share the connection pool and the listener.
 #[derive(Debug, Clone)]
 pub struct PostgresQueue {
     db: DatabaseConnection,
     wakeups: Arc<Wakeups>,
     batches: Arc<Batches>,
+    handoff: Arc<Handoff>,
+}
+
+/// What a linked repository has already done in the queue's table, for this queue's next
+/// call about it to answer without a round trip. Each mark is taken by that call.
+#[derive(Debug, Default)]
+pub(crate) struct Handoff {
+    queued: Mutex<HashSet<OrderId>>,
+    acked: Mutex<HashSet<(OrderId, ClaimToken)>>,
+}
+
+/// Marks kept at most: a mark whose call never comes (its caller was cancelled in between)
+/// must not grow memory forever. Dropping marks is always safe: the call then makes its round
+/// trip and finds the work done (an id already queued, a claim already acked).
+const MAX_HANDOFF_MARKS: usize = 100_000;
+
+impl Handoff {
+    /// The repository's statement queued these orders.
+    pub(crate) fn queued(&self, ids: impl IntoIterator<Item = OrderId>) {
+        mark(&self.queued, ids);
+    }
+
+    /// The repository's statement acked these claims.
+    pub(crate) fn acked(&self, claims: impl IntoIterator<Item = (OrderId, ClaimToken)>) {
+        mark(&self.acked, claims);
+    }
+}
+
+fn mark<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, new: impl IntoIterator<Item = T>) {
+    // A poisoned lock only means a panic elsewhere while marking; the set is still valid.
+    let mut marks = marks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if marks.len() >= MAX_HANDOFF_MARKS {
+        marks.clear();
+    }
+    marks.extend(new);
+}
+
+fn take<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, key: &T) -> bool {
+    marks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(key)
 }
 
 /// The group-committed calls, one batcher each; every reply says whether the call changed a
@@ -56,7 +106,7 @@ struct Batches {
 /// As for the repository's batches: a few hundred rows at most, two statements in flight.
 const LIMITS: Limits = Limits {
     max_batch: 512,
-    max_in_flight: 2,
+    max_in_flight: 1,
 };
 
 /// The error every caller of a failed batch gets.
@@ -182,7 +232,13 @@ impl PostgresQueue {
             db,
             wakeups: Arc::new(Wakeups::default()),
             batches: Arc::new(batches),
+            handoff: Arc::new(Handoff::default()),
         }
+    }
+
+    /// Where a linked repository leaves its marks.
+    pub(crate) fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
     }
 
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, QueueError> {
@@ -350,6 +406,10 @@ fn order_id(row: &QueryResult) -> Result<OrderId, StorageError> {
 #[async_trait]
 impl Queue for PostgresQueue {
     async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
+        if take(&self.handoff.queued, &id) {
+            self.announce();
+            return Ok(true);
+        }
         let added = self
             .batches
             .pushes
@@ -440,6 +500,9 @@ impl Queue for PostgresQueue {
     }
 
     async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
+        if take(&self.handoff.acked, &(claim.order_id, claim.token)) {
+            return Ok(());
+        }
         let acked = self
             .batches
             .acks
