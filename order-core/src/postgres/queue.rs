@@ -155,7 +155,8 @@ async fn ack_batch(
             DbBackend::Postgres,
             "DELETE FROM order_engine_queue q
               USING unnest($1::bigint[], $2::uuid[]) AS b(order_id, claim_token)
-              WHERE q.order_id = b.order_id AND q.claim_token = b.claim_token
+              WHERE q.order_id = ANY($1::bigint[]) AND q.order_id = b.order_id
+                AND q.claim_token = b.claim_token
           RETURNING q.order_id, q.claim_token",
             vec![ids.into(), tokens.into()],
         ))
@@ -458,7 +459,8 @@ impl Queue for PostgresQueue {
                         available_at = now() + $2 * interval '1 microsecond',
                         deliveries = q.deliveries + 1
                    FROM ready
-                  WHERE q.order_id = ready.order_id
+                  WHERE q.order_id = ANY(ARRAY(SELECT order_id FROM ready))
+                    AND q.order_id = ready.order_id
               RETURNING q.order_id, q.claim_token, q.deliveries, ready.available_at AS since",
                 vec![
                     i64::try_from(max).unwrap_or(i64::MAX).into(),
