@@ -540,6 +540,9 @@ async fn claim_loop(
             stop.cancelled().await;
             tokio::time::sleep(CLAIM_SHUTDOWN_GRACE).await;
         };
+        // Each claim's lease, in the queue and (where the claim also starts the order) in the
+        // repository, runs from no earlier than this.
+        let claimed_at = tokio::time::Instant::now();
         let claims = tokio::select! {
             claims = tokio::time::timeout(CLAIM_TIMEOUT, engine.queue.claim(wanted, s.lease)) => {
                 claims.unwrap_or_else(|_| {
@@ -585,7 +588,7 @@ async fn claim_loop(
                     let abandon = abandon.clone();
                     tracker.spawn(
                         async move {
-                            process(&engine, claim, &abandon).await;
+                            process(&engine, claim, claimed_at, &abandon).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -605,12 +608,18 @@ async fn claim_loop(
     }
 }
 
-/// Runs one claimed order through the handler and records the outcome.
-async fn process(engine: &Engine, claim: Claim, abandon: &CancellationToken) {
+/// Runs one claimed order through the handler and records the outcome. `claimed_at` is when
+/// the claim was asked for: the lease that Start sets runs from no earlier than that (a queue
+/// may start the orders it claims in the claim's own statement).
+async fn process(
+    engine: &Engine,
+    claim: Claim,
+    claimed_at: tokio::time::Instant,
+    abandon: &CancellationToken,
+) {
     let s = engine.settings;
     let id = claim.order_id;
-    // The lease runs from when the repository applied Start, no earlier than this.
-    let starting_at = tokio::time::Instant::now();
+    let starting_at = claimed_at;
     let order = match engine
         .repository
         .transition(

@@ -333,7 +333,14 @@ mod shared_database {
         assert!(!other.push(order.id).await.unwrap());
 
         let claim = queue.claim(10, lease).await.unwrap().remove(0);
-        repository
+        // Started by the claim's own statement...
+        let stored = repository.get(order.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.attempts),
+            (OrderStatus::Processing, 1)
+        );
+        // ...so the worker's Start is answered with it, and writes nothing more.
+        let started = repository
             .transition(
                 order.id,
                 crate::Transition::Start {
@@ -343,6 +350,7 @@ mod shared_database {
             )
             .await
             .unwrap();
+        assert_eq!(started, stored);
         let done = repository
             .transition(order.id, crate::Transition::Complete { claim: claim.token })
             .await
@@ -416,6 +424,16 @@ mod linked_repository_contract {
         let queue = super::PostgresQueue::new(db.connection().clone());
         let repository = super::PostgresRepository::new(db.connection().clone()).linked_to(&queue);
         (std::sync::Arc::new(repository), db)
+    });
+}
+
+#[cfg(test)]
+mod linked_queue_contract {
+    crate::queue_contract_tests!(async || {
+        let db = crate::testing::TestDatabase::create().await;
+        let queue = super::PostgresQueue::new(db.connection().clone());
+        let _repository = super::PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        (std::sync::Arc::new(queue), db)
     });
 }
 

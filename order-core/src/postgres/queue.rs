@@ -1,6 +1,7 @@
 //! [`Queue`] on PostgreSQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ use super::NOTIFY_CHANNEL;
 use super::batch::{Batcher, Limits};
 use super::error::storage_error;
 use super::micros;
+use super::repository::order_row;
 use crate::error::StorageError;
-use crate::order::OrderId;
+use crate::order::{Order, OrderId};
 use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 
 /// The work queue in PostgreSQL (`order_engine_queue`), see [the module](super).
@@ -40,8 +42,10 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 /// A [`PostgresRepository`](super::PostgresRepository)
 /// [linked](super::PostgresRepository::linked_to) to this queue writes to its table in its own
 /// statements (an order is queued by the statement that stores it, a claim acked by the one
-/// that completes it); [`push`](Queue::push) and [`ack`](Queue::ack) then answer those calls
-/// without a round trip.
+/// that completes it), and this queue writes to the repository's: a claim also starts the
+/// orders it claims (`Transition::Start`, with the claim's token and lease). The calls those
+/// statements made unnecessary ([`push`](Queue::push) after an insert, the start after a claim,
+/// [`ack`](Queue::ack) after a completion) are then answered without a round trip.
 ///
 /// Cloning is cheap: clones share the connection pool and the listener.
 #[derive(Debug, Clone)]
@@ -56,8 +60,11 @@ pub struct PostgresQueue {
 /// call about it to answer without a round trip. Each mark is taken by that call.
 #[derive(Debug, Default)]
 pub(crate) struct Handoff {
+    /// Set once a repository is linked: claims then start the orders they claim.
+    linked: AtomicBool,
     queued: Mutex<HashSet<OrderId>>,
     acked: Mutex<HashSet<(OrderId, ClaimToken)>>,
+    started: Mutex<HashMap<(OrderId, ClaimToken), Order>>,
 }
 
 /// Marks kept at most: a mark whose call never comes (its caller was cancelled in between)
@@ -75,13 +82,27 @@ impl Handoff {
     pub(crate) fn acked(&self, claims: impl IntoIterator<Item = (OrderId, ClaimToken)>) {
         mark(&self.acked, claims);
     }
+
+    /// A repository is linked: from now on, claims start what they claim.
+    pub(crate) fn link(&self) {
+        self.linked.store(true, Ordering::Relaxed);
+    }
+
+    /// The order as the claim under `claim` started it, if it did.
+    pub(crate) fn take_started(&self, id: OrderId, claim: ClaimToken) -> Option<Order> {
+        lock(&self.started).remove(&(id, claim))
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere while marking; the marks are still valid.
+fn lock<T>(marks: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    marks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn mark<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, new: impl IntoIterator<Item = T>) {
-    // A poisoned lock only means a panic elsewhere while marking; the set is still valid.
-    let mut marks = marks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut marks = lock(marks);
     if marks.len() >= MAX_HANDOFF_MARKS {
         marks.clear();
     }
@@ -89,11 +110,42 @@ fn mark<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, new: impl IntoIterat
 }
 
 fn take<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, key: &T) -> bool {
-    marks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(key)
+    lock(marks).remove(key)
 }
+
+/// Claims and starts, for a queue whose repository is linked: the claimed rows, each with the
+/// order as started (its columns NULL where the order could not be started: finished,
+/// cancelled, or held by another worker's live lease; the worker's own `Start` then finds out
+/// why).
+const CLAIM_AND_START: &str = "
+WITH ready AS (
+    SELECT order_id, available_at FROM order_engine_queue
+     WHERE available_at <= now()
+     ORDER BY available_at, order_id
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED),
+claimed AS (
+    UPDATE order_engine_queue q
+       SET claim_token = gen_random_uuid(),
+           available_at = now() + $2 * interval '1 microsecond',
+           deliveries = q.deliveries + 1
+      FROM ready
+     WHERE q.order_id = ANY(ARRAY(SELECT order_id FROM ready)) AND q.order_id = ready.order_id
+ RETURNING q.order_id, q.claim_token AS claim, q.deliveries, ready.available_at AS since),
+started AS (
+    UPDATE order_engine_orders o
+       SET status = 'PROCESSING', claim_token = c.claim,
+           lease_expires_at = now() + $2 * interval '1 microsecond',
+           attempts = least(o.attempts, 2147483646) + 1,
+           processing_start_time = coalesce(o.processing_start_time, now()),
+           updated_at = now()
+      FROM claimed c
+     WHERE o.id = ANY(ARRAY(SELECT order_id FROM claimed)) AND o.id = c.order_id
+       AND (o.status = 'PENDING' OR (o.status = 'PROCESSING' AND o.lease_expires_at <= now()))
+ RETURNING o.*)
+SELECT c.order_id, c.claim, c.deliveries, c.since, s.*,
+       s.claim_token AS started_by
+  FROM claimed c LEFT JOIN started s ON s.id = c.order_id";
 
 /// The group-committed calls, one batcher each; every reply says whether the call changed a
 /// row (an id added, a claim acked).
@@ -446,9 +498,11 @@ impl Queue for PostgresQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let rows = self
-            .query(
-                "WITH ready AS (
+        let linked = self.handoff.linked.load(Ordering::Relaxed);
+        let sql = if linked {
+            CLAIM_AND_START
+        } else {
+            "WITH ready AS (
                     SELECT order_id, available_at FROM order_engine_queue
                      WHERE available_at <= now()
                      ORDER BY available_at, order_id
@@ -461,7 +515,12 @@ impl Queue for PostgresQueue {
                    FROM ready
                   WHERE q.order_id = ANY(ARRAY(SELECT order_id FROM ready))
                     AND q.order_id = ready.order_id
-              RETURNING q.order_id, q.claim_token, q.deliveries, ready.available_at AS since",
+              RETURNING q.order_id, q.claim_token AS claim, q.deliveries,
+                        ready.available_at AS since"
+        };
+        let rows = self
+            .query(
+                sql,
                 vec![
                     i64::try_from(max).unwrap_or(i64::MAX).into(),
                     micros(lease).into(),
@@ -469,9 +528,10 @@ impl Queue for PostgresQueue {
             )
             .await?;
         let mut claims = Vec::with_capacity(rows.len());
+        let mut started = Vec::new();
         for row in &rows {
             let read = |err| storage_error("could not read a claim", err);
-            let token: uuid::Uuid = row.try_get("", "claim_token").map_err(read)?;
+            let token: uuid::Uuid = row.try_get("", "claim").map_err(read)?;
             let deliveries: i32 = row.try_get("", "deliveries").map_err(read)?;
             let since: chrono::DateTime<chrono::Utc> = row.try_get("", "since").map_err(read)?;
             let claim = Claim {
@@ -479,7 +539,20 @@ impl Queue for PostgresQueue {
                 token: ClaimToken::from_uuid(token),
                 deliveries: u32::try_from(deliveries).unwrap_or(0),
             };
+            if linked {
+                let started_by: Option<uuid::Uuid> = row.try_get("", "started_by").map_err(read)?;
+                if started_by == Some(token) {
+                    started.push(((claim.order_id, claim.token), order_row(row)?));
+                }
+            }
             claims.push((since, claim));
+        }
+        if !started.is_empty() {
+            let mut marks = lock(&self.handoff.started);
+            if marks.len() >= MAX_HANDOFF_MARKS {
+                marks.clear();
+            }
+            marks.extend(started);
         }
         // RETURNING keeps no order; hand them out oldest first, as they were chosen.
         claims.sort_by_key(|(since, claim)| (*since, claim.order_id));

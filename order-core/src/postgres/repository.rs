@@ -36,13 +36,15 @@ use crate::repository::{OrderMetrics, Repository, StatusCounts, Transition, Tran
 /// [Linked](Self::linked_to) to a [`PostgresQueue`] on the same database, it also queues each
 /// order in the statement that stores it (so no order is ever stored without being queued,
 /// even if the process dies at once) and acks each claim in the statement that completes it:
-/// an order then costs four statements from insert to ack instead of six.
+/// and its queue's claims start the orders they claim: an order then costs three statements
+/// from insert to ack instead of six.
 ///
 /// Cloning is cheap: clones share the connection pool and the batches.
 #[derive(Debug, Clone)]
 pub struct PostgresRepository {
     db: DatabaseConnection,
     batches: Arc<Batches>,
+    link: Option<Arc<Handoff>>,
 }
 
 /// A response to one caller of a batch.
@@ -94,7 +96,9 @@ impl PostgresRepository {
     /// ```
     #[must_use]
     pub fn linked_to(self, queue: &PostgresQueue) -> Self {
-        Self::with_link(self.db, Some(queue.handoff()))
+        let link = queue.handoff();
+        link.link();
+        Self::with_link(self.db, Some(link))
     }
 
     fn with_link(db: DatabaseConnection, link: Option<Arc<Handoff>>) -> Self {
@@ -112,13 +116,14 @@ impl PostgresRepository {
                 move |starts| start_batch(db.clone(), starts).boxed()
             }),
             completions: Batcher::new(LIMITS, {
-                let db = db.clone();
+                let (db, link) = (db.clone(), link.clone());
                 move |completions| complete_batch(db.clone(), link.clone(), completions).boxed()
             }),
         };
         Self {
             db,
             batches: Arc::new(batches),
+            link,
         }
     }
 
@@ -157,7 +162,8 @@ async fn rows(
     .map_err(|err| storage_error(context, err))
 }
 
-fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
+/// The order in a row of `order_engine_orders` columns (and maybe more).
+pub(super) fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
     let model = Model::from_query_result(row, "")
         .map_err(|err| storage_error("could not read the order", err))?;
     Order::try_from(model)
@@ -542,6 +548,12 @@ impl Repository for PostgresRepository {
             | Transition::Release { claim }
             | Transition::Fail { claim, .. } => Some(*claim),
         };
+        if let (Transition::Start { claim, .. }, Some(link)) = (&transition, &self.link) {
+            // Started by the linked queue's claim, in the claim's own statement.
+            if let Some(order) = link.take_started(id, *claim) {
+                return Ok(order);
+            }
+        }
         let batched = match &transition {
             Transition::Start { claim, lease } => {
                 Some(self.batches.starts.call((id, *claim, micros(*lease))).await)
