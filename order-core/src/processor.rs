@@ -531,6 +531,10 @@ async fn claim_loop(
                 Err(_) => return,
             },
         };
+        // Orders finish in batches (a backend that group-commits answers a batch of
+        // completions at once): let the rest of the batch give its slots back before
+        // counting them, so that one claim takes them all rather than one claim each.
+        tokio::task::yield_now().await;
         let wanted = 1 + slots.available_permits();
         // Not raced against `stop`: a durable queue may commit a claim whose reply a dropped
         // future would never read, leaving the orders idle until their leases run out. Only a
