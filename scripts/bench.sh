@@ -1,0 +1,839 @@
+#!/usr/bin/env bash
+# The reproducible performance benchmark: builds the release binaries, measures order-server
+# over HTTP (in memory and on PostgreSQL), the engine's burn-down of a backlog, /metrics at a
+# million orders, the server's memory, and the criterion engine bench, each figure beside a
+# reference measured in the same run on the same machine. Prints a markdown table and writes it
+# to BENCHMARKS.md, keeping the hand-written notes between `<!-- notes -->` and
+# `<!-- /notes -->` in that file.
+#
+# Every figure is the median of BENCH_RUNS runs; each project run is interleaved with its
+# reference run, so a noisy neighbour (a build, another benchmark) hits both alike. The ratio
+# project/reference is what the targets are set on: absolute figures move with the machine,
+# ratios much less.
+#
+# Needs: cargo, curl, wrk (installed with apt-get when missing, as root or with sudo), pgbench
+# and psql, and a PostgreSQL server, found or started as scripts/test.sh does
+# (scripts/postgres.sh: TEST_DATABASE_URL, else DATABASE_URL, else 127.0.0.1:5432, else a
+# private cluster). A scratch database (BENCH_DATABASE) is created on it and dropped at exit.
+#
+# Environment (all optional):
+#   BENCH_RUNS=3                  runs per figure; the table shows their median
+#   BENCH_SECONDS=5               length of each wrk and `pgbench -T` run
+#   BENCH_WARMUP_SECONDS=2        an uncounted wrk run against each server before its first
+#                                 measured run (0: none)
+#   BENCH_CONNECTIONS=32          wrk connections and pgbench clients
+#   BENCH_GET_ORDERS=1000         orders created on each server for the GET runs to read
+#   BENCH_BURNDOWN_ORDERS=100000  backlog size of each burn-down run
+#   BENCH_METRICS_ORDERS=1000000  orders stored for the large /metrics measurement
+#   BENCH_METRICS_SECONDS=3       length of each /metrics wrk run
+#   BENCH_CRITERION_SECONDS=5     criterion's --measurement-time (warm-up is 1 s)
+#   BENCH_DATABASE=order_bench    the scratch database (dropped first if it exists)
+#   BENCH_OUTPUT=BENCHMARKS.md    where the table is written
+#   BENCH_STRICT=1                exit 1 when any target is missed (default: report only)
+# order-server's own settings (WORKERS, DB_MAX_CONNECTIONS, ...) pass through from the
+# environment to the servers and the burn-down driver; the script sets only HOST, PORT,
+# PROCESSING_DELAY_MS=0, RUST_LOG=warn and DATABASE_URL.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+
+RUNS=${BENCH_RUNS:-3}
+SECS=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP_SECONDS:-2}
+CONNS=${BENCH_CONNECTIONS:-32}
+GET_ORDERS=${BENCH_GET_ORDERS:-1000}
+BURN_ORDERS=${BENCH_BURNDOWN_ORDERS:-100000}
+METRICS_ORDERS=${BENCH_METRICS_ORDERS:-1000000}
+METRICS_SMALL=1000
+METRICS_SECS=${BENCH_METRICS_SECONDS:-3}
+CRITERION_SECS=${BENCH_CRITERION_SECONDS:-5}
+BENCH_DB=${BENCH_DATABASE:-order_bench}
+OUTPUT=${BENCH_OUTPUT:-BENCHMARKS.md}
+RSS_LIMIT_MB=64
+
+started=$SECONDS
+
+step() { printf '\n==> %s\n' "$*"; }
+say() { printf '    %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
+  [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, not '${!var}'"
+done
+((RUNS >= 1 && SECS >= 1 && CONNS >= 1 && GET_ORDERS >= 1 && BURN_ORDERS >= 1)) ||
+  die "BENCH_RUNS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_GET_ORDERS and BENCH_BURNDOWN_ORDERS must be at least 1"
+((METRICS_ORDERS > METRICS_SMALL)) || die "BENCH_METRICS_ORDERS must be more than $METRICS_SMALL"
+[[ $BENCH_DB =~ ^[a-z_][a-z0-9_]*$ ]] || die "BENCH_DATABASE must be a plain lower-case identifier"
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic and formatting (awk: no Python on the machine is assumed).
+
+# The median of the numbers given as arguments.
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# The sum of the integers given as arguments.
+sum() {
+  local total=0 n
+  for n in "$@"; do total=$((total + n)); done
+  printf '%s\n' "$total"
+}
+
+# calc EXPR: evaluates an awk arithmetic expression, e.g. calc "3 / 2" (in full: awk's print
+# would round to 6 significant digits).
+calc() { awk "BEGIN { printf \"%.6f\\n\", $1 }"; }
+
+# holds EXPR: succeeds when an awk comparison holds, e.g. holds "1.7 >= 1.5".
+holds() { awk "BEGIN { exit !($1) }"; }
+
+# An integer with thousands separators: 12345.6 -> 12,346.
+commas() {
+  awk -v n="$1" 'BEGIN { n = sprintf("%.0f", n); sign = ""
+    if (n ~ /^-/) { sign = "-"; n = substr(n, 2) }
+    out = ""; while (length(n) > 3) { out = "," substr(n, length(n) - 2) out; n = substr(n, 1, length(n) - 3) }
+    print sign n out }'
+}
+
+# A ratio to two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f\n", a / b }'; }
+
+# Milliseconds with a sensible number of decimals.
+ms() { awk -v v="$1" 'BEGIN { if (v < 10) printf "%.2f ms\n", v; else printf "%.1f ms\n", v }'; }
+
+# PASS when every awk condition given holds, else MISS.
+verdict() {
+  local cond
+  for cond in "$@"; do
+    if ! holds "$cond" 2>/dev/null; then
+      printf 'MISS\n'
+      return 0
+    fi
+  done
+  printf 'PASS\n'
+}
+
+# A number from a flat JSON body: json_number BODY KEY (the first "KEY":<number>).
+json_number() {
+  printf '%s' "$1" | grep -o "\"$2\":[0-9.eE+-]*" | head -n 1 | cut -d: -f2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools.
+
+ensure_wrk() {
+  if command -v wrk >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=()
+  if [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      die "wrk is not installed, and installing it needs root or password-less sudo: run 'sudo apt-get install wrk' (or put wrk on PATH) and rerun"
+    fi
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "wrk is not installed and there is no apt-get to install it with: put wrk on PATH and rerun"
+  step "installing wrk (apt-get install wrk)"
+  # An old or empty package list is the usual reason the first try fails.
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; then
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  fi
+  command -v wrk >/dev/null 2>&1 || die "apt-get installed wrk, but it is not on PATH"
+}
+
+# pgbench from PATH, PG_BINDIR (set by ensure_postgres), or the newest /usr/lib/postgresql.
+find_pgbench() {
+  local path candidate
+  if path=$(pg_tool pgbench); then
+    printf '%s\n' "$path"
+    return 0
+  fi
+  path=""
+  for candidate in /usr/lib/postgresql/*/bin/pgbench; do
+    if [[ -x $candidate ]]; then
+      path=$candidate # the glob sorts 9 after 17, but any version drives a simple script
+    fi
+  done
+  [[ -n $path ]] || return 1
+  printf '%s\n' "$path"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Servers: started in the background, each with its pid remembered so that the exit hook stops
+# it whatever happens.
+
+SERVER_PIDS=()
+SERVER_PID=""
+SERVER_PORT=""
+NEXT_PORT=18300
+
+# A port nothing listens on, from 18300 up (below Linux's ephemeral range, where the other
+# programs on the machine get theirs).
+free_port() {
+  while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do
+    NEXT_PORT=$((NEXT_PORT + 1))
+  done
+  SERVER_PORT=$NEXT_PORT
+  NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+# start_server NAME [VAR=value ...] PROGRAM [ARGS]: runs it with HOST, PORT and the given
+# environment, output to $WORK/NAME.log, and waits for GET /healthz to answer 200. Sets
+# SERVER_PID and SERVER_PORT. Not to be called in a subshell: the server must be our child.
+start_server() {
+  local name=$1 log deadline
+  shift
+  log="$WORK/$name.log"
+  free_port
+  env HOST=127.0.0.1 PORT="$SERVER_PORT" "$@" >"$log" 2>&1 &
+  SERVER_PID=$!
+  SERVER_PIDS+=("$SERVER_PID")
+  # PostgreSQL servers connect and migrate first; 60 s covers DB_STARTUP_TIMEOUT_SECS' default.
+  deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/healthz" 2>/dev/null; do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      tail -n 30 "$log" >&2
+      die "$name exited before it answered /healthz (log above, $log)"
+    fi
+    if ((SECONDS > deadline)); then
+      tail -n 30 "$log" >&2
+      die "$name did not answer /healthz on port $SERVER_PORT within 60 s (log above)"
+    fi
+    sleep 0.1
+  done
+  say "$name listening on 127.0.0.1:$SERVER_PORT (pid $SERVER_PID)"
+}
+
+# stop_server PID: SIGTERM (the server drains and exits), SIGKILL if it has not after 40 s.
+stop_server() {
+  local pid=$1 deadline i
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 40))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      warn "pid $pid did not stop within 40 s of SIGTERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+  for i in "${!SERVER_PIDS[@]}"; do
+    if [[ ${SERVER_PIDS[i]} == "$pid" ]]; then
+      unset 'SERVER_PIDS[i]'
+    fi
+  done
+}
+
+stop_all_servers() {
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do
+    stop_server "$pid"
+  done
+}
+
+remove_workdir() {
+  if [[ -n ${WORK:-} && -d $WORK ]]; then
+    rm -rf "$WORK"
+  fi
+}
+
+# Peak resident memory of a process (VmHWM), in MB.
+peak_rss_mb() {
+  awk '/^VmHWM:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status"
+}
+
+# The server's /metrics body.
+metrics_of() { curl -fsS "http://127.0.0.1:$1/metrics"; }
+
+# Orders not yet finished (PENDING + PROCESSING) on the server at PORT.
+unfinished() {
+  local body
+  body=$(metrics_of "$1")
+  printf '%s\n' $(($(json_number "$body" pending) + $(json_number "$body" processing)))
+}
+
+# wait_drained PORT: waits until the server's workers have finished every order posted, so
+# that the next measurement does not compete with the last one's backlog.
+wait_drained() {
+  local port=$1 deadline=$((SECONDS + 300)) left
+  while :; do
+    left=$(unfinished "$port")
+    if ((left == 0)); then
+      return 0
+    fi
+    if ((SECONDS > deadline)); then
+      warn "the server on port $port still has $left unfinished orders after 300 s; going on"
+      return 0
+    fi
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load generators.
+
+# wrk_run LABEL URL [LUA_SCRIPT] [SECONDS] [CONNECTIONS]: one wrk run (one thread: the server
+# gets the other core); prints "requests_per_sec p50_ms p99_ms errors", errors being non-2xx/3xx
+# responses plus socket errors.
+wrk_run() {
+  local label=$1 url=$2 script=${3:-} secs=${4:-$SECS} conns=${5:-$CONNS} out args=()
+  out="$WORK/wrk-$label.txt"
+  args=(-t1 "-c$conns" "-d${secs}s" --latency)
+  if [[ -n $script ]]; then
+    args+=(-s "$script")
+  fi
+  if ! wrk "${args[@]}" "$url" >"$out" 2>&1; then
+    cat "$out" >&2
+    die "wrk failed against $url (output above)"
+  fi
+  awk '
+    function to_ms(v) {
+      if (v ~ /us$/) return v / 1000
+      if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/) return v * 60000
+      if (v ~ /h$/) return v * 3600000
+      if (v ~ /s$/) return v * 1000
+      return v + 0
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = to_ms($2) }
+    $1 == "99%" { p99 = to_ms($2) }
+    /Non-2xx or 3xx responses:/ { errors += $NF }
+    /Socket errors:/ { gsub(",", ""); errors += $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "" || p50 == "" || p99 == "") exit 1
+      printf "%s %s %s %d\n", rps, p50, p99, errors
+    }' "$out" || {
+    cat "$out" >&2
+    die "could not read wrk's output for $url (above)"
+  }
+}
+
+# pgbench_run LABEL SCRIPT ARGS...: one pgbench run on the bench database; prints "tps failed".
+pgbench_run() {
+  local label=$1 script=$2 out
+  shift 2
+  out="$WORK/pgbench-$label.txt"
+  if ! "$PGBENCH" -n -M prepared -f "$script" "-c$CONNS" -j2 "$@" "$BENCH_URL" >"$out" 2>&1; then
+    tail -n 30 "$out" >&2
+    die "pgbench failed ($script; output above)"
+  fi
+  awk '/^tps = / { tps = $3 } /^number of failed transactions:/ { failed = $5 }
+    END { if (tps == "") exit 1; printf "%s %d\n", tps, failed }' "$out" || {
+    cat "$out" >&2
+    die "could not read pgbench's output (above)"
+  }
+}
+
+# seed_orders PORT COUNT IDS_FILE: creates COUNT orders with POST /orders over one kept-alive
+# connection and writes their ids (from the Location headers) to IDS_FILE.
+seed_orders() {
+  local port=$1 count=$2 ids=$3 config="$WORK/seed.curl" i
+  {
+    printf 'header = "content-type: application/json"\n'
+    printf 'data = "%s"\n' "${ORDER_JSON//\"/\\\"}"
+    printf 'write-out = "%%{http_code} %%header{location}\\n"\n'
+    # Each url takes the output that follows it; the other options apply to them all.
+    for ((i = 0; i < count; i++)); do
+      printf 'url = "http://127.0.0.1:%s/orders"\noutput = "/dev/null"\n' "$port"
+    done
+  } >"$config"
+  curl -sS --config "$config" | awk '$1 == 201 { sub(".*/", "", $2); print $2 }' >"$ids"
+  local made
+  made=$(wc -l <"$ids")
+  ((made == count)) || die "only $made of $count POST /orders to port $port answered 201"
+}
+
+# get_script NAME IDS_FILE: a wrk script that GETs the orders in IDS_FILE in a random order.
+get_script() {
+  local path="$WORK/get-$1.lua"
+  {
+    printf 'local ids = {%s}\n' "$(paste -sd, "$2")"
+    cat <<'LUA'
+local requests = {}
+-- Requests built once, in a shuffled order, so that wrk spends no time per request on them.
+init = function(args)
+  math.randomseed(os.time())
+  for i = #ids, 2, -1 do
+    local j = math.random(i)
+    ids[i], ids[j] = ids[j], ids[i]
+  end
+  for i, id in ipairs(ids) do
+    requests[i] = wrk.format("GET", "/orders/" .. id)
+  end
+end
+local n = 0
+request = function()
+  n = n % #requests + 1
+  return requests[n]
+end
+LUA
+  } >"$path"
+  printf '%s\n' "$path"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+ROWS=()
+MISSES=0
+
+# row FIGURE PROJECT REFERENCE RATIO TARGET RESULT
+row() {
+  local line
+  line=$(printf '| %s | %s | %s | %s | %s | %s |' "$@")
+  ROWS+=("$line")
+  if [[ $6 == MISS* ]]; then
+    MISSES=$((MISSES + 1))
+  fi
+}
+
+# A result with the errors of the runs behind it: any error makes a MISS.
+with_errors() {
+  local result=$1 errors=$2
+  if ((errors > 0)); then
+    printf 'MISS (%s errors)\n' "$(commas "$errors")"
+  else
+    printf '%s\n' "$result"
+  fi
+}
+
+# " ⚠ N non-2xx" after a figure whose runs had errors.
+flag_errors() {
+  if (($1 > 0)); then
+    printf ' ⚠ %s errors' "$(commas "$1")"
+  fi
+}
+
+write_report() {
+  local notes="" cores cpu date tmp about
+  if [[ -f $OUTPUT ]]; then
+    notes=$(awk '/<!-- notes -->/ { keep = 1 } keep { print } /<!-- \/notes -->/ { keep = 0 }' "$OUTPUT")
+  fi
+  if [[ -z $notes ]]; then
+    notes=$'<!-- notes -->\n_No notes yet. Profiling notes written between these markers survive `scripts/bench.sh`, which regenerates everything above them._\n<!-- /notes -->'
+  fi
+  cores=$(nproc)
+  cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null)
+  date=$(date -u +%F)
+  tmp="$OUTPUT.tmp.$$"
+  # How the figures were made, with this run's settings filled in.
+  about=$(
+    cat <<'TEXT'
+Generated by `scripts/bench.sh` in @TOTAL@ s: do not edit above "Notes". Each figure is the
+median of @RUNS@ runs, each run interleaved with its reference run; ratio = project / reference.
+HTTP: `wrk -t1 -c@CONNS@ -d@SECS@s --latency` on loopback against order-server (release build)
+with `PROCESSING_DELAY_MS=0` and its defaults otherwise (its workers on: the orders posted are
+also processed, and the script waits for them to finish between runs), and against `bench-echo`,
+a bare axum server taking and giving the same JSON. Burn-down: `bench-burndown` submits
+@BURN@ orders to the server's engine, then starts it and times it to the last COMPLETED.
+Criterion: `benches/processor.rs`, the median of its samples.
+TEXT
+  )
+  about=${about//@TOTAL@/$((SECONDS - started))}
+  about=${about//@RUNS@/$RUNS}
+  about=${about//@CONNS@/$CONNS}
+  about=${about//@SECS@/$SECS}
+  about=${about//@BURN@/$(commas "$BURN_ORDERS")}
+  {
+    printf '# Benchmarks\n\n'
+    printf 'Machine: %s cores, %s, PostgreSQL %s, %s.\n\n' "$cores" "${cpu:-unknown CPU}" "$PG_VERSION" "$date"
+    printf '| figure | project | reference (same run) | ratio | target | result |\n'
+    printf '|---|---|---|---|---|---|\n'
+    printf '%s\n' "${ROWS[@]}"
+    printf '\n%s\n' "$about"
+    printf '\n## Notes\n\n%s\n' "$notes"
+  } >"$tmp"
+  mv "$tmp" "$OUTPUT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup.
+
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+
+WORK=$(mktemp -d /tmp/order-bench.XXXXXX)
+pg_at_exit remove_workdir
+
+step "tools"
+ensure_wrk
+command -v curl >/dev/null 2>&1 || die "curl is needed (apt-get install curl)"
+say "$(wrk --version 2>&1 | head -n 1)"
+
+step "build (cargo build --release -p order-server -p benches --bins; cargo bench --no-run)"
+build_started=$SECONDS
+# The order-server binary is built alone (with the benches' binaries, which add no features to
+# its dependencies), as it ships; criterion's dev-dependencies unify other features into the
+# bench's build, so that one is a second build.
+cargo build --release -p order-server -p benches --bins --message-format=json-render-diagnostics \
+  >"$WORK/build.json"
+cargo bench -p benches --bench processor --no-run --message-format=json-render-diagnostics \
+  >"$WORK/bench-build.json"
+say "built in $((SECONDS - build_started)) s"
+# Every phase runs copies of what was just built: a `cargo build` elsewhere in the work tree
+# during the run (target/ may be shared) cannot swap a binary between two phases, and criterion
+# is not rebuilt from sources that changed meanwhile.
+mkdir "$WORK/bin"
+# copy_executable CARGO_JSON TARGET: copies the executable cargo reported for TARGET to
+# $WORK/bin/TARGET and prints its new path.
+copy_executable() {
+  local path
+  path=$(grep -F "\"name\":\"$2\"" "$1" | grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4)
+  [[ -n $path && -x $path ]] || die "cargo reported no executable for $2"
+  cp "$path" "$WORK/bin/$2"
+  printf '%s\n' "$WORK/bin/$2"
+}
+SERVER_BIN=$(copy_executable "$WORK/build.json" order-server)
+ECHO_BIN=$(copy_executable "$WORK/build.json" bench-echo)
+BURNDOWN_BIN=$(copy_executable "$WORK/build.json" bench-burndown)
+CRITERION_BIN=$(copy_executable "$WORK/bench-build.json" processor)
+
+step "PostgreSQL"
+ensure_postgres
+PGBENCH=$(find_pgbench) || die "pgbench not found on PATH, in PG_BINDIR or /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql-client)"
+BENCH_URL=$(pg_url_with_database "$TEST_DATABASE_URL" "$BENCH_DB")
+
+# psql on the server's admin database, then on the bench database; without the NOTICEs of
+# `IF EXISTS` statements.
+admin_sql() { pg_psql "$TEST_DATABASE_URL" -q -c 'SET client_min_messages TO warning' "$@"; }
+bench_sql() { pg_psql "$BENCH_URL" -q -c 'SET client_min_messages TO warning' "$@"; }
+drop_bench_db() {
+  admin_sql -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" ||
+    warn "could not drop the database $BENCH_DB"
+}
+# A fresh database: the server migrates it at start.
+recreate_bench_db() {
+  admin_sql -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $BENCH_DB" ||
+    die "could not create the database $BENCH_DB"
+}
+# Hooks run last first: the servers stop before their database is dropped.
+pg_at_exit drop_bench_db
+pg_at_exit stop_all_servers
+recreate_bench_db
+PG_VERSION=$(pg_psql "$BENCH_URL" -Atqc 'SHOW server_version' | awk '{ print $1 }')
+say "database $(pg_redact_url "$BENCH_URL"), PostgreSQL $PG_VERSION, pgbench $PGBENCH"
+
+ORDER_JSON='{"userId":"user-1","itemIds":["item1","item2"],"totalAmount":59.99}'
+POST_LUA="$WORK/post.lua"
+cat >"$POST_LUA" <<LUA
+wrk.method = "POST"
+wrk.body = '$ORDER_JSON'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+# The pgbench references run on copies of the orders table (LIKE ... INCLUDING ALL: the same
+# columns, defaults, identity, checks and indexes, without the engine's triggers).
+INSERT_SQL="$WORK/insert.sql"
+cat >"$INSERT_SQL" <<'SQL'
+INSERT INTO bench_insert (user_id, item_ids, total_amount, status)
+  VALUES ('user-1', ARRAY['item1', 'item2'], 59.99, 'PENDING') RETURNING id;
+SQL
+BURN_SQL="$WORK/burn.sql"
+cat >"$BURN_SQL" <<'SQL'
+BEGIN;
+SELECT id FROM bench_burn WHERE status = 'PENDING' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED \gset
+UPDATE bench_burn SET status = 'COMPLETED', processing_end_time = now() WHERE id = :id;
+END;
+SQL
+
+# ---------------------------------------------------------------------------------------------
+step "servers: order-server on PostgreSQL, order-server in memory, bench-echo"
+start_server order-server-pg RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
+PG_PID=$SERVER_PID PG_PORT=$SERVER_PORT
+# ensure_postgres unset DATABASE_URL, so this one keeps its orders in memory.
+start_server order-server-memory RUST_LOG=warn PROCESSING_DELAY_MS=0 "$SERVER_BIN"
+MEM_PID=$SERVER_PID MEM_PORT=$SERVER_PORT
+start_server bench-echo "$ECHO_BIN"
+ECHO_PORT=$SERVER_PORT ECHO_PID=$SERVER_PID
+# After the server's migration, so the copy has the engine's current schema.
+bench_sql -c 'CREATE TABLE bench_insert (LIKE order_engine_orders INCLUDING ALL)'
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+if ((WARMUP > 0)); then
+  step "POST /orders on PostgreSQL, warm-up (${WARMUP} s, not counted)"
+  wrk_run pg-post-warmup "http://127.0.0.1:$PG_PORT/orders" "$POST_LUA" "$WARMUP" >/dev/null
+  wait_drained "$PG_PORT"
+fi
+pg_rps=() pg_p50=() pg_p99=() pg_errors=() pg_backlog=() ins_tps=() ins_failed=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "POST /orders on PostgreSQL, run $run/$RUNS: pgbench INSERT reference, then order-server"
+  result=$(pgbench_run "insert-$run" "$INSERT_SQL" "-T$SECS")
+  read -r tps failed <<<"$result"
+  ins_tps+=("$tps") ins_failed+=("$failed")
+  result=$(wrk_run "pg-post-$run" "http://127.0.0.1:$PG_PORT/orders" "$POST_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  backlog=$(unfinished "$PG_PORT")
+  pg_rps+=("$rps") pg_p50+=("$p50") pg_p99+=("$p99") pg_errors+=("$errors") pg_backlog+=("$backlog")
+  say "pgbench $(commas "$tps")/s; order-server $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors, $backlog unfinished when wrk stopped"
+  wait_drained "$PG_PORT"
+done
+PG_POST_RSS=$(peak_rss_mb "$PG_PID")
+m_rps=$(median "${pg_rps[@]}") m_p50=$(median "${pg_p50[@]}") m_p99=$(median "${pg_p99[@]}")
+m_ins=$(median "${ins_tps[@]}") errors=$(sum "${pg_errors[@]}") ref_errors=$(sum "${ins_failed[@]}")
+row "POST /orders per second, PostgreSQL (workers on)" \
+  "$(commas "$m_rps")/s, p50 $(ms "$m_p50"), p99 $(ms "$m_p99")$(flag_errors "$errors"); $(commas "$(median "${pg_backlog[@]}")") unfinished when wrk stopped" \
+  "pgbench -c$CONNS -j2 single-row INSERT ... RETURNING id: $(commas "$m_ins")/s$(flag_errors "$ref_errors")" \
+  "$(ratio "$m_rps" "$m_ins")" "ratio ≥ 1.5; p99 < 20 ms" \
+  "$(with_errors "$(verdict "$m_rps / $m_ins >= 1.5" "$m_p99 < 20")" "$((errors + ref_errors))")"
+say "($((SECONDS - phase_started)) s)"
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+if ((WARMUP > 0)); then
+  step "POST /orders in memory, warm-up (${WARMUP} s each, not counted)"
+  wrk_run echo-post-warmup "http://127.0.0.1:$ECHO_PORT/orders" "$POST_LUA" "$WARMUP" >/dev/null
+  wrk_run mem-post-warmup "http://127.0.0.1:$MEM_PORT/orders" "$POST_LUA" "$WARMUP" >/dev/null
+fi
+mem_rps=() mem_p50=() mem_p99=() mem_errors=() echo_rps=() echo_p99=() echo_errors=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "POST /orders in memory, run $run/$RUNS: bench-echo, then order-server"
+  result=$(wrk_run "echo-post-$run" "http://127.0.0.1:$ECHO_PORT/orders" "$POST_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  echo_rps+=("$rps") echo_p99+=("$p99") echo_errors+=("$errors")
+  say "bench-echo $(commas "$rps")/s, p99 $(ms "$p99"), $errors errors"
+  result=$(wrk_run "mem-post-$run" "http://127.0.0.1:$MEM_PORT/orders" "$POST_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  mem_rps+=("$rps") mem_p50+=("$p50") mem_p99+=("$p99") mem_errors+=("$errors")
+  say "order-server $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors"
+done
+wait_drained "$MEM_PORT"
+MEM_RSS=$(peak_rss_mb "$MEM_PID")
+MEM_HELD=$(json_number "$(metrics_of "$MEM_PORT")" totalOrders)
+m_rps=$(median "${mem_rps[@]}") m_echo=$(median "${echo_rps[@]}")
+errors=$(sum "${mem_errors[@]}") ref_errors=$(sum "${echo_errors[@]}")
+row "POST /orders per second, in memory (workers on)" \
+  "$(commas "$m_rps")/s, p50 $(ms "$(median "${mem_p50[@]}")"), p99 $(ms "$(median "${mem_p99[@]}")")$(flag_errors "$errors")" \
+  "bench-echo POST: $(commas "$m_echo")/s, p99 $(ms "$(median "${echo_p99[@]}")")$(flag_errors "$ref_errors")" \
+  "$(ratio "$m_rps" "$m_echo")" "ratio ≥ 0.60" \
+  "$(with_errors "$(verdict "$m_rps / $m_echo >= 0.60")" "$((errors + ref_errors))")"
+say "($((SECONDS - phase_started)) s)"
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+step "GET /orders/{id}: creating $GET_ORDERS orders on each order-server to read"
+seed_orders "$PG_PORT" "$GET_ORDERS" "$WORK/ids-pg"
+seed_orders "$MEM_PORT" "$GET_ORDERS" "$WORK/ids-memory"
+seq 1 "$GET_ORDERS" >"$WORK/ids-echo"
+GET_PG_LUA=$(get_script pg "$WORK/ids-pg")
+GET_MEM_LUA=$(get_script memory "$WORK/ids-memory")
+GET_ECHO_LUA=$(get_script echo "$WORK/ids-echo")
+wait_drained "$PG_PORT"
+wait_drained "$MEM_PORT"
+if ((WARMUP > 0)); then
+  step "GET /orders/{id}, warm-up (${WARMUP} s each, not counted)"
+  wrk_run echo-get-warmup "http://127.0.0.1:$ECHO_PORT" "$GET_ECHO_LUA" "$WARMUP" >/dev/null
+  wrk_run pg-get-warmup "http://127.0.0.1:$PG_PORT" "$GET_PG_LUA" "$WARMUP" >/dev/null
+  wrk_run mem-get-warmup "http://127.0.0.1:$MEM_PORT" "$GET_MEM_LUA" "$WARMUP" >/dev/null
+fi
+eg_rps=() eg_p99=() eg_errors=() pg_rps=() pg_p50=() pg_p99=() pg_errors=() mem_rps=() mem_p50=() mem_p99=() mem_errors=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "GET /orders/{id}, run $run/$RUNS: bench-echo, order-server on PostgreSQL, order-server in memory"
+  result=$(wrk_run "echo-get-$run" "http://127.0.0.1:$ECHO_PORT" "$GET_ECHO_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  eg_rps+=("$rps") eg_p99+=("$p99") eg_errors+=("$errors")
+  say "bench-echo $(commas "$rps")/s, p99 $(ms "$p99"), $errors errors"
+  result=$(wrk_run "pg-get-$run" "http://127.0.0.1:$PG_PORT" "$GET_PG_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  pg_rps+=("$rps") pg_p50+=("$p50") pg_p99+=("$p99") pg_errors+=("$errors")
+  say "order-server on PostgreSQL $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors"
+  result=$(wrk_run "mem-get-$run" "http://127.0.0.1:$MEM_PORT" "$GET_MEM_LUA")
+  read -r rps p50 p99 errors <<<"$result"
+  mem_rps+=("$rps") mem_p50+=("$p50") mem_p99+=("$p99") mem_errors+=("$errors")
+  say "order-server in memory $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors"
+done
+m_echo=$(median "${eg_rps[@]}") ref_errors=$(sum "${eg_errors[@]}")
+echo_cell="bench-echo GET: $(commas "$m_echo")/s, p99 $(ms "$(median "${eg_p99[@]}")")$(flag_errors "$ref_errors")"
+m_rps=$(median "${pg_rps[@]}") errors=$(sum "${pg_errors[@]}")
+row "GET /orders/{id} per second, PostgreSQL" \
+  "$(commas "$m_rps")/s, p50 $(ms "$(median "${pg_p50[@]}")"), p99 $(ms "$(median "${pg_p99[@]}")")$(flag_errors "$errors")" \
+  "$echo_cell" "$(ratio "$m_rps" "$m_echo")" "ratio ≥ 0.50" \
+  "$(with_errors "$(verdict "$m_rps / $m_echo >= 0.50")" "$((errors + ref_errors))")"
+m_rps=$(median "${mem_rps[@]}") errors=$(sum "${mem_errors[@]}")
+row "GET /orders/{id} per second, in memory" \
+  "$(commas "$m_rps")/s, p50 $(ms "$(median "${mem_p50[@]}")"), p99 $(ms "$(median "${mem_p99[@]}")")$(flag_errors "$errors")" \
+  "$echo_cell" "$(ratio "$m_rps" "$m_echo")" "ratio ≥ 0.70" \
+  "$(with_errors "$(verdict "$m_rps / $m_echo >= 0.70")" "$((errors + ref_errors))")"
+say "($((SECONDS - phase_started)) s)"
+
+step "stopping the servers"
+stop_server "$ECHO_PID"
+stop_server "$MEM_PID"
+stop_server "$PG_PID"
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+step "/metrics on PostgreSQL: a fresh database and server, $(commas "$METRICS_SMALL") orders stored"
+recreate_bench_db
+start_server order-server-pg-metrics RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
+PG_PID=$SERVER_PID PG_PORT=$SERVER_PORT
+# COMPLETED rows, as the engine would have left them, so that the workers leave them alone;
+# the engine's triggers count them as they would any insert.
+insert_completed() {
+  bench_sql -c "
+    INSERT INTO order_engine_orders
+        (user_id, item_ids, total_amount, status, attempts, processing_start_time, processing_end_time)
+    SELECT 'user-' || g, ARRAY['item1', 'item2'], 59.99, 'COMPLETED', 1,
+           now() - interval '2 seconds', now() - interval '1 second'
+      FROM generate_series(1, $1) AS g"
+}
+# measure_metrics LABEL EXPECTED_TOTAL: median of the p50 of BENCH_RUNS wrk runs on /metrics
+# with one connection, after checking that /metrics counts the orders stored.
+measure_metrics() {
+  local label=$1 expected=$2 total deadline p50s=() errors=0 run result rps p50 p99 e
+  # The orders were inserted behind the server's back: allow its counters a few seconds to
+  # show them (within 1%), in case they are cached.
+  deadline=$((SECONDS + 15))
+  while :; do
+    total=$(json_number "$(metrics_of "$PG_PORT")" totalOrders)
+    if holds "$total >= $expected * 0.99 && $total <= $expected * 1.01"; then
+      break
+    fi
+    ((SECONDS < deadline)) ||
+      die "/metrics says totalOrders=$total, expected $expected: the figure would not be measured at the size it claims"
+    sleep 0.5
+  done
+  wrk_run "metrics-$label-warmup" "http://127.0.0.1:$PG_PORT/metrics" "" 1 1 >/dev/null
+  for ((run = 1; run <= RUNS; run++)); do
+    result=$(wrk_run "metrics-$label-$run" "http://127.0.0.1:$PG_PORT/metrics" "" "$METRICS_SECS" 1)
+    read -r rps p50 p99 e <<<"$result"
+    p50s+=("$p50")
+    errors=$((errors + e))
+    printf '    /metrics with %s orders, run %s/%s: p50 %s, %s/s, %s errors\n' \
+      "$(commas "$expected")" "$run" "$RUNS" "$(ms "$p50")" "$(commas "$rps")" "$e" >&2
+  done
+  printf '%s %s\n' "$(median "${p50s[@]}")" "$errors"
+}
+insert_completed "$METRICS_SMALL"
+result=$(measure_metrics small "$METRICS_SMALL")
+read -r small_p50 small_errors <<<"$result"
+step "/metrics on PostgreSQL: inserting $(commas "$((METRICS_ORDERS - METRICS_SMALL))") more orders"
+insert_started=$SECONDS
+insert_completed "$((METRICS_ORDERS - METRICS_SMALL))"
+say "inserted in $((SECONDS - insert_started)) s"
+step "/metrics on PostgreSQL: $(commas "$METRICS_ORDERS") orders stored"
+result=$(measure_metrics large "$METRICS_ORDERS")
+read -r large_p50 large_errors <<<"$result"
+PG_LARGE_RSS=$(peak_rss_mb "$PG_PID")
+errors=$((small_errors + large_errors))
+row "GET /metrics median latency, $(commas "$METRICS_ORDERS") orders stored (PostgreSQL, wrk -c1)" \
+  "$(ms "$large_p50")$(flag_errors "$errors")" \
+  "same with $(commas "$METRICS_SMALL") orders stored: $(ms "$small_p50")" \
+  "$(ratio "$large_p50" "$small_p50")" "< 5 ms; ratio ≤ 2.0" \
+  "$(with_errors "$(verdict "$large_p50 < 5" "$large_p50 / $small_p50 <= 2.0")" "$errors")"
+row "order-server peak RSS (VmHWM) under the POST load, PostgreSQL" \
+  "$PG_POST_RSS MB" "—" "—" "< $RSS_LIMIT_MB MB" "$(verdict "$PG_POST_RSS < $RSS_LIMIT_MB")"
+row "order-server peak RSS (VmHWM) with $(commas "$METRICS_ORDERS") orders stored, PostgreSQL" \
+  "$PG_LARGE_RSS MB" "—" "—" "< $RSS_LIMIT_MB MB" "$(verdict "$PG_LARGE_RSS < $RSS_LIMIT_MB")"
+row "order-server peak RSS (VmHWM) in memory, holding the $(commas "$MEM_HELD") orders posted" \
+  "$MEM_RSS MB" "—" "—" "— (grows with the orders held)" "—"
+step "stopping the server"
+stop_server "$PG_PID"
+say "($((SECONDS - phase_started)) s)"
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+# pgbench's clients each run the same number of transactions, one row each: the table holds
+# exactly as many rows as they claim, so each claim finds one (fewer rows are locked by other
+# clients than remain) and the run ends with the table burnt down.
+per_client=$(((BURN_ORDERS + CONNS - 1) / CONNS))
+burn_rows=$((per_client * CONNS))
+bench_sql -c 'DROP TABLE IF EXISTS bench_burn' \
+  -c 'CREATE TABLE bench_burn (LIKE order_engine_orders INCLUDING ALL)' \
+  -c "CREATE INDEX bench_burn_pending ON bench_burn (id) WHERE status = 'PENDING'"
+burn_tps=() burn_failed=() engine_pg=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "burn-down on PostgreSQL, run $run/$RUNS: pgbench claim+complete of $(commas "$burn_rows") rows, then the engine on $(commas "$BURN_ORDERS")"
+  bench_sql -c 'TRUNCATE bench_burn RESTART IDENTITY' -c "
+    INSERT INTO bench_burn (user_id, item_ids, total_amount, status)
+    SELECT 'user-' || g, ARRAY['item1', 'item2'], 59.99, 'PENDING' FROM generate_series(1, $burn_rows) AS g" \
+    -c 'VACUUM ANALYZE bench_burn'
+  result=$(pgbench_run "burn-$run" "$BURN_SQL" "-t$per_client")
+  read -r tps failed <<<"$result"
+  left=$(pg_psql "$BENCH_URL" -Atqc "SELECT count(*) FROM bench_burn WHERE status <> 'COMPLETED'")
+  ((left == 0 && failed == 0)) || die "the pgbench burn-down left $left rows unfinished ($failed failed transactions)"
+  burn_tps+=("$tps") burn_failed+=("$failed")
+  say "pgbench $(commas "$tps") claims+completions/s"
+  out=$(DATABASE_URL="$BENCH_URL" "$BURNDOWN_BIN" --backend postgres --orders "$BURN_ORDERS") ||
+    die "bench-burndown on PostgreSQL failed (its output is above)"
+  rate=$(printf '%s\n' "$out" | sed -n 's/^orders_per_sec=\([0-9.]*\) .*/\1/p')
+  [[ -n $rate ]] || die "bench-burndown printed no orders_per_sec: $out"
+  engine_pg+=("$rate")
+  say "engine $(commas "$rate") orders/s"
+done
+m_burn=$(median "${burn_tps[@]}") m_engine=$(median "${engine_pg[@]}")
+row "burn-down of $(commas "$BURN_ORDERS") PENDING orders to COMPLETED, zero-delay handler, PostgreSQL" \
+  "$(commas "$m_engine") orders/s" \
+  "pgbench -c$CONNS claim (FOR UPDATE SKIP LOCKED) + UPDATE to COMPLETED: $(commas "$m_burn")/s" \
+  "$(ratio "$m_engine" "$m_burn")" "≥ 10,000/s; ratio ≥ 2.0" \
+  "$(verdict "$m_engine >= 10000" "$m_engine / $m_burn >= 2.0")"
+say "($((SECONDS - phase_started)) s)"
+
+phase_started=$SECONDS
+engine_mem=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "burn-down in memory, run $run/$RUNS: $(commas "$BURN_ORDERS") orders"
+  out=$("$BURNDOWN_BIN" --backend memory --orders "$BURN_ORDERS") ||
+    die "bench-burndown in memory failed (its output is above)"
+  rate=$(printf '%s\n' "$out" | sed -n 's/^orders_per_sec=\([0-9.]*\) .*/\1/p')
+  [[ -n $rate ]] || die "bench-burndown printed no orders_per_sec: $out"
+  engine_mem+=("$rate")
+  say "engine $(commas "$rate") orders/s"
+done
+m_engine=$(median "${engine_mem[@]}")
+row "burn-down of $(commas "$BURN_ORDERS") PENDING orders to COMPLETED, zero-delay handler, in memory" \
+  "$(commas "$m_engine") orders/s" "the PostgreSQL pgbench figure above: $(commas "$m_burn")/s" \
+  "$(ratio "$m_engine" "$m_burn")" "— (reference only)" "—"
+say "($((SECONDS - phase_started)) s)"
+
+# ---------------------------------------------------------------------------------------------
+phase_started=$SECONDS
+step "criterion: benches/processor.rs (as cargo bench runs it; measurement ${CRITERION_SECS} s, warm-up 1 s)"
+# The bench executable built above, as `cargo bench` would run it (`--bench`, from the package's
+# directory), writing its results to a directory of this run's own.
+if ! (cd benches && CRITERION_HOME="$WORK/criterion" "$CRITERION_BIN" --bench --noplot \
+  --measurement-time "$CRITERION_SECS" --warm-up-time 1) >"$WORK/criterion.txt" 2>&1; then
+  tail -n 30 "$WORK/criterion.txt" >&2
+  die "the criterion bench benches/processor.rs failed (output above)"
+fi
+grep -E '^[a-z_]+/|time:|thrpt:' "$WORK/criterion.txt" || true
+# criterion_rate GROUP/FUNCTION: elements per second from the median of criterion's samples
+# (estimates.json, nanoseconds per iteration) and its throughput (benchmark.json, elements per
+# iteration).
+criterion_rate() {
+  local dir="$WORK/criterion/$1/new" median_ns elements
+  [[ -f $dir/estimates.json && -f $dir/benchmark.json ]] ||
+    die "criterion wrote no $dir/estimates.json (output: $WORK/criterion.txt)"
+  median_ns=$(grep -o '"median":{"confidence_interval":{[^}]*},"point_estimate":[0-9.eE+-]*' "$dir/estimates.json" |
+    sed 's/.*"point_estimate"://')
+  elements=$(grep -o '"Elements":[0-9]*' "$dir/benchmark.json" | cut -d: -f2)
+  [[ -n $median_ns && -n $elements ]] || die "could not read $dir/estimates.json or benchmark.json"
+  calc "$elements / ($median_ns / 1e9)"
+}
+engine_rate=$(criterion_rate in_memory/submit_to_completed)
+mpsc_rate=$(criterion_rate in_memory/reference_mpsc_send_recv)
+row "criterion: in-memory OrderProcessor submit → COMPLETED (benches/processor.rs)" \
+  "$(commas "$engine_rate") orders/s" "bare tokio mpsc send/recv of the same orders: $(commas "$mpsc_rate")/s" \
+  "mpsc/engine $(ratio "$mpsc_rate" "$engine_rate")" "≥ 500,000/s; mpsc/engine ≤ 5" \
+  "$(verdict "$engine_rate >= 500000" "$mpsc_rate / $engine_rate <= 5")"
+say "($((SECONDS - phase_started)) s)"
+
+# ---------------------------------------------------------------------------------------------
+write_report
+step "results (written to $OUTPUT), $((SECONDS - started)) s in all"
+printf '\n| figure | project | reference (same run) | ratio | target | result |\n|---|---|---|---|---|---|\n'
+printf '%s\n' "${ROWS[@]}"
+printf '\n%s target(s) missed.\n' "$MISSES"
+if [[ -n ${BENCH_STRICT:-} ]] && ((MISSES > 0)); then
+  exit 1
+fi
