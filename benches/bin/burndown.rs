@@ -66,7 +66,7 @@ struct Args {
     workers: Option<u32>,
 
     /// Tasks submitting the backlog at once (the submission is not timed).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1024))]
     submitters: u64,
 
     /// Give up (exit 1) if the backlog is not worked off in this many seconds.

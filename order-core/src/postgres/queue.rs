@@ -117,6 +117,10 @@ fn take<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, key: &T) -> bool {
 /// order as started (its columns NULL where the order could not be started: finished,
 /// cancelled, or held by another worker's live lease; the worker's own `Start` then finds out
 /// why).
+///
+/// Each claim's token is drawn once, in `batch`, and both updates look it up by position in
+/// the batch's arrays: a join of either table against the claimed rows (which the planner
+/// guesses at one row) became a nested loop that scanned the batch once per order.
 const CLAIM_AND_START: &str = "
 WITH ready AS (
     SELECT order_id, available_at FROM order_engine_queue
@@ -124,23 +128,28 @@ WITH ready AS (
      ORDER BY available_at, order_id
      LIMIT $1
      FOR UPDATE SKIP LOCKED),
+batch AS MATERIALIZED (
+    SELECT array_agg(order_id) AS ids, array_agg(available_at) AS since,
+           array_agg(gen_random_uuid()) AS claims
+      FROM ready),
 claimed AS (
     UPDATE order_engine_queue q
-       SET claim_token = gen_random_uuid(),
+       SET claim_token = b.claims[array_position(b.ids, q.order_id)],
            available_at = now() + $2 * interval '1 microsecond',
            deliveries = q.deliveries + 1
-      FROM ready
-     WHERE q.order_id = ANY(ARRAY(SELECT order_id FROM ready)) AND q.order_id = ready.order_id
- RETURNING q.order_id, q.claim_token AS claim, q.deliveries, ready.available_at AS since),
+      FROM batch b
+     WHERE q.order_id = ANY(b.ids)
+ RETURNING q.order_id, q.claim_token AS claim, q.deliveries,
+           b.since[array_position(b.ids, q.order_id)] AS since),
 started AS (
     UPDATE order_engine_orders o
-       SET status = 'PROCESSING', claim_token = c.claim,
+       SET status = 'PROCESSING', claim_token = b.claims[array_position(b.ids, o.id)],
            lease_expires_at = now() + $2 * interval '1 microsecond',
            attempts = least(o.attempts, 2147483646) + 1,
            processing_start_time = coalesce(o.processing_start_time, now()),
            updated_at = now()
-      FROM claimed c
-     WHERE o.id = ANY(ARRAY(SELECT order_id FROM claimed)) AND o.id = c.order_id
+      FROM batch b
+     WHERE o.id = ANY(b.ids)
        AND (o.status = 'PENDING' OR (o.status = 'PROCESSING' AND o.lease_expires_at <= now()))
  RETURNING o.*)
 SELECT c.order_id, c.claim, c.deliveries, c.since, s.*,
