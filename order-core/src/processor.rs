@@ -590,11 +590,14 @@ async fn claim_loop(
                     let span = info_span!("order", order_id = %claim.order_id, delivery = claim.deliveries);
                     let engine = engine.clone();
                     let abandon = abandon.clone();
+                    // Boxed: the order's future is a few kilobytes (the handler's, the lease
+                    // keeper's), and a box is built once where the bare future would be
+                    // copied into each wrapper and then into the task.
                     tracker.spawn(
-                        async move {
+                        Box::pin(async move {
                             process(&engine, claim, claimed_at, &abandon).await;
                             drop(permit);
-                        }
+                        })
                         .instrument(span),
                     );
                 }

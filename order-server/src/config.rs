@@ -27,7 +27,7 @@ pub struct Config {
     pub port: u16,
 
     /// How many orders may be processed at once (tasks, not threads).
-    #[arg(long, env = "WORKERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "WORKERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub workers: u32,
 
     /// How long the simulated processing step takes per order, in milliseconds.
@@ -211,7 +211,7 @@ mod tests {
     fn defaults_match_the_documented_ones() {
         let config = Config::try_parse_from(["order-server"]).unwrap();
         assert_eq!(config.listen_address().to_string(), "0.0.0.0:3000");
-        assert_eq!(config.workers, 64);
+        assert_eq!(config.workers, 256);
         assert_eq!(config.processing_delay_ms, 2000);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.pool_options().max_connections, 16);

