@@ -1,8 +1,8 @@
 //! Throughput of the engine on PostgreSQL, submit -> COMPLETED with a zero-delay handler, beside a
 //! bare `INSERT ... RETURNING id` then `UPDATE` per order on the same pool: the cost of two
 //! commits per order on this machine, against which the engine's figure reads as a ratio. (The
-//! engine's own path commits several times per order: it stores and queues the order, then
-//! claims, starts, completes and acks it, the claims batched.)
+//! engine's own path takes three statements per order, each shared by a batch: store and queue,
+//! claim and start, complete and ack.)
 //!
 //! It needs a database it may create tables in, and is skipped (exiting 0) when `DATABASE_URL`
 //! is unset:
@@ -87,9 +87,12 @@ where
 
 /// Submits `ORDERS` orders to a fresh, started processor and waits until all are COMPLETED.
 async fn submit_and_complete(db: &DatabaseConnection) -> BenchResult<Duration> {
+    let queue = PostgresQueue::new(db.clone());
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .repository(Arc::new(PostgresRepository::new(db.clone())))
-        .queue(Arc::new(PostgresQueue::new(db.clone())))
+        .repository(Arc::new(
+            PostgresRepository::new(db.clone()).linked_to(&queue),
+        ))
+        .queue(Arc::new(queue))
         .concurrency(CONCURRENCY)
         .build()?;
     let running = processor.start();

@@ -364,6 +364,13 @@ mod shared_database {
             queue.ack(&claim).await,
             Err(crate::QueueError::LeaseLost(id)) if id == order.id
         ));
+        // A sweep's page that arrives after the order finished does not queue it again; ids
+        // the repository does not know are queued as pushed.
+        let unknown = OrderId::new(order.id.get() + 1000).unwrap();
+        assert_eq!(queue.push_many(&[order.id, unknown]).await.unwrap(), 1);
+        let claims = queue.claim(10, lease).await.unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].order_id, unknown);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

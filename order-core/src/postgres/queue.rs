@@ -164,7 +164,7 @@ struct Batches {
     acks: Batcher<(OrderId, ClaimToken), Result<bool, StorageError>>,
 }
 
-/// As for the repository's batches: a few hundred rows at most, two statements in flight.
+/// As for the repository's batches: a few hundred rows at most, one statement in flight.
 const LIMITS: Limits = Limits {
     max_batch: 512,
     max_in_flight: 1,
@@ -489,14 +489,23 @@ impl Queue for PostgresQueue {
             return Ok(0);
         }
         let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        let added = self
-            .execute(
-                "INSERT INTO order_engine_queue (order_id)
-                 SELECT DISTINCT unnest($1::bigint[])
-                 ON CONFLICT (order_id) DO NOTHING",
-                vec![raw.into()],
-            )
-            .await?;
+        // The recovery sweep pushes the pages of stranded orders it found, and by the time a
+        // page arrives the workers may have finished some of them (and acked them out of the
+        // queue): with its repository linked, the queue leaves out the orders that are already
+        // finished, which a worker would only claim to drop again.
+        let sql = if self.handoff.linked.load(Ordering::Relaxed) {
+            "INSERT INTO order_engine_queue (order_id)
+             SELECT DISTINCT p.id FROM unnest($1::bigint[]) AS p(id)
+              WHERE NOT EXISTS (
+                    SELECT 1 FROM order_engine_orders o
+                     WHERE o.id = p.id AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+             ON CONFLICT (order_id) DO NOTHING"
+        } else {
+            "INSERT INTO order_engine_queue (order_id)
+             SELECT DISTINCT unnest($1::bigint[])
+             ON CONFLICT (order_id) DO NOTHING"
+        };
+        let added = self.execute(sql, vec![raw.into()]).await?;
         if added > 0 {
             self.announce();
         }
