@@ -559,7 +559,7 @@ async fn claim_loop(
         };
         if stop.is_cancelled() {
             for claim in claims.iter().flatten() {
-                settle(engine.queue.retry(claim, Duration::ZERO).await);
+                hand_back(&engine, claim).await;
             }
             return;
         }
@@ -582,7 +582,7 @@ async fn claim_loop(
                         None => match slots.clone().try_acquire_owned() {
                             Ok(permit) => permit,
                             Err(_) => {
-                                let _ = engine.queue.retry(&claim, Duration::ZERO).await;
+                                hand_back(&engine, &claim).await;
                                 continue;
                             }
                         },
@@ -802,6 +802,21 @@ async fn give_back(engine: &Engine, claim: &Claim) {
     if released.is_ok() {
         settle(engine.queue.retry(claim, Duration::ZERO).await);
     }
+}
+
+/// Hands back a claim that no worker will take up (shutdown began while it was being made).
+/// A queue may have started the order in the claim's own statement: that start is released,
+/// so the order loses no attempt; for an order the claim did not start, the release finds
+/// nothing to undo.
+async fn hand_back(engine: &Engine, claim: &Claim) {
+    let released = engine
+        .repository
+        .transition(claim.order_id, Transition::Release { claim: claim.token })
+        .await;
+    if let Ok(order) = released {
+        engine.publish(&order);
+    }
+    settle(engine.queue.retry(claim, Duration::ZERO).await);
 }
 
 /// Logs the result of a queue call whose failure is recovered by leases: a claim that could

@@ -374,6 +374,58 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_handed_back_unused_costs_its_order_no_attempt() {
+        let db = TestDatabase::create().await;
+        let queue = PostgresQueue::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        let lease = Duration::from_secs(60);
+        let order = repository.insert(&sample_order("a", 1)).await.unwrap();
+        queue.push(order.id).await.unwrap();
+
+        // Shutdown began while claiming: the engine releases, then retries, the claim.
+        let claim = queue.claim(10, lease).await.unwrap().remove(0);
+        let released = repository
+            .transition(order.id, crate::Transition::Release { claim: claim.token })
+            .await
+            .unwrap();
+        assert_eq!(
+            (released.status, released.attempts),
+            (OrderStatus::Pending, 0)
+        );
+        queue.retry(&claim, Duration::ZERO).await.unwrap();
+
+        // The next claim starts it afresh, as its first attempt.
+        let again = queue.claim(10, lease).await.unwrap().remove(0);
+        let started = repository
+            .transition(
+                order.id,
+                crate::Transition::Start {
+                    claim: again.token,
+                    lease,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (started.status, started.attempts),
+            (OrderStatus::Processing, 1)
+        );
+        // The first claim's start is forgotten: it cannot be handed out again.
+        assert!(matches!(
+            repository
+                .transition(
+                    order.id,
+                    crate::Transition::Start {
+                        claim: claim.token,
+                        lease,
+                    },
+                )
+                .await,
+            Err(crate::TransitionError::Conflict { .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn processors_on_separate_pools_share_the_work_and_start_each_order_once() {
         let db = TestDatabase::create().await;
         let mut processors = Vec::new();

@@ -548,11 +548,18 @@ impl Repository for PostgresRepository {
             | Transition::Release { claim }
             | Transition::Fail { claim, .. } => Some(*claim),
         };
-        if let (Transition::Start { claim, .. }, Some(link)) = (&transition, &self.link) {
-            // Started by the linked queue's claim, in the claim's own statement.
-            if let Some(order) = link.take_started(id, *claim) {
-                return Ok(order);
+        match (&transition, &self.link) {
+            (Transition::Start { claim, .. }, Some(link)) => {
+                // Started by the linked queue's claim, in the claim's own statement.
+                if let Some(order) = link.take_started(id, *claim) {
+                    return Ok(order);
+                }
             }
+            // A claim handed back unused: its start is undone below; forget it here.
+            (Transition::Release { claim }, Some(link)) => {
+                link.take_started(id, *claim);
+            }
+            _ => {}
         }
         let batched = match &transition {
             Transition::Start { claim, lease } => {
