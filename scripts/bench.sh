@@ -470,12 +470,13 @@ ensure_wrk
 command -v curl >/dev/null 2>&1 || die "curl is needed (apt-get install curl)"
 say "$(wrk --version 2>&1 | head -n 1)"
 
-step "build (cargo build --release -p order-server -p benches --bins --benches)"
+step "build (cargo build --release -p order-server -p benches --bins --bench processor)"
 build_started=$SECONDS
 # One build for everything: criterion's dev-dependencies switch on features of crates that the
 # server shares (serde, ...), and a second `cargo bench` build would compile them all again.
-# The server then has those extra features too, which change none of its code paths.
-cargo build --release -p order-server -p benches --bins --benches \
+# The server then has those extra features too, which change none of its code paths. (Not
+# `--benches`: that also builds every binary as a bench harness, under the same name.)
+cargo build --release -p order-server -p benches --bins --bench processor \
   --message-format=json-render-diagnostics >"$WORK/build.json"
 say "built in $((SECONDS - build_started)) s"
 # Every phase runs copies of what was just built: a `cargo build` elsewhere in the work tree
