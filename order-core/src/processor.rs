@@ -317,6 +317,11 @@ impl OrderProcessor {
         self.engine.repository.metrics().await
     }
 
+    /// `Ok` when the repository can serve (reachable, schema in place): for readiness probes.
+    pub async fn check_ready(&self) -> Result<(), StorageError> {
+        self.engine.repository.check_ready().await
+    }
+
     /// How many orders the queue holds, by state.
     pub async fn queue_depth(&self) -> Result<QueueDepth, QueueError> {
         self.engine.queue.depth().await

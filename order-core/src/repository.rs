@@ -221,4 +221,10 @@ pub trait Repository: Send + Sync {
 
     /// Counts over all orders, without reading them all.
     async fn metrics(&self) -> Result<OrderMetrics, StorageError>;
+
+    /// `Ok` when the repository can serve: reachable, and its schema in place. What a readiness
+    /// probe asks before sending traffic. By default, a [`metrics`](Repository::metrics) read.
+    async fn check_ready(&self) -> Result<(), StorageError> {
+        self.metrics().await.map(|_| ())
+    }
 }

@@ -105,11 +105,12 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the storage answers; `503` when it does not.
+/// `GET /readyz`: the storage answers and its schema is in place (on PostgreSQL, every
+/// migration applied); `503` when not.
 pub(crate) async fn readyz(
     State(processor): State<OrderProcessor>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    processor.metrics().await?;
+    processor.check_ready().await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

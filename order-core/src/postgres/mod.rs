@@ -202,6 +202,13 @@ mod shared_database {
         Migrator::down(db.connection(), None).await.unwrap();
         let err = check_ready(db.connection()).await.unwrap_err();
         assert!(err.message.contains("not applied"), "{err}");
+        // What a processor on this database says to a readiness probe.
+        let repository = PostgresRepository::new(db.connection().clone());
+        let err = repository.check_ready().await.unwrap_err();
+        assert!(
+            err.unavailable && err.message.contains("not applied"),
+            "{err}"
+        );
         migrate(db.connection()).await.unwrap();
         check_ready(db.connection()).await.unwrap();
     }

@@ -654,6 +654,11 @@ impl Repository for PostgresRepository {
             .collect()
     }
 
+    /// The database answers and every migration is applied ([`check_ready`](super::check_ready)).
+    async fn check_ready(&self) -> Result<(), StorageError> {
+        super::check_ready(&self.db).await
+    }
+
     async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
         let rows = self
             .db

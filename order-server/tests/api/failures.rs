@@ -18,6 +18,9 @@ async fn unreachable_storage_is_503() {
     repository
         .expect_metrics()
         .returning(|| Err(StorageError::unavailable("connection refused")));
+    repository
+        .expect_check_ready()
+        .returning(|| Err(StorageError::unavailable("connection refused")));
     let app = app_with(repository);
 
     for reply in [

@@ -129,6 +129,32 @@ async fn the_api_keeps_orders_in_postgres_across_restarts() {
         "the invalid order stored nothing: {metrics}"
     );
     assert_eq!(metrics["statuses"]["completed"], 1);
+
+    // Ready means the schema is in place too: with its migration unrecorded (as on a database
+    // that another version's migrator has not finished), the server is alive but not ready.
+    let applied = db
+        .connection()
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "DELETE FROM order_engine_migrations RETURNING version",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 1);
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let version: String = applied[0].try_get("", "version").unwrap();
+    db.connection()
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO order_engine_migrations (version, applied_at) VALUES ($1, 0)",
+            [version.into()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(server.get("/readyz").await.0, 200);
     server.terminate().await;
 }
 
