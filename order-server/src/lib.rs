@@ -9,7 +9,7 @@
 //! | `GET /orders/{id}` | `200 {"order": ...}`; `400` for a bad id, `404` for an unknown one |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
 //! | `GET /healthz` | `200` while the process runs |
-//! | `GET /readyz` | `200` when storage answers, `503` when it does not |
+//! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //!
 //! Every error is `application/json` `{"error": "..."}`.
 
