@@ -14,6 +14,8 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::error::StorageError;
+
 /// Turns one batch of requests into one response per request, in the same order.
 type Flush<Req, Resp> = Arc<dyn Fn(Vec<Req>) -> BoxFuture<'static, Vec<Resp>> + Send + Sync>;
 
@@ -28,6 +30,35 @@ pub(crate) struct Limits {
     /// The most statements in flight at once (each holds a connection). While all are busy,
     /// new calls gather into the next batch.
     pub(crate) max_in_flight: usize,
+}
+
+/// The limits of every batch the PostgreSQL backends write.
+///
+/// Up to 512 calls share a statement: past a few hundred rows a statement costs as much per row
+/// as apart, and holds its row locks longer. One statement of each kind in flight: while it is
+/// written, the next batch gathers. More in flight made smaller batches and no faster a server
+/// (2 and 4 measured against 1: POST /orders 6,800/s and 6,000/s against 7,400/s).
+pub(crate) const LIMITS: Limits = Limits {
+    max_batch: 512,
+    max_in_flight: 1,
+};
+
+/// The answer of each caller of a batch whose statement failed: the batch's error, told to each.
+pub(crate) fn failed<T>(callers: usize, err: &StorageError) -> Vec<Result<T, StorageError>> {
+    (0..callers)
+        .map(|_| {
+            Err(StorageError {
+                message: err.message.clone(),
+                unavailable: err.unavailable,
+                source: None,
+            })
+        })
+        .collect()
+}
+
+/// A batch whose flush was lost (it panicked): its callers' writes may or may not have landed.
+pub(crate) fn lost_batch() -> StorageError {
+    StorageError::other("the batch this call was written in was lost")
 }
 
 /// Gathers concurrent calls into batches, flushed by one function.

@@ -14,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::NOTIFY_CHANNEL;
-use super::batch::{Batcher, Limits};
+use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::error::storage_error;
 use super::micros;
 use super::repository::order_row;
@@ -164,25 +164,6 @@ struct Batches {
     acks: Batcher<(OrderId, ClaimToken), Result<bool, StorageError>>,
 }
 
-/// As for the repository's batches: a few hundred rows at most, one statement in flight.
-const LIMITS: Limits = Limits {
-    max_batch: 512,
-    max_in_flight: 1,
-};
-
-/// The error every caller of a failed batch gets.
-fn shared(err: &StorageError) -> StorageError {
-    StorageError {
-        message: err.message.clone(),
-        unavailable: err.unavailable,
-        source: None,
-    }
-}
-
-fn lost_batch() -> QueueError {
-    StorageError::other("the batch this call was written in was lost").into()
-}
-
 async fn push_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Result<bool, StorageError>> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let added = db
@@ -199,7 +180,7 @@ async fn push_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Result<boo
     match added {
         // An id pushed twice in one batch is added once: the first caller hears so.
         Ok(mut added) => ids.iter().map(|id| Ok(added.remove(id))).collect(),
-        Err(err) => ids.iter().map(|_| Err(shared(&err))).collect(),
+        Err(err) => failed(ids.len(), &err),
     }
 }
 
@@ -239,7 +220,7 @@ async fn ack_batch(
             .iter()
             .map(|claim| Ok(acked.contains(claim)))
             .collect(),
-        Err(err) => claims.iter().map(|_| Err(shared(&err))).collect(),
+        Err(err) => failed(claims.len(), &err),
     }
 }
 

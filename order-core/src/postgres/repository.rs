@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::batch::{Batcher, Limits};
+use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::entity::{Entity as Orders, Model};
 use super::error::storage_error;
 use super::micros;
@@ -60,19 +60,6 @@ struct Batches {
     /// `None`: the order was no longer held by the claim.
     completions: Batcher<(OrderId, ClaimToken), Reply<Option<Order>>>,
 }
-
-/// Up to this many calls share a statement: past a few hundred rows a statement costs as much
-/// per row as apart, and holds its row locks longer.
-const MAX_BATCH: usize = 512;
-/// Statements of one kind in flight at once: while one is written, the next batch gathers.
-/// More in flight made smaller batches and no faster a server (2 and 4 measured against 1:
-/// POST /orders 6,800/s and 6,000/s against 7,400/s).
-const MAX_IN_FLIGHT: usize = 1;
-
-const LIMITS: Limits = Limits {
-    max_batch: MAX_BATCH,
-    max_in_flight: MAX_IN_FLIGHT,
-};
 
 impl PostgresRepository {
     /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up.
@@ -132,20 +119,6 @@ impl PostgresRepository {
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
-}
-
-/// The error every caller of a failed batch gets: the batch's, told to each.
-fn shared(err: &StorageError) -> StorageError {
-    StorageError {
-        message: err.message.clone(),
-        unavailable: err.unavailable,
-        source: None,
-    }
-}
-
-/// A batch whose flush was lost (it panicked): its callers' writes may or may not have landed.
-fn lost_batch() -> StorageError {
-    StorageError::other("the batch this call was written in was lost")
 }
 
 async fn rows(
@@ -223,7 +196,7 @@ async fn insert_orders(
             }
             replies
         }
-        Err(err) => orders.iter().map(|_| Err(shared(&err))).collect(),
+        Err(err) => failed(orders.len(), &err),
     }
 }
 
@@ -290,7 +263,7 @@ async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Opti
     });
     match found {
         Ok(found) => ids.iter().map(|id| Ok(found.get(id).cloned())).collect(),
-        Err(err) => ids.iter().map(|_| Err(shared(&err))).collect(),
+        Err(err) => failed(ids.len(), &err),
     }
 }
 
@@ -453,7 +426,7 @@ async fn fenced_batch(
     }
     match written {
         Ok(mut written) => keys.map(|key| Ok(written.remove(&key))).collect(),
-        Err(err) => keys.map(|_| Err(shared(&err))).collect(),
+        Err(err) => failed(keys.len(), &err),
     }
 }
 
