@@ -631,7 +631,6 @@ async fn process(
 ) {
     let s = engine.settings;
     let id = claim.order_id;
-    let starting_at = claimed_at;
     let order = match engine
         .repository
         .transition(
@@ -679,7 +678,7 @@ async fn process(
             give_back(engine, &claim).await;
             return;
         }
-        () = keep_lease(engine, &claim, starting_at) => {
+        () = keep_lease(engine, &claim, claimed_at) => {
             warn!("lease lost to another worker; abandoning this attempt");
             return;
         }

@@ -189,9 +189,10 @@ async fn insert_orders(
             let mut replies = Vec::with_capacity(orders.len());
             for order in orders {
                 replies.push(
+                    // `insert_rows` answers one order per order given, or fails.
                     insert_rows(db, queue, std::slice::from_ref(&order))
                         .await
-                        .and_then(|mut one| one.pop().ok_or_else(lost_batch)),
+                        .and_then(|mut one| one.pop().ok_or_else(not_returned)),
                 );
             }
             replies
@@ -241,10 +242,12 @@ async fn insert_rows(
     }
     placed
         .into_iter()
-        .map(|order| {
-            order.ok_or_else(|| StorageError::other("an inserted order did not come back"))
-        })
+        .map(|order| order.ok_or_else(not_returned))
         .collect()
+}
+
+fn not_returned() -> StorageError {
+    StorageError::other("an inserted order did not come back")
 }
 
 async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
