@@ -1,7 +1,7 @@
 //! The HTTP API of [`order_core`]: create orders, read them, and measure the system.
 //!
 //! The binary only parses [`Config`], binds and calls [`run`]; everything else is here, so
-//! tests (and services that embed the API) call [`app`] directly.
+//! tests call [`app`] directly, and services that embed the API nest [`router`] in their own.
 //!
 //! | route | answer |
 //! |---|---|
@@ -39,30 +39,57 @@ pub use error::{ApiError, ErrorBody};
 /// of 128 characters).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The API's router, with its error handling, body limit, request timeout and request logs.
-pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
+/// The order API as a router to mount in another axum service: every route, with its JSON
+/// errors, panic handling and body limit, and its state applied.
+///
+/// It has no fallback, request timeout or request logs: those belong to the service that
+/// serves it, which [`app`] is for order-server itself. Nested under a path, the API answers
+/// there, `Location` headers included.
+///
+/// ```
+/// use axum::Router;
+/// use order_core::{OrderProcessor, SimulatedStep};
+///
+/// # fn main() -> Result<(), order_core::BuildError> {
+/// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;
+/// let service: Router = Router::new()
+///     .route("/", axum::routing::get(|| async { "the embedding service" }))
+///     .nest("/order-api", order_server::router(processor));
+/// # let _ = service;
+/// # Ok(()) }
+/// ```
+pub fn router(processor: OrderProcessor) -> Router {
     Router::new()
         .route("/orders", post(routes::create_order))
         .route("/orders/{id}", get(routes::get_order))
         .route("/metrics", get(routes::metrics))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .fallback(routes::no_route)
         .with_state(processor)
         .layer(
-            // Outermost first: the trace sees every request; errors are made JSON and logged
-            // whatever produced them, a panic or a timeout included.
+            // Outermost first: errors are made JSON whatever produced them, a panic included.
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(middleware::from_fn(error::log_server_errors))
                 .layer(middleware::from_fn(error::json_errors))
                 .layer(CatchPanicLayer::custom(error::panic_response))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    request_timeout,
-                ))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+}
+
+/// order-server's whole service: [`router`], a JSON `404` for any other path, a request
+/// timeout (`503`) and request logs.
+pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
+    router(processor).fallback(routes::no_route).layer(
+        // Outermost first: the trace sees every request; a timeout is made JSON and every
+        // 5xx logged with its cause.
+        ServiceBuilder::new()
+            .layer(TraceLayer::new_for_http())
+            .layer(middleware::from_fn(error::log_server_errors))
+            .layer(middleware::from_fn(error::json_errors))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                request_timeout,
+            )),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting connections and

@@ -1,7 +1,7 @@
 //! The handlers: one function per route.
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_core::{
@@ -31,6 +31,7 @@ pub(crate) struct OrderBody {
 /// `POST /orders`: validates, stores and queues an order; `201` with the order as stored.
 pub(crate) async fn create_order(
     State(processor): State<OrderProcessor>,
+    OriginalUri(uri): OriginalUri,
     AppJson(new_order): AppJson<NewOrder>,
 ) -> Result<Response, ApiError> {
     // Submitted on its own task: if the client goes away or the request times out, storing
@@ -40,7 +41,9 @@ pub(crate) async fn create_order(
         .map_err(|err| ApiError::Internal {
             cause: format!("submit task failed: {err}"),
         })??;
-    let location = HeaderValue::from_str(&format!("/orders/{}", order.id)).map_err(|err| {
+    // The path the client used, so that the API nested under a prefix points into it.
+    let collection = uri.path().trim_end_matches('/');
+    let location = HeaderValue::from_str(&format!("{collection}/{}", order.id)).map_err(|err| {
         ApiError::Internal {
             cause: err.to_string(),
         }
