@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+pub mod changes;
 mod error;
 pub mod handler;
 pub mod memory;
@@ -76,6 +77,7 @@ pub mod repository;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use changes::{Change, ChangeFeed};
 pub use error::{CancelError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
@@ -86,11 +88,14 @@ pub use order::{
     ValidationError,
 };
 pub use processor::{
-    BuildError, OrderProcessor, OrderProcessorBuilder, ProcessorHandle, RetryPolicy, ShutdownReport,
+    BuildError, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch, ProcessorHandle,
+    RetryPolicy, ShutdownReport,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use queue::MockQueue;
 pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockRepository;
-pub use repository::{OrderMetrics, Repository, StatusCounts, Transition, TransitionError};
+pub use repository::{
+    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
+};

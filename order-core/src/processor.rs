@@ -11,12 +11,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::changes::ChangeFeed;
 use crate::error::{CancelError, StorageError, SubmitError};
 use crate::handler::{HandlerError, OrderHandler};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{NewOrder, Order, OrderId};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
-use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
+
+mod watch;
+pub use watch::OrderWatch;
+
+/// One page of [`OrderProcessor::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderPage {
+    /// The orders, in the query's order.
+    pub orders: Vec<Order>,
+    /// Where the next page starts (the last id of this one), or `None` if this is the last.
+    pub next: Option<OrderId>,
+}
 
 /// The longest `last_error` kept, in characters: a handler's error should not bloat storage.
 const MAX_ERROR_CHARS: usize = 2000;
@@ -107,6 +120,7 @@ pub enum BuildError {
 pub struct OrderProcessorBuilder {
     repository: Option<Arc<dyn Repository>>,
     queue: Option<Arc<dyn Queue>>,
+    change_feed: Option<Arc<dyn ChangeFeed>>,
     handler: Arc<dyn OrderHandler>,
     settings: Settings,
 }
@@ -139,6 +153,15 @@ impl OrderProcessorBuilder {
     /// The work queue; in memory unless set.
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(queue);
+        self
+    }
+
+    /// How [`OrderProcessor::watch`] hears of changes made by other processes that share the
+    /// repository (on PostgreSQL, a [`PostgresChangeFeed`](crate::postgres::PostgresChangeFeed)).
+    /// Unset, watchers hear of this processor's own changes at once and re-read the order every
+    /// `poll_interval` for the rest.
+    pub fn change_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.change_feed = Some(feed);
         self
     }
 
@@ -212,6 +235,8 @@ impl OrderProcessorBuilder {
                 handler: self.handler,
                 settings: s,
                 events,
+                change_feed: self.change_feed,
+                watches_closed: CancellationToken::new(),
             }),
         })
     }
@@ -248,6 +273,10 @@ struct Engine {
     settings: Settings,
     /// Snapshots of orders after each change this processor makes, for `subscribe`.
     events: broadcast::Sender<Order>,
+    /// Changes made by other processes, for `watch`.
+    change_feed: Option<Arc<dyn ChangeFeed>>,
+    /// Ends every `watch` stream: a server stops them before it drains its connections.
+    watches_closed: CancellationToken,
 }
 
 impl OrderProcessor {
@@ -257,6 +286,7 @@ impl OrderProcessor {
         OrderProcessorBuilder {
             repository: None,
             queue: None,
+            change_feed: None,
             handler: Arc::new(handler),
             settings: Settings {
                 concurrency: 64,
@@ -310,6 +340,56 @@ impl OrderProcessor {
             .await?;
         self.engine.publish(&order);
         Ok(order)
+    }
+
+    /// A page of orders that `query` selects, and the cursor of the next page: pass it as
+    /// `query.after` to go on. `next` is `None` on the last page. Costs one indexed read of
+    /// `query.limit + 1` orders, however many are stored.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use order_core::{NewOrder, OrderProcessor, OrderQuery, SimulatedStep};
+    /// use rust_decimal::Decimal;
+    ///
+    /// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;
+    /// for user in ["ann", "bob", "ann"] {
+    ///     let order = NewOrder { user_id: user.into(), item_ids: vec!["i".into()], total_amount: Decimal::ONE };
+    ///     processor.submit(order).await?;
+    /// }
+    /// let page = processor.list(&OrderQuery::newest_first(1).user("ann")).await?;
+    /// assert_eq!(page.orders[0].id.get(), 3);
+    /// let rest = processor.list(&OrderQuery::newest_first(1).user("ann").after(page.next.unwrap())).await?;
+    /// assert_eq!((rest.orders[0].id.get(), rest.next), (1, None));
+    /// # Ok(()) }
+    /// ```
+    pub async fn list(&self, query: &OrderQuery) -> Result<OrderPage, StorageError> {
+        let mut one_more = query.clone();
+        one_more.limit = query.limit.saturating_add(1);
+        let mut orders = self.engine.repository.list(&one_more).await?;
+        let next = if orders.len() > query.limit {
+            orders.truncate(query.limit);
+            orders.last().map(|order| order.id)
+        } else {
+            None
+        };
+        Ok(OrderPage { orders, next })
+    }
+
+    /// The order's current state, then each change of its status, until it is COMPLETED,
+    /// FAILED or CANCELLED (the stream then ends); `None` if there is no such order.
+    ///
+    /// Changes this processor makes arrive at once; changes other processes make arrive
+    /// through the [change feed](OrderProcessorBuilder::change_feed), or, without one, within
+    /// a `poll_interval`. Two changes in quick succession may arrive as one (the later
+    /// state). The stream also ends when [`close_watches`](Self::close_watches) is called.
+    pub async fn watch(&self, id: OrderId) -> Result<Option<OrderWatch>, StorageError> {
+        watch::watch(&self.engine, id).await
+    }
+
+    /// Ends every [`watch`](Self::watch) stream, now and from now on: a server calls this
+    /// when it starts shutting down, so that open event streams do not hold its connections.
+    pub fn close_watches(&self) {
+        self.engine.watches_closed.cancel();
     }
 
     /// Counts over all orders; costs the same however many there are.

@@ -103,6 +103,83 @@ pub enum TransitionError {
     Storage(#[from] StorageError),
 }
 
+/// Which orders [`Repository::list`] returns, in what order, and from where.
+///
+/// Listings page by id: ids grow with creation, so "newest first" is "descending ids", and
+/// the cursor of the next page is the last id of this one.
+///
+/// ```
+/// use order_core::{OrderQuery, OrderStatus};
+///
+/// let first_page = OrderQuery::newest_first(20).status(OrderStatus::Pending).user("user-123");
+/// assert_eq!(first_page.limit, 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderQuery {
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only orders of this user.
+    pub user_id: Option<String>,
+    /// Only orders past this id in the listing's direction: older ones when newest first,
+    /// newer ones when oldest first. The last id of the previous page.
+    pub after: Option<OrderId>,
+    /// At most this many orders.
+    pub limit: usize,
+    /// Ascending ids (oldest first) instead of descending.
+    pub oldest_first: bool,
+}
+
+impl OrderQuery {
+    /// Up to `limit` orders of any status and user, newest first.
+    pub fn newest_first(limit: usize) -> Self {
+        Self {
+            status: None,
+            user_id: None,
+            after: None,
+            limit,
+            oldest_first: false,
+        }
+    }
+
+    /// Up to `limit` orders of any status and user, oldest first.
+    pub fn oldest_first(limit: usize) -> Self {
+        Self {
+            oldest_first: true,
+            ..Self::newest_first(limit)
+        }
+    }
+
+    /// Only orders in `status`.
+    #[must_use]
+    pub fn status(mut self, status: OrderStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only orders of `user_id`.
+    #[must_use]
+    pub fn user(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
+    }
+
+    /// Only orders past `id` in the listing's direction.
+    #[must_use]
+    pub fn after(mut self, id: OrderId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Whether `order` is one this query selects, position aside.
+    pub fn matches(&self, order: &Order) -> bool {
+        self.status.is_none_or(|status| order.status == status)
+            && self
+                .user_id
+                .as_deref()
+                .is_none_or(|user| order.user_id == user)
+    }
+}
+
 /// Counts that describe all orders, kept up to date on every write so that reading them costs
 /// the same with ten orders or ten million.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -189,6 +266,8 @@ impl StatusCounts {
 ///   new state in one step, or writes nothing and says why.
 /// - [`stranded`](Repository::stranded) finds what a lost queue would have held: PENDING
 ///   orders, and PROCESSING orders whose lease has run out.
+/// - [`list`](Repository::list) pages through orders by id, filtered by status and user, from
+///   an index: its cost grows with the page, not with the orders stored.
 /// - [`metrics`](Repository::metrics) is consistent (statuses add up to the total) and does
 ///   not read every order.
 /// - Leases are measured on the repository's own clock, so that several processes sharing one
@@ -218,6 +297,11 @@ pub trait Repository: Send + Sync {
         after: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderId>, StorageError>;
+
+    /// Up to `query.limit` orders that `query` selects, in its order (descending ids, or
+    /// ascending when `oldest_first`), starting past `query.after`. Served by an index, never
+    /// by reading every order.
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StorageError>;
 
     /// Counts over all orders, without reading them all.
     async fn metrics(&self) -> Result<OrderMetrics, StorageError>;

@@ -90,7 +90,7 @@ pub mod repository {
     use super::{LONG, SHORT, sample_order, sleep};
     use crate::order::{Order, OrderId, OrderStatus};
     use crate::queue::ClaimToken;
-    use crate::repository::{Repository, Transition, TransitionError};
+    use crate::repository::{OrderQuery, Repository, Transition, TransitionError};
 
     fn start(lease: std::time::Duration) -> (ClaimToken, Transition) {
         let claim = ClaimToken::generate();
@@ -401,6 +401,73 @@ pub mod repository {
         assert_eq!(
             conflict(&*repo, busy.id, Transition::Cancel).await,
             (OrderStatus::Processing, true)
+        );
+    }
+
+    fn listed(orders: &[Order]) -> Vec<i64> {
+        orders.iter().map(|order| order.id.get()).collect()
+    }
+
+    /// Listings are newest first (or oldest first), filtered by status and user, bounded by
+    /// the limit, and page from the cursor without gaps or repeats.
+    pub async fn list_filters_and_pages(repo: Arc<dyn Repository>) {
+        // ann: 1 2 4 5, bob: 3; 2 cancelled, 4 started.
+        let mut ids = Vec::new();
+        for user in ["ann", "ann", "bob", "ann", "ann"] {
+            ids.push(repo.insert(&sample_order(user, 1)).await.unwrap().id);
+        }
+        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        repo.transition(ids[1], Transition::Cancel).await.unwrap();
+        started(&*repo, ids[3]).await;
+
+        let all = repo.list(&OrderQuery::newest_first(10)).await.unwrap();
+        assert_eq!(listed(&all), [raw[4], raw[3], raw[2], raw[1], raw[0]]);
+        assert_eq!(all[1].status, OrderStatus::Processing, "orders come back whole");
+        assert_eq!(all[1], repo.get(ids[3]).await.unwrap().unwrap());
+
+        let oldest = repo.list(&OrderQuery::oldest_first(2)).await.unwrap();
+        assert_eq!(listed(&oldest), [raw[0], raw[1]]);
+        let next = repo
+            .list(&OrderQuery::oldest_first(2).after(ids[1]))
+            .await
+            .unwrap();
+        assert_eq!(listed(&next), [raw[2], raw[3]]);
+
+        let ann = OrderQuery::newest_first(2).user("ann");
+        let page = repo.list(&ann).await.unwrap();
+        assert_eq!(listed(&page), [raw[4], raw[3]]);
+        let page = repo.list(&ann.clone().after(ids[3])).await.unwrap();
+        assert_eq!(listed(&page), [raw[1], raw[0]]);
+        let page = repo.list(&ann.clone().after(ids[0])).await.unwrap();
+        assert!(page.is_empty(), "past the oldest there is nothing");
+
+        let pending = OrderQuery::newest_first(10).status(OrderStatus::Pending);
+        assert_eq!(
+            listed(&repo.list(&pending).await.unwrap()),
+            [raw[4], raw[2], raw[0]]
+        );
+        assert_eq!(
+            listed(&repo.list(&pending.clone().user("ann")).await.unwrap()),
+            [raw[4], raw[0]]
+        );
+        assert_eq!(
+            listed(&repo.list(&pending.clone().after(ids[2])).await.unwrap()),
+            [raw[0]]
+        );
+        let cancelled = OrderQuery::newest_first(10).status(OrderStatus::Cancelled);
+        assert_eq!(listed(&repo.list(&cancelled).await.unwrap()), [raw[1]]);
+        let oldest_pending = OrderQuery::oldest_first(1).status(OrderStatus::Pending);
+        assert_eq!(listed(&repo.list(&oldest_pending).await.unwrap()), [raw[0]]);
+
+        assert!(
+            repo.list(&OrderQuery::newest_first(10).user("nobody"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            repo.list(&OrderQuery::newest_first(0)).await.unwrap().is_empty(),
+            "a limit of 0 lists nothing"
         );
     }
 
@@ -863,6 +930,7 @@ macro_rules! repository_contract_tests {
             release_gives_an_unfinished_attempt_back,
             only_pending_orders_cancel,
             finished_orders_never_change,
+            list_filters_and_pages,
             concurrent_starts_have_one_winner,
             concurrent_inserts_get_distinct_ids,
             stranded_finds_what_a_lost_queue_held,

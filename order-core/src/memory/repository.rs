@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
@@ -10,7 +10,7 @@ use crate::error::StorageError;
 use crate::memory::{deadline, lock};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
-use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
 
 /// Orders kept in this process's memory: fast, and gone when the process exits.
 ///
@@ -39,8 +39,12 @@ pub struct InMemoryRepository {
 struct State {
     /// Every order, at index `id - 1`: ids are handed out densely from 1.
     records: Vec<Record>,
-    /// Ids of PENDING and PROCESSING orders, so recovery never walks finished ones.
-    active: BTreeSet<OrderId>,
+    /// Ids in each status, at the status's place in [`OrderStatus::ALL`]: listings by status
+    /// and the recovery sweep walk only the orders they want.
+    by_status: [BTreeSet<OrderId>; OrderStatus::ALL.len()],
+    /// Each user's ids, ascending: ids are handed out in increasing order, so appending keeps
+    /// them sorted.
+    by_user: HashMap<String, Vec<OrderId>>,
     /// Updated with every write, so reading metrics costs nothing.
     metrics: OrderMetrics,
 }
@@ -69,7 +73,42 @@ fn slot(id: OrderId) -> Option<usize> {
     usize::try_from(id.get() - 1).ok()
 }
 
+/// Where `status` sits in [`OrderStatus::ALL`], and so in `State::by_status`.
+fn status_index(status: OrderStatus) -> usize {
+    OrderStatus::ALL
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or_default()
+}
+
+/// The ids of a listing's range, in its order: below `after` descending, or above it
+/// ascending.
+fn id_bounds(query: &OrderQuery) -> (Bound<OrderId>, Bound<OrderId>) {
+    match (query.after, query.oldest_first) {
+        (None, _) => (Bound::Unbounded, Bound::Unbounded),
+        (Some(after), false) => (Bound::Unbounded, Bound::Excluded(after)),
+        (Some(after), true) => (Bound::Excluded(after), Bound::Unbounded),
+    }
+}
+
+/// The part of the ascending `ids` within `bounds`.
+fn sorted_range(ids: &[OrderId], bounds: (Bound<OrderId>, Bound<OrderId>)) -> &[OrderId] {
+    let start = match bounds.0 {
+        Bound::Excluded(after) => ids.partition_point(|&id| id <= after),
+        _ => 0,
+    };
+    let end = match bounds.1 {
+        Bound::Excluded(before) => ids.partition_point(|&id| id < before),
+        _ => ids.len(),
+    };
+    ids.get(start..end.max(start)).unwrap_or_default()
+}
+
 impl State {
+    fn statuses(&mut self, status: OrderStatus) -> &mut BTreeSet<OrderId> {
+        &mut self.by_status[status_index(status)]
+    }
+
     fn record(&self, id: OrderId) -> Option<&Record> {
         self.records.get(slot(id)?)
     }
@@ -161,9 +200,8 @@ impl State {
         if from != target {
             *self.metrics.statuses.get_mut(from) -= 1;
             *self.metrics.statuses.get_mut(target) += 1;
-            if target.is_terminal() {
-                self.active.remove(&id);
-            }
+            self.statuses(from).remove(&id);
+            self.statuses(target).insert(id);
             if target == OrderStatus::Completed {
                 self.metrics.completed_processing_micros += processing_micros(&order);
             }
@@ -208,7 +246,13 @@ impl Repository for InMemoryRepository {
             order: stored.clone(),
             holder: None,
         });
-        state.active.insert(id);
+        state.statuses(OrderStatus::Pending).insert(id);
+        match state.by_user.get_mut(order.user_id()) {
+            Some(ids) => ids.push(id),
+            None => {
+                state.by_user.insert(order.user_id().to_owned(), vec![id]);
+            }
+        }
         state.metrics.total_orders += 1;
         state.metrics.statuses.pending += 1;
         Ok(stored)
@@ -235,26 +279,71 @@ impl Repository for InMemoryRepository {
     ) -> Result<Vec<OrderId>, StorageError> {
         let now = Instant::now();
         let state = lock(&self.state);
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut found = Vec::new();
-        for &id in state.active.range((from, Bound::Unbounded)) {
-            if found.len() >= limit {
-                break;
-            }
-            let Some(record) = state.record(id) else {
-                continue;
-            };
-            let lapsed = match record.holder {
-                Some((_, until)) => until <= now,
-                None => true,
-            };
-            if record.order.status == OrderStatus::Pending
-                || (record.order.status == OrderStatus::Processing && lapsed)
-            {
-                found.push(id);
-            }
-        }
+        let from = (
+            after.map_or(Bound::Unbounded, Bound::Excluded),
+            Bound::Unbounded,
+        );
+        let pending = state.by_status[status_index(OrderStatus::Pending)]
+            .range(from)
+            .take(limit);
+        let lapsed = state.by_status[status_index(OrderStatus::Processing)]
+            .range(from)
+            .filter(|&&id| {
+                state
+                    .record(id)
+                    .is_some_and(|record| record.holder.is_none_or(|(_, until)| until <= now))
+            })
+            .take(limit);
+        let mut found: Vec<OrderId> = pending.chain(lapsed).copied().collect();
+        found.sort_unstable();
+        found.truncate(limit);
         Ok(found)
+    }
+
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StorageError> {
+        let state = lock(&self.state);
+        let bounds = id_bounds(query);
+        // The narrowest index that serves the query; a user's orders are filtered by status.
+        let ids: Box<dyn DoubleEndedIterator<Item = &OrderId>> =
+            match (&query.user_id, query.status) {
+                (Some(user), _) => Box::new(
+                    sorted_range(
+                        state.by_user.get(user).map_or(&[][..], Vec::as_slice),
+                        bounds,
+                    )
+                    .iter(),
+                ),
+                (None, Some(status)) => {
+                    Box::new(state.by_status[status_index(status)].range(bounds))
+                }
+                (None, None) => {
+                    // Order `n` is at index `n - 1`, so the range is a slice of the records.
+                    let len = state.records.len();
+                    let index = |id: OrderId| usize::try_from(id.get()).unwrap_or(len).min(len);
+                    let start = match bounds.0 {
+                        Bound::Excluded(after) => index(after),
+                        _ => 0,
+                    };
+                    let end = match bounds.1 {
+                        Bound::Excluded(before) => index(before).saturating_sub(1),
+                        _ => len,
+                    };
+                    let records = state.records.get(start..end.max(start)).unwrap_or_default();
+                    Box::new(records.iter().map(|record| &record.order.id))
+                }
+            };
+        let ids: Box<dyn Iterator<Item = &OrderId>> = if query.oldest_first {
+            ids
+        } else {
+            Box::new(ids.rev())
+        };
+        Ok(ids
+            .filter_map(|&id| state.record(id))
+            .map(|record| &record.order)
+            .filter(|order| query.matches(order))
+            .take(query.limit)
+            .cloned()
+            .collect())
     }
 
     async fn metrics(&self) -> Result<OrderMetrics, StorageError> {

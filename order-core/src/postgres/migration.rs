@@ -1,5 +1,7 @@
 //! The schema, as sea-orm-migration migrations.
 
+mod m20261125_000001_list_and_watch_orders;
+
 use sea_orm::DeriveIden;
 use sea_orm_migration::prelude::*;
 
@@ -17,7 +19,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateOrdersAndQueue)]
+        vec![
+            Box::new(CreateOrdersAndQueue),
+            Box::new(m20261125_000001_list_and_watch_orders::ListAndWatchOrders),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -8,6 +8,9 @@
 //! - [`PostgresQueue`] keeps claimable ids in `order_engine_queue`. Workers claim with
 //!   `FOR UPDATE SKIP LOCKED`, leases are timestamps on the database's clock, and idle workers
 //!   sleep on `LISTEN order_engine_queue` until a push sends `NOTIFY`.
+//! - [`PostgresChangeFeed`] hears of every status change, made by any process: a statement
+//!   trigger sends `NOTIFY order_engine_changes` with the changed ids, so that a server can
+//!   stream an order's changes to its watchers whichever server made them.
 //! - [`Migrator`] (sea-orm-migration) owns the schema. Every table, function and trigger is
 //!   prefixed `order_engine_`, and the migrator records itself in `order_engine_migrations`,
 //!   so it can run beside an embedding service's own migrations in the same database.
@@ -32,8 +35,10 @@
 //! ```
 
 mod batch;
+mod changes;
 mod entity;
 mod error;
+mod listen;
 mod migration;
 mod queue;
 mod repository;
@@ -43,6 +48,7 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
+pub use changes::PostgresChangeFeed;
 pub use migration::Migrator;
 pub use queue::PostgresQueue;
 pub use repository::PostgresRepository;
@@ -50,6 +56,10 @@ pub use sea_orm::DatabaseConnection;
 
 use crate::error::StorageError;
 use error::storage_error;
+
+/// The channel a trigger on `order_engine_orders` sends each statement's changed order ids
+/// on (comma-separated), and that [`PostgresChangeFeed`] `LISTEN`s to.
+pub const CHANGES_CHANNEL: &str = "order_engine_changes";
 
 /// The channel that [`PostgresQueue`] pushes `NOTIFY` on and idle workers `LISTEN` to.
 pub const NOTIFY_CHANNEL: &str = "order_engine_queue";
@@ -470,6 +480,121 @@ mod shared_database {
         for handle in running {
             assert_eq!(handle.shutdown(Duration::from_secs(5)).await.abandoned, 0);
         }
+    }
+
+    fn processor_on(pool: DatabaseConnection, step: Duration) -> OrderProcessor {
+        let queue = PostgresQueue::new(pool.clone());
+        OrderProcessor::builder(SimulatedStep::new(step))
+            .repository(Arc::new(PostgresRepository::new(pool.clone()).linked_to(&queue)))
+            .queue(Arc::new(queue))
+            .change_feed(Arc::new(PostgresChangeFeed::new(&pool)))
+            // Far longer than the test waits: what the watcher sees must come by NOTIFY.
+            .poll_interval(Duration::from_secs(600))
+            .build()
+            .unwrap()
+    }
+
+    /// The statuses a watch stream yields until it ends, failing after 10 s.
+    async fn statuses(watch: crate::OrderWatch) -> Vec<OrderStatus> {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(10), watch.map(|o| o.status).collect())
+            .await
+            .expect("the stream ended with a terminal status")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_on_one_pool_sees_changes_made_on_another() {
+        let db = TestDatabase::create().await;
+        let here = processor_on(db.connection().clone(), Duration::from_millis(200));
+        // Never started: every change its watchers see is made by `here`.
+        let there = processor_on(second_pool(&db).await, Duration::ZERO);
+
+        let cancelled = here.submit(sample_order("ann", 1).into_inner()).await.unwrap();
+        let watch = there.watch(cancelled.id).await.unwrap().unwrap();
+        let seen = tokio::spawn(statuses(watch));
+        // Give the feed a moment to LISTEN (it resyncs when it does, so this is not needed
+        // for correctness, only to make the cancel arrive by NOTIFY rather than by resync).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        here.cancel(cancelled.id).await.unwrap();
+        assert_eq!(
+            seen.await.unwrap(),
+            [OrderStatus::Pending, OrderStatus::Cancelled]
+        );
+
+        let processed = here.submit(sample_order("bob", 1).into_inner()).await.unwrap();
+        let watch = there.watch(processed.id).await.unwrap().unwrap();
+        let seen = tokio::spawn(statuses(watch));
+        let running = here.start();
+        assert_eq!(
+            seen.await.unwrap(),
+            [
+                OrderStatus::Pending,
+                OrderStatus::Processing,
+                OrderStatus::Completed
+            ]
+        );
+
+        // A watcher that comes after the end gets the final state, and the stream ends.
+        let late = there.watch(processed.id).await.unwrap().unwrap();
+        assert_eq!(statuses(late).await, [OrderStatus::Completed]);
+        assert!(there.watch(OrderId::new(999).unwrap()).await.unwrap().is_none());
+        running.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// Every listing shape is served by an index, never a scan of the table, once the table is
+    /// big enough for the planner to tell (statistics gathered, as autovacuum would).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_are_served_by_an_index() {
+        use sea_orm::ConnectionTrait;
+
+        let db = TestDatabase::create().await;
+        db.connection()
+            .execute_unprepared(
+                "INSERT INTO order_engine_orders (user_id, item_ids, total_amount, status) \
+                 SELECT 'user-' || (g % 500), ARRAY['item'], 1, \
+                        (ARRAY['PENDING','COMPLETED','COMPLETED','FAILED','CANCELLED'])[g % 5 + 1] \
+                   FROM generate_series(1, 50000) g; \
+                 ANALYZE order_engine_orders;",
+            )
+            .await
+            .unwrap();
+        let after = OrderId::new(40_000).unwrap();
+        for query in [
+            crate::OrderQuery::newest_first(20),
+            crate::OrderQuery::newest_first(20).after(after),
+            crate::OrderQuery::newest_first(20).status(OrderStatus::Failed),
+            crate::OrderQuery::newest_first(20).status(OrderStatus::Pending).after(after),
+            crate::OrderQuery::newest_first(20).user("user-7"),
+            crate::OrderQuery::newest_first(20).user("user-7").status(OrderStatus::Completed),
+            crate::OrderQuery::oldest_first(1).status(OrderStatus::Pending),
+        ] {
+            let (sql, values) = repository::list_statement(&query);
+            let plan = db
+                .connection()
+                .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    format!("EXPLAIN {sql}"),
+                    values,
+                ))
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                plan.contains("Index") && !plan.contains("Seq Scan") && !plan.contains("Sort"),
+                "{query:?}:\n{plan}"
+            );
+        }
+        // And the listing reads what the plan says.
+        let repository = PostgresRepository::new(db.connection().clone());
+        let page = repository
+            .list(&crate::OrderQuery::newest_first(3).user("user-7"))
+            .await
+            .unwrap();
+        let ids: Vec<i64> = page.iter().map(|o| o.id.get()).collect();
+        assert_eq!(ids, [49_507, 49_007, 48_507]);
     }
 }
 

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use super::NOTIFY_CHANNEL;
 use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::error::storage_error;
+use super::listen::next_notification;
 use super::micros;
 use super::repository::order_row;
 use crate::error::StorageError;
@@ -398,44 +399,18 @@ impl PostgresQueue {
     }
 }
 
-/// How long the `LISTEN` connection may stay silent before it is pinged: a connection to a
-/// vanished host (a partition, a frozen VM) fails no read, so silence must be checked.
-const LISTEN_PING_AFTER: Duration = Duration::from_secs(30);
-/// How long that ping may take before the connection is given up and reopened.
-const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Wakes a waiter for each notification until the connection fails or stops answering.
+/// Wakes a waiter for each notification until the connection fails or stops answering, and
+/// once more then: work may arrive while nobody listens.
 async fn listen(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
-    loop {
-        let received = match tokio::time::timeout(LISTEN_PING_AFTER, listener.try_recv()).await {
-            Ok(received) => received,
-            Err(_) => {
-                let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
-                match tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(err)) => warn!(error = %err, "LISTEN connection failed its ping"),
-                    Err(_) => warn!("LISTEN connection did not answer its ping"),
-                }
-                return;
-            }
-        };
+    while let Some(notification) = next_notification(listener).await {
         let Some(w) = wakeups.upgrade() else { return };
-        match received {
-            // This queue's own pushes woke its waiters already, without the round trip.
-            Ok(Some(notification)) if notification.payload() == w.sender => {}
-            Ok(Some(_)) => w.notify.notify_one(),
-            // The connection dropped: reopen it (and wake waiters once it is back).
-            Ok(None) => {
-                debug!("LISTEN connection lost; reconnecting");
-                w.notify.notify_one();
-                return;
-            }
-            Err(err) => {
-                warn!(error = %err, "LISTEN connection failed");
-                w.notify.notify_one();
-                return;
-            }
+        // This queue's own pushes woke its waiters already, without the round trip.
+        if notification.payload() != w.sender {
+            w.notify.notify_one();
         }
+    }
+    if let Some(w) = wakeups.upgrade() {
+        w.notify.notify_one();
     }
 }
 

@@ -19,7 +19,9 @@ use super::queue::{Handoff, PostgresQueue};
 use crate::error::StorageError;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
-use crate::repository::{OrderMetrics, Repository, StatusCounts, Transition, TransitionError};
+use crate::repository::{
+    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
+};
 
 /// Orders in PostgreSQL (`order_engine_orders`), see [the module](super).
 ///
@@ -268,6 +270,39 @@ async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Opti
         Ok(found) => ids.iter().map(|id| Ok(found.get(id).cloned())).collect(),
         Err(err) => failed(ids.len(), &err),
     }
+}
+
+/// The statement of a listing: the filters that are set, each a bound parameter, so that the
+/// planner sees which index serves it (`(status, id)`, `(user_id, id)` or the primary key)
+/// rather than one generic plan for every combination.
+pub(super) fn list_statement(query: &OrderQuery) -> (String, Vec<Value>) {
+    let mut conditions = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(status) = query.status {
+        values.push(status.as_str().into());
+        conditions.push(format!("status = ${}", values.len()));
+    }
+    if let Some(user) = &query.user_id {
+        values.push(user.as_str().into());
+        conditions.push(format!("user_id = ${}", values.len()));
+    }
+    if let Some(after) = query.after {
+        values.push(after.get().into());
+        let direction = if query.oldest_first { ">" } else { "<" };
+        conditions.push(format!("id {direction} ${}", values.len()));
+    }
+    values.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let order = if query.oldest_first { "ASC" } else { "DESC" };
+    let sql = format!(
+        "SELECT * FROM order_engine_orders {filter} ORDER BY id {order} LIMIT ${}",
+        values.len()
+    );
+    (sql, values)
 }
 
 /// The columns every transition sets when an order leaves PROCESSING: the claim is cleared.
@@ -628,6 +663,12 @@ impl Repository for PostgresRepository {
                     .ok_or_else(|| StorageError::other(format!("invalid order id {raw}")))
             })
             .collect()
+    }
+
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StorageError> {
+        let (sql, values) = list_statement(query);
+        let rows = rows(&self.db, "could not list orders", &sql, values).await?;
+        rows.iter().map(order_row).collect()
     }
 
     /// The database answers and every migration is applied ([`check_ready`](super::check_ready)).

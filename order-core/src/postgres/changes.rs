@@ -1,0 +1,118 @@
+//! [`ChangeFeed`] on PostgreSQL.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use sea_orm::sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::broadcast;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, warn};
+
+use super::CHANGES_CHANNEL;
+use super::listen::next_notification;
+use crate::changes::{Change, ChangeFeed};
+use crate::order::OrderId;
+
+/// How many reports a slow receiver may fall behind before it is told it lagged.
+const BACKLOG: usize = 4096;
+
+/// Status changes made by every process on the database: a trigger sends
+/// `NOTIFY order_engine_changes` with the ids each statement changed, and this feed
+/// `LISTEN`s on one connection of the pool, opened when the first receiver subscribes and
+/// reopened (with a [`Change::Resync`]) whenever it is lost.
+///
+/// Cloning is cheap: clones share the connection and the receivers; the connection is closed
+/// when the last clone is dropped.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use order_core::postgres::{self, PoolOptions, PostgresChangeFeed};
+/// use order_core::{OrderProcessor, SimulatedStep};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
+/// let processor = OrderProcessor::builder(SimulatedStep::default())
+///     // ... the PostgreSQL repository and queue ...
+///     .change_feed(Arc::new(PostgresChangeFeed::new(&db)))
+///     .build()?;
+/// # let _ = processor;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresChangeFeed {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pool: PgPool,
+    reports: broadcast::Sender<Change>,
+    /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
+    listener: OnceLock<AbortOnDropHandle<()>>,
+}
+
+impl PostgresChangeFeed {
+    /// A feed over the database of `db`'s pool; it listens once something subscribes.
+    pub fn new(db: &DatabaseConnection) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool: db.get_postgres_connection_pool().clone(),
+                reports: broadcast::Sender::new(BACKLOG),
+                listener: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+impl ChangeFeed for PostgresChangeFeed {
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        let receiver = self.shared.reports.subscribe();
+        self.shared.listener.get_or_init(|| {
+            let pool = self.shared.pool.clone();
+            // Only a weak reference: dropping the last feed stops the task.
+            AbortOnDropHandle::new(tokio::spawn(relay(pool, Arc::downgrade(&self.shared))))
+        });
+        receiver
+    }
+}
+
+/// Holds the `LISTEN` connection, reopening it with growing pauses, and reports each
+/// notification's ids; every time `LISTEN` is (re)established, reports a `Resync` for what
+/// happened while nobody listened.
+async fn relay(pool: PgPool, shared: Weak<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(CHANGES_CHANNEL).await {
+                Ok(()) => {
+                    debug!(channel = CHANGES_CHANNEL, "listening for order changes");
+                    backoff = Duration::from_millis(100);
+                    report(&shared, Change::Resync);
+                    while let Some(notification) = next_notification(&mut listener).await {
+                        for raw in notification.payload().split(',') {
+                            match raw.parse().ok().and_then(OrderId::new) {
+                                Some(id) => report(&shared, Change::Order(id)),
+                                None => warn!(payload = raw, "unexpected order change payload"),
+                            }
+                        }
+                    }
+                }
+                Err(err) => warn!(error = %err, "could not LISTEN for order changes"),
+            },
+            Err(err) => debug!(error = %err, "could not open a LISTEN connection"),
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn report(shared: &Weak<Shared>, change: Change) {
+    if let Some(shared) = shared.upgrade() {
+        // No receiver is not an error: nobody watches right now.
+        let _ = shared.reports.send(change);
+    }
+}

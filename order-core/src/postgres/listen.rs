@@ -1,0 +1,43 @@
+//! What the queue's and the change feed's `LISTEN` connections share: noticing that a quiet
+//! connection has died.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::{PgListener, PgNotification};
+use tracing::{debug, warn};
+
+/// How long a `LISTEN` connection may stay silent before it is pinged: a connection to a
+/// vanished host (a partition, a frozen VM) fails no read, so silence must be checked.
+const LISTEN_PING_AFTER: Duration = Duration::from_secs(30);
+/// How long that ping may take before the connection is given up and reopened.
+const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The next notification; `None` once the connection has failed, dropped or stopped
+/// answering pings, and should be reopened (notifications sent meanwhile are lost).
+pub(super) async fn next_notification(listener: &mut PgListener) -> Option<PgNotification> {
+    loop {
+        let received = match tokio::time::timeout(LISTEN_PING_AFTER, listener.try_recv()).await {
+            Ok(received) => received,
+            Err(_) => {
+                let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(err)) => warn!(error = %err, "LISTEN connection failed its ping"),
+                    Err(_) => warn!("LISTEN connection did not answer its ping"),
+                }
+                return None;
+            }
+        };
+        return match received {
+            Ok(Some(notification)) => Some(notification),
+            Ok(None) => {
+                debug!("LISTEN connection lost; reconnecting");
+                None
+            }
+            Err(err) => {
+                warn!(error = %err, "LISTEN connection failed");
+                None
+            }
+        };
+    }
+}
