@@ -42,6 +42,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 step "example: embedded"
 cargo run --quiet -p examples --example embedded
 
+step "example: retries"
+cargo run --quiet -p examples --example retries
+
 step "example: postgres"
 example_db="order_example_$$"
 drop_example_db() {
