@@ -42,6 +42,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 step "example: embedded"
 cargo run --quiet -p examples --example embedded
 
+step "example: retries"
+cargo run --quiet -p examples --example retries
+
+step "example: nest_in_axum (serves on 127.0.0.1 and checks itself over HTTP)"
+cargo run --quiet -p examples --example nest_in_axum
+
 step "example: postgres"
 example_db="order_example_$$"
 drop_example_db() {

@@ -62,8 +62,6 @@
 //! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`])
 //!   that every `Repository` and `Queue` must pass; run it against your own adapter.
 
-#![warn(missing_docs)]
-
 pub mod changes;
 mod error;
 pub mod handler;

@@ -13,6 +13,7 @@ mod errors;
 mod failures;
 mod helpers;
 mod metrics;
+mod nest;
 mod orders;
 mod outage;
 mod postgres;
