@@ -422,7 +422,11 @@ pub mod repository {
 
         let all = repo.list(&OrderQuery::newest_first(10)).await.unwrap();
         assert_eq!(listed(&all), [raw[4], raw[3], raw[2], raw[1], raw[0]]);
-        assert_eq!(all[1].status, OrderStatus::Processing, "orders come back whole");
+        assert_eq!(
+            all[1].status,
+            OrderStatus::Processing,
+            "orders come back whole"
+        );
         assert_eq!(all[1], repo.get(ids[3]).await.unwrap().unwrap());
 
         let oldest = repo.list(&OrderQuery::oldest_first(2)).await.unwrap();
@@ -466,7 +470,10 @@ pub mod repository {
                 .is_empty()
         );
         assert!(
-            repo.list(&OrderQuery::newest_first(0)).await.unwrap().is_empty(),
+            repo.list(&OrderQuery::newest_first(0))
+                .await
+                .unwrap()
+                .is_empty(),
             "a limit of 0 lists nothing"
         );
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
+use order_core::postgres::{
+    self, PoolOptions, PostgresChangeFeed, PostgresQueue, PostgresRepository,
+};
 use order_core::{BuildError, OrderProcessor, RetryPolicy, SimulatedStep, StorageError};
 use tracing::{info, warn};
 
@@ -26,8 +28,9 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// How many orders may be processed at once (tasks, not threads).
-    #[arg(long, env = "WORKERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// How many orders may be processed at once (tasks, not threads). 0: this server serves
+    /// the API and processes nothing, leaving the work to other servers on the same database.
+    #[arg(long, env = "WORKERS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub workers: u32,
 
     /// How long the simulated processing step takes per order, in milliseconds.
@@ -137,7 +140,7 @@ impl Config {
     pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
         let step = SimulatedStep::new(Duration::from_millis(self.processing_delay_ms));
         let mut builder = OrderProcessor::builder(step)
-            .concurrency(self.workers as usize)
+            .concurrency(self.workers.max(1) as usize)
             .lease(Duration::from_millis(self.lease_ms))
             .poll_interval(Duration::from_millis(self.poll_interval_ms))
             .retry_policy(RetryPolicy {
@@ -148,6 +151,7 @@ impl Config {
             let db = self.connect_and_migrate(url).await?;
             let queue = PostgresQueue::new(db.clone());
             builder = builder
+                .change_feed(Arc::new(PostgresChangeFeed::new(&db)))
                 .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
                 .queue(Arc::new(queue));
         }
@@ -219,7 +223,8 @@ mod tests {
 
     #[test]
     fn flags_are_checked() {
-        assert!(Config::try_parse_from(["order-server", "--workers", "0"]).is_err());
+        assert!(Config::try_parse_from(["order-server", "--workers", "-1"]).is_err());
+        assert!(Config::try_parse_from(["order-server", "--workers", "100001"]).is_err());
         assert!(Config::try_parse_from(["order-server", "--port", "70000"]).is_err());
         assert!(Config::try_parse_from(["order-server", "--host", "nowhere"]).is_err());
         let config =

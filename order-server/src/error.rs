@@ -5,11 +5,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use order_core::{QueueError, StorageError, SubmitError, ValidationError};
+use order_core::{CancelError, QueueError, StorageError, SubmitError, ValidationError};
 use serde::Serialize;
 
 /// Everything a request can fail with. Each variant's status is in its doc comment; the body is
@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 404: no such order, or no such route.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the order is not in a state that allows this (the message names its status).
+    #[error("{0}")]
+    Conflict(String),
     /// 503: the storage cannot be reached; retrying later may work. The cause is logged, not
     /// shown.
     #[error("storage unavailable, try again later")]
@@ -80,6 +83,22 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<CancelError> for ApiError {
+    fn from(err: CancelError) -> Self {
+        match err {
+            CancelError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            CancelError::NotCancellable { .. } => ApiError::Conflict(err.to_string()),
+            CancelError::Storage(err) => err.into(),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         ApiError::Rejected {
@@ -106,6 +125,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

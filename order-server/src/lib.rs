@@ -6,7 +6,10 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /orders` | `201 {"order": ...}` with `Location`; `400`/`415`/`422`/`413` for bad input |
+//! | `GET /orders?status=&userId=&limit=&after=` | `200 {"orders": [...], "nextCursor"}`, newest first; `400` for a bad parameter |
 //! | `GET /orders/{id}` | `200 {"order": ...}`; `400` for a bad id, `404` for an unknown one |
+//! | `POST /orders/{id}/cancel` | `200 {"order": ...}` CANCELLED; `409` naming the status of an order no longer PENDING |
+//! | `GET /orders/{id}/events` | Server-Sent Events: a `status` event `{"order": ...}` now and at each change, until a terminal status |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
@@ -34,6 +37,7 @@ mod routes;
 
 pub use config::{Config, ConfigError, LogFormat};
 pub use error::{ApiError, ErrorBody};
+pub use routes::{DEFAULT_PAGE, MAX_PAGE};
 
 /// The largest request body accepted: 1 MiB, far above the largest valid order (1000 item ids
 /// of 128 characters).
@@ -60,8 +64,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
     Router::new()
-        .route("/orders", post(routes::create_order))
+        .route(
+            "/orders",
+            post(routes::create_order).get(routes::list_orders),
+        )
         .route("/orders/{id}", get(routes::get_order))
+        .route("/orders/{id}/cancel", post(routes::cancel_order))
+        .route("/orders/{id}/events", get(routes::order_events))
         .route("/metrics", get(routes::metrics))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

@@ -33,15 +33,24 @@ async fn main() -> anyhow::Result<()> {
         warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
     }
 
-    let running = processor.start();
-    run(
-        listener,
-        app(processor, config.request_timeout()),
-        shutdown_signal(),
-    )
-    .await
-    .context("server failed")?;
-    let report = running.shutdown(config.shutdown_timeout()).await;
-    info!(abandoned = report.abandoned, "stopped");
+    let running = if config.workers == 0 {
+        info!("WORKERS=0: serving the API only; other servers process the orders");
+        None
+    } else {
+        Some(processor.start())
+    };
+    let watched = processor.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open event streams would otherwise hold their connections, and the drain, open.
+        watched.close_watches();
+    };
+    run(listener, app(processor, config.request_timeout()), shutdown)
+        .await
+        .context("server failed")?;
+    if let Some(running) = running {
+        let report = running.shutdown(config.shutdown_timeout()).await;
+        info!(abandoned = report.abandoned, "stopped");
+    }
     Ok(())
 }

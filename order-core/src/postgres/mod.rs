@@ -485,7 +485,9 @@ mod shared_database {
     fn processor_on(pool: DatabaseConnection, step: Duration) -> OrderProcessor {
         let queue = PostgresQueue::new(pool.clone());
         OrderProcessor::builder(SimulatedStep::new(step))
-            .repository(Arc::new(PostgresRepository::new(pool.clone()).linked_to(&queue)))
+            .repository(Arc::new(
+                PostgresRepository::new(pool.clone()).linked_to(&queue),
+            ))
             .queue(Arc::new(queue))
             .change_feed(Arc::new(PostgresChangeFeed::new(&pool)))
             // Far longer than the test waits: what the watcher sees must come by NOTIFY.
@@ -509,7 +511,10 @@ mod shared_database {
         // Never started: every change its watchers see is made by `here`.
         let there = processor_on(second_pool(&db).await, Duration::ZERO);
 
-        let cancelled = here.submit(sample_order("ann", 1).into_inner()).await.unwrap();
+        let cancelled = here
+            .submit(sample_order("ann", 1).into_inner())
+            .await
+            .unwrap();
         let watch = there.watch(cancelled.id).await.unwrap().unwrap();
         let seen = tokio::spawn(statuses(watch));
         // Give the feed a moment to LISTEN (it resyncs when it does, so this is not needed
@@ -521,7 +526,10 @@ mod shared_database {
             [OrderStatus::Pending, OrderStatus::Cancelled]
         );
 
-        let processed = here.submit(sample_order("bob", 1).into_inner()).await.unwrap();
+        let processed = here
+            .submit(sample_order("bob", 1).into_inner())
+            .await
+            .unwrap();
         let watch = there.watch(processed.id).await.unwrap().unwrap();
         let seen = tokio::spawn(statuses(watch));
         let running = here.start();
@@ -537,7 +545,13 @@ mod shared_database {
         // A watcher that comes after the end gets the final state, and the stream ends.
         let late = there.watch(processed.id).await.unwrap().unwrap();
         assert_eq!(statuses(late).await, [OrderStatus::Completed]);
-        assert!(there.watch(OrderId::new(999).unwrap()).await.unwrap().is_none());
+        assert!(
+            there
+                .watch(OrderId::new(999).unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
         running.shutdown(Duration::from_secs(5)).await;
     }
 
@@ -563,9 +577,13 @@ mod shared_database {
             crate::OrderQuery::newest_first(20),
             crate::OrderQuery::newest_first(20).after(after),
             crate::OrderQuery::newest_first(20).status(OrderStatus::Failed),
-            crate::OrderQuery::newest_first(20).status(OrderStatus::Pending).after(after),
+            crate::OrderQuery::newest_first(20)
+                .status(OrderStatus::Pending)
+                .after(after),
             crate::OrderQuery::newest_first(20).user("user-7"),
-            crate::OrderQuery::newest_first(20).user("user-7").status(OrderStatus::Completed),
+            crate::OrderQuery::newest_first(20)
+                .user("user-7")
+                .status(OrderStatus::Completed),
             crate::OrderQuery::oldest_first(1).status(OrderStatus::Pending),
         ] {
             let (sql, values) = repository::list_statement(&query);

@@ -940,12 +940,19 @@ async fn list_pages_newest_first_with_a_cursor() {
         .list(&OrderQuery::newest_first(2).after(ids[3]))
         .await
         .unwrap();
-    assert_eq!((listed(&second), second.next), (vec![ids[2], ids[1]], Some(ids[1])));
+    assert_eq!(
+        (listed(&second), second.next),
+        (vec![ids[2], ids[1]], Some(ids[1]))
+    );
     let last = processor
         .list(&OrderQuery::newest_first(2).after(ids[1]))
         .await
         .unwrap();
     assert_eq!((listed(&last), last.next), (vec![ids[0]], None));
     let exact = processor.list(&OrderQuery::newest_first(5)).await.unwrap();
-    assert_eq!((exact.orders.len(), exact.next), (5, None), "no empty page after");
+    assert_eq!(
+        (exact.orders.len(), exact.next),
+        (5, None),
+        "no empty page after"
+    );
 }

@@ -12,6 +12,7 @@
 mod errors;
 mod failures;
 mod helpers;
+mod listing;
 mod metrics;
 mod nest;
 mod orders;
