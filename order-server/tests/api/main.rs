@@ -17,6 +17,7 @@ mod metrics;
 mod nest;
 mod orders;
 mod outage;
+mod pg_orders;
 mod postgres;
 mod process;
 mod server;

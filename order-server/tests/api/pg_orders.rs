@@ -1,0 +1,186 @@
+//! Listing, cancelling and watching orders through the real binary on PostgreSQL, with
+//! several servers on one database.
+
+use std::time::Duration;
+
+use order_core::testing::TestDatabase;
+use serde_json::{Value, json};
+
+use crate::listing::{status_events, statuses};
+use crate::postgres::{direct_counts, wait_until_all_finished};
+use crate::process::{Server, spawn_server};
+
+fn order(user: &str) -> Value {
+    json!({"userId": user, "itemIds": ["item1"], "totalAmount": 12.5})
+}
+
+/// A server on `db` that serves the API and processes nothing.
+async fn api_only(db: &TestDatabase) -> Server {
+    spawn_server(&[("DATABASE_URL", db.url()), ("WORKERS", "0")]).await
+}
+
+/// The whole event stream of an order from `server`, which must end within 10 s.
+async fn events(server: &Server, id: i64) -> Vec<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/orders/{id}/events", server.base))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    status_events(&response.text().await.expect("the stream ends in time"))
+}
+
+fn ids(body: &Value) -> Vec<i64> {
+    body["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|order| order["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn orders_list_and_cancel_on_postgres() {
+    let db = TestDatabase::create().await;
+    let server = api_only(&db).await;
+    let mut created = Vec::new();
+    for user in ["ann", "bob", "ann"] {
+        created.push(server.create(&order(user)).await);
+    }
+
+    let (status, page) = server.get("/orders?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), [created[2], created[1]]);
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, rest) = server.get(&format!("/orders?limit=2&after={cursor}")).await;
+    assert_eq!(
+        (ids(&rest), &rest["nextCursor"]),
+        (vec![created[0]], &Value::Null)
+    );
+    let (_, ann) = server.get("/orders?userId=ann").await;
+    assert_eq!(ids(&ann), [created[2], created[0]]);
+
+    let (status, cancelled) = server
+        .post(&format!("/orders/{}/cancel", created[1]), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["order"]["status"], "CANCELLED");
+    let (status, again) = server
+        .post(&format!("/orders/{}/cancel", created[1]), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again["error"].as_str().unwrap().contains("is CANCELLED"));
+    let (_, listed) = server.get("/orders?status=CANCELLED").await;
+    assert_eq!(ids(&listed), [created[1]]);
+    let (_, listed) = server.get("/orders?status=PENDING&userId=bob").await;
+    assert_eq!(ids(&listed), Vec::<i64>::new());
+    let (status, bad) = server.get("/orders?limit=1000").await;
+    assert_eq!(status, 400, "{bad}");
+
+    // A worker that comes later never starts the cancelled order, though it was queued.
+    let worker = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "10")]).await;
+    wait_until_all_finished(db.connection(), Duration::from_secs(20)).await;
+    let (_, read) = server.get(&format!("/orders/{}", created[1])).await;
+    assert_eq!(
+        (&read["order"]["status"], &read["order"]["attempts"]),
+        (&json!("CANCELLED"), &json!(0))
+    );
+    let counts = direct_counts(db.connection()).await;
+    assert_eq!(counts.get("COMPLETED"), Some(&2), "{counts:?}");
+    worker.kill().await;
+}
+
+#[tokio::test]
+async fn an_order_being_processed_on_postgres_cannot_be_cancelled() {
+    let db = TestDatabase::create().await;
+    let server =
+        spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "20000")]).await;
+    let id = server.create(&order("ann")).await;
+    let began = std::time::Instant::now();
+    loop {
+        let (_, read) = server.get(&format!("/orders/{id}")).await;
+        if read["order"]["status"] == "PROCESSING" {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{read}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, refused) = server
+        .post(&format!("/orders/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        refused["error"],
+        format!("order {id} is PROCESSING and can no longer be cancelled")
+    );
+    server.kill().await;
+}
+
+/// Each server streams changes made by another: the watchers' own servers process nothing
+/// and poll only every 30 s, so what they stream within the 10 s bound came by NOTIFY.
+#[tokio::test]
+async fn event_streams_follow_changes_made_by_other_servers() {
+    let db = TestDatabase::create().await;
+    let (here, there) = tokio::join!(api_only(&db), api_only(&db));
+
+    let cancelled = here.create(&order("ann")).await;
+    let watching = tokio::spawn(async move {
+        let seen = events(&there, cancelled).await;
+        (seen, there)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = here
+        .post(&format!("/orders/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (seen, there) = watching.await.unwrap();
+    assert_eq!(statuses(&seen), ["PENDING", "CANCELLED"]);
+
+    let processed = here.create(&order("bob")).await;
+    let watching = tokio::spawn(async move {
+        let seen = events(&there, processed).await;
+        (seen, there)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "500")]).await;
+    let (seen, there) = watching.await.unwrap();
+    assert_eq!(statuses(&seen), ["PENDING", "PROCESSING", "COMPLETED"]);
+    assert_eq!(seen[2]["order"]["attempts"], 1);
+
+    // Late watchers get the final state and the stream ends, on either server.
+    assert_eq!(statuses(&events(&here, processed).await), ["COMPLETED"]);
+    assert_eq!(statuses(&events(&there, cancelled).await), ["CANCELLED"]);
+    let (status, body) = there.get("/orders/424242/events").await;
+    assert_eq!(status, 404, "{body}");
+
+    // SIGTERM with a stream open: the stream is closed and the server exits promptly.
+    let pending = here.create(&order("cy")).await;
+    worker.kill().await;
+    let open = tokio::spawn({
+        let base = here.base.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/orders/{pending}/events"))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    let (clean, _) = here.terminate().await;
+    assert!(clean, "exit 0");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let streamed = open.await.unwrap().expect("the stream ended cleanly");
+    assert_eq!(statuses(&status_events(&streamed)), ["PENDING"]);
+    there.kill().await;
+}
