@@ -482,14 +482,14 @@ mod shared_database {
         }
     }
 
-    fn processor_on(pool: DatabaseConnection, step: Duration) -> OrderProcessor {
+    fn processor_on(pool: &DatabaseConnection, step: Duration) -> OrderProcessor {
         let queue = PostgresQueue::new(pool.clone());
         OrderProcessor::builder(SimulatedStep::new(step))
             .repository(Arc::new(
                 PostgresRepository::new(pool.clone()).linked_to(&queue),
             ))
             .queue(Arc::new(queue))
-            .change_feed(Arc::new(PostgresChangeFeed::new(&pool)))
+            .change_feed(Arc::new(PostgresChangeFeed::new(pool)))
             // Far longer than the test waits: what the watcher sees must come by NOTIFY.
             .poll_interval(Duration::from_secs(600))
             .build()
@@ -507,9 +507,9 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_on_one_pool_sees_changes_made_on_another() {
         let db = TestDatabase::create().await;
-        let here = processor_on(db.connection().clone(), Duration::from_millis(200));
+        let here = processor_on(db.connection(), Duration::from_millis(200));
         // Never started: every change its watchers see is made by `here`.
-        let there = processor_on(second_pool(&db).await, Duration::ZERO);
+        let there = processor_on(&second_pool(&db).await, Duration::ZERO);
 
         let cancelled = here
             .submit(sample_order("ann", 1).into_inner())
