@@ -136,7 +136,9 @@ async fn the_api_keeps_orders_in_postgres_across_restarts() {
         .connection()
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "DELETE FROM order_engine_migrations RETURNING version",
+            "DELETE FROM order_engine_migrations \
+              WHERE version = (SELECT max(version) FROM order_engine_migrations) \
+              RETURNING version",
         ))
         .await
         .unwrap();
