@@ -97,3 +97,11 @@ pub use repository::MockRepository;
 pub use repository::{
     OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
 };
+
+/// Locks `mutex`, going on past poisoning: no critical section in this crate panics between
+/// two writes, so a poisoned lock still guards consistent state.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -236,7 +236,7 @@ impl OrderProcessorBuilder {
                 settings: s,
                 events,
                 change_feed: self.change_feed,
-                watches_closed: CancellationToken::new(),
+                watchers: Arc::default(),
             }),
         })
     }
@@ -275,8 +275,8 @@ struct Engine {
     events: broadcast::Sender<Order>,
     /// Changes made by other processes, for `watch`.
     change_feed: Option<Arc<dyn ChangeFeed>>,
-    /// Ends every `watch` stream: a server stops them before it drains its connections.
-    watches_closed: CancellationToken,
+    /// The open `watch` streams, by order.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl OrderProcessor {
@@ -380,8 +380,8 @@ impl OrderProcessor {
     ///
     /// Changes this processor makes arrive at once; changes other processes make arrive
     /// through the [change feed](OrderProcessorBuilder::change_feed), or, without one, within
-    /// a `poll_interval`. Two changes in quick succession may arrive as one (the later
-    /// state). The stream also ends when [`close_watches`](Self::close_watches) is called.
+    /// a `poll_interval`: changes made elsewhere in quick succession may arrive as one (the
+    /// later state). The stream also ends when [`close_watches`](Self::close_watches) is called.
     pub async fn watch(&self, id: OrderId) -> Result<Option<OrderWatch>, StorageError> {
         watch::watch(&self.engine, id).await
     }
@@ -389,7 +389,7 @@ impl OrderProcessor {
     /// Ends every [`watch`](Self::watch) stream, now and from now on: a server calls this
     /// when it starts shutting down, so that open event streams do not hold its connections.
     pub fn close_watches(&self) {
-        self.engine.watches_closed.cancel();
+        self.engine.watchers.closed.cancel();
     }
 
     /// Counts over all orders; costs the same however many there are.
@@ -556,6 +556,7 @@ impl Engine {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(order.clone());
         }
+        self.watchers.publish(order);
     }
 
     /// Applies a worker's transition, retrying a storage failure a few times: the handler's

@@ -8,16 +8,9 @@ mod repository;
 pub use queue::InMemoryQueue;
 pub use repository::InMemoryRepository;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-/// Locks `mutex`, going on past poisoning: the critical sections in this module never panic
-/// between two writes, so a poisoned lock still guards consistent state.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// `now + after`, saturating at a century away instead of overflowing: computed before any
 /// state is touched, so that no duration, however large, can panic a critical section.

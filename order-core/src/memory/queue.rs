@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::memory::{deadline, lock};
+use crate::lock;
+use crate::memory::deadline;
 use crate::order::OrderId;
 use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 

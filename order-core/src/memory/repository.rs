@@ -7,7 +7,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::time::Instant;
 
 use crate::error::StorageError;
-use crate::memory::{deadline, lock};
+use crate::lock;
+use crate::memory::deadline;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};

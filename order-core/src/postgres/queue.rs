@@ -20,6 +20,7 @@ use super::listen::next_notification;
 use super::micros;
 use super::repository::order_row;
 use crate::error::StorageError;
+use crate::lock;
 use crate::order::{Order, OrderId};
 use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 
@@ -93,13 +94,6 @@ impl Handoff {
     pub(crate) fn take_started(&self, id: OrderId, claim: ClaimToken) -> Option<Order> {
         lock(&self.started).remove(&(id, claim))
     }
-}
-
-/// A poisoned lock only means a panic elsewhere while marking; the marks are still valid.
-fn lock<T>(marks: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    marks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn mark<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, new: impl IntoIterator<Item = T>) {

@@ -956,3 +956,30 @@ async fn list_pages_newest_first_with_a_cursor() {
         "no empty page after"
     );
 }
+
+#[tokio::test]
+async fn a_dropped_or_finished_watch_leaves_nothing_registered() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(10)))
+        .build()
+        .unwrap();
+    let waiting = processor.submit(new_order("ann")).await.unwrap();
+    let finishing = processor.submit(new_order("bob")).await.unwrap();
+    let dropped = processor.watch(waiting.id).await.unwrap().unwrap();
+    let followed = processor.watch(finishing.id).await.unwrap().unwrap();
+    let registered = || processor.engine.watchers.registered();
+    assert_eq!(registered(), (2, 2));
+    drop(dropped);
+    let running = processor.start();
+    assert_eq!(
+        watched(followed).await.last(),
+        Some(&OrderStatus::Completed)
+    );
+    tokio::time::timeout(WAIT, async {
+        while registered() != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both watchers deregistered");
+    running.shutdown(WAIT).await;
+}
