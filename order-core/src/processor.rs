@@ -17,6 +17,7 @@ use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{NewOrder, Order, OrderId};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, Repository, Transition, TransitionError};
+use crate::telemetry::{self, count, observe};
 
 /// The longest `last_error` kept, in characters: a handler's error should not bloat storage.
 const MAX_ERROR_CHARS: usize = 2000;
@@ -274,6 +275,8 @@ impl OrderProcessor {
     pub async fn submit(&self, order: NewOrder) -> Result<Order, SubmitError> {
         let valid = order.validate()?;
         let order = self.engine.repository.insert(&valid).await?;
+        count(telemetry::ORDERS_CREATED);
+        info!(order_id = %order.id, "order accepted");
         self.engine.publish(&order);
         // A connection cut by a database restart fails once; a couple of quick retries spare
         // the order a wait for the recovery sweep. They stop after a second, so that a
@@ -308,6 +311,8 @@ impl OrderProcessor {
             .repository
             .transition(id, Transition::Cancel)
             .await?;
+        count(telemetry::ORDERS_CANCELLED);
+        info!(order_id = %id, "order cancelled");
         self.engine.publish(&order);
         Ok(order)
     }
@@ -670,7 +675,19 @@ async fn process(
         }
     };
     engine.publish(&order);
-    debug!(attempt = order.attempts, "processing");
+    // The attempt number is on the events rather than recorded into the span: the JSON log
+    // format re-serializes a span's fields on every record.
+    info!(attempt = order.attempts, "attempt started");
+    if order.attempts == 1 {
+        // Both times are the repository's, so a clock that differs from this host's skews
+        // nothing; a negative span (a clock stepped back) is left out.
+        let start = order.processing_start_time.unwrap_or(order.updated_at);
+        if let Ok(waited) = (start - order.created_at).to_std() {
+            observe(telemetry::QUEUE_WAIT, waited);
+        }
+    }
+
+    let handler_began = tokio::time::Instant::now();
 
     let outcome = tokio::select! {
         biased;
@@ -679,11 +696,13 @@ async fn process(
             return;
         }
         () = keep_lease(engine, &claim, claimed_at) => {
+            count(telemetry::LEASES_LOST);
             warn!("lease lost to another worker; abandoning this attempt");
             return;
         }
         result = AssertUnwindSafe(engine.handler.process(&order)).catch_unwind() => result,
     };
+    observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
     let result = outcome.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -701,7 +720,8 @@ async fn process(
             .await
         {
             Ok(_) => {
-                debug!("completed");
+                count(telemetry::ORDERS_COMPLETED);
+                info!(attempt = order.attempts, "order completed");
                 settle(engine.queue.ack(&claim).await);
             }
             Err(err) => warn!(error = %err, "could not record completion"),
@@ -720,7 +740,10 @@ async fn process(
                     )
                     .await
                 {
-                    Ok(_) => settle(engine.queue.ack(&claim).await),
+                    Ok(_) => {
+                        count(telemetry::ORDERS_FAILED);
+                        settle(engine.queue.ack(&claim).await);
+                    }
                     Err(err) => warn!(error = %err, "could not record the failure"),
                 }
             } else {
@@ -736,7 +759,10 @@ async fn process(
                     )
                     .await
                 {
-                    Ok(_) => settle(engine.queue.retry(&claim, delay).await),
+                    Ok(_) => {
+                        count(telemetry::RETRIES);
+                        settle(engine.queue.retry(&claim, delay).await);
+                    }
                     Err(err) => warn!(error = %err, "could not record the failed attempt"),
                 }
             }
@@ -862,7 +888,10 @@ async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
     loop {
         let page = engine.repository.stranded(after, SWEEP_PAGE).await?;
         match engine.queue.push_many(&page).await {
-            Ok(added) => pushed += added,
+            Ok(added) => {
+                pushed += added;
+                metrics::counter!(telemetry::SWEEP_REQUEUED).increment(added as u64);
+            }
             Err(QueueError::LeaseLost(_)) => {}
             Err(QueueError::Storage(err)) => return Err(err),
         }
