@@ -8,10 +8,22 @@
 //! | `POST /orders` | `201 {"order": ...}` with `Location`; `400`/`415`/`422`/`413` for bad input |
 //! | `GET /orders/{id}` | `200 {"order": ...}`; `400` for a bad id, `404` for an unknown one |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
+//! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when another metrics recorder was installed first ([`prometheus`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //!
 //! Every error is `application/json` `{"error": "..."}`.
+//!
+//! # Observability
+//!
+//! - `GET /metrics/prometheus` exports the engine's metrics (`order_created_total`,
+//!   `order_completed_total`, `order_failed_total`, `order_cancelled_total`,
+//!   `order_retries_total`, `order_leases_lost_total`, `order_sweep_requeued_total`,
+//!   `order_processing_duration_seconds`, `order_queue_wait_seconds`: see
+//!   [`order_core::telemetry`]), gauges read at each scrape (`order_queue_depth{state}`,
+//!   `order_orders_by_status{status}`) and, for requests [`app`] serves,
+//!   `http_requests_total` and `http_request_duration_seconds` by `method`, `route` template
+//!   and `status`: see [`prometheus`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -30,6 +42,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod config;
 mod error;
+pub mod prometheus;
 mod routes;
 
 pub use config::{Config, ConfigError, LogFormat};
@@ -42,9 +55,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The order API as a router to mount in another axum service: every route, with its JSON
 /// errors, panic handling and body limit, and its state applied.
 ///
-/// It has no fallback, request timeout or request logs: those belong to the service that
-/// serves it, which [`app`] is for order-server itself. Nested under a path, the API answers
-/// there, `Location` headers included.
+/// It has no fallback, request timeout, request logs or HTTP metrics: those
+/// belong to the service that serves it, which [`app`] is for order-server itself. Nested
+/// under a path, the API answers there, `Location` headers included.
+///
+/// The first call installs this process's Prometheus recorder, unless another one is
+/// installed already (see [`prometheus`]).
 ///
 /// ```
 /// use axum::Router;
@@ -59,10 +75,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// # Ok(()) }
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
+    // Now rather than at the first scrape, so that what the engine counts before it is kept.
+    prometheus::exporter();
     Router::new()
         .route("/orders", post(routes::create_order))
         .route("/orders/{id}", get(routes::get_order))
         .route("/metrics", get(routes::metrics))
+        .route("/metrics/prometheus", get(prometheus::scrape))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .with_state(processor)
@@ -76,13 +95,15 @@ pub fn router(processor: OrderProcessor) -> Router {
 }
 
 /// order-server's whole service: [`router`], a JSON `404` for any other path, a request
-/// timeout (`503`) and request logs.
+/// timeout (`503`), request logs and HTTP metrics.
 pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
     router(processor).fallback(routes::no_route).layer(
-        // Outermost first: the trace sees every request; a timeout is made JSON and every
-        // 5xx logged with its cause.
+        // Outermost first: the trace and the metrics see every request, a timeout included,
+        // which is made JSON and, like every 5xx, logged with its cause. Layered onto the
+        // routes, so the matched route is known to the metrics.
         ServiceBuilder::new()
             .layer(TraceLayer::new_for_http())
+            .layer(middleware::from_fn(prometheus::record_http))
             .layer(middleware::from_fn(error::log_server_errors))
             .layer(middleware::from_fn(error::json_errors))
             .layer(TimeoutLayer::with_status_code(

@@ -33,14 +33,13 @@ async fn main() -> anyhow::Result<()> {
         warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
     }
 
+    // The app before the workers: building it installs the metrics recorder, which should
+    // see the first sweep too.
+    let app = app(processor.clone(), config.request_timeout());
     let running = processor.start();
-    run(
-        listener,
-        app(processor, config.request_timeout()),
-        shutdown_signal(),
-    )
-    .await
-    .context("server failed")?;
+    run(listener, app, shutdown_signal())
+        .await
+        .context("server failed")?;
     let report = running.shutdown(config.shutdown_timeout()).await;
     info!(abandoned = report.abandoned, "stopped");
     Ok(())

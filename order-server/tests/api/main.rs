@@ -13,6 +13,7 @@ mod errors;
 mod failures;
 mod helpers;
 mod metrics;
+mod observability;
 mod orders;
 mod outage;
 mod postgres;
