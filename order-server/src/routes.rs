@@ -8,6 +8,7 @@ use order_core::{
     NewOrder, Order, OrderId, OrderMetrics, OrderProcessor, QueueDepth, StatusCounts,
 };
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -35,8 +36,9 @@ pub(crate) async fn create_order(
     AppJson(new_order): AppJson<NewOrder>,
 ) -> Result<Response, ApiError> {
     // Submitted on its own task: if the client goes away or the request times out, storing
-    // and queueing still finish together instead of stopping between the two.
-    let order = tokio::spawn(async move { processor.submit(new_order).await })
+    // and queueing still finish together instead of stopping between the two. In the
+    // request's span, so that the order's acceptance is logged with the request id.
+    let order = tokio::spawn(async move { processor.submit(new_order).await }.in_current_span())
         .await
         .map_err(|err| ApiError::Internal {
             cause: format!("submit task failed: {err}"),

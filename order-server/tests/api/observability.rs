@@ -1,4 +1,5 @@
-//! What an operator sees: `/metrics/prometheus` in the Prometheus text format.
+//! What an operator sees: `/metrics/prometheus` in the Prometheus text format, request ids,
+//! and log lines that follow an order from its request to its completion.
 //!
 //! The metrics recorder is process-wide, and every test in this binary counts into it at the
 //! same time: tests in this process check families, labels and lower bounds of what they
@@ -283,6 +284,58 @@ async fn http_series_name_the_route_template_never_the_id() {
     }
 }
 
+/// The `x-request-id` of the response to `GET uri`, sending `id` if given.
+async fn request_id(app: &Router, uri: &str, id: Option<&str>) -> String {
+    let mut request = Request::builder().uri(uri);
+    if let Some(id) = id {
+        request = request.header("x-request-id", id);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn is_uuid(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[tokio::test]
+async fn a_request_id_is_echoed_when_usable_and_made_when_not() {
+    let (app, _) = idle_app();
+    assert_eq!(
+        request_id(&app, "/healthz", Some("client-abc-123")).await,
+        "client-abc-123"
+    );
+    let longest = "a".repeat(128);
+    assert_eq!(request_id(&app, "/healthz", Some(&longest)).await, longest);
+
+    let made = request_id(&app, "/healthz", None).await;
+    assert!(is_uuid(&made), "{made}");
+    assert_ne!(made, request_id(&app, "/healthz", None).await);
+    // Error responses carry one too.
+    assert!(is_uuid(&request_id(&app, "/no/such/route", None).await));
+
+    for unusable in [
+        "a".repeat(129),
+        "two words".to_owned(),
+        "quo\"te".to_owned(),
+        String::new(),
+    ] {
+        let got = request_id(&app, "/healthz", Some(&unusable)).await;
+        assert!(is_uuid(&got), "{unusable:?} came back as {got:?}");
+    }
+}
+
 fn order() -> Value {
     json!({"userId": "user-obs", "itemIds": ["item1"], "totalAmount": 12.5})
 }
@@ -300,6 +353,69 @@ async fn until_completed(server: &Server, id: i64) {
     })
     .await
     .expect("the order completes within 10 s");
+}
+
+fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_orders_log_lines_follow_it_from_its_request_to_its_completion() {
+    let server = spawn_server(&[("PROCESSING_DELAY_MS", "50")]).await;
+    let request_id = "checkout-7f3a";
+    let response = server
+        .client()
+        .post(format!("{}/orders", server.base))
+        .header("x-request-id", request_id)
+        .json(&order())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], request_id);
+    let id = response.json::<Value>().await.unwrap()["order"]["id"]
+        .as_i64()
+        .unwrap();
+    until_completed(&server, id).await;
+
+    // What `grep '"order_id":"<id>"'` finds. The completion is logged just after it is
+    // stored, so the reader may not have it yet.
+    let tag = format!("\"order_id\":\"{id}\"");
+    let lines = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let lines: Vec<Value> = server
+                .logs()
+                .into_iter()
+                .filter(|line| line.to_string().contains(&tag))
+                .collect();
+            if lines.iter().any(|line| message(line) == "order completed") {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the completion is logged");
+    let position = |wanted: &str| {
+        lines
+            .iter()
+            .position(|line| message(line) == wanted)
+            .unwrap_or_else(|| panic!("no {wanted:?} line among {lines:#?}"))
+    };
+    let (accepted, started, completed) = (
+        position("order accepted"),
+        position("attempt started"),
+        position("order completed"),
+    );
+    assert!(accepted < started && started < completed, "{lines:#?}");
+    // Accepted inside the request's span, the rest inside the attempt's.
+    assert_eq!(lines[accepted]["span"]["request_id"], request_id);
+    assert_eq!(lines[accepted]["span"]["route"], "/orders");
+    assert_eq!(lines[started]["fields"]["attempt"], 1);
+    assert_eq!(lines[started]["span"]["delivery"], 1);
+    assert_eq!(lines[completed]["span"]["name"], "order");
+    let (exited, _) = server.terminate().await;
+    assert!(exited);
 }
 
 async fn scrape_binary(server: &Server) -> Metrics {
