@@ -31,6 +31,10 @@
 //! - The engine, [`OrderProcessor`]: submit, get, cancel, metrics, and a claim loop that keeps
 //!   up to `concurrency` orders in the handler.
 //! - The adapters: [`InMemoryRepository`] and [`InMemoryQueue`] in [`memory`].
+//! - What the engine measures, in [`telemetry`]: counters and histograms through the `metrics`
+//!   facade (recorded only once the embedding service installs a recorder), and one tracing
+//!   span per attempt, carrying `order_id` and `delivery`, around its log events (acceptance,
+//!   attempt started with its number, completed, retrying, failed, cancelled).
 //!
 //! # Concepts
 //!
@@ -72,6 +76,7 @@ pub mod postgres;
 pub mod processor;
 pub mod queue;
 pub mod repository;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

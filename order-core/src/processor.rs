@@ -15,9 +15,10 @@ use crate::changes::ChangeFeed;
 use crate::error::{CancelError, StorageError, SubmitError};
 use crate::handler::{HandlerError, OrderHandler};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
-use crate::order::{NewOrder, Order, OrderId};
+use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
+use crate::telemetry::{self, count, observe};
 
 mod watch;
 pub use watch::OrderWatch;
@@ -304,6 +305,8 @@ impl OrderProcessor {
     pub async fn submit(&self, order: NewOrder) -> Result<Order, SubmitError> {
         let valid = order.validate()?;
         let order = self.engine.repository.insert(&valid).await?;
+        count(telemetry::ORDERS_CREATED);
+        info!(order_id = %order.id, "order accepted");
         self.engine.publish(&order);
         // A connection cut by a database restart fails once; a couple of quick retries spare
         // the order a wait for the recovery sweep. They stop after a second, so that a
@@ -338,6 +341,8 @@ impl OrderProcessor {
             .repository
             .transition(id, Transition::Cancel)
             .await?;
+        count(telemetry::ORDERS_CANCELLED);
+        info!(order_id = %id, "order cancelled");
         self.engine.publish(&order);
         Ok(order)
     }
@@ -373,6 +378,19 @@ impl OrderProcessor {
             None
         };
         Ok(OrderPage { orders, next })
+    }
+
+    /// How long the oldest PENDING order has waited since it was accepted (waiting for a
+    /// worker, or for a retry); `None` when no order is PENDING. One indexed read. A backlog
+    /// that is not being worked off shows here first.
+    pub async fn oldest_pending_age(&self) -> Result<Option<Duration>, StorageError> {
+        let oldest = OrderQuery::oldest_first(1).status(OrderStatus::Pending);
+        let page = self.engine.repository.list(&oldest).await?;
+        Ok(page.first().map(|order| {
+            (chrono::Utc::now() - order.created_at)
+                .to_std()
+                .unwrap_or_default()
+        }))
     }
 
     /// The order's current state, then each change of its status, until it is COMPLETED,
@@ -751,7 +769,19 @@ async fn process(
         }
     };
     engine.publish(&order);
-    debug!(attempt = order.attempts, "processing");
+    // The attempt number is on the events rather than recorded into the span: the JSON log
+    // format re-serializes a span's fields on every record.
+    info!(attempt = order.attempts, "attempt started");
+    if order.attempts == 1 {
+        // Both times are the repository's, so a clock that differs from this host's skews
+        // nothing; a negative span (a clock stepped back) is left out.
+        let start = order.processing_start_time.unwrap_or(order.updated_at);
+        if let Ok(waited) = (start - order.created_at).to_std() {
+            observe(telemetry::QUEUE_WAIT, waited);
+        }
+    }
+
+    let handler_began = tokio::time::Instant::now();
 
     let outcome = tokio::select! {
         biased;
@@ -760,11 +790,13 @@ async fn process(
             return;
         }
         () = keep_lease(engine, &claim, claimed_at) => {
+            count(telemetry::LEASES_LOST);
             warn!("lease lost to another worker; abandoning this attempt");
             return;
         }
         result = AssertUnwindSafe(engine.handler.process(&order)).catch_unwind() => result,
     };
+    observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
     let result = outcome.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -782,7 +814,8 @@ async fn process(
             .await
         {
             Ok(_) => {
-                debug!("completed");
+                count(telemetry::ORDERS_COMPLETED);
+                info!(attempt = order.attempts, "order completed");
                 settle(engine.queue.ack(&claim).await);
             }
             Err(err) => warn!(error = %err, "could not record completion"),
@@ -801,7 +834,10 @@ async fn process(
                     )
                     .await
                 {
-                    Ok(_) => settle(engine.queue.ack(&claim).await),
+                    Ok(_) => {
+                        count(telemetry::ORDERS_FAILED);
+                        settle(engine.queue.ack(&claim).await);
+                    }
                     Err(err) => warn!(error = %err, "could not record the failure"),
                 }
             } else {
@@ -817,7 +853,10 @@ async fn process(
                     )
                     .await
                 {
-                    Ok(_) => settle(engine.queue.retry(&claim, delay).await),
+                    Ok(_) => {
+                        count(telemetry::RETRIES);
+                        settle(engine.queue.retry(&claim, delay).await);
+                    }
                     Err(err) => warn!(error = %err, "could not record the failed attempt"),
                 }
             }
@@ -943,7 +982,10 @@ async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
     loop {
         let page = engine.repository.stranded(after, SWEEP_PAGE).await?;
         match engine.queue.push_many(&page).await {
-            Ok(added) => pushed += added,
+            Ok(added) => {
+                pushed += added;
+                metrics::counter!(telemetry::SWEEP_REQUEUED).increment(added as u64);
+            }
             Err(QueueError::LeaseLost(_)) => {}
             Err(QueueError::Storage(err)) => return Err(err),
         }

@@ -11,10 +11,28 @@
 //! | `POST /orders/{id}/cancel` | `200 {"order": ...}` CANCELLED; `409` naming the status of an order no longer PENDING |
 //! | `GET /orders/{id}/events` | Server-Sent Events: a `status` event `{"order": ...}` now and at each change, until a terminal status |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
+//! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when another metrics recorder was installed first ([`prometheus`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //!
 //! Every error is `application/json` `{"error": "..."}`.
+//!
+//! # Observability
+//!
+//! - `GET /metrics/prometheus` exports the engine's metrics (`order_created_total`,
+//!   `order_completed_total`, `order_failed_total`, `order_cancelled_total`,
+//!   `order_retries_total`, `order_leases_lost_total`, `order_sweep_requeued_total`,
+//!   `order_processing_duration_seconds`, `order_queue_wait_seconds`: see
+//!   [`order_core::telemetry`]), gauges read at each scrape (`order_queue_depth{state}`,
+//!   `order_orders_by_status{status}`) and, for requests [`app`] serves,
+//!   `http_requests_total` and `http_request_duration_seconds` by `method`, `route` template
+//!   and `status`: see [`prometheus`].
+//! - [`app`] gives every request an `x-request-id` (the client's, if it is at most 128
+//!   characters of `[A-Za-z0-9-_.:+/=@]`, else a fresh UUID), returns it on the response, and
+//!   logs inside a `request` span carrying it with the method and route template. Each
+//!   processing attempt logs inside an `order` span carrying `order_id` and `delivery`, so the
+//!   order id finds an order's whole life in the logs, from `order accepted` (with the
+//!   request id) through `attempt started` to `order completed` or `order failed`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,11 +46,14 @@ use order_core::OrderProcessor;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub mod config;
 mod error;
+pub mod prometheus;
+mod request_id;
 mod routes;
 
 pub use config::{Config, ConfigError, LogFormat};
@@ -46,9 +67,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The order API as a router to mount in another axum service: every route, with its JSON
 /// errors, panic handling and body limit, and its state applied.
 ///
-/// It has no fallback, request timeout or request logs: those belong to the service that
-/// serves it, which [`app`] is for order-server itself. Nested under a path, the API answers
-/// there, `Location` headers included.
+/// It has no fallback, request timeout, request ids, request logs or HTTP metrics: those
+/// belong to the service that serves it, which [`app`] is for order-server itself. Nested
+/// under a path, the API answers there, `Location` headers included.
+///
+/// The first call installs this process's Prometheus recorder, unless another one is
+/// installed already (see [`prometheus`]).
 ///
 /// ```
 /// use axum::Router;
@@ -63,6 +87,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// # Ok(()) }
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
+    // Now rather than at the first scrape, so that what the engine counts before it is kept.
+    prometheus::exporter();
     Router::new()
         .route(
             "/orders",
@@ -72,6 +98,7 @@ pub fn router(processor: OrderProcessor) -> Router {
         .route("/orders/{id}/cancel", post(routes::cancel_order))
         .route("/orders/{id}/events", get(routes::order_events))
         .route("/metrics", get(routes::metrics))
+        .route("/metrics/prometheus", get(prometheus::scrape))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .with_state(processor)
@@ -85,13 +112,24 @@ pub fn router(processor: OrderProcessor) -> Router {
 }
 
 /// order-server's whole service: [`router`], a JSON `404` for any other path, a request
-/// timeout (`503`) and request logs.
+/// timeout (`503`), request ids, request logs and HTTP metrics.
 pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
     router(processor).fallback(routes::no_route).layer(
-        // Outermost first: the trace sees every request; a timeout is made JSON and every
-        // 5xx logged with its cause.
+        // Outermost first: every request has a usable id before its span is made; the span
+        // and the metrics see every request, a timeout included, which is made JSON and, like
+        // every 5xx, logged with its cause. Layered onto the routes, so the matched route is
+        // known to the span and the metrics.
         ServiceBuilder::new()
-            .layer(TraceLayer::new_for_http())
+            .layer(middleware::map_request(
+                request_id::drop_unusable_request_id,
+            ))
+            .layer(SetRequestIdLayer::new(
+                request_id::REQUEST_ID_HEADER,
+                MakeRequestUuid,
+            ))
+            .layer(PropagateRequestIdLayer::new(request_id::REQUEST_ID_HEADER))
+            .layer(TraceLayer::new_for_http().make_span_with(request_id::request_span))
+            .layer(middleware::from_fn(prometheus::record_http))
             .layer(middleware::from_fn(error::log_server_errors))
             .layer(middleware::from_fn(error::json_errors))
             .layer(TimeoutLayer::with_status_code(

@@ -33,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
         warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
     }
 
+    // The app before the workers: building it installs the metrics recorder, which should
+    // see the first sweep too.
+    let app = app(processor.clone(), config.request_timeout());
     let running = if config.workers == 0 {
         info!("WORKERS=0: serving the API only; other servers process the orders");
         None
@@ -45,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         // Open event streams would otherwise hold their connections, and the drain, open.
         watched.close_watches();
     };
-    run(listener, app(processor, config.request_timeout()), shutdown)
+    run(listener, app, shutdown)
         .await
         .context("server failed")?;
     if let Some(running) = running {

@@ -14,6 +14,7 @@ use order_core::{
     StatusCounts,
 };
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -51,8 +52,9 @@ pub(crate) async fn create_order(
     AppJson(new_order): AppJson<NewOrder>,
 ) -> Result<Response, ApiError> {
     // Submitted on its own task: if the client goes away or the request times out, storing
-    // and queueing still finish together instead of stopping between the two.
-    let order = tokio::spawn(async move { processor.submit(new_order).await })
+    // and queueing still finish together instead of stopping between the two. In the
+    // request's span, so that the order's acceptance is logged with the request id.
+    let order = tokio::spawn(async move { processor.submit(new_order).await }.in_current_span())
         .await
         .map_err(|err| ApiError::Internal {
             cause: format!("submit task failed: {err}"),

@@ -308,7 +308,7 @@ async fn two_servers_on_one_database_share_the_work_and_start_each_order_once() 
         let logs = server.logs();
         let done: HashSet<String> = logs
             .iter()
-            .filter(|line| line["fields"]["message"] == "completed")
+            .filter(|line| line["fields"]["message"] == "order completed")
             .filter_map(|line| line["span"]["order_id"].as_str().map(str::to_owned))
             .collect();
         completed_by.push(done);

@@ -125,6 +125,12 @@ impl Server {
         self.child.wait().await.unwrap();
     }
 
+    /// The HTTP client, for requests the helpers here do not make (headers of the test's own,
+    /// bodies that are not JSON).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The log lines so far, parsed.
     pub(crate) fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()

@@ -1,0 +1,105 @@
+//! What the engine measures, through the [`metrics`] facade.
+//!
+//! The engine only emits; the embedding service decides where the numbers go by installing a
+//! recorder (an exporter such as `metrics-exporter-prometheus`, or its own). Until one is
+//! installed every call is a no-op that costs an atomic load, so a service that does not want
+//! metrics pays nothing for them.
+//!
+//! | metric | type | what it measures |
+//! |---|---|---|
+//! | `order_created_total` | counter | orders accepted by [`OrderProcessor::submit`] |
+//! | `order_completed_total` | counter | orders this process completed |
+//! | `order_failed_total` | counter | orders this process failed: a permanent error, or the last attempt's |
+//! | `order_cancelled_total` | counter | orders cancelled through [`OrderProcessor::cancel`] |
+//! | `order_retries_total` | counter | failed attempts that were given another try |
+//! | `order_leases_lost_total` | counter | attempts abandoned because their lease was lost, or would have run out before it could be renewed; the order comes back when the lease ends |
+//! | `order_sweep_requeued_total` | counter | orders the recovery sweep put back in a queue that did not hold them (a queue lost in a crash, a push that failed at submit or had not happened yet) |
+//! | `order_processing_duration_seconds` | histogram | time in the handler, per attempt that reached an outcome (success, error or panic) |
+//! | `order_queue_wait_seconds` | histogram | from an order's creation to the start of its first attempt |
+//!
+//! Counters count what this process did, so a fleet's total is the sum over its processes.
+//! The queue wait covers first attempts only: a retry waits out its backoff on purpose, and
+//! the time a retry became claimable is known to the queue, not to the order.
+//!
+//! An order taken over from a crashed process is not counted as such: a successful
+//! [`Transition::Start`](crate::Transition::Start) does not say whether it started a PENDING
+//! order or took over one whose lease had run out.
+//!
+//! [`OrderProcessor::submit`]: crate::OrderProcessor::submit
+//! [`OrderProcessor::cancel`]: crate::OrderProcessor::cancel
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+
+/// Orders accepted by `submit`.
+pub const ORDERS_CREATED: &str = "order_created_total";
+/// Orders completed.
+pub const ORDERS_COMPLETED: &str = "order_completed_total";
+/// Orders failed.
+pub const ORDERS_FAILED: &str = "order_failed_total";
+/// Orders cancelled.
+pub const ORDERS_CANCELLED: &str = "order_cancelled_total";
+/// Failed attempts given another try.
+pub const RETRIES: &str = "order_retries_total";
+/// Attempts abandoned because their lease was lost or about to run out.
+pub const LEASES_LOST: &str = "order_leases_lost_total";
+/// Orders the recovery sweep re-queued.
+pub const SWEEP_REQUEUED: &str = "order_sweep_requeued_total";
+/// Handler time per attempt, in seconds.
+pub const PROCESSING_DURATION: &str = "order_processing_duration_seconds";
+/// From creation to the start of the first attempt, in seconds.
+pub const QUEUE_WAIT: &str = "order_queue_wait_seconds";
+
+/// Every counter above, for [`describe`].
+const COUNTERS: [(&str, &str); 7] = [
+    (ORDERS_CREATED, "Orders accepted."),
+    (ORDERS_COMPLETED, "Orders completed."),
+    (
+        ORDERS_FAILED,
+        "Orders failed: a permanent error, or attempts ran out.",
+    ),
+    (ORDERS_CANCELLED, "Orders cancelled before they started."),
+    (RETRIES, "Failed attempts given another try."),
+    (
+        LEASES_LOST,
+        "Attempts abandoned because their lease was lost or about to run out.",
+    ),
+    (
+        SWEEP_REQUEUED,
+        "Orders the recovery sweep put back in a queue that did not hold them.",
+    ),
+];
+
+/// Tells the installed recorder what each of the engine's metrics means and registers each at
+/// zero, so that a scrape shows every family before the first order arrives. Call it once,
+/// after installing the recorder; without one it does nothing.
+pub fn describe() {
+    for (name, help) in COUNTERS {
+        describe_counter!(name, Unit::Count, help);
+        counter!(name).increment(0);
+    }
+    describe_histogram!(
+        PROCESSING_DURATION,
+        Unit::Seconds,
+        "Time in the handler per attempt that reached an outcome."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from an order's creation to the start of its first attempt."
+    );
+    // A histogram handle that has recorded nothing still shows up, with empty buckets.
+    let _ = histogram!(PROCESSING_DURATION);
+    let _ = histogram!(QUEUE_WAIT);
+}
+
+/// Counts one event.
+pub(crate) fn count(name: &'static str) {
+    counter!(name).increment(1);
+}
+
+/// Records a duration in seconds.
+pub(crate) fn observe(name: &'static str, duration: Duration) {
+    histogram!(name).record(duration.as_secs_f64());
+}

@@ -1,0 +1,258 @@
+//! `GET /metrics/prometheus`: this process's metrics in the Prometheus text format.
+//!
+//! The engine's counters and histograms are listed in [`order_core::telemetry`]. This module
+//! adds:
+//!
+//! | metric | type | labels | what it measures |
+//! |---|---|---|---|
+//! | `http_requests_total` | counter | `method`, `route`, `status` | requests [`app`](crate::app) answered |
+//! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | time until the response head was ready |
+//! | `order_queue_depth` | gauge | `state`: `ready`, `delayed`, `claimed` | the queue, read at each scrape |
+//! | `order_orders_by_status` | gauge | `status`: `pending`, `processing`, `completed`, `failed`, `cancelled` | stored orders, read at each scrape |
+//! | `order_oldest_pending_age_seconds` | gauge | | how long the oldest PENDING order has waited since it was accepted (0 when none is), read at each scrape |
+//!
+//! `route` is the route template (`/orders/{id}`), never the path a client sent, so that ids do
+//! not each become a series; a request no route matched is `unmatched`, and a method outside
+//! the standard ones is `other`. Every histogram has buckets (`_bucket` series), not quantiles.
+//!
+//! # One recorder per process
+//!
+//! The `metrics` facade has one recorder per process. The first call of
+//! [`router`](crate::router) installs a Prometheus recorder, unless the process has one
+//! already: then a service that embeds the API keeps its own, the engine's metrics go to it,
+//! and this route answers `404 {"error": ...}` saying so. The gauges read at scrape time are
+//! process-wide too: where one process runs two processors, a scrape shows the one it went
+//! through.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{Label, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use order_core::OrderProcessor;
+
+use crate::error::ApiError;
+
+/// Requests answered, by method, route template and status.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Time to answer a request, in seconds, by method, route template and status.
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+/// The queue's depth by `state`, read at scrape time.
+pub const QUEUE_DEPTH: &str = "order_queue_depth";
+/// Stored orders by `status`, read at scrape time.
+pub const ORDERS_BY_STATUS: &str = "order_orders_by_status";
+
+/// How long the oldest PENDING order has waited since it was accepted, in seconds (0 when none
+/// is PENDING), read at scrape time.
+pub const OLDEST_PENDING_AGE: &str = "order_oldest_pending_age_seconds";
+
+/// The `route` of a request that no route matched.
+const UNMATCHED: &str = "unmatched";
+
+/// Buckets for requests, in seconds: most answer in milliseconds, none after the request
+/// timeout (30 s by default).
+const HTTP_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets for every other histogram, in seconds: a handler or a queue wait may take from
+/// milliseconds to an hour.
+const DEFAULT_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes: the
+/// recorder keeps every sample until then.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder of this process, installed by the first call; `None` when another
+/// recorder was installed first.
+pub(crate) fn exporter() -> Option<&'static PrometheusHandle> {
+    static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    EXPORTER.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<PrometheusHandle> {
+    let installed = PrometheusBuilder::new()
+        .set_buckets(&DEFAULT_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
+                &HTTP_BUCKETS,
+            )
+        })
+        .and_then(PrometheusBuilder::install_recorder);
+    let handle = match installed {
+        Ok(handle) => handle,
+        Err(BuildError::FailedToSetGlobalRecorder(_)) => {
+            tracing::info!(
+                "another metrics recorder is installed; GET /metrics/prometheus is off and metrics go to that recorder"
+            );
+            return None;
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot build the Prometheus recorder; GET /metrics/prometheus is off");
+            return None;
+        }
+    };
+    // Not a tokio task: the recorder is installed wherever `router` is first called, inside a
+    // runtime or not, and outlives any one runtime.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the metrics upkeep thread; histograms are folded only when scraped");
+    }
+    order_core::telemetry::describe();
+    describe_counter!(HTTP_REQUESTS, Unit::Count, "Requests answered.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time until a request's response head was ready."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Orders in the queue by state, at the last scrape."
+    );
+    describe_gauge!(
+        OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "How long the oldest PENDING order has waited since it was accepted, at the last scrape."
+    );
+    describe_gauge!(
+        ORDERS_BY_STATUS,
+        Unit::Count,
+        "Stored orders by status, at the last scrape."
+    );
+    Some(handle)
+}
+
+/// `GET /metrics/prometheus`: reads the queue depth and the order counts into their gauges,
+/// then renders every metric; `404` when another recorder collects this process's metrics,
+/// `503` when the storage cannot be read.
+pub(crate) async fn scrape(State(processor): State<OrderProcessor>) -> Result<Response, ApiError> {
+    let exporter = exporter().ok_or_else(|| {
+        ApiError::NotFound(
+            "Prometheus metrics are not exported here: this process has another metrics recorder"
+                .to_owned(),
+        )
+    })?;
+    let statuses = processor.metrics().await?.statuses;
+    let queue = processor.queue_depth().await?;
+    // Counts are far below 2^53, where an f64 would start to round them.
+    #[allow(clippy::cast_precision_loss)]
+    let as_gauge = |count: u64| count as f64;
+    for (status, count) in [
+        ("pending", statuses.pending),
+        ("processing", statuses.processing),
+        ("completed", statuses.completed),
+        ("failed", statuses.failed),
+        ("cancelled", statuses.cancelled),
+    ] {
+        gauge!(ORDERS_BY_STATUS, "status" => status).set(as_gauge(count));
+    }
+    for (state, count) in [
+        ("ready", queue.ready),
+        ("delayed", queue.delayed),
+        ("claimed", queue.claimed),
+    ] {
+        gauge!(QUEUE_DEPTH, "state" => state).set(as_gauge(count));
+    }
+    let oldest = processor.oldest_pending_age().await?;
+    gauge!(OLDEST_PENDING_AGE).set(oldest.map_or(0.0, |age| age.as_secs_f64()));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        exporter.render(),
+    )
+        .into_response())
+}
+
+/// Counts and times every request by method, route template and status. Runs inside routing,
+/// where the matched route is known.
+pub(crate) async fn record_http(request: Request, next: Next) -> Response {
+    let began = tokio::time::Instant::now();
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = vec![
+        Label::from_static_parts("method", method),
+        Label::new("route", route),
+        Label::new("status", response.status().as_str().to_owned()),
+    ];
+    metrics::histogram!(HTTP_REQUEST_DURATION, labels.iter()).record(began.elapsed().as_secs_f64());
+    counter!(HTTP_REQUESTS, labels).increment(1);
+    response
+}
+
+/// The standard methods by name, anything else as `other`: a client must not be able to
+/// add series by inventing methods.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use http_body_util::BodyExt;
+    use order_core::SimulatedStep;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Takes this test binary's one recorder slot: no other unit test of order-server may
+    /// build a router (this test would then fail at its first line).
+    #[tokio::test]
+    async fn with_another_recorder_installed_the_route_says_so_in_json() {
+        metrics::set_global_recorder(metrics::NoopRecorder).unwrap();
+        let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+            .build()
+            .unwrap();
+        let response = crate::router(processor)
+            .oneshot(
+                axum::http::Request::get("/metrics/prometheus")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("another metrics recorder"),
+            "{body}"
+        );
+    }
+}
