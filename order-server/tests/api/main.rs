@@ -15,6 +15,7 @@ mod helpers;
 mod listing;
 mod metrics;
 mod nest;
+mod openapi;
 mod orders;
 mod outage;
 mod pg_orders;
