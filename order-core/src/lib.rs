@@ -65,6 +65,9 @@
 //! - `mock`: mockall's `MockRepository`, `MockQueue` and `MockOrderHandler`, for your tests.
 //! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`])
 //!   that every `Repository` and `Queue` must pass; run it against your own adapter.
+//! - `openapi`: utoipa's `ToSchema` for [`Order`], [`NewOrder`], [`OrderStatus`], [`OrderId`],
+//!   [`StatusCounts`] and [`QueueDepth`], so an HTTP API can document them from the code;
+//!   `NewOrder`'s schema carries the limits [`NewOrder::validate`] enforces.
 
 pub mod changes;
 mod error;

@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 /// assert!("abc".parse::<OrderId>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "An order's id: a positive 64-bit integer, assigned when the order is accepted.",
+        examples(1)
+    )
+)]
 #[serde(transparent)]
 pub struct OrderId(i64);
 
@@ -75,6 +83,7 @@ impl FromStr for OrderId {
 ///
 /// COMPLETED, FAILED and CANCELLED are terminal: nothing moves an order out of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     /// Accepted and waiting for a worker (also between retries).
@@ -145,6 +154,7 @@ pub struct UnknownStatus(pub String);
 ///
 /// Serialises to the API's camelCase JSON; `totalAmount` is an exact JSON number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     /// Assigned by the repository at insert.
@@ -155,6 +165,7 @@ pub struct Order {
     pub item_ids: Vec<String>,
     /// The order's total, exact to the cent.
     #[serde(with = "exact_amount")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::amount))]
     pub total_amount: Decimal,
     /// Where the order is now.
     pub status: OrderStatus,
@@ -164,12 +175,16 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
     /// When a worker first started it; kept across retries, so that
     /// `processing_end_time - processing_start_time` is the whole time spent getting it done.
+    // Serialised as `null` until set, never left out: required, as are the two below.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub processing_start_time: Option<DateTime<Utc>>,
     /// When it reached COMPLETED or FAILED.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub processing_end_time: Option<DateTime<Utc>>,
     /// How many times a worker has started it (1 in a run without failures or crashes).
     pub attempts: u32,
     /// The handler's error from the latest failed attempt, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_error: Option<String>,
 }
 
@@ -203,15 +218,28 @@ pub const MAX_AMOUNT_SCALE: u32 = 2;
 /// assert_eq!(err.field, "userId");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        // The doc comment's Rust example means nothing to an HTTP client.
+        description = "An order as a client asks for it: `userId`, `itemIds` and `totalAmount`, \
+            nothing else. It is accepted only within the limits given for each field.",
+        examples(json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99}))
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewOrder {
     /// Who places the order: 1 to 128 characters.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::user_id))]
     pub user_id: String,
     /// What is ordered: 1 to 1000 ids of 1 to 128 characters each.
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::item_ids))]
     pub item_ids: Vec<String>,
     /// The total: at least 0, at most 10^10, at most 2 decimal places. In JSON, a number
     /// (never a string), read from its exact text.
     #[serde(with = "exact_amount")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::amount))]
     pub total_amount: Decimal,
 }
 
@@ -238,6 +266,69 @@ mod exact_amount {
         Decimal::from_str_exact(text)
             .or_else(|_| Decimal::from_scientific(text))
             .map_err(|_| D::Error::custom(format!("{text} is not an amount this system can hold exactly (at most 28 significant digits)")))
+    }
+}
+
+/// The OpenAPI schemas of the fields whose rules derive attributes cannot state (an item id's
+/// length, an exact number), built from the limits above so that the documented rules and
+/// [`NewOrder::validate`] cannot drift apart.
+#[cfg(feature = "openapi")]
+mod schema {
+    use rust_decimal::Decimal;
+    use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, Type};
+
+    use super::{MAX_AMOUNT_SCALE, MAX_ID_CHARS, MAX_ITEMS, MAX_TOTAL_AMOUNT};
+
+    /// A user or item id: 1 to `MAX_ID_CHARS` characters, not all whitespace.
+    fn id(description: &str, example: &str) -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_CHARS))
+            // Unanchored: at least one character that is not whitespace.
+            .pattern(Some(r"\S"))
+            .examples([example])
+            .build()
+    }
+
+    pub(super) fn user_id() -> Object {
+        id(
+            &format!("Who places the order: 1 to {MAX_ID_CHARS} characters, not all whitespace."),
+            "user-123",
+        )
+    }
+
+    pub(super) fn item_ids() -> Array {
+        ArrayBuilder::new()
+            .items(id(
+                &format!("An item id: 1 to {MAX_ID_CHARS} characters, not all whitespace."),
+                "item1",
+            ))
+            .min_items(Some(1))
+            .max_items(Some(MAX_ITEMS))
+            .description(Some(format!(
+                "What is ordered, in order: 1 to {MAX_ITEMS} item ids; the same id may appear more than once."
+            )))
+            .examples([serde_json::json!(["item1", "item2"])])
+            .build()
+    }
+
+    pub(super) fn amount() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .description(Some(format!(
+                "An amount of money as an exact JSON number, never a string: from 0 to \
+                 {MAX_TOTAL_AMOUNT}, with at most {MAX_AMOUNT_SCALE} decimal places. It is read \
+                 from its decimal text, so 59.99 stays 59.99; stored orders show two decimal \
+                 places (59.9 becomes 59.90)."
+            )))
+            .minimum(Some(0))
+            .maximum(u64::try_from(MAX_TOTAL_AMOUNT).ok())
+            // One cent: the smallest step an amount can take.
+            .multiple_of(f64::try_from(Decimal::new(1, MAX_AMOUNT_SCALE)).ok())
+            .examples([serde_json::json!(59.99)])
+            .build()
     }
 }
 

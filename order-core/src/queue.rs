@@ -67,6 +67,7 @@ pub enum QueueError {
 
 /// How many orders the queue holds, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueDepth {
     /// Claimable now.
     pub ready: u64,

@@ -210,6 +210,7 @@ impl OrderMetrics {
 
 /// How many orders are in each status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusCounts {
     /// PENDING orders.
     pub pending: u64,

@@ -133,12 +133,15 @@ impl ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({"error": "order 42 not found"})))]
 pub struct ErrorBody {
     /// What went wrong, in words a client can act on.
     pub error: String,
     /// The offending field, for a validation error.
     #[serde(skip_serializing_if = "Option::is_none")]
+    // Left out rather than `null` when there is none.
+    #[schema(nullable = false)]
     pub field: Option<String>,
 }
 

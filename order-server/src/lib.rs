@@ -14,6 +14,7 @@
 //! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when another metrics recorder was installed first ([`prometheus`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
+//! | `GET /openapi.json` | `200`: this table in full, as an OpenAPI 3.1 document generated from the handlers |
 //!
 //! Every error is `application/json` `{"error": "..."}`.
 //!
@@ -38,10 +39,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Extension};
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
 use order_core::OrderProcessor;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -49,9 +49,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod config;
 mod error;
+mod openapi;
 pub mod prometheus;
 mod request_id;
 mod routes;
@@ -66,6 +70,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The order API as a router to mount in another axum service: every route, with its JSON
 /// errors, panic handling and body limit, and its state applied.
+///
+/// Each route is registered together with its OpenAPI description, and the document they
+/// make is served at `/openapi.json`, built once per call.
 ///
 /// It has no fallback, request timeout, request ids, request logs or HTTP metrics: those
 /// belong to the service that serves it, which [`app`] is for order-server itself. Nested
@@ -89,26 +96,28 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub fn router(processor: OrderProcessor) -> Router {
     // Now rather than at the first scrape, so that what the engine counts before it is kept.
     prometheus::exporter();
-    Router::new()
-        .route(
-            "/orders",
-            post(routes::create_order).get(routes::list_orders),
-        )
-        .route("/orders/{id}", get(routes::get_order))
-        .route("/orders/{id}/cancel", post(routes::cancel_order))
-        .route("/orders/{id}/events", get(routes::order_events))
-        .route("/metrics", get(routes::metrics))
-        .route("/metrics/prometheus", get(prometheus::scrape))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .with_state(processor)
-        .layer(
-            // Outermost first: errors are made JSON whatever produced them, a panic included.
-            ServiceBuilder::new()
-                .layer(middleware::from_fn(error::json_errors))
-                .layer(CatchPanicLayer::custom(error::panic_response))
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
+    // `routes!` takes each handler's path and methods from its `#[utoipa::path]`, so what is
+    // served and what is documented cannot disagree. One call per path: handlers given
+    // together share one method router.
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::create_order, routes::list_orders))
+        .routes(routes!(routes::get_order))
+        .routes(routes!(routes::cancel_order))
+        .routes(routes!(routes::order_events))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(prometheus::scrape))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::openapi_document))
+        .split_for_parts();
+    routes.with_state(processor).layer(
+        // Outermost first: errors are made JSON whatever produced them, a panic included.
+        ServiceBuilder::new()
+            .layer(middleware::from_fn(error::json_errors))
+            .layer(CatchPanicLayer::custom(error::panic_response))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(Extension(openapi::ApiDocument::new(&api))),
+    )
 }
 
 /// order-server's whole service: [`router`], a JSON `404` for any other path, a request

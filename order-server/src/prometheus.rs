@@ -35,7 +35,8 @@ use metrics::{Label, Unit, counter, describe_counter, describe_gauge, describe_h
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use order_core::OrderProcessor;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::{InternalError, MONITORING, StorageUnavailable};
 
 /// Requests answered, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -140,6 +141,19 @@ fn install() -> Option<PrometheusHandle> {
 /// `GET /metrics/prometheus`: reads the queue depth and the order counts into their gauges,
 /// then renders every metric; `404` when another recorder collects this process's metrics,
 /// `503` when the storage cannot be read.
+#[utoipa::path(
+    get,
+    path = "/metrics/prometheus",
+    operation_id = "getPrometheusMetrics",
+    tag = MONITORING,
+    description = "Every metric of this process in the Prometheus text format (version 0.0.4): the engine's counters and histograms, HTTP requests by route template, and gauges read at the scrape (queue depth, orders by status, age of the oldest PENDING order).",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 404, description = "Another metrics recorder collects this process's metrics.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn scrape(State(processor): State<OrderProcessor>) -> Result<Response, ApiError> {
     let exporter = exporter().ok_or_else(|| {
         ApiError::NotFound(

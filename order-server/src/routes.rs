@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, OriginalUri, State};
+use axum::extract::{Extension, FromRequest, FromRequestParts, OriginalUri, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +15,12 @@ use order_core::{
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi::{
+    ApiDocument, DOCUMENTATION, InternalError, MONITORING, ORDERS, StorageUnavailable,
+};
 
 /// `axum::Json`, with its rejections answered as [`ApiError`]s.
 #[derive(Debug, FromRequest)]
@@ -39,13 +43,49 @@ pub const DEFAULT_PAGE: usize = 20;
 /// The largest page `GET /orders` serves.
 pub const MAX_PAGE: usize = 100;
 
-/// An `{"order": ...}` body, as the seed API shaped it.
-#[derive(Debug, Serialize)]
+/// One order, wrapped: `{"order": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OrderBody {
     order: Order,
 }
 
-/// `POST /orders`: validates, stores and queues an order; `201` with the order as stored.
+/// The path of the routes of one order.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct OrderPath {
+    /// The order's id: a positive 64-bit integer.
+    // Taken as text so that a bad id gets this API's `400`, naming the rule.
+    #[param(value_type = i64, minimum = 1, maximum = 9_223_372_036_854_775_807_i64, example = 1)]
+    id: String,
+}
+
+/// Create an order.
+///
+/// Validates the order, stores it and queues it for processing: `201` with the order as
+/// stored (PENDING, its total in cents) and its URL in `Location`.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    operation_id = "createOrder",
+    tag = ORDERS,
+    request_body(
+        content = NewOrder,
+        description = "The order; any other field is refused.",
+    ),
+    responses(
+        (status = 201, description = "The order, accepted and stored; processing follows.",
+            body = OrderBody,
+            headers(("Location" = String, description = "The order's URL, under the path the API is mounted at."))),
+        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
+        (status = 415, description = "The content type is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape (a field missing, unknown or of \
+            the wrong type, such as an amount given as a string), or an order that breaks a \
+            rule, whose `field` is named.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn create_order(
     State(processor): State<OrderProcessor>,
     OriginalUri(uri): OriginalUri,
@@ -80,13 +120,29 @@ fn order_id(raw: &str) -> Result<OrderId, ApiError> {
         .map_err(|err: order_core::ParseOrderIdError| ApiError::BadRequest(err.to_string()))
 }
 
-/// `GET /orders/{id}`: `200` with the order, `400` for an id that is not a positive 64-bit
-/// integer, `404` for an unknown one.
+/// Read an order.
+///
+/// `200` with the order; `400` for an id that is not a positive 64-bit integer, `404` for an
+/// unknown one.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "getOrder",
+    tag = ORDERS,
+    params(OrderPath),
+    responses(
+        (status = 200, description = "The order as it is now.", body = OrderBody),
+        (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
+        (status = 404, description = "No order has this id.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn get_order(
     State(processor): State<OrderProcessor>,
-    AppPath(raw_id): AppPath<String>,
+    AppPath(path): AppPath<OrderPath>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let id = order_id(&raw_id)?;
+    let id = order_id(&path.id)?;
     match processor.get(id).await? {
         Some(order) => Ok(Json(OrderBody { order })),
         None => Err(ApiError::NotFound(format!("order {id} not found"))),
@@ -94,12 +150,25 @@ pub(crate) async fn get_order(
 }
 
 /// The query of `GET /orders`; every parameter is optional, and an empty one counts as absent.
-#[derive(Debug, Deserialize)]
+// Each is taken as text and parsed in `query`, so that a bad one gets a `400` naming the rule;
+// `value_type` documents what it must parse as. The limits are literals because utoipa's
+// attributes take no constants; the OpenAPI tests hold them to `MAX_ID_CHARS`, `MAX_PAGE` and
+// `DEFAULT_PAGE`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// Only orders in this status (in any letter case).
+    #[param(value_type = OrderStatus, required = false, example = "PENDING")]
     status: Option<String>,
+    /// Only the orders of this user.
+    #[param(value_type = String, required = false, max_length = 128, example = "user-123")]
     user_id: Option<String>,
+    /// How many orders a page holds.
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 100, default = 20, example = 20)]
     limit: Option<String>,
+    /// The `nextCursor` of the previous page; without it, the first page.
+    #[param(value_type = String, required = false, example = "1")]
     after: Option<String>,
 }
 
@@ -146,17 +215,35 @@ impl ListParams {
     }
 }
 
-/// The body of `GET /orders`.
-#[derive(Debug, Serialize)]
+/// A page of orders, newest first, and where the next page starts.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct OrderListBody {
+    /// The orders of this page, newest first.
     orders: Vec<Order>,
     /// Pass as `after` for the next page; `null` on the last page.
+    #[schema(required = true, examples("1"))]
     next_cursor: Option<String>,
 }
 
-/// `GET /orders?status=&userId=&limit=&after=`: a page of orders, newest first, and the cursor
-/// of the next page; `400` for a parameter that does not parse.
+/// List orders.
+///
+/// A page of orders, newest first, optionally only those in one status or of one user, and
+/// the cursor of the next page; `400` for a parameter that does not parse, or an unknown one.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    operation_id = "listOrders",
+    tag = ORDERS,
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders.", body = OrderListBody),
+        (status = 400, description = "A parameter that does not parse or breaks its limits, \
+            or one this route does not know.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn list_orders(
     State(processor): State<OrderProcessor>,
     AppQuery(params): AppQuery<ListParams>,
@@ -168,24 +255,59 @@ pub(crate) async fn list_orders(
     }))
 }
 
-/// `POST /orders/{id}/cancel`: `200` with the CANCELLED order; `409` naming the status of an
-/// order that is no longer PENDING; `404` for an unknown one.
+/// Cancel an order.
+///
+/// Only a PENDING order can be cancelled: `200` with the CANCELLED order; `409` naming the
+/// status of an order that is no longer PENDING; `404` for an unknown one.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    tag = ORDERS,
+    params(OrderPath),
+    responses(
+        (status = 200, description = "The order, CANCELLED; no worker will start it.", body = OrderBody),
+        (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
+        (status = 404, description = "No order has this id.", body = ErrorBody),
+        (status = 409, description = "The order is no longer PENDING; the message names its status.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn cancel_order(
     State(processor): State<OrderProcessor>,
-    AppPath(raw_id): AppPath<String>,
+    AppPath(path): AppPath<OrderPath>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let order = processor.cancel(order_id(&raw_id)?).await?;
+    let order = processor.cancel(order_id(&path.id)?).await?;
     Ok(Json(OrderBody { order }))
 }
 
-/// `GET /orders/{id}/events`: Server-Sent Events, one `status` event with the order (as in
-/// `{"order": ...}`) now and after each change of its status; the stream ends after a terminal
-/// one. `404` for an unknown order.
+/// Watch an order.
+///
+/// Server-Sent Events: one `status` event with the order (as in `{"order": ...}`) now and
+/// after each change of its status; the stream ends after a terminal one. `404` for an
+/// unknown order.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}/events",
+    operation_id = "watchOrder",
+    tag = ORDERS,
+    params(OrderPath),
+    responses(
+        (status = 200, description = "A stream of `status` events, each with `data` an \
+            `OrderBody` as JSON and `id` the status and attempt (`PROCESSING-1`); it ends after \
+            COMPLETED, FAILED or CANCELLED.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
+        (status = 404, description = "No order has this id.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn order_events(
     State(processor): State<OrderProcessor>,
-    AppPath(raw_id): AppPath<String>,
+    AppPath(path): AppPath<OrderPath>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = order_id(&raw_id)?;
+    let id = order_id(&path.id)?;
     let watch = processor
         .watch(id)
         .await?
@@ -203,14 +325,20 @@ pub(crate) async fn order_events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// The body of `GET /metrics`: the seed's keys, plus `failed`/`cancelled` and the queue.
-#[derive(Debug, Serialize)]
+/// Counts of orders, by status, and of the queue.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MetricsBody {
+    /// Orders ever accepted.
     total_orders: u64,
+    /// COMPLETED orders.
     processed_count: u64,
+    /// Mean seconds from a COMPLETED order's first start to its completion; 0 when none has
+    /// completed.
     avg_processing_time: f64,
+    /// Orders in each status; they add up to `totalOrders`.
     statuses: StatusCounts,
+    /// What the queue holds.
     queue: QueueDepth,
 }
 
@@ -226,7 +354,20 @@ impl MetricsBody {
     }
 }
 
-/// `GET /metrics`: counts that cost the same however many orders are stored.
+/// Measure the system.
+///
+/// Counts that cost the same however many orders are stored.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = MONITORING,
+    responses(
+        (status = 200, description = "The counts as they are now.", body = MetricsBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn metrics(
     State(processor): State<OrderProcessor>,
 ) -> Result<Json<MetricsBody>, ApiError> {
@@ -235,18 +376,89 @@ pub(crate) async fn metrics(
     Ok(Json(MetricsBody::new(&metrics, queue)))
 }
 
-/// `GET /healthz`: the process is up.
-pub(crate) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The body of `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HealthBody {
+    status: Health,
 }
 
-/// `GET /readyz`: the storage answers and its schema is in place (on PostgreSQL, every
-/// migration applied); `503` when not.
+/// What a health route found.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Health {
+    /// The process runs (`GET /healthz`).
+    Ok,
+    /// The storage answers and its schema is in place (`GET /readyz`).
+    Ready,
+}
+
+/// Is the process up?
+///
+/// `200` while the process runs; it touches no storage.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "getHealth",
+    tag = MONITORING,
+    responses(
+        (status = 200, description = "The process runs.", body = HealthBody,
+            example = json!({"status": "ok"})),
+    ),
+)]
+pub(crate) async fn healthz() -> Json<HealthBody> {
+    Json(HealthBody { status: Health::Ok })
+}
+
+/// Can the server serve?
+///
+/// The storage answers and its schema is in place (on PostgreSQL, every migration applied);
+/// `503` when not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "getReadiness",
+    tag = MONITORING,
+    responses(
+        (status = 200, description = "Ready to serve.", body = HealthBody,
+            example = json!({"status": "ready"})),
+        (status = 500, response = InternalError),
+        (status = 503, response = StorageUnavailable),
+    ),
+)]
 pub(crate) async fn readyz(
     State(processor): State<OrderProcessor>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HealthBody>, ApiError> {
     processor.check_ready().await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(Json(HealthBody {
+        status: Health::Ready,
+    }))
+}
+
+/// Describe this API.
+///
+/// The OpenAPI 3.1 document of this API: every route, its parameters, bodies and answers,
+/// generated from the code that serves them.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "getOpenApi",
+    tag = DOCUMENTATION,
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object,
+            content_type = "application/json"),
+    ),
+)]
+pub(crate) async fn openapi_document(
+    Extension(document): Extension<ApiDocument>,
+) -> Result<Response, ApiError> {
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document.json()?,
+    )
+        .into_response())
 }
 
 /// Any route not listed: `404`.

@@ -16,6 +16,7 @@ mod listing;
 mod metrics;
 mod nest;
 mod observability;
+mod openapi;
 mod orders;
 mod outage;
 mod pg_orders;
