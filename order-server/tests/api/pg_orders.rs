@@ -156,8 +156,9 @@ async fn event_streams_follow_changes_made_by_other_servers() {
     assert_eq!(status, 404, "{body}");
 
     // SIGTERM with a stream open: the stream is closed and the server exits promptly.
-    let pending = here.create(&order("cy")).await;
+    // The worker gone first, so that the order stays PENDING.
     worker.kill().await;
+    let pending = here.create(&order("cy")).await;
     let open = tokio::spawn({
         let base = here.base.clone();
         async move {
