@@ -53,6 +53,15 @@ pub enum SubmitError {
     /// The order broke a rule; nothing was stored.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The submission's idempotency key was used before for a different order; nothing was
+    /// stored.
+    #[error("Idempotency-Key {key} was already used for a different order")]
+    KeyReused {
+        /// The key.
+        key: crate::IdempotencyKey,
+        /// The order it was used for.
+        order: OrderId,
+    },
     /// The repository failed; the order may not have been stored.
     #[error("could not store the order")]
     Storage(#[from] StorageError),

@@ -72,6 +72,7 @@
 pub mod changes;
 mod error;
 pub mod handler;
+pub mod idempotency;
 pub mod memory;
 pub mod order;
 #[cfg(feature = "postgres")]
@@ -88,6 +89,7 @@ pub use error::{CancelError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
 pub use handler::{HandlerError, OrderHandler, SimulatedStep};
+pub use idempotency::{Fingerprint, IdempotencyKey, Insertion, InvalidIdempotencyKey, KeyRecord};
 pub use memory::{InMemoryQueue, InMemoryRepository};
 pub use order::{
     NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidatedOrder,
@@ -95,7 +97,7 @@ pub use order::{
 };
 pub use processor::{
     BuildError, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch, ProcessorHandle,
-    RetryPolicy, ShutdownReport,
+    RetryPolicy, ShutdownReport, Submission, Submitted,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use queue::MockQueue;

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::changes::ChangeFeed;
 use crate::error::{CancelError, StorageError, SubmitError};
 use crate::handler::{HandlerError, OrderHandler};
+use crate::idempotency::{DEFAULT_KEY_TTL, Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
@@ -22,6 +23,43 @@ use crate::telemetry::{self, count, observe};
 
 mod watch;
 pub use watch::OrderWatch;
+
+/// What [`OrderProcessor::submit`] takes: an order, and maybe an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    order: NewOrder,
+    key: Option<IdempotencyKey>,
+}
+
+impl Submission {
+    /// The order, without a key: each submission creates an order.
+    pub fn new(order: NewOrder) -> Self {
+        Self { order, key: None }
+    }
+
+    /// Submissions with one key are one submission while the key is remembered (see
+    /// [`OrderProcessorBuilder::idempotency_ttl`]).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+impl From<NewOrder> for Submission {
+    fn from(order: NewOrder) -> Self {
+        Self::new(order)
+    }
+}
+
+/// What [`OrderProcessor::submit_or_replay`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The order created now, or, for a replay, the order as it is now.
+    pub order: Order,
+    /// Whether the submission's key named an order already, and nothing was stored.
+    pub replayed: bool,
+}
 
 /// One page of [`OrderProcessor::list`].
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +180,7 @@ struct Settings {
     retry: RetryPolicy,
     poll_interval: Duration,
     sweep_interval: Duration,
+    key_ttl: Duration,
 }
 
 impl OrderProcessorBuilder {
@@ -200,6 +239,14 @@ impl OrderProcessorBuilder {
         self
     }
 
+    /// How long an idempotency key is remembered after its submission; 24 h unless set, at
+    /// least a second. Expired keys are forgotten by the recovery sweep (and then a
+    /// submission with the key creates a new order).
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.key_ttl = ttl;
+        self
+    }
+
     /// Checks the settings and builds the processor; nothing runs until
     /// [`OrderProcessor::start`].
     pub fn build(self) -> Result<OrderProcessor, BuildError> {
@@ -225,6 +272,9 @@ impl OrderProcessorBuilder {
         }
         if s.sweep_interval.is_zero() || s.sweep_interval > Duration::from_secs(24 * 3600) {
             return invalid("sweep_interval", "must be more than zero and at most 1 day");
+        }
+        if s.key_ttl < Duration::from_secs(1) {
+            return invalid("idempotency_ttl", "must be at least 1 second");
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(OrderProcessor {
@@ -295,6 +345,7 @@ impl OrderProcessor {
                 retry: RetryPolicy::default(),
                 poll_interval: Duration::from_secs(1),
                 sweep_interval: Duration::from_secs(30),
+                key_ttl: DEFAULT_KEY_TTL,
             },
         }
     }
@@ -302,9 +353,70 @@ impl OrderProcessor {
     /// Validates and stores an order, then queues it. When this returns `Ok` the order is
     /// stored (as durably as the repository stores anything) and will be processed: if
     /// queueing fails, the recovery sweep queues it later.
-    pub async fn submit(&self, order: NewOrder) -> Result<Order, SubmitError> {
+    ///
+    /// Takes a [`NewOrder`], or a [`Submission`] that adds an idempotency key: then a retry
+    /// of the same submission returns the order the first one created, and creates nothing
+    /// ([`submit_or_replay`](Self::submit_or_replay) also says which happened).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use order_core::{IdempotencyKey, NewOrder, OrderProcessor, SimulatedStep, Submission};
+    /// use rust_decimal::Decimal;
+    ///
+    /// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;
+    /// let order = NewOrder { user_id: "ann".into(), item_ids: vec!["book".into()], total_amount: Decimal::TEN };
+    /// let key = IdempotencyKey::new("checkout-2291")?;
+    /// let first = processor.submit(Submission::new(order.clone()).idempotency_key(key.clone())).await?;
+    /// let retry = processor.submit(Submission::new(order).idempotency_key(key)).await?;
+    /// assert_eq!(first.id, retry.id);
+    /// assert_eq!(processor.metrics().await?.total_orders, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn submit(&self, submission: impl Into<Submission>) -> Result<Order, SubmitError> {
+        self.submit_or_replay(submission)
+            .await
+            .map(|submitted| submitted.order)
+    }
+
+    /// [`submit`](Self::submit), saying whether the order was created now or, for a
+    /// submission whose idempotency key was used before, replayed: then `order` is that
+    /// order as it is now, and nothing was stored. A key used before for a different order
+    /// is [`SubmitError::KeyReused`].
+    pub async fn submit_or_replay(
+        &self,
+        submission: impl Into<Submission>,
+    ) -> Result<Submitted, SubmitError> {
+        let Submission { order, key } = submission.into();
         let valid = order.validate()?;
-        let order = self.engine.repository.insert(&valid).await?;
+        let order = match key {
+            None => self.engine.repository.insert(&valid).await?,
+            Some(key) => {
+                let record = KeyRecord {
+                    fingerprint: Fingerprint::of(&valid),
+                    key,
+                    ttl: self.engine.settings.key_ttl,
+                };
+                match self.engine.repository.insert_keyed(&valid, &record).await? {
+                    Insertion::Created(order) => order,
+                    Insertion::Existing {
+                        order,
+                        same_request: true,
+                    } => {
+                        debug!(order_id = %order.id, "submission replayed");
+                        return Ok(Submitted {
+                            order,
+                            replayed: true,
+                        });
+                    }
+                    Insertion::Existing { order, .. } => {
+                        return Err(SubmitError::KeyReused {
+                            key: record.key,
+                            order: order.id,
+                        });
+                    }
+                }
+            }
+        };
         count(telemetry::ORDERS_CREATED);
         info!(order_id = %order.id, "order accepted");
         self.engine.publish(&order);
@@ -326,7 +438,10 @@ impl OrderProcessor {
                 }
             }
         }
-        Ok(order)
+        Ok(Submitted {
+            order,
+            replayed: false,
+        })
     }
 
     /// The order with this id, or `None`.
@@ -961,6 +1076,11 @@ async fn sweep_loop(engine: Arc<Engine>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             swept = sweep(&engine) => swept,
         };
+        match engine.repository.prune_keys().await {
+            Ok(0) => {}
+            Ok(pruned) => debug!(pruned, "expired idempotency keys forgotten"),
+            Err(err) => warn!(error = %err, "could not prune idempotency keys; will try again"),
+        }
         match swept {
             Ok(0) => debug!("recovery sweep found nothing to re-queue"),
             Ok(requeued) => info!(requeued, "recovery sweep re-queued stranded orders"),

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::error::StorageError;
+use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 
@@ -262,6 +263,8 @@ impl StatusCounts {
 ///
 /// - [`insert`](Repository::insert) assigns a new, increasing id and stores the order PENDING
 ///   with `attempts` 0. When it returns `Ok`, the order is durable as far as the backend is.
+/// - [`insert_keyed`](Repository::insert_keyed) creates at most one order per live
+///   idempotency key, however many callers race with it.
 /// - [`transition`](Repository::transition) is an atomic compare-and-set: it checks the
 ///   current status (and, for a worker's transitions, the claim and its lease) and writes the
 ///   new state in one step, or writes nothing and says why.
@@ -278,6 +281,21 @@ impl StatusCounts {
 pub trait Repository: Send + Sync {
     /// Stores a new PENDING order and returns it with its id and timestamps.
     async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError>;
+
+    /// Stores a new PENDING order under `record.key`, unless the key already names an order
+    /// and its time has not run out: then stores nothing and returns that order, and whether
+    /// it was asked for with the same fingerprint. The key and the order are written in one
+    /// atomic step, so that of any number of concurrent calls with one key exactly one
+    /// creates an order, and the others return it. A key whose order was deleted counts as
+    /// unused.
+    async fn insert_keyed(
+        &self,
+        order: &ValidatedOrder,
+        record: &KeyRecord,
+    ) -> Result<Insertion, StorageError>;
+
+    /// Forgets the keys whose time has run out; returns how many.
+    async fn prune_keys(&self) -> Result<u64, StorageError>;
 
     /// The order with this id, or `None`.
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError>;

@@ -88,6 +88,7 @@ pub mod repository {
     use std::sync::Arc;
 
     use super::{LONG, SHORT, sample_order, sleep};
+    use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
     use crate::order::{Order, OrderId, OrderStatus};
     use crate::queue::ClaimToken;
     use crate::repository::{OrderQuery, Repository, Transition, TransitionError};
@@ -476,6 +477,119 @@ pub mod repository {
                 .is_empty(),
             "a limit of 0 lists nothing"
         );
+    }
+
+    fn keyed(key: &str, order: &crate::ValidatedOrder, ttl: std::time::Duration) -> KeyRecord {
+        KeyRecord {
+            key: IdempotencyKey::scoped("scope-a", key).unwrap(),
+            fingerprint: Fingerprint::of(order),
+            ttl,
+        }
+    }
+
+    /// A key creates one order; using it again returns that order and says whether the
+    /// request was the same; scopes keep keys apart.
+    pub async fn a_key_creates_one_order(repo: Arc<dyn Repository>) {
+        let order = sample_order("ann", 2);
+        let record = keyed("k-1", &order, LONG * 100);
+        let Insertion::Created(created) = repo.insert_keyed(&order, &record).await.unwrap() else {
+            panic!("a new key creates");
+        };
+        assert_eq!(created.status, OrderStatus::Pending);
+        assert_eq!(repo.get(created.id).await.unwrap(), Some(created.clone()));
+        let (claim, start_it) = start(LONG);
+        repo.transition(created.id, start_it).await.unwrap();
+
+        match repo.insert_keyed(&order, &record).await.unwrap() {
+            Insertion::Existing {
+                order: existing,
+                same_request,
+            } => {
+                assert!(same_request);
+                assert_eq!(existing.id, created.id);
+                assert_eq!(
+                    existing.status,
+                    OrderStatus::Processing,
+                    "the order as it is now"
+                );
+            }
+            other => panic!("expected the existing order, got {other:?}"),
+        }
+        let other_order = sample_order("bob", 1);
+        let reused = KeyRecord {
+            fingerprint: Fingerprint::of(&other_order),
+            ..record.clone()
+        };
+        assert!(matches!(
+            repo.insert_keyed(&other_order, &reused).await.unwrap(),
+            Insertion::Existing { same_request: false, order } if order.id == created.id
+        ));
+        let elsewhere = KeyRecord {
+            key: IdempotencyKey::scoped("scope-b", "k-1").unwrap(),
+            ..record.clone()
+        };
+        assert!(matches!(
+            repo.insert_keyed(&order, &elsewhere).await.unwrap(),
+            Insertion::Created(order) if order.id != created.id
+        ));
+        assert_eq!(repo.metrics().await.unwrap().total_orders, 2);
+        repo.transition(created.id, Transition::Complete { claim })
+            .await
+            .unwrap();
+    }
+
+    /// Of many concurrent submissions with one key, exactly one creates.
+    pub async fn concurrent_submissions_with_one_key_create_one_order(repo: Arc<dyn Repository>) {
+        let order = sample_order("ann", 1);
+        let record = keyed("race", &order, LONG * 100);
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                let (repo, order, record) = (repo.clone(), order.clone(), record.clone());
+                tokio::spawn(async move { repo.insert_keyed(&order, &record).await.unwrap() })
+            })
+            .collect();
+        let mut created = Vec::new();
+        let mut existing = HashSet::new();
+        for racer in racers {
+            match racer.await.unwrap() {
+                Insertion::Created(order) => created.push(order.id),
+                Insertion::Existing {
+                    order,
+                    same_request,
+                } => {
+                    assert!(same_request);
+                    existing.insert(order.id);
+                }
+            }
+        }
+        assert_eq!(created.len(), 1, "exactly one creates");
+        assert!(existing.iter().all(|id| *id == created[0]), "{existing:?}");
+        assert_eq!(repo.metrics().await.unwrap().total_orders, 1);
+    }
+
+    /// A key is forgotten once its time runs out: pruned, or taken over by a new submission.
+    pub async fn expired_keys_are_forgotten(repo: Arc<dyn Repository>) {
+        let order = sample_order("ann", 1);
+        let short = keyed("short", &order, SHORT);
+        let long = keyed("long", &order, LONG * 100);
+        let Insertion::Created(first) = repo.insert_keyed(&order, &short).await.unwrap() else {
+            panic!("a new key creates");
+        };
+        repo.insert_keyed(&order, &long).await.unwrap();
+        sleep(SHORT * 3).await;
+        let Insertion::Created(second) = repo.insert_keyed(&order, &short).await.unwrap() else {
+            panic!("an expired key creates again");
+        };
+        assert_ne!(first.id, second.id);
+        sleep(SHORT * 3).await;
+        assert_eq!(repo.prune_keys().await.unwrap(), 1, "only the expired key");
+        assert!(matches!(
+            repo.insert_keyed(&order, &long).await.unwrap(),
+            Insertion::Existing {
+                same_request: true,
+                ..
+            }
+        ));
     }
 
     /// Nothing moves an order out of COMPLETED, FAILED or CANCELLED.
@@ -938,6 +1052,9 @@ macro_rules! repository_contract_tests {
             only_pending_orders_cancel,
             finished_orders_never_change,
             list_filters_and_pages,
+            a_key_creates_one_order,
+            concurrent_submissions_with_one_key_create_one_order,
+            expired_keys_are_forgotten,
             concurrent_starts_have_one_winner,
             concurrent_inserts_get_distinct_ids,
             stranded_finds_what_a_lost_queue_held,

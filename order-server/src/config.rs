@@ -10,6 +10,8 @@ use order_core::postgres::{
     self, PoolOptions, PostgresChangeFeed, PostgresQueue, PostgresRepository,
 };
 use order_core::{BuildError, OrderProcessor, RetryPolicy, SimulatedStep, StorageError};
+
+use crate::{ApiTokens, ServeOptions};
 use tracing::{info, warn};
 
 /// How order-server is run; `order-server --help` lists it all.
@@ -82,6 +84,19 @@ pub struct Config {
     #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub poll_interval_ms: u64,
 
+    /// Bearer tokens that may call the API, comma-separated: when set, every route but
+    /// /healthz and /readyz needs `Authorization: Bearer <token>`. Unset: the API is open.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<ApiTokens>,
+
+    /// How many requests may be in progress at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
+    /// How long an Idempotency-Key is remembered after its order was created, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_secs: u64,
+
     /// Log output: human-readable text or one JSON object per line. Levels come from RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -118,6 +133,21 @@ impl Config {
         Duration::from_secs(self.request_timeout_secs)
     }
 
+    /// How [`app`](crate::app) serves these settings.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            request_timeout: self.request_timeout(),
+            api_tokens: self.api_token.clone().unwrap_or_default(),
+            max_in_flight: self.max_in_flight as usize,
+        }
+    }
+
+    /// Whether anyone who can reach the address may call the API: no token is required, and
+    /// the server listens beyond this machine.
+    pub fn open_beyond_loopback(&self) -> bool {
+        self.api_token.is_none() && !self.host.is_loopback()
+    }
+
     /// How long shutdown waits for orders in progress.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
@@ -143,6 +173,7 @@ impl Config {
             .concurrency(self.workers.max(1) as usize)
             .lease(Duration::from_millis(self.lease_ms))
             .poll_interval(Duration::from_millis(self.poll_interval_ms))
+            .idempotency_ttl(Duration::from_secs(self.idempotency_ttl_secs))
             .retry_policy(RetryPolicy {
                 max_attempts: self.max_attempts,
                 ..RetryPolicy::default()
@@ -219,6 +250,27 @@ mod tests {
         assert_eq!(config.processing_delay_ms, 2000);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.pool_options().max_connections, 16);
+        assert!(config.serve_options().api_tokens.is_empty());
+        assert!(config.open_beyond_loopback());
+    }
+
+    #[test]
+    fn tokens_are_parsed_and_never_shown() {
+        let config = Config::try_parse_from([
+            "order-server",
+            "--api-token",
+            "first-secret, second-secret",
+            "--host",
+            "10.1.2.3",
+        ])
+        .unwrap();
+        assert_eq!(config.serve_options().api_tokens.len(), 2);
+        assert!(!config.open_beyond_loopback());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(Config::try_parse_from(["order-server", "--api-token", " , "]).is_err());
+        let local = Config::try_parse_from(["order-server", "--host", "127.0.0.1"]).unwrap();
+        assert!(!local.open_beyond_loopback());
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub enum ApiError {
     /// 422: the order broke a rule.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// 422: the `Idempotency-Key` was used before for a different order.
+    #[error("{0}")]
+    KeyReused(String),
+    /// 503: too many requests in progress; retrying after `Retry-After` may work.
+    #[error("{0}")]
+    Overloaded(String),
+    /// 401: no bearer token, or not a valid one (with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 404: no such order, or no such route.
     #[error("{0}")]
     NotFound(String),
@@ -78,6 +87,7 @@ impl From<SubmitError> for ApiError {
     fn from(err: SubmitError) -> Self {
         match err {
             SubmitError::Invalid(err) => err.into(),
+            reused @ SubmitError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
             SubmitError::Storage(err) => err.into(),
         }
     }
@@ -123,7 +133,9 @@ impl ApiError {
         match self {
             ApiError::Rejected { status, .. } => *status,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -53,13 +53,16 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod auth;
 pub mod config;
 mod error;
 mod openapi;
+mod overload;
 pub mod prometheus;
 mod request_id;
 mod routes;
 
+pub use auth::{ApiTokens, NoTokens};
 pub use config::{Config, ConfigError, LogFormat};
 pub use error::{ApiError, ErrorBody};
 pub use routes::{DEFAULT_PAGE, MAX_PAGE};
@@ -120,14 +123,39 @@ pub fn router(processor: OrderProcessor) -> Router {
     )
 }
 
-/// order-server's whole service: [`router`], a JSON `404` for any other path, a request
+/// How [`app`] serves: what order-server's flags set beyond the processor.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The longest a request may take before it is answered `503`.
+    pub request_timeout: Duration,
+    /// The bearer tokens that may call the API; none leaves it open.
+    pub api_tokens: ApiTokens,
+    /// How many requests may be in progress at once; past that, new ones are answered `503`
+    /// with `Retry-After` at once, so that overload sheds work instead of queueing it in
+    /// memory. The health probes are never shed.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServeOptions {
+    /// 30 s, open, 1024 requests in progress.
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            api_tokens: ApiTokens::default(),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// order-server's whole service: [`router`], a JSON `404` for any other path, bearer tokens
+/// when [`ServeOptions::api_tokens`] has any, a cap on requests in progress, a request
 /// timeout (`503`), request ids, request logs and HTTP metrics.
-pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
+pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
     router(processor).fallback(routes::no_route).layer(
         // Outermost first: every request has a usable id before its span is made; the span
-        // and the metrics see every request, a timeout included, which is made JSON and, like
-        // every 5xx, logged with its cause. Layered onto the routes, so the matched route is
-        // known to the span and the metrics.
+        // and the metrics see every request, a refused or shed one and a timeout included,
+        // each made JSON and, like every 5xx, logged with its cause. Layered onto the routes,
+        // so the matched route is known to the span and the metrics.
         ServiceBuilder::new()
             .layer(middleware::map_request(
                 request_id::drop_unusable_request_id,
@@ -141,9 +169,17 @@ pub fn app(processor: OrderProcessor, request_timeout: Duration) -> Router {
             .layer(middleware::from_fn(prometheus::record_http))
             .layer(middleware::from_fn(error::log_server_errors))
             .layer(middleware::from_fn(error::json_errors))
+            .layer(middleware::from_fn_with_state(
+                options.api_tokens.clone(),
+                auth::require_token,
+            ))
+            .layer(middleware::from_fn_with_state(
+                overload::InFlight::new(options.max_in_flight),
+                overload::shed,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
-                request_timeout,
+                options.request_timeout,
             )),
     )
 }

@@ -29,13 +29,19 @@ async fn main() -> anyhow::Result<()> {
         processing_delay_ms = config.processing_delay_ms,
         "listening"
     );
+    if config.open_beyond_loopback() {
+        warn!(
+            address = %config.listen_address(),
+            "API_TOKEN is not set and the server listens beyond this machine: anyone who can reach it may create and cancel orders"
+        );
+    }
     if config.database_url.is_none() {
         warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
     }
 
     // The app before the workers: building it installs the metrics recorder, which should
     // see the first sweep too.
-    let app = app(processor.clone(), config.request_timeout());
+    let app = app(processor.clone(), &config.serve_options());
     let running = if config.workers == 0 {
         info!("WORKERS=0: serving the API only; other servers process the orders");
         None

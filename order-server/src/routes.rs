@@ -4,19 +4,20 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::{Extension, FromRequest, FromRequestParts, OriginalUri, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use order_core::order::MAX_ID_CHARS;
 use order_core::{
-    NewOrder, Order, OrderId, OrderMetrics, OrderProcessor, OrderQuery, OrderStatus, QueueDepth,
-    StatusCounts,
+    IdempotencyKey, NewOrder, Order, OrderId, OrderMetrics, OrderProcessor, OrderQuery,
+    OrderStatus, QueueDepth, StatusCounts, Submission,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::{
     ApiDocument, DOCUMENTATION, InternalError, MONITORING, ORDERS, StorageUnavailable,
@@ -89,29 +90,81 @@ pub(crate) struct OrderPath {
 pub(crate) async fn create_order(
     State(processor): State<OrderProcessor>,
     OriginalUri(uri): OriginalUri,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
     AppJson(new_order): AppJson<NewOrder>,
 ) -> Result<Response, ApiError> {
+    let scope = caller
+        .map(|Extension(caller)| caller.scope)
+        .unwrap_or_default();
+    let mut submission = Submission::new(new_order);
+    if let Some(key) = idempotency_key(&headers, scope)? {
+        submission = submission.idempotency_key(key);
+    }
     // Submitted on its own task: if the client goes away or the request times out, storing
     // and queueing still finish together instead of stopping between the two. In the
     // request's span, so that the order's acceptance is logged with the request id.
-    let order = tokio::spawn(async move { processor.submit(new_order).await }.in_current_span())
-        .await
-        .map_err(|err| ApiError::Internal {
-            cause: format!("submit task failed: {err}"),
-        })??;
+    let submitted =
+        tokio::spawn(async move { processor.submit_or_replay(submission).await }.in_current_span())
+            .await
+            .map_err(|err| ApiError::Internal {
+                cause: format!("submit task failed: {err}"),
+            })??;
     // The path the client used, so that the API nested under a prefix points into it.
     let collection = uri.path().trim_end_matches('/');
+    let order = submitted.order;
     let location = HeaderValue::from_str(&format!("{collection}/{}", order.id)).map_err(|err| {
         ApiError::Internal {
             cause: err.to_string(),
         }
     })?;
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(OrderBody { order }),
+        // A replay answers what the first response said: the order as it was accepted.
+        Json(OrderBody {
+            order: if submitted.replayed {
+                order.as_accepted()
+            } else {
+                order
+            },
+        }),
     )
-        .into_response())
+        .into_response();
+    if submitted.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The header that marks a replayed response.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, in the caller's scope: a bare value (as Stripe takes it) or
+/// a quoted string (as the IETF draft writes it); `400` for more than one, or one that is not
+/// 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap, scope: String) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be given once".to_owned(),
+        ));
+    }
+    let text = value.to_str().map_err(|_| {
+        ApiError::BadRequest("Idempotency-Key must be visible ASCII characters".to_owned())
+    })?;
+    let text = text
+        .strip_prefix('"')
+        .and_then(|quoted| quoted.strip_suffix('"'))
+        .unwrap_or(text);
+    IdempotencyKey::scoped(scope, text)
+        .map(Some)
+        .map_err(|err| ApiError::BadRequest(err.to_string()))
 }
 
 /// An order id from the path, or `400`.

@@ -7,6 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::time::Instant;
 
 use crate::error::StorageError;
+use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::lock;
 use crate::memory::deadline;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
@@ -48,6 +49,15 @@ struct State {
     by_user: HashMap<String, Vec<OrderId>>,
     /// Updated with every write, so reading metrics costs nothing.
     metrics: OrderMetrics,
+    /// Idempotency keys: what each was used for, and until when it is remembered.
+    keys: HashMap<IdempotencyKey, KeyUse>,
+}
+
+#[derive(Debug)]
+struct KeyUse {
+    fingerprint: Fingerprint,
+    order: OrderId,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -106,6 +116,41 @@ fn sorted_range(ids: &[OrderId], bounds: (Bound<OrderId>, Bound<OrderId>)) -> &[
 }
 
 impl State {
+    /// Stores a new PENDING order with the next id.
+    fn store(&mut self, order: &ValidatedOrder) -> Result<Order, StorageError> {
+        let now = wall_clock();
+        let raw_id = i64::try_from(self.records.len() + 1)
+            .map_err(|_| StorageError::other("order ids exhausted"))?;
+        let id = OrderId::new(raw_id).ok_or_else(|| StorageError::other("order ids exhausted"))?;
+        let stored = Order {
+            id,
+            user_id: order.user_id().to_owned(),
+            item_ids: order.item_ids().to_vec(),
+            total_amount: order.total_amount(),
+            status: OrderStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            processing_start_time: None,
+            processing_end_time: None,
+            attempts: 0,
+            last_error: None,
+        };
+        self.records.push(Record {
+            order: stored.clone(),
+            holder: None,
+        });
+        self.statuses(OrderStatus::Pending).insert(id);
+        match self.by_user.get_mut(order.user_id()) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.by_user.insert(order.user_id().to_owned(), vec![id]);
+            }
+        }
+        self.metrics.total_orders += 1;
+        self.metrics.statuses.pending += 1;
+        Ok(stored)
+    }
+
     fn statuses(&mut self, status: OrderStatus) -> &mut BTreeSet<OrderId> {
         &mut self.by_status[status_index(status)]
     }
@@ -225,38 +270,43 @@ fn processing_micros(order: &Order) -> u64 {
 #[async_trait]
 impl Repository for InMemoryRepository {
     async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError> {
-        let now = wall_clock();
+        lock(&self.state).store(order)
+    }
+
+    async fn insert_keyed(
+        &self,
+        order: &ValidatedOrder,
+        record: &KeyRecord,
+    ) -> Result<Insertion, StorageError> {
+        let now = Instant::now();
         let mut state = lock(&self.state);
-        let raw_id = i64::try_from(state.records.len() + 1)
-            .map_err(|_| StorageError::other("order ids exhausted"))?;
-        let id = OrderId::new(raw_id).ok_or_else(|| StorageError::other("order ids exhausted"))?;
-        let stored = Order {
-            id,
-            user_id: order.user_id().to_owned(),
-            item_ids: order.item_ids().to_vec(),
-            total_amount: order.total_amount(),
-            status: OrderStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            processing_start_time: None,
-            processing_end_time: None,
-            attempts: 0,
-            last_error: None,
-        };
-        state.records.push(Record {
-            order: stored.clone(),
-            holder: None,
-        });
-        state.statuses(OrderStatus::Pending).insert(id);
-        match state.by_user.get_mut(order.user_id()) {
-            Some(ids) => ids.push(id),
-            None => {
-                state.by_user.insert(order.user_id().to_owned(), vec![id]);
-            }
+        if let Some(used) = state.keys.get(&record.key)
+            && used.expires > now
+            && let Some(existing) = state.record(used.order)
+        {
+            return Ok(Insertion::Existing {
+                order: existing.order.clone(),
+                same_request: used.fingerprint == record.fingerprint,
+            });
         }
-        state.metrics.total_orders += 1;
-        state.metrics.statuses.pending += 1;
-        Ok(stored)
+        let stored = state.store(order)?;
+        state.keys.insert(
+            record.key.clone(),
+            KeyUse {
+                fingerprint: record.fingerprint,
+                order: stored.id,
+                expires: deadline(now, record.ttl),
+            },
+        );
+        Ok(Insertion::Created(stored))
+    }
+
+    async fn prune_keys(&self) -> Result<u64, StorageError> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let before = state.keys.len();
+        state.keys.retain(|_, used| used.expires > now);
+        Ok((before - state.keys.len()) as u64)
     }
 
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {

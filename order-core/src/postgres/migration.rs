@@ -1,6 +1,7 @@
 //! The schema, as sea-orm-migration migrations.
 
 mod m20261125_000001_list_and_watch_orders;
+mod m20261125_000002_idempotency_keys;
 
 use sea_orm::DeriveIden;
 use sea_orm_migration::prelude::*;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(CreateOrdersAndQueue),
             Box::new(m20261125_000001_list_and_watch_orders::ListAndWatchOrders),
+            Box::new(m20261125_000002_idempotency_keys::IdempotencyKeys),
         ]
     }
 

@@ -17,6 +17,7 @@ use super::error::storage_error;
 use super::micros;
 use super::queue::{Handoff, PostgresQueue};
 use crate::error::StorageError;
+use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::repository::{
@@ -305,6 +306,35 @@ pub(super) fn list_statement(query: &OrderQuery) -> (String, Vec<Value>) {
     (sql, values)
 }
 
+/// Stores an order under an idempotency key, in one statement: the key's row is written first
+/// (`ON CONFLICT` on its primary key decides a race, waiting for a concurrent writer of the
+/// same key to commit), and the order only when the key's row was written. A key whose time
+/// has run out, or whose order was deleted, is taken over. No row back: the key is in use.
+const INSERT_KEYED: &str = "
+WITH new_order AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id),
+key AS (
+    INSERT INTO order_engine_idempotency_keys AS k (scope, key, fingerprint, order_id, expires_at)
+    SELECT $1, $2, $3, id, now() + $4 * interval '1 microsecond' FROM new_order
+    ON CONFLICT (scope, key) DO UPDATE
+       SET fingerprint = excluded.fingerprint, order_id = excluded.order_id,
+           expires_at = excluded.expires_at
+     WHERE k.expires_at <= now()
+        OR NOT EXISTS (SELECT 1 FROM order_engine_orders o WHERE o.id = k.order_id)
+    RETURNING order_id),
+inserted AS (
+    INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
+    OVERRIDING SYSTEM VALUE
+    SELECT order_id, $5, $6, $7, 'PENDING', 0 FROM key
+    RETURNING *){queue}
+SELECT * FROM inserted";
+
+/// What a key in use names: its fingerprint (`key_fingerprint`) and its order's columns.
+const READ_KEY: &str = "
+SELECT k.fingerprint AS key_fingerprint, o.*
+  FROM order_engine_idempotency_keys k JOIN order_engine_orders o ON o.id = k.order_id
+ WHERE k.scope = $1 AND k.key = $2";
+
 /// The columns every transition sets when an order leaves PROCESSING: the claim is cleared.
 const LEAVE_PROCESSING: &str = "claim_token = NULL, lease_expires_at = NULL, updated_at = now()";
 
@@ -535,6 +565,74 @@ impl Repository for PostgresRepository {
             .call(order.clone())
             .await
             .unwrap_or_else(|| Err(lost_batch()))
+    }
+
+    async fn insert_keyed(
+        &self,
+        order: &ValidatedOrder,
+        record: &KeyRecord,
+    ) -> Result<Insertion, StorageError> {
+        let key = &record.key;
+        let sql = INSERT_KEYED.replace(
+            "{queue}",
+            if self.link.is_some() {
+                QUEUE_INSERTED
+            } else {
+                ""
+            },
+        );
+        let values: Vec<Value> = vec![
+            key.scope().into(),
+            key.key().into(),
+            record.fingerprint.as_bytes().to_vec().into(),
+            micros(record.ttl).into(),
+            order.user_id().into(),
+            order.item_ids().to_vec().into(),
+            order.total_amount().into(),
+        ];
+        // A key in use may be taken over between the two statements (it expired, its order
+        // was deleted): then the insert is tried again, a bounded number of times.
+        for _ in 0..3 {
+            let inserted =
+                rows(&self.db, "could not insert the order", &sql, values.clone()).await?;
+            if let Some(row) = inserted.first() {
+                let order = order_row(row)?;
+                if let Some(link) = &self.link {
+                    link.queued([order.id]);
+                }
+                return Ok(Insertion::Created(order));
+            }
+            let existing = rows(
+                &self.db,
+                "could not read an idempotency key",
+                READ_KEY,
+                vec![key.scope().into(), key.key().into()],
+            )
+            .await?;
+            if let Some(row) = existing.first() {
+                let fingerprint: Vec<u8> = row
+                    .try_get("", "key_fingerprint")
+                    .map_err(|err| storage_error("could not read an idempotency key", err))?;
+                return Ok(Insertion::Existing {
+                    order: order_row(row)?,
+                    same_request: fingerprint.as_slice() == record.fingerprint.as_bytes(),
+                });
+            }
+        }
+        Err(StorageError::unavailable(
+            "an idempotency key kept changing hands; try again",
+        ))
+    }
+
+    async fn prune_keys(&self) -> Result<u64, StorageError> {
+        self.db
+            .execute_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "DELETE FROM order_engine_idempotency_keys WHERE expires_at <= now()",
+            ))
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|err| storage_error("could not prune idempotency keys", err))
     }
 
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {

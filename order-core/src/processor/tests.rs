@@ -445,6 +445,16 @@ impl Repository for FaultyRepository {
     async fn insert(&self, order: &crate::ValidatedOrder) -> Result<Order, StorageError> {
         self.inner.insert(order).await
     }
+    async fn insert_keyed(
+        &self,
+        order: &crate::ValidatedOrder,
+        record: &crate::KeyRecord,
+    ) -> Result<crate::Insertion, StorageError> {
+        self.inner.insert_keyed(order, record).await
+    }
+    async fn prune_keys(&self) -> Result<u64, StorageError> {
+        self.inner.prune_keys().await
+    }
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
         self.inner.get(id).await
     }
@@ -1069,4 +1079,62 @@ async fn a_dropped_or_finished_watch_leaves_nothing_registered() {
     .await
     .expect("both watchers deregistered");
     running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_keyed_submission_is_processed_once_and_replays_after() {
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let key = crate::IdempotencyKey::new("pay-1").unwrap();
+    let keyed = |order: NewOrder| Submission::new(order).idempotency_key(key.clone());
+    let first = processor
+        .submit_or_replay(keyed(new_order("ann")))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let done = done(&processor, first.order.id).await;
+    assert_eq!((done.status, done.attempts), (OrderStatus::Completed, 1));
+
+    let again = processor
+        .submit_or_replay(keyed(new_order("ann")))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.order, done, "the order as it is now");
+    assert_eq!(
+        again.order.as_accepted(),
+        first.order,
+        "and as it was accepted"
+    );
+
+    let err = processor
+        .submit_or_replay(keyed(new_order("bob")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SubmitError::KeyReused { order, .. } if *order == first.order.id),
+        "{err}"
+    );
+    // An invalid order is refused before its key is looked at.
+    let invalid = NewOrder {
+        user_id: String::new(),
+        ..new_order("ann")
+    };
+    assert!(matches!(
+        processor.submit(keyed(invalid)).await,
+        Err(SubmitError::Invalid(_))
+    ));
+    assert_eq!(processor.metrics().await.unwrap().total_orders, 1);
+    running.shutdown(WAIT).await;
+}
+
+#[test]
+fn an_idempotency_ttl_under_a_second_is_refused() {
+    let err = OrderProcessor::builder(SimulatedStep::default())
+        .idempotency_ttl(Duration::from_millis(10))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("idempotency_ttl"), "{err}");
 }

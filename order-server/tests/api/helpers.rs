@@ -53,7 +53,7 @@ pub(crate) fn idle_app() -> (Router, OrderProcessor) {
         .build()
         .unwrap();
     (
-        order_server::app(processor.clone(), Duration::from_secs(5)),
+        order_server::app(processor.clone(), &crate::helpers::serve_options()),
         processor,
     )
 }
@@ -65,7 +65,7 @@ pub(crate) fn app_with(repository: impl Repository + 'static) -> Router {
         .repository(Arc::new(repository))
         .build()
         .unwrap();
-    order_server::app(processor, Duration::from_secs(5))
+    order_server::app(processor, &crate::helpers::serve_options())
 }
 
 pub(crate) async fn send(app: &Router, request: Request<Body>) -> Reply {
@@ -113,3 +113,11 @@ pub(crate) async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) ->
 
 pub(crate) const VALID_ORDER: &str =
     r#"{"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99}"#;
+
+/// How the tests serve: open, with a 5 s request timeout.
+pub(crate) fn serve_options() -> order_server::ServeOptions {
+    order_server::ServeOptions {
+        request_timeout: Duration::from_secs(5),
+        ..order_server::ServeOptions::default()
+    }
+}

@@ -152,7 +152,7 @@ async fn an_order_being_processed_cannot_be_cancelled_and_a_cancelled_one_is_nev
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_secs(30)))
         .build()
         .unwrap();
-    let app = order_server::app(processor.clone(), Duration::from_secs(5));
+    let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
     // Queued before the workers start, and cancelled while it waits.
     let cancelled = processor.submit(order_of("ann")).await.unwrap().id;
     assert_eq!(
@@ -225,7 +225,7 @@ async fn events_stream_an_order_until_it_ends() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(100)))
         .build()
         .unwrap();
-    let app = order_server::app(processor.clone(), Duration::from_secs(5));
+    let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
     let id = processor.submit(order_of("ann")).await.unwrap().id;
     let stream = tokio::spawn({
         let app = app.clone();

@@ -22,4 +22,5 @@ mod outage;
 mod pg_orders;
 mod postgres;
 mod process;
+mod reliability;
 mod server;

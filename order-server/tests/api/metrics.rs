@@ -29,7 +29,7 @@ async fn metrics_agree_with_the_orders() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(30)))
         .build()
         .unwrap();
-    let app = order_server::app(processor.clone(), Duration::from_secs(5));
+    let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
     let mut ids = Vec::new();
     for _ in 0..5 {
         let created = post_json(&app, "/orders", VALID_ORDER).await;

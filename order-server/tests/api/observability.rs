@@ -185,12 +185,12 @@ async fn the_prometheus_route_shows_every_documented_family_with_its_type() {
 async fn the_oldest_pending_order_shows_its_age() {
     let (app, processor) = crate::helpers::idle_app();
     let first = processor
-        .submit(serde_json::from_str(VALID_ORDER).unwrap())
+        .submit(serde_json::from_str::<order_core::NewOrder>(VALID_ORDER).unwrap())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     processor
-        .submit(serde_json::from_str(VALID_ORDER).unwrap())
+        .submit(serde_json::from_str::<order_core::NewOrder>(VALID_ORDER).unwrap())
         .await
         .unwrap();
     let metrics = scrape(&app).await;
@@ -209,7 +209,7 @@ async fn counters_and_histograms_move_with_the_orders_they_count() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(20)))
         .build()
         .unwrap();
-    let app = order_server::app(processor.clone(), Duration::from_secs(5));
+    let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
     let before = scrape(&app).await;
     let running = processor.start();
     let mut ids = Vec::new();

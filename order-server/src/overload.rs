@@ -1,0 +1,48 @@
+//! Load shedding: a cap on requests in progress, past which new ones are refused at once.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// The paths never shed: a probe that fails under load would get a busy server restarted.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// The permits of requests in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight(Arc<Semaphore>);
+
+impl InFlight {
+    pub(crate) fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(
+            max.clamp(1, Semaphore::MAX_PERMITS),
+        )))
+    }
+}
+
+/// Runs the request while it holds a permit (until its response head is ready: a stream's
+/// body does not hold one), or answers `503` with `Retry-After` when none is free.
+pub(crate) async fn shed(
+    State(in_flight): State<InFlight>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if PROBES.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    match in_flight.0.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => ApiError::Overloaded(
+            "the server is at its limit of requests in progress; retry shortly".to_owned(),
+        )
+        .into_response(),
+    }
+}

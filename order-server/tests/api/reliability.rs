@@ -1,0 +1,364 @@
+//! Idempotent creates, bearer tokens and load shedding, as a client sees them.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use order_core::testing::TestDatabase;
+use order_core::{OrderProcessor, SimulatedStep};
+use order_server::{ApiTokens, ServeOptions};
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, VALID_ORDER, get, idle_app, init_logs, send};
+use crate::process::spawn_server;
+
+fn create(key: Option<&str>, token: Option<&str>, body: &str) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri("/orders")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+async fn total_orders(app: &Router, token: Option<&str>) -> i64 {
+    let mut request = Request::builder().uri("/metrics");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let reply = send(app, request.body(Body::empty()).unwrap()).await;
+    reply.body["totalOrders"].as_i64().unwrap()
+}
+
+const OTHER_ORDER: &str = r#"{"userId": "user-123", "itemIds": ["item9"], "totalAmount": 59.99}"#;
+
+#[tokio::test]
+async fn a_replayed_key_returns_the_first_response_and_creates_nothing() {
+    let (app, processor) = idle_app();
+    let first = send(&app, create(Some("order-7781"), None, VALID_ORDER)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let id = first.body["order"]["id"].as_i64().unwrap();
+
+    // The order moves on; a replay still answers what the first response said.
+    let running = processor.start();
+    let done = tokio::time::timeout(
+        Duration::from_secs(10),
+        processor.wait_until_done(order_core::OrderId::new(id).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(done.status, order_core::OrderStatus::Completed);
+
+    // The same body, spelt differently (spaces, amount), and the key as the IETF draft quotes it.
+    let same = r#"{"totalAmount":59.990,"itemIds":["item1","item2"],"userId":"user-123"}"#;
+    let replay = send(&app, create(Some("\"order-7781\""), None, same)).await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body, first.body);
+    assert_eq!(
+        replay.headers[header::LOCATION],
+        first.headers[header::LOCATION]
+    );
+
+    let reused = send(&app, create(Some("order-7781"), None, OTHER_ORDER)).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        reused
+            .error()
+            .contains("already used for a different order"),
+        "{}",
+        reused.body
+    );
+    assert_eq!(total_orders(&app, None).await, 1);
+
+    // Without a key, each request is an order of its own.
+    send(&app, create(None, None, VALID_ORDER)).await;
+    assert_eq!(total_orders(&app, None).await, 2);
+    running.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn bad_keys_are_400() {
+    let (app, _) = idle_app();
+    let long = "k".repeat(256);
+    for (key, expected) in [
+        ("", "must not be empty"),
+        (long.as_str(), "at most 255"),
+        ("\"\"", "must not be empty"),
+    ] {
+        let reply = send(&app, create(Some(key), None, VALID_ORDER)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{key:?}");
+        assert!(reply.error().contains(expected), "{key:?}: {}", reply.body);
+    }
+    let twice = Request::builder()
+        .method(Method::POST)
+        .uri("/orders")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .body(Body::from(VALID_ORDER))
+        .unwrap();
+    let reply = send(&app, twice).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.error(), "Idempotency-Key must be given once");
+    assert_eq!(total_orders(&app, None).await, 0);
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_requests_with_one_key_create_one_order() {
+    let (app, _) = idle_app();
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, create(Some("race"), None, VALID_ORDER)).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut replayed = 0;
+    for racer in racers {
+        let reply: Reply = racer.await.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        replayed += usize::from(reply.headers.contains_key("idempotent-replayed"));
+        ids.push(reply.body["order"]["id"].as_i64().unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(replayed, 15);
+    assert_eq!(total_orders(&app, None).await, 1);
+}
+
+fn guarded_app(tokens: &str) -> Router {
+    init_logs();
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    order_server::app(
+        processor,
+        &ServeOptions {
+            api_tokens: tokens.parse::<ApiTokens>().unwrap(),
+            ..ServeOptions::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn with_tokens_every_route_but_the_probes_needs_one() {
+    let app = guarded_app("token-a,token-b");
+    for uri in [
+        "/orders",
+        "/orders/1",
+        "/metrics",
+        "/metrics/prometheus",
+        "/openapi.json",
+        "/nowhere",
+    ] {
+        let reply = get(&app, uri).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(
+            reply.headers[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="order-server""#
+        );
+        assert!(reply.error().contains("bearer token is required"), "{uri}");
+    }
+    let wrong = send(&app, create(None, Some("token-c"), VALID_ORDER)).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong.headers[header::WWW_AUTHENTICATE],
+        r#"Bearer realm="order-server", error="invalid_token""#
+    );
+    let basic = send(
+        &app,
+        Request::builder()
+            .uri("/metrics")
+            .header(header::AUTHORIZATION, "Basic dG9rZW4tYTo=")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(get(&app, probe).await.status, StatusCode::OK, "{probe}");
+    }
+    let created = send(&app, create(None, Some("token-a"), VALID_ORDER)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let read = send(
+        &app,
+        Request::builder()
+            .uri(created.headers[header::LOCATION].to_str().unwrap())
+            .header(header::AUTHORIZATION, "bearer token-b")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        read.status,
+        StatusCode::OK,
+        "the scheme is case-insensitive"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_token() {
+    let app = guarded_app("token-a,token-b");
+    let a = send(&app, create(Some("same-key"), Some("token-a"), VALID_ORDER)).await;
+    let b = send(&app, create(Some("same-key"), Some("token-b"), VALID_ORDER)).await;
+    let a_again = send(&app, create(Some("same-key"), Some("token-a"), VALID_ORDER)).await;
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_ne!(a.body["order"]["id"], b.body["order"]["id"]);
+    assert_eq!(a_again.body["order"]["id"], a.body["order"]["id"]);
+    assert_eq!(a_again.headers["idempotent-replayed"], "true");
+    assert_eq!(total_orders(&app, Some("token-a")).await, 2);
+}
+
+#[tokio::test]
+async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
+    init_logs();
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .build()
+        .unwrap();
+    let app = order_server::app(
+        processor,
+        &ServeOptions {
+            max_in_flight: 1,
+            ..ServeOptions::default()
+        },
+    );
+    // A client that sends its body slowly holds the one slot.
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let body = Body::from_stream(tokio_stream_from(body_rx));
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/orders")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .unwrap();
+            send(&app, request).await
+        }
+    });
+    body_tx.send(Ok(b"{\"userId\": ".to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let shed = get(&app, "/metrics").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers[header::RETRY_AFTER], "1");
+    assert!(
+        shed.error().contains("limit of requests in progress"),
+        "{}",
+        shed.body
+    );
+    assert_eq!(
+        get(&app, "/healthz").await.status,
+        StatusCode::OK,
+        "probes are never shed"
+    );
+
+    body_tx
+        .send(Ok(br#""u", "itemIds": ["i"], "totalAmount": 1}"#.to_vec()))
+        .await
+        .unwrap();
+    drop(body_tx);
+    assert_eq!(slow.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(
+        get(&app, "/metrics").await.status,
+        StatusCode::OK,
+        "the slot is free again"
+    );
+}
+
+/// The receiver as a stream of body chunks.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The binary on PostgreSQL, with tokens: keyed creates race to one order, committed with its
+/// key by the database.
+#[tokio::test]
+async fn on_postgres_one_key_is_one_order_however_many_race() {
+    let db = TestDatabase::create().await;
+    let server = spawn_server(&[
+        ("DATABASE_URL", db.url()),
+        ("API_TOKEN", "pg-token"),
+        ("WORKERS", "0"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let post = |key: &'static str, body: Value| {
+        let request = client
+            .post(format!("{}/orders", server.base))
+            .bearer_auth("pg-token")
+            .header("idempotency-key", key)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            (
+                response.status().as_u16(),
+                replayed,
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let order = json!({"userId": "ann", "itemIds": ["a"], "totalAmount": 5});
+    let racers: Vec<_> = (0..16).map(|_| post("pg-race", order.clone())).collect();
+    let replies = futures::future::join_all(racers).await;
+    let ids: std::collections::HashSet<_> = replies
+        .iter()
+        .map(|(_, _, body)| body["order"]["id"].clone())
+        .collect();
+    assert!(
+        replies.iter().all(|(status, _, _)| *status == 201),
+        "{replies:?}"
+    );
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        replies.iter().filter(|(_, replayed, _)| *replayed).count(),
+        15
+    );
+
+    let (status, _, body) = post(
+        "pg-race",
+        json!({"userId": "bob", "itemIds": ["a"], "totalAmount": 5}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let counts = crate::postgres::direct_counts(db.connection()).await;
+    assert_eq!(counts.values().sum::<i64>(), 1, "{counts:?}");
+
+    let unauthorized = client
+        .get(format!("{}/orders", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let ready = client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let logs = server.logs();
+    assert!(
+        !logs
+            .iter()
+            .any(|line| line.to_string().contains("pg-token")),
+        "the token is never logged"
+    );
+    server.kill().await;
+}
