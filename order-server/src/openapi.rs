@@ -28,17 +28,77 @@ pub(crate) const DOCUMENTATION: &str = "documentation";
         version = env!("CARGO_PKG_VERSION"),
         description = "Create orders, follow them through processing, and measure the system.\n\n\
             Every error is `application/json` `{\"error\": \"...\"}`, with `field` naming the \
-            offending field of an order that breaks a rule. A `503` from unavailable storage \
-            carries `Retry-After`. Paths are relative to where the API is mounted.",
+            offending field of an order that breaks a rule. A `503` (storage unavailable, or \
+            too many requests in progress) carries `Retry-After`. When the server runs with \
+            `API_TOKEN`, every route but `/healthz` and `/readyz` needs \
+            `Authorization: Bearer <token>`. Paths are relative to where the API is mounted.",
     ),
     tags(
         (name = ORDERS, description = "Create, list, read, cancel and watch orders."),
         (name = MONITORING, description = "Counts, liveness and readiness."),
         (name = DOCUMENTATION, description = "This document."),
     ),
-    components(responses(StorageUnavailable, InternalError)),
+    components(responses(StorageUnavailable, InternalError, Unauthorized)),
+    modifiers(&BearerTokens),
 )]
 pub(crate) struct ApiDoc;
+
+/// The probes, which never need a token.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Documents the bearer tokens: a `bearer` security scheme, optional on every route but the
+/// probes (a server without `API_TOKEN` is open), each of which may then answer `401`.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{Ref, RefOr};
+
+        if let Some(components) = api.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+        for (path, item) in &mut api.paths.paths {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security = Some(vec![
+                    SecurityRequirement::default(),
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+                operation.responses.responses.insert(
+                    "401".to_owned(),
+                    RefOr::Ref(Ref::from_response_name("Unauthorized")),
+                );
+            }
+        }
+    }
+}
+
+/// The `401` of every route but the probes, when the server requires tokens.
+#[derive(ToResponse)]
+#[response(
+    description = "The server requires a bearer token (`API_TOKEN`), and the request has none or a wrong one.",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"order-server\"`, with `error=\"invalid_token\"` for a wrong token."))
+)]
+// Only its documentation is used: the response itself is an `ApiError::Unauthorized`.
+#[allow(dead_code)]
+pub(crate) struct Unauthorized(ErrorBody);
 
 /// The `503` of every route that reads or writes storage.
 #[derive(ToResponse)]

@@ -69,20 +69,33 @@ pub(crate) struct OrderPath {
     path = "/orders",
     operation_id = "createOrder",
     tag = ORDERS,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Names this submission (1 to 255 visible ASCII characters, bare or \
+                quoted): a retry with the same key and body returns the first response and \
+                creates nothing, for 24 h by default; keys are scoped by bearer token.",
+            example = "checkout-2291"),
+    ),
     request_body(
         content = NewOrder,
         description = "The order; any other field is refused.",
     ),
     responses(
-        (status = 201, description = "The order, accepted and stored; processing follows.",
+        (status = 201, description = "The order, accepted and stored; processing follows. For a \
+            replayed Idempotency-Key, the first response's body, and nothing was created.",
             body = OrderBody,
-            headers(("Location" = String, description = "The order's URL, under the path the API is mounted at."))),
-        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+            headers(
+                ("Location" = String, description = "The order's URL, under the path the API is mounted at."),
+                ("Idempotent-Replayed" = Option<bool>, description = "`true` when this answers a replayed Idempotency-Key."),
+            )),
+        (status = 400, description = "The body is not JSON, or the Idempotency-Key is not a \
+            valid key or is given twice.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The content type is not `application/json`.", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape (a field missing, unknown or of \
-            the wrong type, such as an amount given as a string), or an order that breaks a \
-            rule, whose `field` is named.", body = ErrorBody),
+            the wrong type, such as an amount given as a string), an order that breaks a \
+            rule, whose `field` is named, or an Idempotency-Key already used for a different \
+            order.", body = ErrorBody),
         (status = 500, response = InternalError),
         (status = 503, response = StorageUnavailable),
     ),

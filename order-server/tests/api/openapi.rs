@@ -154,7 +154,21 @@ async fn answer(
     uri: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
+    answer_with(app, method, uri, body, None).await
+}
+
+/// [`answer`], with a header.
+async fn answer_with(
+    app: &Router,
+    method: &Method,
+    uri: &str,
+    body: Option<&Value>,
+    header: Option<(&str, String)>,
+) -> (StatusCode, Value) {
     let mut request = Request::builder().method(method).uri(uri);
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
     let body = match body {
         Some(json) => {
             request = request.header(header::CONTENT_TYPE, "application/json");
@@ -341,16 +355,18 @@ async fn every_example_in_the_document_is_accepted() {
             for example in examples {
                 let (app, id) = app_with_an_order().await;
                 let mut uri = op.path.to_owned();
+                let mut header = None;
                 match parameter["in"].as_str().unwrap() {
                     "path" => uri = uri.replace(&format!("{{{name}}}"), &url_text(&example)),
                     "query" => uri = format!("{uri}?{name}={}", url_text(&example)),
+                    "header" => header = Some((name, url_text(&example))),
                     other => {
                         panic!("{name} is a parameter in {other}, which this test cannot send")
                     }
                 }
                 let uri = uri.replace("{id}", &id);
                 let (status, answer_body) =
-                    answer(&app, &op.method, &uri, body_examples.first()).await;
+                    answer_with(&app, &op.method, &uri, body_examples.first(), header).await;
                 assert!(
                     status.is_success(),
                     "{} {uri} refused the example of {name}: {status} {answer_body}",
