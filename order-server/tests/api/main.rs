@@ -22,5 +22,6 @@ mod outage;
 mod pg_orders;
 mod postgres;
 mod process;
+mod properties;
 mod reliability;
 mod server;
