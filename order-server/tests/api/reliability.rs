@@ -362,3 +362,41 @@ async fn on_postgres_one_key_is_one_order_however_many_race() {
     );
     server.kill().await;
 }
+
+/// A client that trickles its request head is cut off after the header timeout, while the
+/// server goes on answering others.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = spawn_server(&[]).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: orders\r\n")
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    assert_eq!(
+        server.get("/healthz").await.0,
+        200,
+        "others are served meanwhile"
+    );
+    let mut buffer = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buffer))
+        .await
+        .expect("the server closes the connection within 30 s");
+    let waited = began.elapsed();
+    // Closed (or reset) without a response to the unfinished request, after the timeout.
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => {
+            let answer = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        }
+    }
+    assert!(
+        waited >= order_server::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "{waited:?}"
+    );
+    server.kill().await;
+}
