@@ -9,7 +9,9 @@ use clap::{Parser, ValueEnum};
 use order_core::postgres::{
     self, PoolOptions, PostgresChangeFeed, PostgresQueue, PostgresRepository,
 };
-use order_core::{BuildError, OrderProcessor, RetryPolicy, SimulatedStep, StorageError};
+use order_core::{
+    BuildError, InMemoryRepository, OrderProcessor, RetryPolicy, SimulatedStep, StorageError,
+};
 
 use crate::{ApiTokens, ServeOptions};
 use tracing::{info, warn};
@@ -92,6 +94,11 @@ pub struct Config {
     /// How many requests may be in progress at once; more are answered 503 with Retry-After.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
+
+    /// In memory (no DATABASE_URL): the most orders waiting or in progress at once; past it,
+    /// POST /orders is answered 503 with Retry-After until the workers catch up.
+    #[arg(long, env = "MAX_BACKLOG", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backlog: u64,
 
     /// How long an Idempotency-Key is remembered after its order was created, in seconds.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -178,6 +185,11 @@ impl Config {
                 max_attempts: self.max_attempts,
                 ..RetryPolicy::default()
             });
+        if self.database_url.is_none() {
+            builder = builder.repository(Arc::new(InMemoryRepository::with_max_unfinished(
+                self.max_backlog,
+            )));
+        }
         if let Some(url) = &self.database_url {
             let db = self.connect_and_migrate(url).await?;
             let queue = PostgresQueue::new(db.clone());

@@ -30,11 +30,13 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, Transi
 /// assert_eq!(repository.get(stored.id).await.unwrap(), Some(stored));
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InMemoryRepository {
     // A std mutex, not tokio's: no critical section awaits, and each is a few map operations,
     // far cheaper than an async lock's bookkeeping.
     state: Mutex<State>,
+    /// The most orders PENDING or PROCESSING at once; past it, inserts are refused.
+    max_unfinished: u64,
 }
 
 #[derive(Debug, Default)]
@@ -67,10 +69,38 @@ struct Record {
     holder: Option<(ClaimToken, Instant)>,
 }
 
+impl Default for InMemoryRepository {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl InMemoryRepository {
-    /// An empty repository.
+    /// An empty repository, its backlog unbounded.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_max_unfinished(u64::MAX)
+    }
+
+    /// An empty repository that holds at most `max` orders PENDING or PROCESSING at once: past
+    /// that, [`insert`](Repository::insert) is refused as unavailable (a `503` with
+    /// `Retry-After` over HTTP) until workers catch up, so that a burst beyond what the
+    /// workers sustain pushes back on clients instead of growing memory without end.
+    pub fn with_max_unfinished(max: u64) -> Self {
+        Self {
+            state: Mutex::default(),
+            max_unfinished: max,
+        }
+    }
+
+    /// Refuses an insert while the backlog is full.
+    fn check_room(&self, state: &State) -> Result<(), StorageError> {
+        let unfinished = state.metrics.statuses.pending + state.metrics.statuses.processing;
+        if unfinished >= self.max_unfinished {
+            return Err(StorageError::unavailable(format!(
+                "the backlog is full ({unfinished} orders waiting or in progress); retry later"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -270,7 +300,9 @@ fn processing_micros(order: &Order) -> u64 {
 #[async_trait]
 impl Repository for InMemoryRepository {
     async fn insert(&self, order: &ValidatedOrder) -> Result<Order, StorageError> {
-        lock(&self.state).store(order)
+        let mut state = lock(&self.state);
+        self.check_room(&state)?;
+        state.store(order)
     }
 
     async fn insert_keyed(
@@ -289,6 +321,7 @@ impl Repository for InMemoryRepository {
                 same_request: used.fingerprint == record.fingerprint,
             });
         }
+        self.check_room(&state)?;
         let stored = state.store(order)?;
         state.keys.insert(
             record.key.clone(),
@@ -399,5 +432,31 @@ impl Repository for InMemoryRepository {
 
     async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
         Ok(lock(&self.state).metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testing::sample_order;
+
+    #[tokio::test]
+    async fn a_full_backlog_refuses_inserts_until_orders_finish() {
+        let repository = InMemoryRepository::with_max_unfinished(2);
+        let first = repository.insert(&sample_order("a", 1)).await.unwrap();
+        repository.insert(&sample_order("b", 1)).await.unwrap();
+        let err = repository.insert(&sample_order("c", 1)).await.unwrap_err();
+        assert!(
+            err.unavailable && err.message.contains("backlog is full"),
+            "{err}"
+        );
+        repository
+            .transition(first.id, Transition::Cancel)
+            .await
+            .unwrap();
+        repository.insert(&sample_order("c", 1)).await.unwrap();
+        assert_eq!(repository.metrics().await.unwrap().total_orders, 3);
     }
 }

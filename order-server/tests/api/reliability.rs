@@ -400,3 +400,29 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     );
     server.kill().await;
 }
+
+/// In memory, a burst past the backlog bound is pushed back with 503 and Retry-After, and
+/// every order accepted before it is kept.
+#[tokio::test]
+async fn a_full_in_memory_backlog_pushes_back_with_503() {
+    let server = spawn_server(&[("WORKERS", "0"), ("MAX_BACKLOG", "3")]).await;
+    let order = json!({"userId": "ann", "itemIds": ["a"], "totalAmount": 5});
+    for _ in 0..3 {
+        server.create(&order).await;
+    }
+    let response = server
+        .client()
+        .post(format!("{}/orders", server.base))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(metrics["totalOrders"], 3);
+    assert_eq!(server.get("/healthz").await.0, 200);
+    server.kill().await;
+}
