@@ -9,6 +9,7 @@
     clippy::print_stdout
 )]
 
+mod chaos;
 mod errors;
 mod failures;
 mod helpers;

@@ -16,7 +16,7 @@ use tokio::process::Command;
 use crate::process::{Server, spawn_server};
 
 /// A PostgreSQL cluster in a temporary directory, on a free loopback port.
-struct Cluster {
+pub(crate) struct Cluster {
     bindir: PathBuf,
     dir: PathBuf,
     port: u16,
@@ -25,7 +25,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let bindir = find_bindir().await.expect(
             "PostgreSQL's server binaries (initdb, pg_ctl) are needed: install Debian's \
              postgresql package or set PG_BINDIR",
@@ -68,11 +68,11 @@ impl Cluster {
         self.dir.join("data").to_str().unwrap().to_owned()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    async fn start(&self) {
+    pub(crate) async fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -99,7 +99,7 @@ impl Cluster {
 
     /// Stops the server the hard way: no checkpoint, clients cut off, crash recovery at the
     /// next start.
-    async fn crash(&self) {
+    pub(crate) async fn crash(&self) {
         self.run(
             "pg_ctl",
             &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
