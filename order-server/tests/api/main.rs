@@ -14,6 +14,7 @@ mod errors;
 mod failures;
 mod helpers;
 mod listing;
+mod load;
 mod metrics;
 mod nest;
 mod observability;

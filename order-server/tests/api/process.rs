@@ -127,6 +127,17 @@ impl Server {
 
     /// The HTTP client, for requests the helpers here do not make (headers of the test's own,
     /// bodies that are not JSON).
+    /// The resident memory of the process, in KiB (`VmRSS`).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
