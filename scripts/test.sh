@@ -62,6 +62,25 @@ DATABASE_URL=$(pg_url_with_database "$TEST_DATABASE_URL" "$example_db") \
   cargo run --quiet -p examples --example postgres
 drop_example_db
 
+# Known vulnerabilities in the dependency tree (RustSec), when cargo-audit is installed. It
+# needs the advisory database, which it fetches over git: a machine that cannot reach it says
+# so and goes on; a vulnerability found fails the run.
+step "advisories (cargo audit)"
+if ! cargo audit --version >/dev/null 2>&1; then
+  echo "skipped: cargo-audit is not installed (cargo install cargo-audit --locked)"
+else
+  audit_log=$(mktemp)
+  if cargo audit 2>&1 | tee "$audit_log"; then
+    :
+  elif grep -qiE "couldn't fetch|failed to fetch|could not resolve|network|unable to access" "$audit_log"; then
+    echo "skipped: the advisory database could not be fetched from this machine"
+  else
+    rm -f "$audit_log"
+    exit 1
+  fi
+  rm -f "$audit_log"
+fi
+
 step "benches build"
 cargo bench -p benches --no-run
 
