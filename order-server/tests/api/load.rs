@@ -196,11 +196,7 @@ async fn under_four_times_its_limit_the_server_sheds_and_keeps_every_promise() {
 #[tokio::test]
 async fn a_minute_of_steady_load_leaves_memory_flat() {
     let db = TestDatabase::create().await;
-    let server = spawn_server(&[
-        ("DATABASE_URL", db.url()),
-        ("PROCESSING_DELAY_MS", "5"),
-    ])
-    .await;
+    let server = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "5")]).await;
     let pause = Duration::from_millis(20);
     let warm_up = load_for(&server, 8, pause, Duration::from_secs(10)).await;
     let after_warm_up = server.rss_kib();
