@@ -5,7 +5,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /orders` | `201 {"order": ...}` with `Location`; `400`/`415`/`422`/`413` for bad input |
+//! | `POST /orders` | `201 {"order": ...}` with `Location`; with `Idempotency-Key`, a replay answers the first body again with `Idempotent-Replayed: true`; `400`/`415`/`422`/`413` for bad input |
 //! | `GET /orders?status=&userId=&limit=&after=` | `200 {"orders": [...], "nextCursor"}`, newest first; `400` for a bad parameter |
 //! | `GET /orders/{id}` | `200 {"order": ...}`; `400` for a bad id, `404` for an unknown one |
 //! | `POST /orders/{id}/cancel` | `200 {"order": ...}` CANCELLED; `409` naming the status of an order no longer PENDING |
@@ -16,7 +16,11 @@
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //! | `GET /openapi.json` | `200`: this table in full, as an OpenAPI 3.1 document generated from the handlers |
 //!
-//! Every error is `application/json` `{"error": "..."}`.
+//! Every error is `application/json` `{"error": "..."}`. [`app`] adds bearer tokens
+//! ([`ServeOptions::api_tokens`]: `401` with `WWW-Authenticate` on every route but the probes)
+//! and a cap on requests in progress ([`ServeOptions::max_in_flight`]: `503` with
+//! `Retry-After` past it), and [`run`] gives each client [`HEADER_READ_TIMEOUT`] to send a
+//! request head.
 //!
 //! # Observability
 //!
@@ -169,10 +173,10 @@ pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
             .layer(middleware::from_fn(prometheus::record_http))
             .layer(middleware::from_fn(error::log_server_errors))
             .layer(middleware::from_fn(error::json_errors))
-            .layer(middleware::from_fn_with_state(
-                options.api_tokens.clone(),
-                auth::require_token,
-            ))
+            // Only when there are tokens: an open API pays nothing per request for it.
+            .option_layer((!options.api_tokens.is_empty()).then(|| {
+                middleware::from_fn_with_state(options.api_tokens.clone(), auth::require_token)
+            }))
             .layer(middleware::from_fn_with_state(
                 overload::InFlight::new(options.max_in_flight),
                 overload::shed,

@@ -24,7 +24,8 @@
 //! process-wide too: where one process runs two processors, a scrape shows the one it went
 //! through.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -199,19 +200,51 @@ pub(crate) async fn scrape(State(processor): State<OrderProcessor>) -> Result<Re
 pub(crate) async fn record_http(request: Request, next: Next) -> Response {
     let began = tokio::time::Instant::now();
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    let labels = vec![
-        Label::from_static_parts("method", method),
-        Label::new("route", route),
-        Label::new("status", response.status().as_str().to_owned()),
-    ];
-    metrics::histogram!(HTTP_REQUEST_DURATION, labels.iter()).record(began.elapsed().as_secs_f64());
-    counter!(HTTP_REQUESTS, labels).increment(1);
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let (requests, duration) = http_series(method, route, response.status());
+    duration.record(began.elapsed().as_secs_f64());
+    requests.increment(1);
     response
+}
+
+/// The request counter and duration histogram of one method, route and status.
+type HttpSeries = (metrics::Counter, metrics::Histogram);
+
+/// The handles of each route's series by method and status, made at their first request:
+/// building a metric's key (three labels, allocated and hashed) on every request cost more
+/// than the counting. Bounded: routes are templates, methods and statuses few.
+fn http_series(method: &'static str, route: &str, status: axum::http::StatusCode) -> HttpSeries {
+    type ByRoute = HashMap<String, HashMap<(&'static str, u16), HttpSeries>>;
+    static SERIES: OnceLock<RwLock<ByRoute>> = OnceLock::new();
+    let series = SERIES.get_or_init(RwLock::default);
+    let code = status.as_u16();
+    let known = series
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(route)
+        .and_then(|by_status| by_status.get(&(method, code)))
+        .cloned();
+    if let Some(known) = known {
+        return known;
+    }
+    let labels = [
+        Label::from_static_parts("method", method),
+        Label::new("route", route.to_owned()),
+        Label::new("status", status.as_str().to_owned()),
+    ];
+    let made = (
+        counter!(HTTP_REQUESTS, labels.iter()),
+        metrics::histogram!(HTTP_REQUEST_DURATION, labels.iter()),
+    );
+    series
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(route.to_owned())
+        .or_default()
+        .insert((method, code), made.clone());
+    made
 }
 
 /// The standard methods by name, anything else as `other`: a client must not be able to
