@@ -577,6 +577,8 @@ mod shared_database {
             crate::OrderQuery::newest_first(20),
             crate::OrderQuery::newest_first(20).after(after),
             crate::OrderQuery::newest_first(20).status(OrderStatus::Failed),
+            crate::OrderQuery::newest_first(20).status(OrderStatus::Completed),
+            crate::OrderQuery::newest_first(20).status(OrderStatus::Processing),
             crate::OrderQuery::newest_first(20)
                 .status(OrderStatus::Pending)
                 .after(after),
