@@ -12,10 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-
-/// The paths a probe may call without a token: an orchestrator's liveness and readiness checks
-/// carry none.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+use crate::routes::PROBE_PATHS;
 
 /// The tokens that may call the API; none: the API is open.
 ///
@@ -119,7 +116,7 @@ pub(crate) async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if tokens.is_empty() || OPEN_PATHS.contains(&request.uri().path()) {
+    if tokens.is_empty() || PROBE_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request

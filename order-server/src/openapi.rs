@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use utoipa::{OpenApi, ToResponse};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::PROBE_PATHS;
 
 /// The tag of the routes that create, list, read, cancel and watch orders.
 pub(crate) const ORDERS: &str = "orders";
@@ -43,9 +44,6 @@ pub(crate) const DOCUMENTATION: &str = "documentation";
 )]
 pub(crate) struct ApiDoc;
 
-/// The probes, which never need a token.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
-
 /// Documents the bearer tokens: a `bearer` security scheme, optional on every route but the
 /// probes (a server without `API_TOKEN` is open), each of which may then answer `401`.
 struct BearerTokens;
@@ -64,7 +62,7 @@ impl utoipa::Modify for BearerTokens {
             );
         }
         for (path, item) in &mut api.paths.paths {
-            if OPEN_PATHS.contains(&path.as_str()) {
+            if PROBE_PATHS.contains(&path.as_str()) {
                 continue;
             }
             for operation in [

@@ -8,9 +8,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-
-/// The paths never shed: a probe that fails under load would get a busy server restarted.
-const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+use crate::routes::PROBE_PATHS;
 
 /// The permits of requests in progress.
 #[derive(Debug, Clone)]
@@ -31,7 +29,7 @@ pub(crate) async fn shed(
     request: Request,
     next: Next,
 ) -> Response {
-    if PROBES.contains(&request.uri().path()) {
+    if PROBE_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     match in_flight.0.clone().try_acquire_owned() {

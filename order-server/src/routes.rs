@@ -39,6 +39,11 @@ pub(crate) struct AppPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct AppQuery<T>(pub T);
 
+/// The paths of the liveness and readiness probes: never behind a token (an orchestrator's
+/// probe carries none) and never shed (a probe that fails under load gets a busy server
+/// restarted).
+pub(crate) const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
 /// The page size of `GET /orders` when none is asked for.
 pub const DEFAULT_PAGE: usize = 20;
 /// The largest page `GET /orders` serves.

@@ -1,16 +1,15 @@
 //! [`ChangeFeed`] on PostgreSQL.
 
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
-use sea_orm::sqlx::postgres::{PgListener, PgPool};
+use sea_orm::sqlx::postgres::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::CHANGES_CHANNEL;
-use super::listen::next_notification;
+use super::listen::{self, next_notification};
 use crate::changes::{Change, ChangeFeed};
 use crate::order::OrderId;
 
@@ -81,32 +80,24 @@ impl ChangeFeed for PostgresChangeFeed {
 /// notification's ids; every time `LISTEN` is (re)established, reports a `Resync` for what
 /// happened while nobody listened.
 async fn relay(pool: PgPool, shared: Weak<Shared>) {
-    let mut backoff = Duration::from_millis(100);
     loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(CHANGES_CHANNEL).await {
-                Ok(()) => {
-                    debug!(channel = CHANGES_CHANNEL, "listening for order changes");
-                    backoff = Duration::from_millis(100);
-                    report(&shared, Change::Resync);
-                    while let Some(notification) = next_notification(&mut listener).await {
-                        for raw in notification.payload().split(',') {
-                            match raw.parse().ok().and_then(OrderId::new) {
-                                Some(id) => report(&shared, Change::Order(id)),
-                                None => warn!(payload = raw, "unexpected order change payload"),
-                            }
-                        }
-                    }
+        let gone = || shared.strong_count() == 0;
+        let Some(mut listener) = listen::open(&pool, CHANGES_CHANNEL, gone).await else {
+            return;
+        };
+        report(&shared, Change::Resync);
+        while let Some(notification) = next_notification(&mut listener).await {
+            for raw in notification.payload().split(',') {
+                match raw.parse().ok().and_then(OrderId::new) {
+                    Some(id) => report(&shared, Change::Order(id)),
+                    None => warn!(payload = raw, "unexpected order change payload"),
                 }
-                Err(err) => warn!(error = %err, "could not LISTEN for order changes"),
-            },
-            Err(err) => debug!(error = %err, "could not open a LISTEN connection"),
+            }
         }
         if shared.strong_count() == 0 {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(listen::RECONNECT_PAUSE).await;
     }
 }
 

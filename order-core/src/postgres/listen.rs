@@ -3,8 +3,40 @@
 
 use std::time::Duration;
 
-use sea_orm::sqlx::postgres::{PgListener, PgNotification};
+use sea_orm::sqlx::postgres::{PgListener, PgNotification, PgPool};
 use tracing::{debug, warn};
+
+/// The pause before reopening a `LISTEN` connection that dropped, and the first pause between
+/// failed attempts to open one (doubling up to [`MAX_RECONNECT_PAUSE`]).
+pub(super) const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
+
+/// A connection of `pool` that `LISTEN`s on `channel`, tried again with growing pauses until
+/// it is in place; `None` once `gone()` says that nobody needs it any more.
+pub(super) async fn open(
+    pool: &PgPool,
+    channel: &str,
+    gone: impl Fn() -> bool,
+) -> Option<PgListener> {
+    let mut pause = RECONNECT_PAUSE;
+    loop {
+        match PgListener::connect_with(pool).await {
+            Ok(mut listener) => match listener.listen(channel).await {
+                Ok(()) => {
+                    debug!(channel, "listening");
+                    return Some(listener);
+                }
+                Err(err) => warn!(channel, error = %err, "could not LISTEN"),
+            },
+            Err(err) => debug!(error = %err, "could not open a LISTEN connection"),
+        }
+        if gone() {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+    }
+}
 
 /// How long a `LISTEN` connection may stay silent before it is pinged: a connection to a
 /// vanished host (a partition, a frozen VM) fails no read, so silence must be checked.

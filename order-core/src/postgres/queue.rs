@@ -11,12 +11,12 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::NOTIFY_CHANNEL;
 use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::error::storage_error;
-use super::listen::next_notification;
+use super::listen::{self, next_notification};
 use super::micros;
 use super::repository::order_row;
 use crate::error::StorageError;
@@ -357,37 +357,27 @@ impl PostgresQueue {
         // The task holds only a weak reference: dropping the last queue stops it.
         let wakeups = Arc::downgrade(&self.wakeups);
         AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
             let mut reconnected = false;
             loop {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
-                        Ok(()) => {
-                            debug!(channel = NOTIFY_CHANNEL, "listening for new work");
-                            backoff = Duration::from_millis(100);
-                            let Some(w) = wakeups.upgrade() else { return };
-                            w.listening.send_replace(true);
-                            // After a reconnect, work may have arrived while nobody
-                            // listened. (The first time, `wait` returns as soon as LISTEN
-                            // is in place, for its caller to claim again.)
-                            if reconnected {
-                                w.notify.notify_one();
-                            }
-                            drop(w);
-                            reconnected = true;
-                            listen(&mut listener, &wakeups).await;
-                            let Some(w) = wakeups.upgrade() else { return };
-                            w.listening.send_replace(false);
-                        }
-                        Err(err) => warn!(error = %err, "could not LISTEN for new work"),
-                    },
-                    Err(err) => debug!(error = %err, "could not open a LISTEN connection"),
-                }
-                if wakeups.strong_count() == 0 {
+                let gone = || wakeups.strong_count() == 0;
+                let Some(mut listener) = listen::open(&pool, NOTIFY_CHANNEL, gone).await else {
                     return;
+                };
+                let Some(w) = wakeups.upgrade() else { return };
+                w.listening.send_replace(true);
+                // After a reconnect, work may have arrived while nobody listened. (The first
+                // time, `wait` returns as soon as LISTEN is in place, for its caller to claim
+                // again.)
+                if reconnected {
+                    w.notify.notify_one();
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                drop(w);
+                reconnected = true;
+                relay(&mut listener, &wakeups).await;
+                let Some(w) = wakeups.upgrade() else { return };
+                w.listening.send_replace(false);
+                drop(w);
+                tokio::time::sleep(listen::RECONNECT_PAUSE).await;
             }
         }))
     }
@@ -395,7 +385,7 @@ impl PostgresQueue {
 
 /// Wakes a waiter for each notification until the connection fails or stops answering, and
 /// once more then: work may arrive while nobody listens.
-async fn listen(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
+async fn relay(listener: &mut PgListener, wakeups: &Weak<Wakeups>) {
     while let Some(notification) = next_notification(listener).await {
         let Some(w) = wakeups.upgrade() else { return };
         // This queue's own pushes woke its waiters already, without the round trip.

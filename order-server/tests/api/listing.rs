@@ -20,7 +20,8 @@ fn order_of(user: &str) -> NewOrder {
     }
 }
 
-fn ids(body: &Value) -> Vec<i64> {
+/// The ids of a listing's page, in its order.
+pub(crate) fn ids(body: &Value) -> Vec<i64> {
     body["orders"]
         .as_array()
         .unwrap()

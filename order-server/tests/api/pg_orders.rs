@@ -6,7 +6,7 @@ use std::time::Duration;
 use order_core::testing::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::listing::{status_events, statuses};
+use crate::listing::{ids, status_events, statuses};
 use crate::postgres::{direct_counts, wait_until_all_finished};
 use crate::process::{Server, spawn_server};
 
@@ -30,15 +30,6 @@ async fn events(server: &Server, id: i64) -> Vec<Value> {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     status_events(&response.text().await.expect("the stream ends in time"))
-}
-
-fn ids(body: &Value) -> Vec<i64> {
-    body["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|order| order["id"].as_i64().unwrap())
-        .collect()
 }
 
 #[tokio::test]
