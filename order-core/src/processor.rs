@@ -525,6 +525,13 @@ impl OrderProcessor {
         self.engine.watchers.closed.cancel();
     }
 
+    /// Resolves once [`close_watches`](Self::close_watches) has been called: for the
+    /// embedding service's own long-lived streams (order-server's metrics stream), so that
+    /// they end with the order streams and do not hold a draining server open.
+    pub async fn watches_closed(&self) {
+        self.engine.watchers.closed.cancelled().await;
+    }
+
     /// Counts over all orders; costs the same however many there are.
     pub async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
         self.engine.repository.metrics().await

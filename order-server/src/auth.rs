@@ -1,4 +1,5 @@
-//! Bearer tokens: with `API_TOKEN` set, every route but the health probes needs one.
+//! Bearer tokens: with `API_TOKEN` set, every route but the health probes and the dashboard
+//! page needs one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::routes::PROBE_PATHS;
+use crate::routes::is_open;
 
 /// The tokens that may call the API; none: the API is open.
 ///
@@ -116,7 +117,7 @@ pub(crate) async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if tokens.is_empty() || PROBE_PATHS.contains(&request.uri().path()) {
+    if tokens.is_empty() || is_open(request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request

@@ -11,10 +11,12 @@
 //! | `POST /orders/{id}/cancel` | `200 {"order": ...}` CANCELLED; `409` naming the status of an order no longer PENDING |
 //! | `GET /orders/{id}/events` | Server-Sent Events: a `status` event `{"order": ...}` now and at each change, until a terminal status |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
+//! | `GET /metrics/stream` | Server-Sent Events: a `history` event with the last five minutes of samples, then a `sample` event each second ([`history`]) |
 //! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when another metrics recorder was installed first ([`prometheus`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //! | `GET /openapi.json` | `200`: this table in full, as an OpenAPI 3.1 document generated from the handlers |
+//! | `GET /`, `GET /dashboard` | the dashboard: one HTML page, compiled in, that shows all of the above live; open without a token, it asks for one when the API needs it |
 //!
 //! Every error is `application/json` `{"error": "..."}`. [`app`] adds bearer tokens
 //! ([`ServeOptions::api_tokens`]: `401` with `WWW-Authenticate` on every route but the probes)
@@ -59,7 +61,9 @@ use utoipa_axum::routes;
 
 mod auth;
 pub mod config;
+mod dashboard;
 mod error;
+pub mod history;
 mod openapi;
 mod overload;
 pub mod prometheus;
@@ -112,18 +116,28 @@ pub fn router(processor: OrderProcessor) -> Router {
         .routes(routes!(routes::cancel_order))
         .routes(routes!(routes::order_events))
         .routes(routes!(routes::metrics))
+        .routes(routes!(history::metrics_stream))
         .routes(routes!(prometheus::scrape))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
         .routes(routes!(routes::openapi_document))
+        .routes(routes!(dashboard::root))
+        .routes(routes!(dashboard::dashboard))
         .split_for_parts();
+    let history = history::History::new();
+    // Sampling starts now when there is a runtime to run it, so that the charts hold the
+    // minutes before the first look; otherwise at the first stream.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        history.start_sampling(&processor);
+    }
     routes.with_state(processor).layer(
         // Outermost first: errors are made JSON whatever produced them, a panic included.
         ServiceBuilder::new()
             .layer(middleware::from_fn(error::json_errors))
             .layer(CatchPanicLayer::custom(error::panic_response))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(Extension(openapi::ApiDocument::new(&api))),
+            .layer(Extension(openapi::ApiDocument::new(&api)))
+            .layer(Extension(history)),
     )
 }
 

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use utoipa::{OpenApi, ToResponse};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::PROBE_PATHS;
+use crate::routes::is_open;
 
 /// The tag of the routes that create, list, read, cancel and watch orders.
 pub(crate) const ORDERS: &str = "orders";
@@ -20,6 +20,8 @@ pub(crate) const ORDERS: &str = "orders";
 pub(crate) const MONITORING: &str = "monitoring";
 /// The tag of the route that serves this document.
 pub(crate) const DOCUMENTATION: &str = "documentation";
+/// The tag of the routes that serve the dashboard page.
+pub(crate) const DASHBOARD: &str = "dashboard";
 
 /// What the document holds besides its paths and schemas, which come from the handlers.
 #[derive(OpenApi)]
@@ -31,15 +33,20 @@ pub(crate) const DOCUMENTATION: &str = "documentation";
             Every error is `application/json` `{\"error\": \"...\"}`, with `field` naming the \
             offending field of an order that breaks a rule. A `503` (storage unavailable, or \
             too many requests in progress) carries `Retry-After`. When the server runs with \
-            `API_TOKEN`, every route but `/healthz` and `/readyz` needs \
+            `API_TOKEN`, every route but `/healthz`, `/readyz` and the dashboard page needs \
             `Authorization: Bearer <token>`. Paths are relative to where the API is mounted.",
     ),
     tags(
         (name = ORDERS, description = "Create, list, read, cancel and watch orders."),
         (name = MONITORING, description = "Counts, liveness and readiness."),
         (name = DOCUMENTATION, description = "This document."),
+        (name = DASHBOARD, description = "The live dashboard page, open without a token."),
     ),
-    components(responses(StorageUnavailable, InternalError, Unauthorized)),
+    // The events of `GET /metrics/stream`, which no JSON response refers to.
+    components(
+        responses(StorageUnavailable, InternalError, Unauthorized),
+        schemas(crate::history::HistoryBody, crate::history::Sample),
+    ),
     modifiers(&BearerTokens),
 )]
 pub(crate) struct ApiDoc;
@@ -62,7 +69,7 @@ impl utoipa::Modify for BearerTokens {
             );
         }
         for (path, item) in &mut api.paths.paths {
-            if PROBE_PATHS.contains(&path.as_str()) {
+            if is_open(path) {
                 continue;
             }
             for operation in [

@@ -44,6 +44,12 @@ pub(crate) struct AppQuery<T>(pub T);
 /// restarted).
 pub(crate) const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
+/// Whether `path` is served without a token: the probes, and the dashboard page, which holds
+/// no secret and asks for the token that the API needs.
+pub(crate) fn is_open(path: &str) -> bool {
+    PROBE_PATHS.contains(&path) || crate::dashboard::PAGE_PATHS.contains(&path)
+}
+
 /// The page size of `GET /orders` when none is asked for.
 pub const DEFAULT_PAGE: usize = 20;
 /// The largest page `GET /orders` serves.

@@ -1017,8 +1017,21 @@ async fn closing_watches_ends_the_streams_of_unfinished_orders() {
     let watch = processor.watch(order.id).await.unwrap().unwrap();
     let seen = tokio::spawn(watched(watch));
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let closed = tokio::spawn({
+        let processor = processor.clone();
+        async move { processor.watches_closed().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !closed.is_finished(),
+        "watches_closed resolved before close_watches"
+    );
     processor.close_watches();
     assert_eq!(seen.await.unwrap(), [OrderStatus::Pending]);
+    tokio::time::timeout(Duration::from_secs(1), closed)
+        .await
+        .expect("watches_closed resolves once close_watches is called")
+        .unwrap();
     let after = processor.watch(order.id).await.unwrap().unwrap();
     assert_eq!(watched(after).await, [OrderStatus::Pending]);
 }

@@ -1,0 +1,514 @@
+'use strict';
+// The dashboard reads the API like any client, relative to where the page is served, so it
+// works at `/`, at `/dashboard` and under whatever prefix the API is nested at.
+(() => {
+  const base = location.pathname.replace(/\/(dashboard\/?)?$/, '');
+  const STATUSES = ['PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'CANCELLED'];
+  const TOKEN_KEY = 'order-server.token';
+  const WINDOW_MS = 5 * 60 * 1000;
+  const PAGE_SIZE = 20;
+  const $ = (id) => document.getElementById(id);
+  const byTestId = (id) => document.querySelector(`[data-testid="${id}"]`);
+  const count = new Intl.NumberFormat();
+  const decimal = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+  const money = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // ---- Requests, with the token the API may ask for ------------------------------------
+
+  let token = sessionStorage.getItem(TOKEN_KEY);
+  let tokenAsked = null;
+
+  class HttpError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function errorOf(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.error === 'string') return new HttpError(response.status, body.error);
+    } catch { /* not JSON: fall through */ }
+    return new HttpError(response.status, `HTTP ${response.status}`);
+  }
+
+  // Answers the request; on 401 asks for a token (once for every request waiting) and retries.
+  async function api(path, options = {}) {
+    for (;;) {
+      const headers = new Headers(options.headers);
+      if (token) headers.set('Authorization', `Bearer ${token}`);
+      const response = await fetch(base + path, { ...options, headers, cache: 'no-store' });
+      if (response.status !== 401) return response;
+      const rejected = token;
+      const reason = (await errorOf(response)).message;
+      await askForToken(rejected ? `That token was not accepted (${reason}). Check it and try again.` : '', rejected);
+    }
+  }
+
+  async function apiJson(path, options) {
+    const response = await api(path, options);
+    if (!response.ok) throw await errorOf(response);
+    return response.json();
+  }
+
+  function askForToken(error, rejected) {
+    // A request that failed with a token another request has since replaced just retries.
+    if (rejected && token !== rejected) return Promise.resolve();
+    if (!tokenAsked) {
+      const dialog = $('token');
+      $('token-error').textContent = error;
+      $('token-input').value = '';
+      tokenAsked = new Promise((resolve) => {
+        const form = $('token-form');
+        const submit = (event) => {
+          event.preventDefault();
+          const value = $('token-input').value.trim();
+          if (!value) {
+            $('token-error').textContent = 'Enter the token this server was started with (API_TOKEN).';
+            return;
+          }
+          form.removeEventListener('submit', submit);
+          token = value;
+          sessionStorage.setItem(TOKEN_KEY, value);
+          $('forget-token').hidden = false;
+          dialog.close();
+          tokenAsked = null;
+          resolve();
+        };
+        form.addEventListener('submit', submit);
+      });
+      if (!dialog.open) dialog.showModal();
+      $('token-input').focus();
+    }
+    return tokenAsked;
+  }
+  // Without a token nothing can be shown: the dialog is not dismissed with Escape.
+  $('token').addEventListener('cancel', (event) => event.preventDefault());
+  $('forget-token').hidden = !token;
+  $('forget-token').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    location.reload();
+  });
+
+  // Server-Sent Events over fetch, which (unlike EventSource) can send the token.
+  async function stream(path, onEvent, signal) {
+    const response = await api(path, { signal, headers: { Accept: 'text/event-stream' } });
+    if (!response.ok) throw await errorOf(response);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, '\n');
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = 'message';
+        const data = [];
+        for (const line of block.split('\n')) {
+          if (!line || line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+          if (field === 'event') name = text;
+          else if (field === 'data') data.push(text);
+        }
+        if (data.length) onEvent(name, JSON.parse(data.join('\n')));
+      }
+    }
+  }
+
+  // ---- Formatting ----------------------------------------------------------------------
+
+  function duration(seconds) {
+    if (seconds == null) return '–';
+    if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+    if (seconds < 60) return `${decimal.format(seconds)} s`;
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return `${minutes} min ${Math.floor(seconds % 60)} s`;
+    return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  }
+  const time = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : '–');
+  const dateTime = (iso) => (iso ? new Date(iso).toLocaleString([], { hour12: false }) : '–');
+  const amount = (value) => money.format(Number(value));
+
+  function processingTime(order) {
+    if (!order.processingStartTime) return '–';
+    const start = Date.parse(order.processingStartTime);
+    if (order.processingEndTime) return duration((Date.parse(order.processingEndTime) - start) / 1000);
+    return order.status === 'PROCESSING' ? `running ${duration((Date.now() - start) / 1000)}` : '–';
+  }
+
+  function setText(element, text) {
+    if (element.textContent !== text) element.textContent = text;
+  }
+
+  function badge(element, status) {
+    setText(element, status);
+    element.className = `badge s-${status}`;
+  }
+
+  // ---- Counts, queue and charts, from GET /metrics/stream -------------------------------
+
+  let samples = [];
+  let lastSampleAt = 0;
+
+  function setConnection(element, textElement, state, text) {
+    element.dataset.state = state;
+    setText(textElement, text);
+  }
+  const connection = (state, text) => setConnection(byTestId('live'), $('conn-text'), state, text);
+
+  function showSample(sample) {
+    for (const status of STATUSES) {
+      setText(byTestId(`count-${status}`), count.format(sample.statuses[status.toLowerCase()]));
+    }
+    setText(byTestId('count-total'), count.format(sample.totalOrders));
+    const queue = sample.queue;
+    setText(byTestId('queue-depth'), count.format(queue.ready + queue.delayed + queue.claimed));
+    setText($('queue-ready'), count.format(queue.ready));
+    setText($('queue-delayed'), count.format(queue.delayed));
+    setText($('queue-claimed'), count.format(queue.claimed));
+    setText(byTestId('oldest-pending'), sample.oldestPendingAgeSeconds == null ? 'none' : duration(sample.oldestPendingAgeSeconds));
+    const rate = smoothed('completedPerSecond');
+    setText($('throughput-now'), `${decimal.format(rate[rate.length - 1])}/s now`);
+    const recent = samples.slice(-10).filter((s) => s.avgProcessingSeconds != null);
+    const mean = recent.length ? recent.reduce((sum, s) => sum + s.avgProcessingSeconds, 0) / recent.length : null;
+    setText($('processing-now'), mean == null ? 'no completions lately' : `${duration(mean)} lately`);
+  }
+
+  // A line through the samples of the last five minutes; breaks where samples are missing.
+  function linePath(values, times, now, top) {
+    let path = '';
+    let previous = null;
+    values.forEach((value, i) => {
+      if (value == null) return;
+      const x = 300 - ((now - times[i]) / WINDOW_MS) * 300;
+      if (x < 0) return;
+      const y = 100 - (value / top) * 96;
+      const gap = previous == null || times[i] - previous > 3000;
+      path += `${gap ? 'M' : 'L'}${x.toFixed(1)} ${y.toFixed(1)}`;
+      previous = times[i];
+    });
+    return path;
+  }
+
+  function niceTop(max) {
+    if (!(max > 0)) return 1;
+    const power = 10 ** Math.floor(Math.log10(max));
+    return [1, 2, 2.5, 5, 10].map((step) => step * power).find((top) => top >= max);
+  }
+
+  // Rates averaged over the last few samples: one-second counts of a steady flow of
+  // multi-second orders jump between 0 and n.
+  const SMOOTHING = 5;
+  function smoothed(key) {
+    return samples.map((_, i) => {
+      const window = samples.slice(Math.max(0, i - SMOOTHING + 1), i + 1);
+      return window.reduce((sum, s) => sum + s[key], 0) / window.length;
+    });
+  }
+
+  function drawCharts() {
+    if (!samples.length) return;
+    const times = samples.map((s) => Date.parse(s.at));
+    const now = times[times.length - 1];
+    const completed = smoothed('completedPerSecond');
+    const failed = smoothed('failedPerSecond');
+    const processing = samples.map((s) => s.avgProcessingSeconds);
+    const throughputTop = niceTop(Math.max(...completed, ...failed));
+    const throughput = $('chart-throughput');
+    throughput.querySelector('.completed').setAttribute('d', linePath(completed, times, now, throughputTop));
+    throughput.querySelector('.failed').setAttribute('d', linePath(failed, times, now, throughputTop));
+    setText($('throughput-max'), `${decimal.format(throughputTop)}/s`);
+    const peak = Math.max(...completed);
+    throughput.setAttribute('aria-label', `Throughput over the last five minutes: ${decimal.format(completed[completed.length - 1])} completed per second now, peak ${decimal.format(peak)}`);
+    const known = processing.filter((v) => v != null);
+    const processingTop = niceTop(Math.max(0, ...known));
+    const chart = $('chart-processing');
+    chart.querySelector('.processing').setAttribute('d', linePath(processing, times, now, processingTop));
+    setText($('processing-max'), known.length ? duration(processingTop) : '');
+    chart.setAttribute('aria-label', known.length
+      ? `Processing time over the last five minutes: longest mean ${duration(Math.max(...known))}, latest ${duration(known[known.length - 1])}`
+      : 'Processing time: no order completed in the last five minutes');
+  }
+
+  let countsSeen = '';
+  function onMetrics(name, data) {
+    if (name === 'history') samples = data.samples;
+    else if (name === 'sample') samples.push(data);
+    else return;
+    const cutoff = samples.length ? Date.parse(samples[samples.length - 1].at) - WINDOW_MS : 0;
+    while (samples.length && Date.parse(samples[0].at) < cutoff) samples.shift();
+    lastSampleAt = Date.now();
+    connection('live', 'Live');
+    if (!samples.length) return;
+    const latest = samples[samples.length - 1];
+    showSample(latest);
+    drawCharts();
+    // The table is read again only when some order has moved.
+    const counts = JSON.stringify([latest.totalOrders, latest.statuses]);
+    if (counts !== countsSeen) {
+      countsSeen = counts;
+      refreshTable();
+    }
+  }
+
+  async function followMetrics() {
+    let backoff = 1000;
+    for (;;) {
+      try {
+        await stream('/metrics/stream', (name, data) => {
+          backoff = 1000;
+          onMetrics(name, data);
+        });
+        connection('offline', 'Server closed the stream; reconnecting…');
+      } catch (error) {
+        connection('offline', error instanceof HttpError ? error.message : 'Offline; reconnecting…');
+      }
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    }
+  }
+
+  // A stream that stays open but brings nothing is shown as stale.
+  setInterval(() => {
+    if (lastSampleAt && Date.now() - lastSampleAt > 4000 && byTestId('live').dataset.state === 'live') {
+      connection('stale', `No data since ${new Date(lastSampleAt).toLocaleTimeString([], { hour12: false })}`);
+    }
+  }, 1000);
+
+  // ---- The latest orders ---------------------------------------------------------------
+
+  const rows = new Map();
+  const cursors = [];
+  let nextCursor = null;
+  let tableBusy = false;
+  let tableAgain = false;
+  let tableShownAt = 0;
+
+  function filterQuery() {
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const status = $('filter-status').value;
+    const user = $('filter-user').value.trim();
+    if (status) query.set('status', status);
+    if (user) query.set('userId', user);
+    if (cursors.length) query.set('after', cursors[cursors.length - 1]);
+    return query;
+  }
+
+  function rowFor(order) {
+    let row = rows.get(order.id);
+    if (!row) {
+      row = document.createElement('tr');
+      row.dataset.orderId = String(order.id);
+      const cells = ['id', 'user', 'status', 'amount', 'attempts', 'created', 'processing', 'updated'];
+      for (const name of cells) {
+        const cell = document.createElement('td');
+        cell.dataset.col = name;
+        if (name === 'amount' || name === 'attempts') cell.className = 'num';
+        if (name === 'processing' || name === 'updated') cell.className = 'wide';
+        if (name === 'user') cell.className = 'user';
+        row.append(cell);
+      }
+      const open = document.createElement('button');
+      open.type = 'button';
+      open.className = 'open';
+      open.textContent = `#${order.id}`;
+      open.setAttribute('aria-label', `Order ${order.id}`);
+      row.cells[0].append(open);
+      const status = document.createElement('span');
+      row.cells[2].append(status);
+      row.addEventListener('click', () => openOrder(order.id));
+      rows.set(order.id, row);
+    }
+    const cell = (name) => row.querySelector(`[data-col="${name}"]`);
+    row.order = order;
+    setText(cell('user'), order.userId);
+    cell('user').title = order.userId;
+    badge(cell('status').firstChild, order.status);
+    setText(cell('amount'), amount(order.totalAmount));
+    setText(cell('attempts'), String(order.attempts));
+    setText(cell('created'), time(order.createdAt));
+    cell('created').title = order.createdAt;
+    setText(cell('processing'), processingTime(order));
+    setText(cell('updated'), time(order.updatedAt));
+    return row;
+  }
+
+  function showOrders(page) {
+    const body = $('rows');
+    const wanted = page.orders.map(rowFor);
+    const keep = new Set(wanted);
+    for (const [id, row] of rows) {
+      if (!keep.has(row)) {
+        row.remove();
+        rows.delete(id);
+      }
+    }
+    // Rows already in place stay (and keep focus); new ones are slotted in.
+    wanted.forEach((row, i) => {
+      if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null);
+    });
+    nextCursor = page.nextCursor;
+    $('page-older').disabled = !nextCursor;
+    $('page-newest').disabled = cursors.length === 0;
+    const filtered = $('filter-status').value || $('filter-user').value.trim();
+    setText($('table-note'), page.orders.length ? '' : filtered ? 'No orders match these filters.' : 'No orders yet.');
+  }
+
+  // At most one read in flight and at most one a second; a change meanwhile reads once more.
+  async function refreshTable() {
+    if (tableBusy) {
+      tableAgain = true;
+      return;
+    }
+    tableBusy = true;
+    try {
+      do {
+        tableAgain = false;
+        const wait = tableShownAt + 1000 - Date.now();
+        if (wait > 0) await sleep(wait);
+        tableShownAt = Date.now();
+        try {
+          showOrders(await apiJson(`/orders?${filterQuery()}`));
+        } catch (error) {
+          setText($('table-note'), `Could not load orders: ${error.message}`);
+        }
+      } while (tableAgain);
+    } finally {
+      tableBusy = false;
+    }
+  }
+
+  function filtersChanged() {
+    cursors.length = 0;
+    tableShownAt = 0;
+    refreshTable();
+  }
+  $('filters').addEventListener('submit', (event) => {
+    event.preventDefault();
+    filtersChanged();
+  });
+  $('filter-status').addEventListener('change', filtersChanged);
+  let typing;
+  $('filter-user').addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(filtersChanged, 300);
+  });
+  $('page-older').addEventListener('click', () => {
+    if (!nextCursor) return;
+    cursors.push(nextCursor);
+    tableShownAt = 0;
+    refreshTable();
+  });
+  $('page-newest').addEventListener('click', () => {
+    cursors.length = 0;
+    tableShownAt = 0;
+    refreshTable();
+  });
+  // Running processing times tick on between reads.
+  setInterval(() => {
+    for (const row of rows.values()) {
+      if (row.order.status === 'PROCESSING') setText(row.querySelector('[data-col="processing"]'), processingTime(row.order));
+    }
+  }, 1000);
+
+  // ---- One order: its details, live, and cancelling it ---------------------------------
+
+  let watching = null;
+  let shownId = null;
+
+  function showDetail(order) {
+    setText($('detail-id'), `#${order.id}`);
+    badge($('detail-status'), order.status);
+    setText($('detail-user'), order.userId);
+    setText($('detail-amount'), amount(order.totalAmount));
+    setText($('detail-attempts'), String(order.attempts));
+    setText($('detail-created'), dateTime(order.createdAt));
+    setText($('detail-updated'), dateTime(order.updatedAt));
+    setText($('detail-started'), dateTime(order.processingStartTime));
+    setText($('detail-ended'), order.processingEndTime ? `${dateTime(order.processingEndTime)} (${processingTime(order)})` : '–');
+    setText($('detail-items'), order.itemIds.join(', '));
+    setText($('detail-error'), order.lastError || '–');
+    $('detail-cancel').hidden = order.status !== 'PENDING';
+    const row = rows.get(order.id);
+    if (row) rowFor(order);
+  }
+
+  const detailConnection = (state, text) => setConnection($('detail-live'), $('detail-live-text'), state, text);
+
+  async function watchOrder(id, signal) {
+    let backoff = 1000;
+    while (!signal.aborted) {
+      let last = null;
+      try {
+        detailConnection('connecting', 'Connecting…');
+        await stream(`/orders/${id}/events`, (name, data) => {
+          if (name !== 'status' || shownId !== id) return;
+          last = data.order;
+          backoff = 1000;
+          showDetail(last);
+          detailConnection('live', 'Live');
+        }, signal);
+        if (last && ['COMPLETED', 'FAILED', 'CANCELLED'].includes(last.status)) {
+          detailConnection('done', 'Final');
+          return;
+        }
+      } catch (error) {
+        if (signal.aborted) return;
+        if (error instanceof HttpError && error.status === 404) {
+          detailConnection('offline', 'Not found');
+          return;
+        }
+        detailConnection('offline', 'Reconnecting…');
+      }
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    }
+  }
+
+  function openOrder(id) {
+    const row = rows.get(id);
+    shownId = id;
+    setText($('detail-message'), '');
+    $('detail-message').className = 'message';
+    if (row) showDetail(row.order);
+    if (watching) watching.abort();
+    watching = new AbortController();
+    watchOrder(id, watching.signal);
+    const dialog = $('detail');
+    if (!dialog.open) dialog.showModal();
+  }
+
+  $('detail').addEventListener('close', () => {
+    shownId = null;
+    if (watching) watching.abort();
+    watching = null;
+  });
+  $('detail-close').addEventListener('click', () => $('detail').close());
+  $('detail-cancel').addEventListener('click', async () => {
+    const id = shownId;
+    const button = $('detail-cancel');
+    button.disabled = true;
+    try {
+      const body = await apiJson(`/orders/${id}/cancel`, { method: 'POST' });
+      if (shownId === id) {
+        showDetail(body.order);
+        setText($('detail-message'), 'Cancelled.');
+      }
+      refreshTable();
+    } catch (error) {
+      setText($('detail-message'), error.message);
+      $('detail-message').className = 'message error';
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  followMetrics();
+  refreshTable();
+})();
