@@ -146,6 +146,7 @@ impl Config {
             request_timeout: self.request_timeout(),
             api_tokens: self.api_token.clone().unwrap_or_default(),
             max_in_flight: self.max_in_flight as usize,
+            sample_from_start: true,
         }
     }
 

@@ -42,6 +42,7 @@
 //!   request id) through `attempt started` to `order completed` or `order failed`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -105,6 +106,11 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// # Ok(()) }
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
+    api(processor).0
+}
+
+/// [`router`], and the history of counts that its dashboard draws from.
+fn api(processor: OrderProcessor) -> (Router, Arc<history::History>) {
     // Now rather than at the first scrape, so that what the engine counts before it is kept.
     prometheus::exporter();
     // `routes!` takes each handler's path and methods from its `#[utoipa::path]`, so what is
@@ -125,20 +131,16 @@ pub fn router(processor: OrderProcessor) -> Router {
         .routes(routes!(dashboard::dashboard))
         .split_for_parts();
     let history = history::History::new();
-    // Sampling starts now when there is a runtime to run it, so that the charts hold the
-    // minutes before the first look; otherwise at the first stream.
-    if tokio::runtime::Handle::try_current().is_ok() {
-        history.start_sampling(&processor);
-    }
-    routes.with_state(processor).layer(
+    let routes = routes.with_state(processor).layer(
         // Outermost first: errors are made JSON whatever produced them, a panic included.
         ServiceBuilder::new()
             .layer(middleware::from_fn(error::json_errors))
             .layer(CatchPanicLayer::custom(error::panic_response))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(Extension(openapi::ApiDocument::new(&api)))
-            .layer(Extension(history)),
-    )
+            .layer(Extension(history.clone())),
+    );
+    (routes, history)
 }
 
 /// How [`app`] serves: what order-server's flags set beyond the processor.
@@ -152,15 +154,20 @@ pub struct ServeOptions {
     /// with `Retry-After` at once, so that overload sheds work instead of queueing it in
     /// memory. The health probes are never shed.
     pub max_in_flight: usize,
+    /// Whether the dashboard's history of counts is sampled from the start (one read of the
+    /// aggregate counts a second), so that its charts show the minutes before anyone looked;
+    /// otherwise sampling starts with the first look. Only within a Tokio runtime.
+    pub sample_from_start: bool,
 }
 
 impl Default for ServeOptions {
-    /// 30 s, open, 1024 requests in progress.
+    /// 30 s, open, 1024 requests in progress, sampled from the start.
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
             api_tokens: ApiTokens::default(),
             max_in_flight: 1024,
+            sample_from_start: true,
         }
     }
 }
@@ -169,7 +176,11 @@ impl Default for ServeOptions {
 /// when [`ServeOptions::api_tokens`] has any, a cap on requests in progress, a request
 /// timeout (`503`), request ids, request logs and HTTP metrics.
 pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
-    router(processor).fallback(routes::no_route).layer(
+    let (api, history) = api(processor.clone());
+    if options.sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
+        history.start_sampling(&processor);
+    }
+    api.fallback(routes::no_route).layer(
         // Outermost first: every request has a usable id before its span is made; the span
         // and the metrics see every request, a refused or shed one and a timeout included,
         // each made JSON and, like every 5xx, logged with its cause. Layered onto the routes,

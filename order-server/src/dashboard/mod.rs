@@ -12,13 +12,17 @@
 //! allows its own inline script and style (by their SHA-256 digests) and requests to its own
 //! origin, and nothing else.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use order_core::OrderProcessor;
+
+use crate::history::History;
 use crate::openapi::DASHBOARD;
 
 /// The paths the page is served at: open without a token.
@@ -81,7 +85,12 @@ fn base64(bytes: &[u8]) -> String {
             holds."),
     ),
 )]
-pub(crate) async fn dashboard(headers: HeaderMap) -> Response {
+pub(crate) async fn dashboard(
+    State(processor): State<OrderProcessor>,
+    Extension(history): Extension<Arc<History>>,
+    headers: HeaderMap,
+) -> Response {
+    history.start_sampling(&processor);
     page(&headers)
 }
 
@@ -100,7 +109,12 @@ pub(crate) async fn dashboard(headers: HeaderMap) -> Response {
             holds."),
     ),
 )]
-pub(crate) async fn root(headers: HeaderMap) -> Response {
+pub(crate) async fn root(
+    State(processor): State<OrderProcessor>,
+    Extension(history): Extension<Arc<History>>,
+    headers: HeaderMap,
+) -> Response {
+    history.start_sampling(&processor);
     page(&headers)
 }
 

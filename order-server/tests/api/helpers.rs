@@ -65,7 +65,12 @@ pub(crate) fn app_with(repository: impl Repository + 'static) -> Router {
         .repository(Arc::new(repository))
         .build()
         .unwrap();
-    order_server::app(processor, &crate::helpers::serve_options())
+    // A mock answers only what its test expects: no background sampling of counts.
+    let options = order_server::ServeOptions {
+        sample_from_start: false,
+        ..serve_options()
+    };
+    order_server::app(processor, &options)
 }
 
 pub(crate) async fn send(app: &Router, request: Request<Body>) -> Reply {

@@ -10,6 +10,7 @@
 )]
 
 mod chaos;
+mod dashboard;
 mod errors;
 mod failures;
 mod helpers;

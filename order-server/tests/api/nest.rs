@@ -128,3 +128,21 @@ async fn the_outer_services_routes_and_fallback_are_its_own() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.body["shop"], "no such page");
 }
+
+/// The dashboard comes with the API, at the prefix itself and at `dashboard` under it; the
+/// page reads the API relative to where it is served.
+#[tokio::test]
+async fn the_dashboard_is_served_under_the_prefix() {
+    let app = shop();
+    for path in [PREFIX.to_owned(), format!("{PREFIX}/dashboard")] {
+        let page = crate::dashboard::raw(&app, &path, &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            page.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(page.text().contains("<h1>Orders</h1>"), "{path}");
+    }
+    let stream = crate::dashboard::raw_head(&app, &format!("{PREFIX}/metrics/stream")).await;
+    assert_eq!(stream, StatusCode::OK);
+}

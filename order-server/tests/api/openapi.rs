@@ -19,14 +19,17 @@ use tower::ServiceExt;
 use crate::helpers::{VALID_ORDER, get, idle_app, post_json};
 
 /// Every route the API serves: the document must describe these, no more and no fewer.
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 13] = [
     ("POST", "/orders"),
     ("GET", "/orders"),
     ("GET", "/orders/{id}"),
     ("POST", "/orders/{id}/cancel"),
     ("GET", "/orders/{id}/events"),
     ("GET", "/metrics"),
+    ("GET", "/metrics/stream"),
     ("GET", "/metrics/prometheus"),
+    ("GET", "/"),
+    ("GET", "/dashboard"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
@@ -427,6 +430,11 @@ async fn every_reference_resolves_and_every_body_has_a_schema() {
                 "{at} has no description"
             );
             let content = response["content"].as_object();
+            // A 304 has no body, by definition.
+            if status == "304" {
+                assert!(content.is_none(), "{at} documents a body");
+                continue;
+            }
             assert!(content.is_some_and(|c| !c.is_empty()), "{at} has no body");
             for (media_type, media) in content.into_iter().flatten() {
                 assert!(

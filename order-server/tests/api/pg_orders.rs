@@ -176,3 +176,116 @@ async fn event_streams_follow_changes_made_by_other_servers() {
     assert_eq!(statuses(&status_events(&streamed)), ["PENDING"]);
     there.kill().await;
 }
+
+/// The `sample` events of `server`'s `/metrics/stream`, read until one satisfies `done`
+/// (within `within`), with the `history` event first.
+async fn samples_until(
+    server: &Server,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Vec<Value>) {
+    let mut response = server
+        .client()
+        .get(format!("{}/metrics/stream", server.base))
+        .timeout(within)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let mut history = None;
+    let mut samples = Vec::new();
+    while let Some(chunk) = response.chunk().await.expect("a sample in time") {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let Some(data) = block.lines().find_map(|line| line.strip_prefix("data: ")) else {
+                continue;
+            };
+            let data: Value = serde_json::from_str(data).unwrap();
+            if block.starts_with("event: history") {
+                history = Some(data);
+            } else if done(&data) {
+                samples.push(data);
+                return (history.expect("history comes first"), samples);
+            } else {
+                samples.push(data);
+            }
+        }
+    }
+    panic!("the stream ended before the sample awaited");
+}
+
+/// The counts a server streams are the database's: a server that processes nothing shows
+/// the throughput and processing time of the worker beside it, and its stream ends at SIGTERM.
+#[tokio::test]
+async fn the_metrics_stream_shows_the_work_of_every_server_on_the_database() {
+    let db = TestDatabase::create().await;
+    let here = api_only(&db).await;
+    let mut ids = Vec::new();
+    for user in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        ids.push(here.create(&order(user)).await);
+    }
+    let (_, before) = samples_until(&here, Duration::from_secs(10), |sample| {
+        sample["statuses"]["pending"] == 6
+    })
+    .await;
+    let backlog = before.last().unwrap();
+    assert_eq!(backlog["queue"]["ready"], 6);
+    assert!(backlog["oldestPendingAgeSeconds"].as_f64().unwrap() > 0.0);
+
+    let worker = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "300")]).await;
+    let (_, after) = samples_until(&here, Duration::from_secs(20), |sample| {
+        sample["statuses"]["completed"] == 6
+    })
+    .await;
+    let done = after.last().unwrap();
+    assert_eq!(done["totalOrders"], 6);
+    assert_eq!(done["statuses"]["pending"], 0);
+    assert_eq!(done["oldestPendingAgeSeconds"], Value::Null);
+    // The completions show as throughput and processing time in the samples that saw them.
+    let (history, _) = samples_until(&here, Duration::from_secs(5), |_| true).await;
+    let samples = history["samples"].as_array().unwrap();
+    let completed: f64 = samples
+        .iter()
+        .map(|sample| sample["completedPerSecond"].as_f64().unwrap())
+        .sum();
+    assert!(completed > 0.0, "{samples:?}");
+    let processing: Vec<f64> = samples
+        .iter()
+        .filter_map(|sample| sample["avgProcessingSeconds"].as_f64())
+        .collect();
+    assert!(!processing.is_empty());
+    assert!(
+        processing.iter().all(|seconds| *seconds >= 0.3),
+        "each order takes at least 300 ms: {processing:?}"
+    );
+    worker.kill().await;
+
+    // SIGTERM with the metrics stream open: it ends, and the server exits promptly.
+    let open = tokio::spawn({
+        let client = here.client().clone();
+        let url = format!("{}/metrics/stream", here.base);
+        async move {
+            client
+                .get(url)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = std::time::Instant::now();
+    let (clean, _) = here.terminate().await;
+    assert!(clean, "exit 0");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let streamed = open.await.unwrap().expect("the stream ended cleanly");
+    assert!(streamed.starts_with("event: history"), "{streamed}");
+}

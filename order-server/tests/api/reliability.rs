@@ -157,6 +157,7 @@ async fn with_tokens_every_route_but_the_probes_needs_one() {
         "/orders",
         "/orders/1",
         "/metrics",
+        "/metrics/stream",
         "/metrics/prometheus",
         "/openapi.json",
         "/nowhere",
