@@ -42,7 +42,6 @@
 //!   request id) through `attempt started` to `order completed` or `order failed`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -106,11 +105,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// # Ok(()) }
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
-    api(processor).0
+    api(processor, false)
 }
 
-/// [`router`], and the history of counts that its dashboard draws from.
-fn api(processor: OrderProcessor) -> (Router, Arc<history::History>) {
+/// [`router`], its dashboard's history of counts sampled from now if `sample_from_start`
+/// (and there is a runtime to run the sampling), else from the first look.
+fn api(processor: OrderProcessor, sample_from_start: bool) -> Router {
     // Now rather than at the first scrape, so that what the engine counts before it is kept.
     prometheus::exporter();
     // `routes!` takes each handler's path and methods from its `#[utoipa::path]`, so what is
@@ -131,16 +131,18 @@ fn api(processor: OrderProcessor) -> (Router, Arc<history::History>) {
         .routes(routes!(dashboard::dashboard))
         .split_for_parts();
     let history = history::History::new();
-    let routes = routes.with_state(processor).layer(
+    if sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
+        history.start_sampling(&processor);
+    }
+    routes.with_state(processor).layer(
         // Outermost first: errors are made JSON whatever produced them, a panic included.
         ServiceBuilder::new()
             .layer(middleware::from_fn(error::json_errors))
             .layer(CatchPanicLayer::custom(error::panic_response))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(Extension(openapi::ApiDocument::new(&api)))
-            .layer(Extension(history.clone())),
-    );
-    (routes, history)
+            .layer(Extension(history)),
+    )
 }
 
 /// How [`app`] serves: what order-server's flags set beyond the processor.
@@ -176,41 +178,39 @@ impl Default for ServeOptions {
 /// when [`ServeOptions::api_tokens`] has any, a cap on requests in progress, a request
 /// timeout (`503`), request ids, request logs and HTTP metrics.
 pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
-    let (api, history) = api(processor.clone());
-    if options.sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
-        history.start_sampling(&processor);
-    }
-    api.fallback(routes::no_route).layer(
-        // Outermost first: every request has a usable id before its span is made; the span
-        // and the metrics see every request, a refused or shed one and a timeout included,
-        // each made JSON and, like every 5xx, logged with its cause. Layered onto the routes,
-        // so the matched route is known to the span and the metrics.
-        ServiceBuilder::new()
-            .layer(middleware::map_request(
-                request_id::drop_unusable_request_id,
-            ))
-            .layer(SetRequestIdLayer::new(
-                request_id::REQUEST_ID_HEADER,
-                MakeRequestUuid,
-            ))
-            .layer(PropagateRequestIdLayer::new(request_id::REQUEST_ID_HEADER))
-            .layer(TraceLayer::new_for_http().make_span_with(request_id::request_span))
-            .layer(middleware::from_fn(prometheus::record_http))
-            .layer(middleware::from_fn(error::log_server_errors))
-            .layer(middleware::from_fn(error::json_errors))
-            // Only when there are tokens: an open API pays nothing per request for it.
-            .option_layer((!options.api_tokens.is_empty()).then(|| {
-                middleware::from_fn_with_state(options.api_tokens.clone(), auth::require_token)
-            }))
-            .layer(middleware::from_fn_with_state(
-                overload::InFlight::new(options.max_in_flight),
-                overload::shed,
-            ))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                options.request_timeout,
-            )),
-    )
+    api(processor, options.sample_from_start)
+        .fallback(routes::no_route)
+        .layer(
+            // Outermost first: every request has a usable id before its span is made; the span
+            // and the metrics see every request, a refused or shed one and a timeout included,
+            // each made JSON and, like every 5xx, logged with its cause. Layered onto the routes,
+            // so the matched route is known to the span and the metrics.
+            ServiceBuilder::new()
+                .layer(middleware::map_request(
+                    request_id::drop_unusable_request_id,
+                ))
+                .layer(SetRequestIdLayer::new(
+                    request_id::REQUEST_ID_HEADER,
+                    MakeRequestUuid,
+                ))
+                .layer(PropagateRequestIdLayer::new(request_id::REQUEST_ID_HEADER))
+                .layer(TraceLayer::new_for_http().make_span_with(request_id::request_span))
+                .layer(middleware::from_fn(prometheus::record_http))
+                .layer(middleware::from_fn(error::log_server_errors))
+                .layer(middleware::from_fn(error::json_errors))
+                // Only when there are tokens: an open API pays nothing per request for it.
+                .option_layer((!options.api_tokens.is_empty()).then(|| {
+                    middleware::from_fn_with_state(options.api_tokens.clone(), auth::require_token)
+                }))
+                .layer(middleware::from_fn_with_state(
+                    overload::InFlight::new(options.max_in_flight),
+                    overload::shed,
+                ))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    options.request_timeout,
+                )),
+        )
 }
 
 /// How long a client may take to send a request's head (its line and headers) before its
