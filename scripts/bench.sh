@@ -686,10 +686,10 @@ insert_completed() {
            now() - interval '2 seconds', now() - interval '1 second'
       FROM generate_series(1, $1) AS g"
 }
-# measure_metrics LABEL EXPECTED_TOTAL: median of the p50 of BENCH_RUNS wrk runs on /metrics
-# with one connection, after checking that /metrics counts the orders stored.
+# measure_metrics LABEL EXPECTED_TOTAL [PATH]: median of the p50 of BENCH_RUNS wrk runs on PATH
+# (default /metrics) with one connection, after checking that /metrics counts the orders stored.
 measure_metrics() {
-  local label=$1 expected=$2 total deadline p50s=() errors=0 run result rps p50 p99 e
+  local label=$1 expected=$2 path=${3:-/metrics} total deadline p50s=() errors=0 run result rps p50 p99 e
   # The orders were inserted behind the server's back: allow its counters a few seconds to
   # show them (within 1%), in case they are cached.
   deadline=$((SECONDS + 15))
@@ -702,20 +702,27 @@ measure_metrics() {
       die "/metrics says totalOrders=$total, expected $expected: the figure would not be measured at the size it claims"
     sleep 0.5
   done
-  wrk_run "metrics-$label-warmup" "http://127.0.0.1:$PG_PORT/metrics" "" 1 1 >/dev/null
+  wrk_run "metrics-$label-warmup" "http://127.0.0.1:$PG_PORT$path" "" 1 1 >/dev/null
   for ((run = 1; run <= RUNS; run++)); do
-    result=$(wrk_run "metrics-$label-$run" "http://127.0.0.1:$PG_PORT/metrics" "" "$METRICS_SECS" 1)
+    result=$(wrk_run "metrics-$label-$run" "http://127.0.0.1:$PG_PORT$path" "" "$METRICS_SECS" 1)
     read -r rps p50 p99 e <<<"$result"
     p50s+=("$p50")
     errors=$((errors + e))
-    printf '    /metrics with %s orders, run %s/%s: p50 %s, %s/s, %s errors\n' \
-      "$(commas "$expected")" "$run" "$RUNS" "$(ms "$p50")" "$(commas "$rps")" "$e" >&2
+    printf '    %s with %s orders, run %s/%s: p50 %s, %s/s, %s errors\n' \
+      "$path" "$(commas "$expected")" "$run" "$RUNS" "$(ms "$p50")" "$(commas "$rps")" "$e" >&2
   done
   printf '%s %s\n' "$(median "${p50s[@]}")" "$errors"
 }
+# What the dashboard reads each second it is open, besides the stream of counts (which is
+# sampled from the same aggregates as /metrics, once a second whatever the number of viewers):
+# the newest page of orders, and the newest page of one status.
+DASHBOARD_PAGE="/orders?limit=20"
+DASHBOARD_FILTERED="/orders?status=COMPLETED&limit=20"
 insert_completed "$METRICS_SMALL"
 result=$(measure_metrics small "$METRICS_SMALL")
 read -r small_p50 small_errors <<<"$result"
+read -r small_page_p50 small_page_errors <<<"$(measure_metrics page-small "$METRICS_SMALL" "$DASHBOARD_PAGE")"
+read -r small_filtered_p50 small_filtered_errors <<<"$(measure_metrics filtered-small "$METRICS_SMALL" "$DASHBOARD_FILTERED")"
 step "/metrics on PostgreSQL: inserting $(commas "$((METRICS_ORDERS - METRICS_SMALL))") more orders"
 insert_started=$SECONDS
 insert_completed "$((METRICS_ORDERS - METRICS_SMALL))"
@@ -723,6 +730,8 @@ say "inserted in $((SECONDS - insert_started)) s"
 step "/metrics on PostgreSQL: $(commas "$METRICS_ORDERS") orders stored"
 result=$(measure_metrics large "$METRICS_ORDERS")
 read -r large_p50 large_errors <<<"$result"
+read -r large_page_p50 large_page_errors <<<"$(measure_metrics page-large "$METRICS_ORDERS" "$DASHBOARD_PAGE")"
+read -r large_filtered_p50 large_filtered_errors <<<"$(measure_metrics filtered-large "$METRICS_ORDERS" "$DASHBOARD_FILTERED")"
 PG_LARGE_RSS=$(peak_rss_mb "$PG_PID")
 errors=$((small_errors + large_errors))
 row "GET /metrics median latency, $(commas "$METRICS_ORDERS") orders stored (PostgreSQL, wrk -c1)" \
@@ -730,6 +739,17 @@ row "GET /metrics median latency, $(commas "$METRICS_ORDERS") orders stored (Pos
   "same with $(commas "$METRICS_SMALL") orders stored: $(ms "$small_p50")" \
   "$(ratio "$large_p50" "$small_p50")" "< 5 ms; ratio ≤ 2.0" \
   "$(with_errors "$(verdict "$large_p50 < 5" "$large_p50 / $small_p50 <= 2.0")" "$errors")"
+for shape in page filtered; do
+  large_var="large_${shape}_p50" small_var="small_${shape}_p50"
+  errors_var=$((large_${shape}_errors + small_${shape}_errors))
+  path_var=DASHBOARD_PAGE
+  [[ $shape == filtered ]] && path_var=DASHBOARD_FILTERED
+  row "dashboard's table read \`GET ${!path_var}\` median latency, $(commas "$METRICS_ORDERS") orders stored (PostgreSQL, wrk -c1)" \
+    "$(ms "${!large_var}")$(flag_errors "$errors_var")" \
+    "same with $(commas "$METRICS_SMALL") orders stored: $(ms "${!small_var}")" \
+    "$(ratio "${!large_var}" "${!small_var}")" "< 5 ms; ratio ≤ 2.0" \
+    "$(with_errors "$(verdict "${!large_var} < 5" "${!large_var} / ${!small_var} <= 2.0")" "$errors_var")"
+done
 row "order-server peak RSS (VmHWM) under the POST load, PostgreSQL" \
   "$PG_POST_RSS MB" "—" "—" "< $RSS_LIMIT_MB MB" "$(verdict "$PG_POST_RSS < $RSS_LIMIT_MB")"
 row "order-server peak RSS (VmHWM) with $(commas "$METRICS_ORDERS") orders stored, PostgreSQL" \

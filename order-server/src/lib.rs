@@ -85,6 +85,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Each route is registered together with its OpenAPI description, and the document they
 /// make is served at `/openapi.json`, built once per call.
 ///
+/// It includes the dashboard page, at `/` and `/dashboard` under wherever it is nested, and
+/// `/metrics/stream` that feeds it; the counts behind its charts are read once a second from
+/// the first time either is asked for.
+///
 /// It has no fallback, request timeout, request ids, request logs or HTTP metrics: those
 /// belong to the service that serves it, which [`app`] is for order-server itself. Nested
 /// under a path, the API answers there, `Location` headers included.

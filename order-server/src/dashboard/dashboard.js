@@ -309,9 +309,10 @@
       for (const name of cells) {
         const cell = document.createElement('td');
         cell.dataset.col = name;
-        if (name === 'amount' || name === 'attempts') cell.className = 'num';
-        if (name === 'processing' || name === 'updated') cell.className = 'wide';
-        if (name === 'user') cell.className = 'user';
+        // Narrow screens keep the id, user, status and amount.
+        if (['attempts', 'created', 'processing', 'updated'].includes(name)) cell.classList.add('wide');
+        if (name === 'amount' || name === 'attempts') cell.classList.add('num');
+        if (name === 'user') cell.classList.add('user');
         row.append(cell);
       }
       const open = document.createElement('button');
