@@ -62,6 +62,45 @@ DATABASE_URL=$(pg_url_with_database "$TEST_DATABASE_URL" "$example_db") \
   cargo run --quiet -p examples --example postgres
 drop_example_db
 
+# The dashboard in a real browser: e2e/ drives the machine's Chromium with playwright-core (no
+# browser is downloaded) against the order-server binary. A machine without Chromium or
+# Node.js says how to install them and goes on; under CI, as root, they are installed; a
+# failing browser test fails the run.
+step "browser test (headless Chromium)"
+e2e_skip=""
+# Installs Debian packages when under CI as root; elsewhere returns 1 so the caller skips.
+ci_apt_install() {
+  if [[ -n ${CI:-} && $(id -u) -eq 0 ]]; then
+    apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || exit 1
+  else
+    return 1
+  fi
+}
+chromium_bin=${CHROMIUM:-/usr/bin/chromium}
+if [[ ! -x $chromium_bin ]] && ! ci_apt_install chromium; then
+  e2e_skip="Chromium is not installed (sudo apt-get install chromium)"
+fi
+if [[ -z $e2e_skip ]] && ! command -v node >/dev/null 2>&1; then
+  ci_apt_install nodejs npm || e2e_skip="Node.js is not installed (sudo apt-get install nodejs npm)"
+fi
+if [[ -z $e2e_skip ]] && ! command -v npm >/dev/null 2>&1; then
+  ci_apt_install npm || e2e_skip="npm is not installed (sudo apt-get install npm)"
+fi
+if [[ -z $e2e_skip ]]; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if ((node_major < 20)); then
+    e2e_skip="Node.js 20 or later is needed, this machine has $(node --version)"
+  fi
+fi
+if [[ -n $e2e_skip ]]; then
+  echo "skipped: $e2e_skip"
+else
+  cargo build --quiet -p order-server
+  npm ci --prefix e2e --no-audit --no-fund --loglevel=error
+  CHROMIUM=$chromium_bin ORDER_SERVER_BIN="${CARGO_TARGET_DIR:-target}/debug/order-server" npm test --prefix e2e
+fi
+
 # Known vulnerabilities in the dependency tree (RustSec), when cargo-audit is installed. It
 # needs the advisory database, which it fetches over git: a machine that cannot reach it says
 # so and goes on; a vulnerability found fails the run.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use order_core::{OrderMetrics, OrderProcessor, QueueDepth, StatusCounts};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -302,7 +302,6 @@ pub(crate) async fn metrics_stream(
             }
         },
     );
-    use futures::StreamExt;
     let events = futures::stream::once(async move { Ok(first) }).chain(rest.flatten());
     Sse::new(events).keep_alive(KeepAlive::default())
 }
