@@ -64,21 +64,27 @@ drop_example_db
 
 # The dashboard in a real browser: e2e/ drives the machine's Chromium with playwright-core (no
 # browser is downloaded) against the order-server binary. A machine without Chromium or
-# Node.js says how to install them and goes on; under CI, as root, they are installed; a
-# failing browser test fails the run.
+# Node.js says how to install them and goes on; under CI, as root, they are installed from
+# Debian's packages; a failing browser test fails the run. CHROMIUM names another browser.
 step "browser test (headless Chromium)"
 e2e_skip=""
-# Installs Debian packages when under CI as root; elsewhere returns 1 so the caller skips.
+apt_updated=""
+# Under CI as root, installs Debian packages (a failure fails the run); elsewhere returns 1, so
+# that the caller skips.
 ci_apt_install() {
-  if [[ -n ${CI:-} && $(id -u) -eq 0 ]]; then
+  [[ -n ${CI:-} && $(id -u) -eq 0 ]] || return 1
+  if [[ -z $apt_updated ]]; then
     apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || exit 1
-  else
-    return 1
+    apt_updated=1
   fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || exit 1
 }
 chromium_bin=${CHROMIUM:-/usr/bin/chromium}
-if [[ ! -x $chromium_bin ]] && ! ci_apt_install chromium; then
+if [[ -x $chromium_bin ]]; then
+  :
+elif [[ -n ${CHROMIUM:-} ]]; then
+  e2e_skip="CHROMIUM=$CHROMIUM is not an executable"
+elif ! ci_apt_install chromium; then
   e2e_skip="Chromium is not installed (sudo apt-get install chromium)"
 fi
 if [[ -z $e2e_skip ]] && ! command -v node >/dev/null 2>&1; then
@@ -87,18 +93,16 @@ fi
 if [[ -z $e2e_skip ]] && ! command -v npm >/dev/null 2>&1; then
   ci_apt_install npm || e2e_skip="npm is not installed (sudo apt-get install npm)"
 fi
-if [[ -z $e2e_skip ]]; then
-  node_major=$(node -p 'process.versions.node.split(".")[0]')
-  if ((node_major < 20)); then
-    e2e_skip="Node.js 20 or later is needed, this machine has $(node --version)"
-  fi
+if [[ -z $e2e_skip ]] && (($(node -p 'process.versions.node.split(".")[0]') < 20)); then
+  e2e_skip="Node.js 20 or later is needed; this machine has $(node --version)"
 fi
 if [[ -n $e2e_skip ]]; then
   echo "skipped: $e2e_skip"
 else
   cargo build --quiet -p order-server
   npm ci --prefix e2e --no-audit --no-fund --loglevel=error
-  CHROMIUM=$chromium_bin ORDER_SERVER_BIN="${CARGO_TARGET_DIR:-target}/debug/order-server" npm test --prefix e2e
+  CHROMIUM=$chromium_bin ORDER_SERVER_BIN="${CARGO_TARGET_DIR:-target}/debug/order-server" \
+    npm test --prefix e2e
 fi
 
 # Known vulnerabilities in the dependency tree (RustSec), when cargo-audit is installed. It

@@ -180,18 +180,20 @@
     setText($('processing-now'), mean == null ? 'no completions lately' : `${duration(mean)} lately`);
   }
 
-  // A line through the samples of the last five minutes; breaks where samples are missing.
+  // A line through the samples of the last five minutes. It breaks where samples are missing
+  // (the server or its storage was down) and runs on past samples without a value (no order
+  // completed); a point on its own is drawn as a dot.
   function linePath(values, times, now, top) {
     let path = '';
-    let previous = null;
+    let broken = true;
     values.forEach((value, i) => {
+      if (i > 0 && times[i] - times[i - 1] > 3000) broken = true;
       if (value == null) return;
       const x = 300 - ((now - times[i]) / WINDOW_MS) * 300;
       if (x < 0) return;
       const y = 100 - (value / top) * 96;
-      const gap = previous == null || times[i] - previous > 3000;
-      path += `${gap ? 'M' : 'L'}${x.toFixed(1)} ${y.toFixed(1)}`;
-      previous = times[i];
+      path += broken ? `M${x.toFixed(1)} ${y.toFixed(1)}l0 0` : `L${x.toFixed(1)} ${y.toFixed(1)}`;
+      broken = false;
     });
     return path;
   }
