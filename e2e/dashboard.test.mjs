@@ -87,26 +87,34 @@ before(async () => {
   }
 });
 
-describe('dashboard, live', () => {
-  let server;
-  let browser;
-
+/**
+ * Starts an order-server with `env` and a browser before the suite's tests and stops both after
+ * them; the returned object holds them (`server`, `browser`) once started.
+ */
+function serverAndBrowser(env) {
+  const running = {};
   before(async () => {
-    // One worker, 3 s an order: the third of three waits about 6 s, time to cancel it.
-    server = await startServer({ WORKERS: '1', PROCESSING_DELAY_MS: '3000' });
-    step(`order-server listening on ${server.base}`);
-    browser = await openBrowser({ viewport: LAPTOP });
+    running.server = await startServer(env);
+    step(`order-server listening on ${running.server.base}${env.API_TOKEN ? ', with API_TOKEN' : ''}`);
+    running.browser = await openBrowser({ viewport: LAPTOP });
   }, HOOK);
-
   after(async () => {
     try {
-      await browser?.close();
+      await running.browser?.close();
     } finally {
-      await server?.stop();
+      await running.server?.stop();
     }
   }, HOOK);
+  return running;
+}
+
+describe('dashboard, live', () => {
+  // One worker, 4 s an order: the third of three waits about 8 s, time to cancel it even
+  // on a loaded machine.
+  const running = serverAndBrowser({ WORKERS: '1', PROCESSING_DELAY_MS: '4000' });
 
   test('shows orders as they change, opens, cancels and filters them', { timeout: 60_000 }, async () => {
+    const { server, browser } = running;
     await reportingFailure('live', server, browser, async () => {
       const { page, errors } = browser;
       const origin = new URL(server.base).origin;
@@ -289,24 +297,10 @@ describe('dashboard, live', () => {
 
 describe('dashboard, behind a token', () => {
   const TOKEN = 'e2e-secret';
-  let server;
-  let browser;
-
-  before(async () => {
-    server = await startServer({ WORKERS: '4', PROCESSING_DELAY_MS: '200', API_TOKEN: TOKEN });
-    step(`order-server listening on ${server.base}, with API_TOKEN`);
-    browser = await openBrowser({ viewport: LAPTOP });
-  }, HOOK);
-
-  after(async () => {
-    try {
-      await browser?.close();
-    } finally {
-      await server?.stop();
-    }
-  }, HOOK);
+  const running = serverAndBrowser({ WORKERS: '4', PROCESSING_DELAY_MS: '200', API_TOKEN: TOKEN });
 
   test('asks for the token, refuses a wrong one, keeps the right one for the tab', { timeout: 30_000 }, async () => {
+    const { server, browser } = running;
     await reportingFailure('token', server, browser, async () => {
       const { page, errors } = browser;
       const dialog = page.getByTestId('token-dialog');

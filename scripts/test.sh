@@ -96,11 +96,20 @@ fi
 if [[ -z $e2e_skip ]] && (($(node -p 'process.versions.node.split(".")[0]') < 20)); then
   e2e_skip="Node.js 20 or later is needed; this machine has $(node --version)"
 fi
+# playwright-core from the npm registry, at the locked version: installed when it is not
+# already. A machine that cannot reach the registry skips, but under CI that fails the run.
+if [[ -z $e2e_skip ]]; then
+  locked=$(node -p 'require("./e2e/package-lock.json").packages["node_modules/playwright-core"].version')
+  installed=$(node -p 'try { require("./e2e/node_modules/playwright-core/package.json").version } catch { "" }')
+  if [[ $installed != "$locked" ]] && ! npm ci --prefix e2e --no-audit --no-fund --loglevel=error; then
+    [[ -z ${CI:-} ]] || exit 1
+    e2e_skip="playwright-core $locked could not be installed from the npm registry (npm ci --prefix e2e)"
+  fi
+fi
 if [[ -n $e2e_skip ]]; then
   echo "skipped: $e2e_skip"
 else
   cargo build --quiet -p order-server
-  npm ci --prefix e2e --no-audit --no-fund --loglevel=error
   CHROMIUM=$chromium_bin ORDER_SERVER_BIN="${CARGO_TARGET_DIR:-target}/debug/order-server" \
     npm test --prefix e2e
 fi

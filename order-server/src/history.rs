@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use crate::error::ErrorBody;
 use crate::openapi::{InternalError, MONITORING};
 
 /// How often the counts are read.
@@ -56,6 +57,8 @@ pub(crate) struct Sample {
 #[derive(Debug, Clone, Copy)]
 struct Reading {
     at: DateTime<Utc>,
+    /// When it was taken, by a clock that never steps: rates are measured with it.
+    taken: Instant,
     metrics: OrderMetrics,
     queue: QueueDepth,
     oldest_pending: Option<Duration>,
@@ -65,11 +68,13 @@ impl Sample {
     /// The sample of `now`, with its rates measured from `before`. Counts that went down (the
     /// storage was emptied) give rates of 0, not negative ones.
     fn between(before: &Reading, now: &Reading) -> Self {
-        let seconds = (now.at - before.at)
-            .to_std()
-            .unwrap_or_default()
+        // Never less than a millisecond: readings are a second apart, and a rate over a
+        // vanishing interval would swamp the charts.
+        let seconds = now
+            .taken
+            .saturating_duration_since(before.taken)
             .as_secs_f64()
-            .max(f64::EPSILON);
+            .max(0.001);
         let completed = now
             .metrics
             .statuses
@@ -107,10 +112,19 @@ impl Sample {
 pub(crate) struct History {
     // A std mutex: held to copy or push a few samples, never across an await.
     samples: Mutex<Samples>,
-    /// The sequence number of the newest sample: streams wait on it.
-    newest: watch::Sender<u64>,
+    /// What the last read brought: streams wait on it.
+    newest: watch::Sender<Tick>,
     /// Whether the sampling task has been started.
     sampling: AtomicBool,
+}
+
+/// What the last read of the counts brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tick {
+    /// The sequence number of the newest sample.
+    seq: u64,
+    /// The last read failed: the storage did not answer.
+    unavailable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -130,7 +144,7 @@ impl History {
                 next: 1,
                 ..Samples::default()
             }),
-            newest: watch::Sender::new(0),
+            newest: watch::Sender::new(Tick::default()),
             sampling: AtomicBool::new(false),
         })
     }
@@ -153,7 +167,21 @@ impl History {
         let history = Arc::downgrade(self);
         tokio::spawn(sample(history, processor.clone()));
     }
+}
 
+/// Marks the sampling stopped when its task ends, however it ends (a panic in a storage
+/// adapter included), so that the next look starts it again.
+struct SamplingStopped(Weak<History>);
+
+impl Drop for SamplingStopped {
+    fn drop(&mut self) {
+        if let Some(history) = self.0.upgrade() {
+            history.sampling.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl History {
     /// Adds a reading: a sample once there is a reading before it.
     fn record(&self, reading: Reading) {
         let mut samples = self.samples();
@@ -169,7 +197,15 @@ impl History {
             samples.kept.pop_front();
         }
         drop(samples);
-        self.newest.send_replace(seq);
+        self.newest.send_replace(Tick {
+            seq,
+            unavailable: false,
+        });
+    }
+
+    /// A read that failed: every stream is told, once a second while it lasts.
+    fn record_failure(&self) {
+        self.newest.send_modify(|tick| tick.unavailable = true);
     }
 
     /// The samples after sequence number `seen`, oldest first, and the newest one's number.
@@ -188,6 +224,7 @@ impl History {
 
 /// The sampling task: reads the counts every [`SAMPLE_INTERVAL`] until the history is dropped.
 async fn sample(history: Weak<History>, processor: OrderProcessor) {
+    let _stopped = SamplingStopped(history.clone());
     let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
     // A slow read delays the next one rather than causing a burst of catch-up reads.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,12 +245,17 @@ async fn sample(history: Weak<History>, processor: OrderProcessor) {
                 };
                 history.record(reading);
             }
-            // Logged once per outage, not once a second; the gap shows on the charts.
-            Err(err) if !failing => {
-                tracing::warn!(error = %err, "metrics sampling failed; retrying every second");
-                failing = true;
+            Err(err) => {
+                // Logged once per outage, not once a second; the gap shows on the charts.
+                if !failing {
+                    tracing::warn!(error = %err, "metrics sampling failed; retrying every second");
+                    failing = true;
+                }
+                let Some(history) = history.upgrade() else {
+                    return;
+                };
+                history.record_failure();
             }
-            Err(_) => {}
         }
     }
 }
@@ -230,6 +272,7 @@ async fn read(processor: &OrderProcessor) -> Result<Reading, String> {
         .map_err(|err| err.to_string())?;
     Ok(Reading {
         at: Utc::now(),
+        taken: Instant::now(),
         metrics,
         queue,
         oldest_pending,
@@ -250,7 +293,8 @@ pub(crate) struct HistoryBody {
 /// Stream the system's counts.
 ///
 /// Server-Sent Events: a `history` event with the samples of the last five minutes, then a
-/// `sample` event each second. Each sample holds the counts by status, the queue depth, the
+/// `sample` event each second, or an `unavailable` event (`{"error": ...}`) each second that
+/// the storage does not answer. Each sample holds the counts by status, the queue depth, the
 /// oldest PENDING order's age, and the completed and failed orders per second and mean
 /// processing time since the sample before. The counts are read once a second whatever the
 /// number of clients.
@@ -261,8 +305,9 @@ pub(crate) struct HistoryBody {
     tag = MONITORING,
     responses(
         (status = 200, description = "A `history` event whose `data` is a `HistoryBody`, then \
-            a `sample` event whose `data` is a `Sample` every second; it ends when the server \
-            shuts down.", content_type = "text/event-stream", body = String),
+            a `sample` event whose `data` is a `Sample` every second, or an `unavailable` event \
+            whose `data` is an `ErrorBody` every second that the storage does not answer; it \
+            ends when the server shuts down.", content_type = "text/event-stream", body = String),
         (status = 500, response = InternalError),
     ),
 )]
@@ -289,11 +334,19 @@ pub(crate) async fn metrics_stream(
                 changed = newest.changed() => {
                     // The history is gone only with the router that serves this stream.
                     changed.ok()?;
+                    let unavailable = newest.borrow_and_update().unavailable;
                     let (samples, seen) = history.after(seen);
-                    let events: Vec<_> = samples
+                    let mut events: Vec<_> = samples
                         .iter()
                         .map(|sample| Ok(event("sample", sample.as_ref())))
                         .collect();
+                    if unavailable {
+                        let body = ErrorBody {
+                            error: UNAVAILABLE.to_owned(),
+                            field: None,
+                        };
+                        events.push(Ok(event("unavailable", &body)));
+                    }
                     Some((
                         futures::stream::iter(events),
                         (history, newest, seen, processor),
@@ -305,6 +358,9 @@ pub(crate) async fn metrics_stream(
     let events = futures::stream::once(async move { Ok(first) }).chain(rest.flatten());
     Sse::new(events).keep_alive(KeepAlive::default())
 }
+
+/// What an `unavailable` event says; the cause is in the server's log.
+const UNAVAILABLE: &str = "the counts cannot be read: storage unavailable";
 
 fn event(name: &str, data: &impl Serialize) -> Event {
     // Samples are numbers, timestamps and counts: serialising them cannot fail.
@@ -318,6 +374,8 @@ fn event(name: &str, data: &impl Serialize) -> Event {
 mod tests {
     use super::*;
 
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
     fn reading(seconds: i64, completed: u64, failed: u64, micros: u64) -> Reading {
         let mut metrics = OrderMetrics::default();
         metrics.statuses.completed = completed;
@@ -326,6 +384,7 @@ mod tests {
         metrics.completed_processing_micros = micros;
         Reading {
             at: DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap_or_default(),
+            taken: *START + Duration::from_secs(seconds.unsigned_abs()),
             metrics,
             queue: QueueDepth::default(),
             oldest_pending: Some(Duration::from_millis(1500)),
@@ -368,7 +427,7 @@ mod tests {
         let (all, newest) = history.after(0);
         assert_eq!(all.len(), SAMPLES_KEPT);
         assert_eq!(newest, SAMPLES_KEPT as u64 + 10);
-        assert_eq!(*history.newest.borrow(), newest);
+        assert_eq!(history.newest.borrow().seq, newest);
         let (newer, _) = history.after(newest - 2);
         assert_eq!(newer.len(), 2);
         assert_eq!(newer[1].total_orders, SAMPLES_KEPT as u64 + 10);

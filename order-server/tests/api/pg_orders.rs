@@ -150,31 +150,32 @@ async fn event_streams_follow_changes_made_by_other_servers() {
     // The worker gone first, so that the order stays PENDING.
     worker.kill().await;
     let pending = here.create(&order("cy")).await;
-    let open = tokio::spawn({
-        let base = here.base.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{base}/orders/{pending}/events"))
-                .timeout(Duration::from_secs(20))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let streamed = terminate_while_streaming(here, &format!("/orders/{pending}/events")).await;
+    assert_eq!(statuses(&status_events(&streamed)), ["PENDING"]);
+    there.kill().await;
+}
+
+/// Sends SIGTERM to `server` while a client holds the stream at `path` open: the server must
+/// exit 0 within 5 s and the stream end cleanly. Returns what was streamed.
+async fn terminate_while_streaming(server: Server, path: &str) -> String {
+    // Its head received first: the stream is open before the signal.
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", server.base))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let open = tokio::spawn(response.text());
     let began = std::time::Instant::now();
-    let (clean, _) = here.terminate().await;
+    let (clean, _) = server.terminate().await;
     assert!(clean, "exit 0");
     assert!(
         began.elapsed() < Duration::from_secs(5),
         "{:?}",
         began.elapsed()
     );
-    let streamed = open.await.unwrap().expect("the stream ended cleanly");
-    assert_eq!(statuses(&status_events(&streamed)), ["PENDING"]);
-    there.kill().await;
+    open.await.unwrap().expect("the stream ended cleanly")
 }
 
 /// The `sample` events of `server`'s `/metrics/stream`, read until one satisfies `done`
@@ -263,29 +264,6 @@ async fn the_metrics_stream_shows_the_work_of_every_server_on_the_database() {
     worker.kill().await;
 
     // SIGTERM with the metrics stream open: it ends, and the server exits promptly.
-    let open = tokio::spawn({
-        let client = here.client().clone();
-        let url = format!("{}/metrics/stream", here.base);
-        async move {
-            client
-                .get(url)
-                .timeout(Duration::from_secs(20))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let began = std::time::Instant::now();
-    let (clean, _) = here.terminate().await;
-    assert!(clean, "exit 0");
-    assert!(
-        began.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        began.elapsed()
-    );
-    let streamed = open.await.unwrap().expect("the stream ended cleanly");
+    let streamed = terminate_while_streaming(here, "/metrics/stream").await;
     assert!(streamed.starts_with("event: history"), "{streamed}");
 }

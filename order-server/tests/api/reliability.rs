@@ -136,7 +136,8 @@ async fn sixteen_concurrent_requests_with_one_key_create_one_order() {
     assert_eq!(total_orders(&app, None).await, 1);
 }
 
-fn guarded_app(tokens: &str) -> Router {
+/// An open app but for the bearer `tokens` (comma-separated).
+pub(crate) fn guarded_app(tokens: &str) -> Router {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
         .build()
