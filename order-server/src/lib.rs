@@ -87,7 +87,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 ///
 /// It includes the dashboard page, at `/` and `/dashboard` under wherever it is nested, and
 /// `/metrics/stream` that feeds it; the counts behind its charts are read once a second from
-/// the first time either is asked for.
+/// the first time either is asked for. Because it serves `/`, nest it under a prefix (as
+/// below) rather than merging it into a service with a `/` of its own, whose routes would
+/// overlap. Its event streams stay open until [`OrderProcessor::close_watches`] is called:
+/// call it when shutting down, before draining connections.
 ///
 /// It has no fallback, request timeout, request ids, request logs or HTTP metrics: those
 /// belong to the service that serves it, which [`app`] is for order-server itself. Nested
