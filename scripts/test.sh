@@ -109,7 +109,9 @@ fi
 if [[ -n $e2e_skip ]]; then
   echo "skipped: $e2e_skip"
 else
-  cargo build --quiet -p order-server
+  # The binary the tests above built (same flags, so nothing is rebuilt): a plain `cargo build`
+  # resolves other features and would build the dependency tree a second time.
+  cargo test --quiet --workspace --all-features --no-run
   CHROMIUM=$chromium_bin ORDER_SERVER_BIN="${CARGO_TARGET_DIR:-target}/debug/order-server" \
     npm test --prefix e2e
 fi
