@@ -250,6 +250,22 @@ describe('dashboard, live', () => {
       // that appears or a table that pushes the page would each pass it.
       assert.ok(layoutShift < 0.1, `cumulative layout shift ${layoutShift}: ${JSON.stringify(shifts)}`);
 
+      step('with the pointer on a row, a new order waits; it shows once the pointer leaves');
+      await table.locator('tr[data-order-id="2"] [data-col="amount"]').hover();
+      await api(server, 'POST', '/orders', {
+        body: { userId: 'dee', itemIds: ['lamp'], totalAmount: 30 },
+        expect: 201,
+      });
+      const note = page.locator('#table-note');
+      await eventually('the note to say an order is waiting', async () => /1 more recent order/.test((await textOf(note)) ?? ''));
+      assert.equal(await rowStatus(table, 4), null, 'no row for order 4 while the pointer is on the table');
+      assert.equal((await rows(table))[1].id, 2, 'the row under the pointer has not moved');
+      await page.mouse.move(5, 5);
+      await eventually('the row of order 4 once the pointer left', async () => (await rowStatus(table, 4)) !== null, {
+        timeout: 5_000,
+      });
+      assert.equal((await rows(table))[0].id, 4, 'the new order is on top');
+
       step('the charts have drawn the completions; screenshots');
       for (const chart of ['chart-throughput', 'chart-processing']) {
         const svg = page.getByTestId(chart);

@@ -411,6 +411,33 @@
     setText($('table-note'), page.orders.length ? '' : filtered ? 'No orders match these filters.' : 'No orders yet.');
   }
 
+  // While the pointer is on a row or focus is in the table, rows neither move nor go: their
+  // cells still change, and newer orders wait until the pointer or focus leaves, so that a
+  // click under load opens the order that was under the pointer.
+  const tableBody = $('rows');
+  let shownGeneration = -1;
+  let heldPage = null;
+  const holding = () => tableBody.matches(':hover') || tableBody.contains(document.activeElement);
+
+  function holdOrders(page) {
+    heldPage = page;
+    let newer = 0;
+    for (const order of page.orders) {
+      if (rows.has(order.id)) rowFor(order);
+      else newer += 1;
+    }
+    setText($('table-note'), newer ? `${newer} more recent order${newer === 1 ? '' : 's'} will show when the pointer leaves the table.` : '');
+  }
+
+  function releaseOrders() {
+    if (!heldPage || holding()) return;
+    const page = heldPage;
+    heldPage = null;
+    showOrders(page);
+  }
+  tableBody.addEventListener('pointerleave', releaseOrders);
+  tableBody.addEventListener('focusout', () => setTimeout(releaseOrders, 0));
+
   // At most one read in flight and at most one a second; a change meanwhile reads once more.
   async function refreshTable() {
     if (tableBusy) {
@@ -430,7 +457,14 @@
           const page = await apiJson(`/orders?${filterQuery()}`);
           // An answer for filters or a page no longer shown is dropped; the loop asks again.
           if (asked !== tableGeneration) continue;
-          showOrders(page);
+          // Filters or a page asked for are shown at once; a refresh may be held.
+          if (asked === shownGeneration && holding()) {
+            holdOrders(page);
+          } else {
+            heldPage = null;
+            shownGeneration = asked;
+            showOrders(page);
+          }
           tableReadAt = Date.now();
         } catch (error) {
           if (asked === tableGeneration) setText($('table-note'), `Could not load orders: ${error.message}`);
