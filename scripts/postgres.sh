@@ -23,6 +23,9 @@
 # Every function returns non-zero on failure instead of relying on `set -e` (which is off
 # inside functions called from `if`/`||`), so the caller decides; errors go to stderr.
 
+# shellcheck source=scripts/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
+
 PG__EXIT_HOOKS=()
 PG__PRIVATE_DIR=""
 PG__RUN_AS=""
@@ -212,10 +215,6 @@ pg__cluster_user() {
 # Step 4: installs the server binaries with apt-get, without starting Debian's own cluster.
 pg_install_binaries() {
   local policy=/usr/sbin/policy-rc.d added_policy="" status=0
-  if ! command -v apt-get >/dev/null 2>&1; then
-    pg_err "no apt-get to install PostgreSQL with"
-    return 1
-  fi
   pg_say "no PostgreSQL binaries found; installing them (apt-get install postgresql postgresql-contrib)"
   # Keep the package scripts from starting Debian's cluster: ours is started below.
   if [[ ! -e $policy ]]; then
@@ -223,11 +222,7 @@ pg_install_binaries() {
       added_policy=1
     fi
   fi
-  if ! apt-get update ||
-    ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      postgresql postgresql-contrib; then
-    status=1
-  fi
+  apt_install --no-install-recommends postgresql postgresql-contrib || status=1
   if [[ -n $added_policy ]]; then
     rm -f "$policy"
   fi
@@ -275,7 +270,7 @@ pg_stop_private() {
 pg_start_private() {
   local dir port attempts=0 started="" locale
   if [[ -z ${PG_BINDIR:-} ]]; then
-    if [[ -n ${CI:-} && $(id -u) == 0 ]]; then
+    if may_install_packages; then
       pg_install_binaries || return 1
       if ! pg_find_bindir; then
         pg_err "installed PostgreSQL, but found no initdb/pg_ctl/postgres afterwards"
@@ -351,7 +346,7 @@ pg_start_private() {
 ensure_postgres() {
   local mode=${ORDER_TEST_PG:-auto} origin=""
   PG_BINDIR=""
-  if ! pg_find_bindir && [[ -n ${CI:-} && $(id -u) == 0 ]]; then
+  if ! pg_find_bindir && may_install_packages; then
     # The outage test starts and stops a cluster of its own, whatever server the rest use.
     pg_install_binaries && pg_find_bindir || true
   fi

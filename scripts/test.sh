@@ -68,16 +68,11 @@ drop_example_db
 # Debian's packages; a failing browser test fails the run. CHROMIUM names another browser.
 step "browser test (headless Chromium)"
 e2e_skip=""
-apt_updated=""
 # Under CI as root, installs Debian packages (a failure fails the run); elsewhere returns 1, so
 # that the caller skips.
 ci_apt_install() {
-  [[ -n ${CI:-} && $(id -u) -eq 0 ]] || return 1
-  if [[ -z $apt_updated ]]; then
-    apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand"
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || exit 1
+  may_install_packages || return 1
+  apt_install -qq "$@" || exit 1
 }
 chromium_bin=${CHROMIUM:-/usr/bin/chromium}
 if [[ -x $chromium_bin ]]; then

@@ -19,7 +19,8 @@
 //! | `GET /`, `GET /dashboard` | the dashboard: one HTML page, compiled in, that shows all of the above live; open without a token, it asks for one when the API needs it |
 //!
 //! Every error is `application/json` `{"error": "..."}`. [`app`] adds bearer tokens
-//! ([`ServeOptions::api_tokens`]: `401` with `WWW-Authenticate` on every route but the probes)
+//! ([`ServeOptions::api_tokens`]: `401` with `WWW-Authenticate` on every route but the probes
+//! and the dashboard page)
 //! and a cap on requests in progress ([`ServeOptions::max_in_flight`]: `503` with
 //! `Retry-After` past it), and [`run`] gives each client [`HEADER_READ_TIMEOUT`] to send a
 //! request head.

@@ -44,7 +44,13 @@ pub(crate) const DASHBOARD: &str = "dashboard";
     ),
     // The events of `GET /metrics/stream`, which no JSON response refers to.
     components(
-        responses(StorageUnavailable, InternalError, Unauthorized),
+        responses(
+            StorageUnavailable,
+            InternalError,
+            Unauthorized,
+            crate::dashboard::DashboardPage,
+            crate::dashboard::PageNotModified,
+        ),
         schemas(crate::history::HistoryBody, crate::history::Sample),
     ),
     modifiers(&BearerTokens),

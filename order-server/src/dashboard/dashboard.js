@@ -195,7 +195,7 @@
   }
   const connection = (state, text) => setConnection(byTestId('live'), $('conn-text'), state, text);
 
-  function showSample(sample) {
+  function showSample(sample, completed) {
     for (const status of STATUSES) {
       setText(byTestId(`count-${status}`), count.format(sample.statuses[status.toLowerCase()]));
     }
@@ -206,8 +206,7 @@
     setText($('queue-delayed'), count.format(queue.delayed));
     setText($('queue-claimed'), count.format(queue.claimed));
     setText(byTestId('oldest-pending'), sample.oldestPendingAgeSeconds == null ? 'none' : duration(sample.oldestPendingAgeSeconds));
-    const rate = smoothed('completedPerSecond');
-    setText($('throughput-now'), `${decimal.format(rate[rate.length - 1])}/s now`);
+    setText($('throughput-now'), `${decimal.format(completed[completed.length - 1])}/s now`);
     const recent = samples.slice(-10).filter((s) => s.avgProcessingSeconds != null);
     const mean = recent.length ? recent.reduce((sum, s) => sum + s.avgProcessingSeconds, 0) / recent.length : null;
     setText($('processing-now'), mean == null ? 'no completions lately' : `${duration(mean)} lately`);
@@ -247,11 +246,10 @@
     });
   }
 
-  function drawCharts() {
+  function drawCharts(completed) {
     if (!samples.length) return;
     const times = samples.map((s) => Date.parse(s.at));
     const now = times[times.length - 1];
-    const completed = smoothed('completedPerSecond');
     const failed = smoothed('failedPerSecond');
     const processing = samples.map((s) => s.avgProcessingSeconds);
     const throughputTop = niceTop(Math.max(...completed, ...failed));
@@ -288,8 +286,10 @@
     connection('live', 'Live');
     if (!samples.length) return;
     const latest = samples[samples.length - 1];
-    showSample(latest);
-    drawCharts();
+    // Once per sample, for the figure and its chart both.
+    const completed = smoothed('completedPerSecond');
+    showSample(latest, completed);
+    drawCharts(completed);
     // The table is read again when some order has moved, and every few seconds anyway (a
     // retry and a start at once leave the counts as they were).
     const counts = JSON.stringify([latest.totalOrders, latest.statuses]);

@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use utoipa::ToResponse;
 
 use order_core::OrderProcessor;
 
@@ -79,10 +80,8 @@ fn base64(bytes: &[u8]) -> String {
     operation_id = "getDashboard",
     tag = DASHBOARD,
     responses(
-        (status = 200, description = "The dashboard page.", content_type = "text/html",
-            body = String),
-        (status = 304, description = "The page has not changed since the `ETag` the client \
-            holds."),
+        (status = 200, response = DashboardPage),
+        (status = 304, response = PageNotModified),
     ),
 )]
 pub(crate) async fn dashboard(
@@ -103,20 +102,30 @@ pub(crate) async fn dashboard(
     operation_id = "getRoot",
     tag = DASHBOARD,
     responses(
-        (status = 200, description = "The dashboard page.", content_type = "text/html",
-            body = String),
-        (status = 304, description = "The page has not changed since the `ETag` the client \
-            holds."),
+        (status = 200, response = DashboardPage),
+        (status = 304, response = PageNotModified),
     ),
 )]
 pub(crate) async fn root(
-    State(processor): State<OrderProcessor>,
-    Extension(history): Extension<Arc<History>>,
+    processor: State<OrderProcessor>,
+    history: Extension<Arc<History>>,
     headers: HeaderMap,
 ) -> Response {
-    history.start_sampling(&processor);
-    page(&headers)
+    dashboard(processor, history, headers).await
 }
+
+/// The answer of both page routes.
+#[derive(ToResponse)]
+#[response(description = "The dashboard page.", content_type = "text/html")]
+// Only its documentation is used: the page is answered by `page`.
+#[allow(dead_code)]
+pub(crate) struct DashboardPage(String);
+
+/// A revalidation of an unchanged page.
+#[derive(ToResponse)]
+#[response(description = "The page has not changed since the `ETag` the client holds.")]
+#[allow(dead_code)]
+pub(crate) struct PageNotModified;
 
 fn page(request: &HeaderMap) -> Response {
     let page = &*PAGE;
