@@ -16,7 +16,11 @@
 //! ```
 //!
 //! The factory may also return `(backend, guard)`, the guard kept until the case ends: a
-//! scratch database that is dropped with it, say ([`TestDatabase`], feature `postgres`).
+//! scratch database that is dropped with it, say ([`TestDatabase`], feature `postgres`). The
+//! racing cases want several handles on one storage, as several servers on one database have:
+//! a factory returns [`Shared`] to make them, or else they race clones of one handle.
+//! Each racing case runs many rounds, its calls released together by a barrier after a warm-up
+//! has opened the connections they need ([`race`]), so that they meet in the storage.
 //!
 //! Lease cases use real time (a backend may keep time on another machine) with leases of a
 //! second and margins of a third of that or more, so a busy machine's stalls or a database's
@@ -39,7 +43,8 @@ const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_secs(1);
 
 /// What a contract factory returns: the backend to test, alone or with a guard that must live
-/// until the case ends (a scratch database that is dropped with it, say).
+/// until the case ends (a scratch database that is dropped with it, say), or [`Shared`]
+/// handles on one storage.
 pub trait Fixture {
     /// The backend the case runs against.
     type Backend;
@@ -47,6 +52,10 @@ pub trait Fixture {
     type Guard;
     /// Separates the two.
     fn split(self) -> (Self::Backend, Self::Guard);
+    /// `count` handles on the one storage, for the racing cases: each as separate as two
+    /// servers on one database are (its own batches, so that its calls reach the storage as
+    /// statements of their own). A backend whose handles share everything hands out clones.
+    fn split_many(self, count: usize) -> (Vec<Self::Backend>, Self::Guard);
 }
 
 impl<T: ?Sized> Fixture for Arc<T> {
@@ -54,6 +63,9 @@ impl<T: ?Sized> Fixture for Arc<T> {
     type Guard = ();
     fn split(self) -> (Arc<T>, ()) {
         (self, ())
+    }
+    fn split_many(self, count: usize) -> (Vec<Arc<T>>, ()) {
+        (vec![self; count], ())
     }
 }
 
@@ -63,6 +75,102 @@ impl<T: ?Sized, G> Fixture for (Arc<T>, G) {
     fn split(self) -> (Arc<T>, G) {
         self
     }
+    fn split_many(self, count: usize) -> (Vec<Arc<T>>, G) {
+        (vec![self.0; count], self.1)
+    }
+}
+
+/// Handles on one storage that a factory can make more of, as each server on one database
+/// makes its own: the racing cases race calls made through different handles, so that a
+/// backend that groups one handle's calls into one statement cannot hide a race between
+/// statements.
+pub struct Shared<T: ?Sized, G> {
+    another: Box<dyn Fn() -> Arc<T> + Send + Sync>,
+    guard: G,
+}
+
+impl<T: ?Sized, G> Shared<T, G> {
+    /// Handles made by `another`, kept with `guard` until the case ends.
+    pub fn new(another: impl Fn() -> Arc<T> + Send + Sync + 'static, guard: G) -> Self {
+        Self {
+            another: Box::new(another),
+            guard,
+        }
+    }
+}
+
+impl<T: ?Sized, G: std::fmt::Debug> std::fmt::Debug for Shared<T, G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("guard", &self.guard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized, G> Fixture for Shared<T, G> {
+    type Backend = Arc<T>;
+    type Guard = G;
+    fn split(self) -> (Arc<T>, G) {
+        ((self.another)(), self.guard)
+    }
+    fn split_many(self, count: usize) -> (Vec<Arc<T>>, G) {
+        ((0..count).map(|_| (self.another)()).collect(), self.guard)
+    }
+}
+
+/// How many handles the racing cases race, and how many calls race in each round.
+pub const RACERS: usize = 16;
+
+/// Runs `round` `rounds` times, each time with `racers.len()` tasks that each get a handle
+/// and their place, released together by a barrier once every task has been spawned, and
+/// gives back each round's answers in the racers' order.
+///
+/// Before the first round every racer makes one call of `warm` at once, so that a pool of
+/// connections is open and no racer is still connecting when another has finished: the
+/// calls then meet in the storage, as real clients' do.
+pub async fn race<H, T, W, WF, F, Fut>(
+    racers: &[Arc<H>],
+    rounds: usize,
+    warm: W,
+    round: F,
+) -> Vec<Vec<T>>
+where
+    H: ?Sized + Send + Sync + 'static,
+    T: Send + 'static,
+    W: Fn(Arc<H>, usize) -> WF,
+    WF: Future<Output = ()> + Send + 'static,
+    F: Fn(Arc<H>, usize, usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let warmers: Vec<_> = racers
+        .iter()
+        .enumerate()
+        .map(|(place, racer)| tokio::spawn(warm(racer.clone(), place)))
+        .collect();
+    for warmer in warmers {
+        warmer.await.unwrap();
+    }
+    let mut answers = Vec::with_capacity(rounds);
+    for number in 0..rounds {
+        let gate = Arc::new(tokio::sync::Barrier::new(racers.len()));
+        let tasks: Vec<_> = racers
+            .iter()
+            .enumerate()
+            .map(|(place, racer)| {
+                let (gate, call) = (gate.clone(), round(racer.clone(), number, place));
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    call.await
+                })
+            })
+            .collect();
+        let mut answered = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            answered.push(task.await.unwrap());
+        }
+        answers.push(answered);
+    }
+    answers
 }
 
 /// A valid order for user `user` with `items` items.
@@ -87,7 +195,7 @@ pub mod repository {
     use std::collections::HashSet;
     use std::sync::Arc;
 
-    use super::{LONG, SHORT, sample_order, sleep};
+    use super::{LONG, SHORT, race, sample_order, sleep};
     use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
     use crate::order::{Order, OrderId, OrderStatus};
     use crate::queue::ClaimToken;
@@ -538,33 +646,116 @@ pub mod repository {
             .unwrap();
     }
 
-    /// Of many concurrent submissions with one key, exactly one creates.
-    pub async fn concurrent_submissions_with_one_key_create_one_order(repo: Arc<dyn Repository>) {
+    /// Of many submissions with one key that reach the storage at once, through handles as
+    /// separate as two servers, exactly one creates and every other names its order; round
+    /// after round, each time with a new key.
+    pub async fn concurrent_submissions_with_one_key_create_one_order<R>(repos: Vec<Arc<R>>)
+    where
+        R: Repository + ?Sized + 'static,
+    {
+        const ROUNDS: usize = 30;
         let order = sample_order("ann", 1);
-        let record = keyed("race", &order, LONG * 100);
-        let racers: Vec<_> = (0..16)
-            .map(|_| {
-                let (repo, order, record) = (repo.clone(), order.clone(), record.clone());
-                tokio::spawn(async move { repo.insert_keyed(&order, &record).await.unwrap() })
-            })
-            .collect();
-        let mut created = Vec::new();
-        let mut existing = HashSet::new();
-        for racer in racers {
-            match racer.await.unwrap() {
-                Insertion::Created(order) => created.push(order.id),
-                Insertion::Existing {
+        let rounds = race(
+            &repos,
+            ROUNDS,
+            |repo, place| {
+                let (order, record) =
+                    (order.clone(), keyed(&format!("warm-{place}"), &order, LONG));
+                async move {
+                    repo.insert_keyed(&order, &record).await.unwrap();
+                }
+            },
+            |repo, round, _| {
+                let (order, record) =
+                    (order.clone(), keyed(&format!("race-{round}"), &order, LONG));
+                async move { repo.insert_keyed(&order, &record).await.unwrap() }
+            },
+        )
+        .await;
+        for (round, answers) in rounds.iter().enumerate() {
+            let created: Vec<OrderId> = answers
+                .iter()
+                .filter_map(|answer| match answer {
+                    Insertion::Created(order) => Some(order.id),
+                    Insertion::Existing { .. } => None,
+                })
+                .collect();
+            assert_eq!(
+                created.len(),
+                1,
+                "round {round}: exactly one creates: {answers:?}"
+            );
+            for answer in answers {
+                if let Insertion::Existing {
                     order,
                     same_request,
-                } => {
-                    assert!(same_request);
-                    existing.insert(order.id);
+                } = answer
+                {
+                    assert!(same_request, "round {round}");
+                    assert_eq!(
+                        order.id, created[0],
+                        "round {round}: the order that was created"
+                    );
                 }
             }
         }
-        assert_eq!(created.len(), 1, "exactly one creates");
-        assert!(existing.iter().all(|id| *id == created[0]), "{existing:?}");
-        assert_eq!(repo.metrics().await.unwrap().total_orders, 1);
+        let stored = repos[0].metrics().await.unwrap().total_orders;
+        assert_eq!(stored, (repos.len() + ROUNDS) as u64, "one order per key");
+    }
+
+    /// Of many submissions racing for one expired key, exactly one takes it over and creates
+    /// a new order; every other names that new order, none the old one.
+    pub async fn concurrent_takeovers_of_an_expired_key_create_one_order<R>(repos: Vec<Arc<R>>)
+    where
+        R: Repository + ?Sized + 'static,
+    {
+        const ROUNDS: usize = 12;
+        let order = sample_order("ann", 1);
+        let mut expired = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let record = keyed(&format!("expiring-{round}"), &order, SHORT / 2);
+            let Insertion::Created(first) = repos[0].insert_keyed(&order, &record).await.unwrap()
+            else {
+                panic!("a new key creates");
+            };
+            expired.push(first.id);
+        }
+        sleep(SHORT).await;
+        let rounds = race(
+            &repos,
+            ROUNDS,
+            |repo, _| async move {
+                repo.get(OrderId::new(1).unwrap()).await.unwrap();
+            },
+            |repo, round, _| {
+                let order = order.clone();
+                let record = keyed(&format!("expiring-{round}"), &order, LONG);
+                async move { repo.insert_keyed(&order, &record).await.unwrap() }
+            },
+        )
+        .await;
+        for (round, answers) in rounds.iter().enumerate() {
+            let created: Vec<OrderId> = answers
+                .iter()
+                .filter_map(|answer| match answer {
+                    Insertion::Created(order) => Some(order.id),
+                    Insertion::Existing { .. } => None,
+                })
+                .collect();
+            assert_eq!(
+                created.len(),
+                1,
+                "round {round}: exactly one takes over: {answers:?}"
+            );
+            assert_ne!(created[0], expired[round], "round {round}: a new order");
+            for answer in answers {
+                if let Insertion::Existing { order, .. } = answer {
+                    assert_eq!(order.id, created[0], "round {round}: the new order");
+                }
+            }
+        }
+        let stored = repos[0].metrics().await.unwrap().total_orders;
+        assert_eq!(stored, 2 * ROUNDS as u64, "one order per key and expiry");
     }
 
     /// A key is forgotten once its time runs out: pruned, or taken over by a new submission.
@@ -622,44 +813,69 @@ pub mod repository {
         assert_eq!(repo.get(order.id).await.unwrap(), Some(done));
     }
 
-    /// Of many workers starting one order at once, exactly one wins.
-    pub async fn concurrent_starts_have_one_winner(repo: Arc<dyn Repository>) {
-        let order = insert(&*repo).await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..16 {
-            let repo = repo.clone();
-            tasks.spawn(async move { repo.transition(order.id, start(LONG).1).await.is_ok() });
+    /// Of many workers starting one order at once, each through its own handle, exactly one
+    /// wins; round after round.
+    pub async fn concurrent_starts_have_one_winner<R>(repos: Vec<Arc<R>>)
+    where
+        R: Repository + ?Sized + 'static,
+    {
+        const ROUNDS: usize = 20;
+        let mut orders = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            orders.push(
+                repos[0]
+                    .insert(&sample_order("user-1", 2))
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
-        let winners = tasks
-            .join_all()
-            .await
-            .into_iter()
-            .filter(|won| *won)
-            .count();
-        assert_eq!(winners, 1);
-        assert_eq!(repo.get(order.id).await.unwrap().unwrap().attempts, 1);
+        let rounds = race(
+            &repos,
+            ROUNDS,
+            |repo, _| async move {
+                repo.get(OrderId::new(1).unwrap()).await.unwrap();
+            },
+            |repo, round, _| {
+                let id = orders[round];
+                async move { repo.transition(id, start(LONG).1).await.is_ok() }
+            },
+        )
+        .await;
+        for (round, won) in rounds.iter().enumerate() {
+            let winners = won.iter().filter(|won| **won).count();
+            assert_eq!(winners, 1, "round {round}");
+            let order = repos[0].get(orders[round]).await.unwrap().unwrap();
+            assert_eq!(order.attempts, 1, "round {round}: started once");
+        }
     }
 
-    /// Concurrent inserts get distinct ids, and the total counts each once.
-    pub async fn concurrent_inserts_get_distinct_ids(repo: Arc<dyn Repository>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for worker in 0..8 {
-            let repo = repo.clone();
-            tasks.spawn(async move {
-                let mut ids = Vec::new();
-                for _ in 0..25 {
-                    let order = sample_order(&format!("user-{worker}"), 1);
-                    ids.push(repo.insert(&order).await.unwrap().id);
-                }
-                ids
-            });
-        }
-        let ids: Vec<OrderId> = tasks.join_all().await.into_iter().flatten().collect();
+    /// Inserts made at once through many handles get distinct ids, and the total counts each
+    /// once.
+    pub async fn concurrent_inserts_get_distinct_ids<R>(repos: Vec<Arc<R>>)
+    where
+        R: Repository + ?Sized + 'static,
+    {
+        const ROUNDS: usize = 10;
+        let rounds = race(
+            &repos,
+            ROUNDS,
+            |repo, _| async move {
+                repo.get(OrderId::new(1).unwrap()).await.unwrap();
+            },
+            |repo, _, place| async move {
+                let order = sample_order(&format!("user-{place}"), 1);
+                repo.insert(&order).await.unwrap().id
+            },
+        )
+        .await;
+        let ids: Vec<OrderId> = rounds.into_iter().flatten().collect();
         let distinct: HashSet<_> = ids.iter().collect();
-        assert_eq!(distinct.len(), 200);
-        let metrics = repo.metrics().await.unwrap();
-        assert_eq!(metrics.total_orders, 200);
-        assert_eq!(metrics.statuses.pending, 200);
+        let expected = repos.len() * ROUNDS;
+        assert_eq!(distinct.len(), expected);
+        let metrics = repos[0].metrics().await.unwrap();
+        assert_eq!(metrics.total_orders, expected as u64);
+        assert_eq!(metrics.statuses.pending, expected as u64);
     }
 
     /// Recovery finds PENDING orders and PROCESSING ones whose lease ran out, in id order,
@@ -762,7 +978,7 @@ pub mod queue {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{LONG, SHORT, sleep};
+    use super::{LONG, SHORT, race, sleep};
     use crate::order::OrderId;
     use crate::queue::{Queue, QueueDepth, QueueError};
 
@@ -1006,15 +1222,22 @@ pub mod queue {
         assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
     }
 
-    /// Claimers racing over one queue never get the same id.
-    pub async fn concurrent_claimers_never_share_an_id(queue: Arc<dyn Queue>) {
-        for raw in 1..=200 {
-            queue.push(id(raw)).await.unwrap();
+    /// Claimers racing over one queue, each through its own handle, never get the same id.
+    pub async fn concurrent_claimers_never_share_an_id<Q>(queues: Vec<Arc<Q>>)
+    where
+        Q: Queue + ?Sized + 'static,
+    {
+        const ORDERS: usize = 400;
+        for raw in 1..=ORDERS as i64 {
+            queues[0].push(id(raw)).await.unwrap();
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let queue = queue.clone();
-            tasks.spawn(async move {
+        let rounds = race(
+            &queues,
+            1,
+            |queue, _| async move {
+                queue.depth().await.unwrap();
+            },
+            |queue, _, _| async move {
                 let mut got = Vec::new();
                 loop {
                     let claims = queue.claim(7, LONG).await.unwrap();
@@ -1024,12 +1247,13 @@ pub mod queue {
                     got.extend(claims.into_iter().map(|c| c.order_id));
                     tokio::task::yield_now().await;
                 }
-            });
-        }
-        let all: Vec<OrderId> = tasks.join_all().await.into_iter().flatten().collect();
+            },
+        )
+        .await;
+        let all: Vec<OrderId> = rounds.into_iter().flatten().flatten().collect();
         let distinct: HashSet<_> = all.iter().collect();
-        assert_eq!(all.len(), 200);
-        assert_eq!(distinct.len(), 200);
+        assert_eq!(all.len(), ORDERS);
+        assert_eq!(distinct.len(), ORDERS);
     }
 }
 
@@ -1053,12 +1277,14 @@ macro_rules! repository_contract_tests {
             finished_orders_never_change,
             list_filters_and_pages,
             a_key_creates_one_order,
-            concurrent_submissions_with_one_key_create_one_order,
             expired_keys_are_forgotten,
+            stranded_finds_what_a_lost_queue_held,
+            metrics_follow_every_change;
+            racing:
+            concurrent_submissions_with_one_key_create_one_order,
+            concurrent_takeovers_of_an_expired_key_create_one_order,
             concurrent_starts_have_one_winner,
             concurrent_inserts_get_distinct_ids,
-            stranded_finds_what_a_lost_queue_held,
-            metrics_follow_every_change,
         );
     };
 }
@@ -1080,7 +1306,8 @@ macro_rules! queue_contract_tests {
             retry_without_delay_is_ready_at_once,
             depth_counts_each_state,
             depth_counts_what_has_come_due_as_ready,
-            wait_wakes_on_new_work,
+            wait_wakes_on_new_work;
+            racing:
             concurrent_claimers_never_share_an_id,
         );
     };
@@ -1094,13 +1321,22 @@ pub use postgres::{TEST_DATABASE_URL, TestDatabase};
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __contract_tests {
-    ($port:ident, $factory:expr; $($case:ident),+ $(,)?) => {
+    ($port:ident, $factory:expr; $($case:ident),+; racing: $($racing:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let factory = $factory;
                 let (backend, _guard) = $crate::testing::Fixture::split(factory().await);
                 $crate::testing::$port::$case(backend).await;
+            }
+        )+
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $racing() {
+                let factory = $factory;
+                let (backends, _guard) =
+                    $crate::testing::Fixture::split_many(factory().await, $crate::testing::RACERS);
+                $crate::testing::$port::$racing(backends).await;
             }
         )+
     };

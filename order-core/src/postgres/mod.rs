@@ -198,6 +198,96 @@ mod shared_database {
         connect(db.url(), &PoolOptions::default()).await.unwrap()
     }
 
+    /// A key whose order an operator deleted is taken over by exactly one of the requests that
+    /// race for it, in both modes, on separate pools: the others name the new order. Counted
+    /// in the database.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racers_for_a_key_whose_order_was_deleted_make_one_order() {
+        use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
+        use sea_orm::ConnectionTrait;
+
+        const ROUNDS: usize = 10;
+        for linked in [false, true] {
+            let db = TestDatabase::create().await;
+            let mut repositories = Vec::new();
+            for _ in 0..crate::testing::RACERS / 2 {
+                let pool = second_pool(&db).await;
+                for _ in 0..2 {
+                    let repository = PostgresRepository::new(pool.clone());
+                    repositories.push(Arc::new(if linked {
+                        repository.linked_to(&PostgresQueue::new(pool.clone()))
+                    } else {
+                        repository
+                    }));
+                }
+            }
+            let order = sample_order("ann", 1);
+            let record = |round: usize| KeyRecord {
+                key: IdempotencyKey::new(format!("deleted-{round}")).unwrap(),
+                fingerprint: Fingerprint::of(&order),
+                ttl: Duration::from_secs(3600),
+            };
+            for round in 0..ROUNDS {
+                repositories[0]
+                    .insert_keyed(&order, &record(round))
+                    .await
+                    .unwrap();
+            }
+            db.connection()
+                .execute_unprepared("DELETE FROM order_engine_orders")
+                .await
+                .unwrap();
+            let rounds = crate::testing::race(
+                &repositories,
+                ROUNDS,
+                |repository, _| async move {
+                    repository.get(OrderId::new(1).unwrap()).await.unwrap();
+                },
+                |repository, round, _| {
+                    let (order, record) = (order.clone(), record(round));
+                    async move { repository.insert_keyed(&order, &record).await.unwrap() }
+                },
+            )
+            .await;
+            for (round, answers) in rounds.iter().enumerate() {
+                let created: Vec<_> = answers
+                    .iter()
+                    .filter_map(|answer| match answer {
+                        Insertion::Created(order) => Some(order.id),
+                        Insertion::Existing { .. } => None,
+                    })
+                    .collect();
+                assert_eq!(
+                    created.len(),
+                    1,
+                    "linked {linked}, round {round}: {answers:?}"
+                );
+                assert!(answers.iter().all(|answer| match answer {
+                    Insertion::Created(order) | Insertion::Existing { order, .. } =>
+                        order.id == created[0],
+                }));
+            }
+            let counted = db
+                .connection()
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT (SELECT count(*) FROM order_engine_orders) AS orders,
+                            (SELECT count(*) FROM order_engine_idempotency_keys k
+                               JOIN order_engine_orders o ON o.id = k.order_id) AS keyed",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let orders: i64 = counted.try_get("", "orders").unwrap();
+            let keyed: i64 = counted.try_get("", "keyed").unwrap();
+            assert_eq!(
+                (orders, keyed),
+                (ROUNDS as i64, ROUNDS as i64),
+                "linked {linked}"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ready_only_with_every_migration_applied_and_migrating_twice_is_harmless() {
         let db = TestDatabase::create().await;
@@ -622,9 +712,11 @@ mod shared_database {
 mod repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let repository =
-            std::sync::Arc::new(super::PostgresRepository::new(db.connection().clone()));
-        (repository, db)
+        let pool = db.connection().clone();
+        crate::testing::Shared::new(
+            move || std::sync::Arc::new(super::PostgresRepository::new(pool.clone())),
+            db,
+        )
     });
 }
 
@@ -632,9 +724,14 @@ mod repository_contract {
 mod linked_repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let queue = super::PostgresQueue::new(db.connection().clone());
-        let repository = super::PostgresRepository::new(db.connection().clone()).linked_to(&queue);
-        (std::sync::Arc::new(repository), db)
+        let pool = db.connection().clone();
+        crate::testing::Shared::new(
+            move || {
+                let queue = super::PostgresQueue::new(pool.clone());
+                std::sync::Arc::new(super::PostgresRepository::new(pool.clone()).linked_to(&queue))
+            },
+            db,
+        )
     });
 }
 
@@ -642,9 +739,15 @@ mod linked_repository_contract {
 mod linked_queue_contract {
     crate::queue_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let queue = super::PostgresQueue::new(db.connection().clone());
-        let _repository = super::PostgresRepository::new(db.connection().clone()).linked_to(&queue);
-        (std::sync::Arc::new(queue), db)
+        let pool = db.connection().clone();
+        crate::testing::Shared::new(
+            move || {
+                let queue = super::PostgresQueue::new(pool.clone());
+                let _repository = super::PostgresRepository::new(pool.clone()).linked_to(&queue);
+                std::sync::Arc::new(queue)
+            },
+            db,
+        )
     });
 }
 
@@ -652,7 +755,10 @@ mod linked_queue_contract {
 mod queue_contract {
     crate::queue_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let queue = std::sync::Arc::new(super::PostgresQueue::new(db.connection().clone()));
-        (queue, db)
+        let pool = db.connection().clone();
+        crate::testing::Shared::new(
+            move || std::sync::Arc::new(super::PostgresQueue::new(pool.clone())),
+            db,
+        )
     });
 }

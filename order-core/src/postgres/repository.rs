@@ -309,10 +309,17 @@ pub(super) fn list_statement(query: &OrderQuery) -> (String, Vec<Value>) {
     (sql, values)
 }
 
-/// Stores an order under an idempotency key, in one statement: the key's row is written first
-/// (`ON CONFLICT` on its primary key decides a race, waiting for a concurrent writer of the
-/// same key to commit), and the order only when the key's row was written. A key whose time
-/// has run out, or whose order was deleted, is taken over. No row back: the key is in use.
+/// Stores an order under an idempotency key, in one statement: the key's row is written first,
+/// and the order only when the key's row was written. `ON CONFLICT` on the key's primary key
+/// decides a race, waiting for a concurrent writer of the same key to commit; an expired key
+/// is taken over.
+///
+/// Whether the key may be taken over is decided on the key's row alone: `ON CONFLICT ... WHERE`
+/// sees the latest committed version of the row it has locked, but a subquery there (say, "does
+/// the key's order still exist?") would read with the statement's snapshot, taken before a
+/// racing request committed that key and its order, and so would find no order and take the
+/// key over a second time. A key whose order was deleted is taken over by [`TAKE_OVER_KEY`]
+/// instead. No row back: the key is in use.
 const INSERT_KEYED: &str = "
 WITH new_order AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id),
@@ -323,8 +330,25 @@ key AS (
        SET fingerprint = excluded.fingerprint, order_id = excluded.order_id,
            expires_at = excluded.expires_at
      WHERE k.expires_at <= now()
-        OR NOT EXISTS (SELECT 1 FROM order_engine_orders o WHERE o.id = k.order_id)
-    RETURNING order_id),
+    RETURNING order_id){keyed_order}";
+
+/// Takes over a key whose order was deleted, and stores the new order under it: only while the
+/// key still names the deleted order (`$8`), a compare-and-set. `UPDATE` re-reads a row that a
+/// concurrent statement changed before it applies its condition, so of many requests that
+/// found the same deleted order, one takes the key over and the others find it in use.
+const TAKE_OVER_KEY: &str = "
+WITH new_order AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id),
+key AS (
+    UPDATE order_engine_idempotency_keys
+       SET fingerprint = $3, order_id = (SELECT id FROM new_order),
+           expires_at = now() + $4 * interval '1 microsecond'
+     WHERE scope = $1 AND key = $2 AND order_id = $8
+    RETURNING order_id){keyed_order}";
+
+/// The end of [`INSERT_KEYED`] and [`TAKE_OVER_KEY`]: the order, under the id the key was
+/// given, when the key was written. `{queue}` is where a linked repository queues it.
+const KEYED_ORDER: &str = ",
 inserted AS (
     INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
     OVERRIDING SYSTEM VALUE
@@ -332,10 +356,13 @@ inserted AS (
     RETURNING *){queue}
 SELECT * FROM inserted";
 
-/// What a key in use names: its fingerprint (`key_fingerprint`) and its order's columns.
+/// What a key in use names: its fingerprint (`key_fingerprint`), the id of its order
+/// (`key_order_id`) and that order's columns, all null when the order was deleted. One
+/// snapshot reads both, and a key is written in the transaction that writes its order, so a
+/// key seen without its order names one that was deleted, never one not yet committed.
 const READ_KEY: &str = "
-SELECT k.fingerprint AS key_fingerprint, o.*
-  FROM order_engine_idempotency_keys k JOIN order_engine_orders o ON o.id = k.order_id
+SELECT k.fingerprint AS key_fingerprint, k.order_id AS key_order_id, o.*
+  FROM order_engine_idempotency_keys k LEFT JOIN order_engine_orders o ON o.id = k.order_id
  WHERE k.scope = $1 AND k.key = $2";
 
 /// The columns every transition sets when an order leaves PROCESSING: the claim is cleared.
@@ -576,14 +603,14 @@ impl Repository for PostgresRepository {
         record: &KeyRecord,
     ) -> Result<Insertion, StorageError> {
         let key = &record.key;
-        let sql = INSERT_KEYED.replace(
-            "{queue}",
-            if self.link.is_some() {
-                QUEUE_INSERTED
-            } else {
-                ""
-            },
-        );
+        let queue = if self.link.is_some() {
+            QUEUE_INSERTED
+        } else {
+            ""
+        };
+        let keyed_order = KEYED_ORDER.replace("{queue}", queue);
+        let insert = INSERT_KEYED.replace("{keyed_order}", &keyed_order);
+        let take_over = TAKE_OVER_KEY.replace("{keyed_order}", &keyed_order);
         let values: Vec<Value> = vec![
             key.scope().into(),
             key.key().into(),
@@ -593,11 +620,12 @@ impl Repository for PostgresRepository {
             order.item_ids().to_vec().into(),
             order.total_amount().into(),
         ];
-        // A key in use may be taken over between the two statements (it expired, its order
-        // was deleted): then the insert is tried again, a bounded number of times.
-        for _ in 0..3 {
-            let inserted =
-                rows(&self.db, "could not insert the order", &sql, values.clone()).await?;
+        // The key changes hands between two statements only when it expired, was pruned or
+        // lost its order meanwhile: then the request tries again, a bounded number of times.
+        let mut statement = (insert.as_str(), values.clone());
+        for _ in 0..5 {
+            let (sql, bound) = statement;
+            let inserted = rows(&self.db, "could not insert the order", sql, bound).await?;
             if let Some(row) = inserted.first() {
                 let order = order_row(row)?;
                 if let Some(link) = &self.link {
@@ -612,15 +640,27 @@ impl Repository for PostgresRepository {
                 vec![key.scope().into(), key.key().into()],
             )
             .await?;
-            if let Some(row) = existing.first() {
-                let fingerprint: Vec<u8> = row
-                    .try_get("", "key_fingerprint")
-                    .map_err(|err| storage_error("could not read an idempotency key", err))?;
-                return Ok(Insertion::Existing {
-                    order: order_row(row)?,
-                    same_request: fingerprint.as_slice() == record.fingerprint.as_bytes(),
-                });
+            let Some(row) = existing.first() else {
+                // Pruned since: the key is free again.
+                statement = (insert.as_str(), values.clone());
+                continue;
+            };
+            let unreadable = |err| storage_error("could not read an idempotency key", err);
+            let fingerprint: Vec<u8> = row.try_get("", "key_fingerprint").map_err(unreadable)?;
+            let order_id: Option<i64> = row.try_get("", "id").map_err(unreadable)?;
+            if order_id.is_none() {
+                // Its order was deleted: take the key over from that order, if no one else
+                // has yet.
+                let deleted: i64 = row.try_get("", "key_order_id").map_err(unreadable)?;
+                let mut values = values.clone();
+                values.push(deleted.into());
+                statement = (take_over.as_str(), values);
+                continue;
             }
+            return Ok(Insertion::Existing {
+                order: order_row(row)?,
+                same_request: fingerprint.as_slice() == record.fingerprint.as_bytes(),
+            });
         }
         Err(StorageError::unavailable(
             "an idempotency key kept changing hands; try again",
