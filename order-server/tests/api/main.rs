@@ -26,5 +26,6 @@ mod pg_orders;
 mod postgres;
 mod process;
 mod properties;
+mod races;
 mod reliability;
 mod server;
