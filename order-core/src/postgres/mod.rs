@@ -384,6 +384,77 @@ mod shared_database {
         assert_eq!(seen.len(), 400);
     }
 
+    /// Linked queues on separate pools, claiming at once: each claim starts its order, and no
+    /// order is started twice; counted in the database.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn linked_claimers_on_separate_pools_start_each_order_once() {
+        use sea_orm::ConnectionTrait;
+
+        const ORDERS: usize = 400;
+        let db = TestDatabase::create().await;
+        let mut queues = Vec::new();
+        for _ in 0..crate::testing::RACERS / 2 {
+            let pool = second_pool(&db).await;
+            for _ in 0..2 {
+                let queue = PostgresQueue::new(pool.clone());
+                let repository = PostgresRepository::new(pool.clone()).linked_to(&queue);
+                queues.push(Arc::new((queue, repository)));
+            }
+        }
+        for _ in 0..ORDERS {
+            queues[0].1.insert(&sample_order("ann", 1)).await.unwrap();
+        }
+        let rounds = crate::testing::race(
+            &queues,
+            1,
+            |pair, _| async move {
+                pair.0.depth().await.unwrap();
+            },
+            |pair, _, _| async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claims = pair.0.claim(7, Duration::from_secs(60)).await.unwrap();
+                    if claims.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(
+                        claims
+                            .into_iter()
+                            .map(|claim| (claim.order_id, claim.token)),
+                    );
+                }
+            },
+        )
+        .await;
+        let claims: Vec<_> = rounds.into_iter().flatten().flatten().collect();
+        assert_eq!(claims.len(), ORDERS);
+        let rows = db
+            .connection()
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT id, status, attempts, claim_token FROM order_engine_orders",
+            ))
+            .await
+            .unwrap();
+        let mut held = HashSet::new();
+        for row in rows {
+            let id: i64 = row.try_get("", "id").unwrap();
+            let status: String = row.try_get("", "status").unwrap();
+            let attempts: i32 = row.try_get("", "attempts").unwrap();
+            let token: uuid::Uuid = row.try_get("", "claim_token").unwrap();
+            assert_eq!((status.as_str(), attempts), ("PROCESSING", 1), "order {id}");
+            held.insert((OrderId::new(id).unwrap(), token));
+        }
+        let claimed: HashSet<_> = claims
+            .iter()
+            .map(|(id, token)| (*id, token.as_uuid()))
+            .collect();
+        assert_eq!(
+            held, claimed,
+            "each order is held by the claim that took it"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_push_on_one_pool_wakes_a_waiter_on_another_through_notify() {
         let db = TestDatabase::create().await;
@@ -735,11 +806,22 @@ mod linked_repository_contract {
     });
 }
 
+/// The queue cases, with claims that start orders: the ids the cases push (1 to 1,000) are
+/// PENDING orders, so each claim runs the claim-and-start statement on real rows.
 #[cfg(test)]
 mod linked_queue_contract {
     crate::queue_contract_tests!(async || {
+        use sea_orm::ConnectionTrait;
+
         let db = crate::testing::TestDatabase::create().await;
         let pool = db.connection().clone();
+        pool.execute_unprepared(
+            "INSERT INTO order_engine_orders (user_id, item_ids, total_amount, status, attempts)
+             SELECT 'queue-contract', ARRAY['item-1'], 1, 'PENDING', 0
+               FROM generate_series(1, 1000)",
+        )
+        .await
+        .unwrap();
         crate::testing::Shared::new(
             move || {
                 let queue = super::PostgresQueue::new(pool.clone());
