@@ -286,8 +286,9 @@ pub trait Repository: Send + Sync {
     /// and its time has not run out: then stores nothing and returns that order, and whether
     /// it was asked for with the same fingerprint. The key and the order are written in one
     /// atomic step, so that of any number of concurrent calls with one key exactly one
-    /// creates an order, and the others return it. A key whose order was deleted counts as
-    /// unused.
+    /// creates an order, and the others return it, whichever process or connection each
+    /// comes from. A key whose time has run out, or whose order was deleted, counts as unused:
+    /// of the calls racing to take it over, likewise exactly one creates.
     async fn insert_keyed(
         &self,
         order: &ValidatedOrder,
