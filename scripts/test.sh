@@ -65,7 +65,8 @@ drop_example_db
 # The dashboard in a real browser: e2e/ drives the machine's Chromium with playwright-core (no
 # browser is downloaded) against the order-server binary. A machine without Chromium or
 # Node.js says how to install them and goes on; under CI, as root, they are installed from
-# Debian's packages; a failing browser test fails the run. CHROMIUM names another browser.
+# Debian's packages, and a browser test that cannot run (not root, Node.js too old, a bad
+# CHROMIUM, no registry) fails the run, as a failing one does. CHROMIUM names another browser.
 step "browser test (headless Chromium)"
 e2e_skip=""
 # Under CI as root, installs Debian packages (a failure fails the run); elsewhere returns 1, so
@@ -92,7 +93,7 @@ if [[ -z $e2e_skip ]] && (($(node -p 'process.versions.node.split(".")[0]') < 20
   e2e_skip="Node.js 20 or later is needed; this machine has $(node --version)"
 fi
 # playwright-core from the npm registry, at the locked version: installed when it is not
-# already. A machine that cannot reach the registry skips, but under CI that fails the run.
+# already. A machine that cannot reach the registry skips (under CI, that fails the run).
 if [[ -z $e2e_skip ]]; then
   locked=$(node -p 'require("./e2e/package-lock.json").packages["node_modules/playwright-core"].version')
   installed=$(node -p 'try { require("./e2e/node_modules/playwright-core/package.json").version } catch { "" }')
@@ -101,7 +102,10 @@ if [[ -z $e2e_skip ]]; then
     e2e_skip="playwright-core $locked could not be installed from the npm registry (npm ci --prefix e2e)"
   fi
 fi
-if [[ -n $e2e_skip ]]; then
+if [[ -n $e2e_skip && -n ${CI:-} ]]; then
+  echo "error: the browser test cannot run under CI: $e2e_skip" >&2
+  exit 1
+elif [[ -n $e2e_skip ]]; then
   echo "skipped: $e2e_skip"
 else
   # The binary the tests above built (same flags, so nothing is rebuilt): a plain `cargo build`

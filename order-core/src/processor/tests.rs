@@ -211,9 +211,10 @@ async fn a_panicking_handler_is_an_error_not_a_lost_order() {
 
 #[tokio::test]
 async fn a_cancelled_order_is_never_started() {
-    let mut handler = MockOrderHandler::new();
-    handler.expect_process().times(1).returning(|_| Ok(()));
-    let processor = OrderProcessor::builder(handler).build().unwrap();
+    let step = Arc::new(RecordedStep::new(Duration::ZERO));
+    let processor = OrderProcessor::builder(ArcStep(step.clone()))
+        .build()
+        .unwrap();
     let cancelled = processor.submit(new_order("u")).await.unwrap().id;
     let kept = processor.submit(new_order("v")).await.unwrap().id;
     assert_eq!(
@@ -222,10 +223,23 @@ async fn a_cancelled_order_is_never_started() {
     );
     let running = processor.start();
     assert_eq!(done(&processor, kept).await.status, OrderStatus::Completed);
+    // The cancelled order's queue entry, ahead of the kept one's, was claimed too: a worker
+    // has been past it once the queue is empty, and has finished with it once shut down.
+    tokio::time::timeout(WAIT, async {
+        while processor.queue_depth().await.unwrap() != QueueDepth::default() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both queue entries were claimed and dropped, not left to come back");
+    running.shutdown(WAIT).await;
+    let order = processor.get(cancelled).await.unwrap().unwrap();
     assert_eq!(
-        done(&processor, cancelled).await.status,
-        OrderStatus::Cancelled
+        (order.status, order.attempts, order.processing_start_time),
+        (OrderStatus::Cancelled, 0, None)
     );
+    assert_eq!(step.runs_of(cancelled), 0, "the handler never saw it");
+    assert_eq!(step.runs_of(kept), 1);
     assert!(matches!(
         processor.cancel(kept).await,
         Err(CancelError::NotCancellable {
@@ -237,12 +251,6 @@ async fn a_cancelled_order_is_never_started() {
         processor.cancel(OrderId::new(999).unwrap()).await,
         Err(CancelError::NotFound(_))
     ));
-    // The cancelled order's queue entry was dropped, not left to come back.
-    running.shutdown(WAIT).await;
-    assert_eq!(
-        processor.queue_depth().await.unwrap(),
-        QueueDepth::default()
-    );
 }
 
 #[tokio::test]
@@ -428,6 +436,8 @@ struct FaultyRepository {
     inner: InMemoryRepository,
     fault: Box<dyn Fn(&Transition) -> Fault + Send + Sync>,
     stranded_delay: Duration,
+    /// How many sweeps have asked for stranded orders.
+    stranded_calls: AtomicU32,
 }
 
 impl FaultyRepository {
@@ -436,6 +446,7 @@ impl FaultyRepository {
             inner: InMemoryRepository::new(),
             fault: Box::new(fault),
             stranded_delay: Duration::ZERO,
+            stranded_calls: AtomicU32::new(0),
         }
     }
 }
@@ -478,6 +489,7 @@ impl Repository for FaultyRepository {
         after: Option<OrderId>,
         limit: usize,
     ) -> Result<Vec<OrderId>, StorageError> {
+        self.stranded_calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.stranded_delay).await;
         self.inner.stranded(after, limit).await
     }
@@ -655,12 +667,19 @@ async fn a_retry_wakes_an_idle_worker_without_waiting_for_the_poll() {
 async fn shutdown_is_not_held_up_by_a_slow_sweep() {
     let mut repository = FaultyRepository::new(|_| Fault::Pass);
     repository.stranded_delay = Duration::from_secs(3600);
+    let repository = Arc::new(repository);
     let (_, running) = start_on(
-        Arc::new(repository),
+        repository.clone(),
         SimulatedStep::new(Duration::ZERO),
         Duration::from_secs(10),
     );
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(WAIT, async {
+        while repository.stranded_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first sweep is waiting on storage");
     tokio::time::timeout(
         Duration::from_secs(5),
         running.shutdown(Duration::from_millis(100)),
@@ -671,36 +690,62 @@ async fn shutdown_is_not_held_up_by_a_slow_sweep() {
 
 #[tokio::test]
 async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
-    // Two processors share one repository and one queue; the handler runs for more than three leases.
+    // Two processors share one repository and one queue, and ask the queue for work every
+    // 100 ms; the handler runs for more than three leases.
+    const LEASE: Duration = Duration::from_millis(600);
     let repository: Arc<dyn Repository> = Arc::new(InMemoryRepository::new());
-    let queue: Arc<dyn Queue> = Arc::new(InMemoryQueue::new());
-    let step = Arc::new(FlakyStep {
-        failures: 0,
-        calls: AtomicU32::new(0),
-    });
-    let slow = SlowStep {
-        inner: step.clone(),
-        delay: Duration::from_millis(2000),
-    };
-    let slow = Arc::new(slow);
+    let queue = Arc::new(ClaimTimes::default());
+    let step = Arc::new(RecordedStep::new(Duration::from_millis(2000)));
     let build = || {
-        OrderProcessor::builder(ArcStep(slow.clone()))
+        OrderProcessor::builder(ArcStep(step.clone()))
             .repository(repository.clone())
             .queue(queue.clone())
-            .lease(Duration::from_millis(600))
+            .lease(LEASE)
+            .poll_interval(Duration::from_millis(100))
             .build()
             .unwrap()
     };
     let (a, b) = (build(), build());
     let (run_a, run_b) = (a.start(), b.start());
     let ids = submit_many(&a, 4).await;
-    for id in ids {
-        let order = done(&b, id).await;
+    for &id in &ids {
+        // Done, and run once: a second run fails the test as soon as it begins.
+        let order = tokio::time::timeout(WAIT, async {
+            loop {
+                assert!(
+                    step.runs_of(id) <= 1,
+                    "order {id} run twice: {:?}",
+                    step.runs()
+                );
+                let order = b.get(id).await.unwrap().unwrap();
+                if order.status.is_terminal() {
+                    return order;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the order finished in time");
         assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 1));
+        assert_eq!(step.runs_of(id), 1, "order {id} was run once");
     }
-    assert_eq!(step.calls.load(Ordering::SeqCst), 4);
     run_a.shutdown(WAIT).await;
     run_b.shutdown(WAIT).await;
+    let runs = step.runs();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    // A second run could have begun: while each run went on, well past the lease it began
+    // with, workers asked the queue for work, and a lapsed lease would have handed it to them.
+    let asked = queue.asked.lock().unwrap().clone();
+    for run in &runs {
+        let ended = run.ended.expect("each run went to its end");
+        assert!(
+            asked
+                .iter()
+                .any(|&at| at > run.began + LEASE * 3 / 2 && at < ended),
+            "no worker asked for work while order {} ran past its first lease",
+            run.order
+        );
+    }
 }
 
 #[tokio::test]
@@ -915,17 +960,87 @@ impl<H: OrderHandler> OrderHandler for ArcStep<H> {
     }
 }
 
-/// Sleeps, then hands the order to `inner`.
-struct SlowStep {
-    inner: Arc<FlakyStep>,
+/// Runs each order for `delay`, noting each run as it begins (so that a run still under way
+/// counts) and when it ends.
+struct RecordedStep {
     delay: Duration,
+    runs: std::sync::Mutex<Vec<Run>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    order: OrderId,
+    began: tokio::time::Instant,
+    /// `None` while under way, or when the run was stopped before its end.
+    ended: Option<tokio::time::Instant>,
+}
+
+impl RecordedStep {
+    fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            runs: std::sync::Mutex::default(),
+        }
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    /// How many runs of `order` have begun.
+    fn runs_of(&self, order: OrderId) -> usize {
+        self.runs().iter().filter(|run| run.order == order).count()
+    }
 }
 
 #[async_trait]
-impl OrderHandler for SlowStep {
+impl OrderHandler for RecordedStep {
     async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        let run = {
+            let mut runs = self.runs.lock().unwrap();
+            runs.push(Run {
+                order: order.id,
+                began: tokio::time::Instant::now(),
+                ended: None,
+            });
+            runs.len() - 1
+        };
         tokio::time::sleep(self.delay).await;
-        self.inner.process(order).await
+        self.runs.lock().unwrap()[run].ended = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+}
+
+/// An in-memory queue that notes when each claim was asked for.
+#[derive(Default)]
+struct ClaimTimes {
+    inner: InMemoryQueue,
+    asked: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait]
+impl Queue for ClaimTimes {
+    async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
+        self.inner.push(id).await
+    }
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
+        self.asked.lock().unwrap().push(tokio::time::Instant::now());
+        self.inner.claim(max, lease).await
+    }
+    async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
+        self.inner.extend(claim, lease).await
+    }
+    async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
+        self.inner.ack(claim).await
+    }
+    async fn retry(&self, claim: &Claim, delay: Duration) -> Result<(), QueueError> {
+        self.inner.retry(claim, delay).await
+    }
+    async fn wait(&self, timeout: Duration) {
+        self.inner.wait(timeout).await;
+    }
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.inner.depth().await
     }
 }
 
@@ -1010,28 +1125,30 @@ async fn a_watch_sees_a_retry_and_a_cancel() {
 
 #[tokio::test]
 async fn closing_watches_ends_the_streams_of_unfinished_orders() {
+    use futures::StreamExt;
+
     let processor = OrderProcessor::builder(SimulatedStep::default())
         .build()
         .unwrap();
     let order = processor.submit(new_order("ann")).await.unwrap();
-    let watch = processor.watch(order.id).await.unwrap().unwrap();
-    let seen = tokio::spawn(watched(watch));
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let closed = tokio::spawn({
-        let processor = processor.clone();
-        async move { processor.watches_closed().await }
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut watch = processor.watch(order.id).await.unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, watch.next()).await.unwrap();
+    assert_eq!(first.map(|order| order.status), Some(OrderStatus::Pending));
+    // Polled before close_watches (and so waiting on it), not merely not yet polled.
+    let closed = processor.watches_closed();
+    tokio::pin!(closed);
     assert!(
-        !closed.is_finished(),
+        futures::poll!(&mut closed).is_pending(),
         "watches_closed resolved before close_watches"
     );
     processor.close_watches();
-    assert_eq!(seen.await.unwrap(), [OrderStatus::Pending]);
+    let rest = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("the stream ends once close_watches is called");
+    assert_eq!(rest, None, "nothing after the first state");
     tokio::time::timeout(Duration::from_secs(1), closed)
         .await
-        .expect("watches_closed resolves once close_watches is called")
-        .unwrap();
+        .expect("watches_closed resolves once close_watches is called");
     let after = processor.watch(order.id).await.unwrap().unwrap();
     assert_eq!(watched(after).await, [OrderStatus::Pending]);
 }

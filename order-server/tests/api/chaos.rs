@@ -1,22 +1,25 @@
-//! Chaos: clients create orders (with idempotency keys, retrying as a real client would)
-//! while the server is killed with SIGKILL and restarted, and PostgreSQL itself crashes and
-//! restarts. Afterwards every acknowledged order exists exactly once and is COMPLETED, and
-//! `/metrics` agrees with a direct count.
+//! Chaos: clients create orders with idempotency keys, several clients sending each key at the
+//! same moment and retrying as a real client would, while the server is killed with SIGKILL and
+//! restarted, and PostgreSQL itself crashes and restarts. Afterwards every key names exactly one
+//! order in the database, every client of a key was told that order, every acknowledged order
+//! is COMPLETED, and `/metrics` agrees with a direct count.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
+use tokio::sync::Barrier;
 
 use crate::outage::Cluster;
 use crate::process::{Server, spawn_server};
 
-const CLIENTS: usize = 4;
-/// Each client creates at least this many orders, and goes on until the chaos is over.
-const ORDERS_PER_CLIENT: usize = 40;
+/// How many clients send each key: all of them, released together.
+const CLIENTS: usize = 6;
+/// At least this many keys are sent, and more until the chaos is over.
+const KEYS: usize = 40;
 
 /// The server on the cluster, always on `port`, so that clients find it after a restart.
 async fn start_server(url: &str, port: u16) -> Server {
@@ -34,18 +37,29 @@ async fn start_server(url: &str, port: u16) -> Server {
     .await
 }
 
+/// What one client was told for one key.
+struct Acknowledged {
+    id: i64,
+    /// Whether the 201 said `Idempotent-Replayed`.
+    replayed: bool,
+    /// When the request that got the 201 was sent, and when its answer came.
+    sent: Instant,
+    answered: Instant,
+}
+
 /// Creates the order named `key` until a 201 (or a replayed 201) comes back: on a refused
 /// connection, a cut response, a 503 or a timeout it waits a little and sends the same
-/// request again. Returns the order's id and how many tries failed.
+/// request again. Returns what the 201 said and how many tries failed.
 async fn create_until_acknowledged(
     client: &reqwest::Client,
     base: &str,
     key: &str,
-) -> (i64, usize) {
+) -> (Acknowledged, usize) {
     let order = json!({"userId": key, "itemIds": ["item1"], "totalAmount": 10});
     let began = Instant::now();
     let mut failed = 0;
     loop {
+        let sent_at = Instant::now();
         let sent = client
             .post(format!("{base}/orders"))
             .header("idempotency-key", key)
@@ -54,9 +68,16 @@ async fn create_until_acknowledged(
             .await;
         if let Ok(response) = sent {
             let status = response.status().as_u16();
+            let replayed = response.headers().contains_key("idempotent-replayed");
             if let Ok(body) = response.json::<Value>().await {
                 if status == 201 {
-                    return (body["order"]["id"].as_i64().unwrap(), failed);
+                    let acknowledged = Acknowledged {
+                        id: body["order"]["id"].as_i64().unwrap(),
+                        replayed,
+                        sent: sent_at,
+                        answered: Instant::now(),
+                    };
+                    return (acknowledged, failed);
                 }
                 assert!(
                     status == 503 || status == 500,
@@ -73,8 +94,45 @@ async fn create_until_acknowledged(
     }
 }
 
+/// One client: waits with the others at `barrier`, then sends key after key, each at the
+/// moment the other clients send it, until `KEYS` are done and the chaos is over.
+async fn same_key_client(
+    base: String,
+    barrier: Arc<Barrier>,
+    chaos_over: Arc<AtomicBool>,
+    go_on: Arc<AtomicBool>,
+) -> (Vec<(String, Acknowledged)>, usize) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // A connection of its own, open before the first key, so that the first release is not
+    // spread out by connection set-up.
+    let warm = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    for n in 0.. {
+        // Everyone is done with the previous key; one decides for all whether to go on, so
+        // that no client waits at the barrier for one that stopped.
+        if barrier.wait().await.is_leader() {
+            let more = n < KEYS || !chaos_over.load(Ordering::SeqCst);
+            go_on.store(more, Ordering::SeqCst);
+        }
+        barrier.wait().await;
+        if !go_on.load(Ordering::SeqCst) {
+            break;
+        }
+        let key = format!("chaos-{n}");
+        let (ack, failures) = create_until_acknowledged(&client, &base, &key).await;
+        acknowledged.push((key, ack));
+        failed += failures;
+    }
+    (acknowledged, failed)
+}
+
 #[tokio::test]
-async fn acknowledged_orders_survive_kills_and_a_database_crash_exactly_once() {
+async fn each_key_names_one_order_through_kills_and_a_database_crash() {
     let cluster = Cluster::create().await;
     let url = cluster.url();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -86,27 +144,16 @@ async fn acknowledged_orders_survive_kills_and_a_database_crash_exactly_once() {
     let mut server = start_server(&url, port).await;
 
     let chaos_over = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let go_on = Arc::new(AtomicBool::new(true));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let base = base.clone();
-            let chaos_over = chaos_over.clone();
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                let mut acknowledged = Vec::new();
-                let mut failed = 0;
-                let mut n = 0;
-                while n < ORDERS_PER_CLIENT || !chaos_over.load(Ordering::Relaxed) {
-                    let key = format!("chaos-{c}-{n}");
-                    let (id, failures) = create_until_acknowledged(&client, &base, &key).await;
-                    acknowledged.push((key, id));
-                    failed += failures;
-                    n += 1;
-                }
-                (acknowledged, failed)
-            })
+        .map(|_| {
+            tokio::spawn(same_key_client(
+                base.clone(),
+                barrier.clone(),
+                chaos_over.clone(),
+                go_on.clone(),
+            ))
         })
         .collect();
 
@@ -123,19 +170,39 @@ async fn acknowledged_orders_survive_kills_and_a_database_crash_exactly_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         server = start_server(&url, port).await;
     }
-    chaos_over.store(true, Ordering::Relaxed);
-    let mut acknowledged: HashMap<String, i64> = HashMap::new();
+    chaos_over.store(true, Ordering::SeqCst);
+    let mut told: BTreeMap<String, Vec<Acknowledged>> = BTreeMap::new();
     let mut failed = 0;
     for client in clients {
         let (orders, failures) = client.await.unwrap();
-        acknowledged.extend(orders);
+        for (key, ack) in orders {
+            told.entry(key).or_default().push(ack);
+        }
         failed += failures;
     }
-    assert!(acknowledged.len() >= CLIENTS * ORDERS_PER_CLIENT);
+    assert!(told.len() >= KEYS);
+    assert!(told.values().all(|acks| acks.len() == CLIENTS));
     assert!(failed > 0, "the clients never saw the chaos");
+    // The race the keys must decide: two clients' requests for one key in the server at once.
+    let overlapped = told
+        .values()
+        .filter(|acks| {
+            acks.iter().enumerate().any(|(i, a)| {
+                acks[i + 1..]
+                    .iter()
+                    .any(|b| a.sent < b.answered && b.sent < a.answered)
+            })
+        })
+        .count();
+    assert!(
+        overlapped * 2 >= told.len(),
+        "only {overlapped} of {} keys were in flight twice at once",
+        told.len()
+    );
     println!(
-        "{} orders acknowledged; {failed} tries failed and were retried",
-        acknowledged.len()
+        "{} keys sent by {CLIENTS} clients at once ({overlapped} in flight twice at once); \
+         {failed} tries failed and were retried",
+        told.len()
     );
 
     // Every order reaches COMPLETED (orders the killed servers held are taken over when their
@@ -144,42 +211,81 @@ async fn acknowledged_orders_survive_kills_and_a_database_crash_exactly_once() {
         .await
         .unwrap();
     crate::postgres::wait_until_all_finished(&db, Duration::from_secs(60)).await;
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT user_id, count(*) AS n, min(id) AS id, min(status) AS status, \
-                    max(status) AS last_status \
-               FROM order_engine_orders GROUP BY user_id",
-        ))
+
+    // In the database: each key's row names an order of that key, and no other order was
+    // stored for it.
+    let query =
+        |sql: &str| db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()));
+    let mut orders_of_key: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for row in query("SELECT id, user_id, status FROM order_engine_orders ORDER BY id")
         .await
-        .unwrap();
-    let mut stored = HashMap::new();
-    for row in &rows {
+        .unwrap()
+    {
         let user: String = row.try_get("", "user_id").unwrap();
-        let copies: i64 = row.try_get("", "n").unwrap();
         let id: i64 = row.try_get("", "id").unwrap();
-        let statuses: (String, String) = (
-            row.try_get("", "status").unwrap(),
-            row.try_get("", "last_status").unwrap(),
+        let status: String = row.try_get("", "status").unwrap();
+        orders_of_key.entry(user).or_default().push((id, status));
+    }
+    let mut keys: HashMap<String, i64> = HashMap::new();
+    for row in query("SELECT scope, key, order_id FROM order_engine_idempotency_keys")
+        .await
+        .unwrap()
+    {
+        let scope: String = row.try_get("", "scope").unwrap();
+        assert_eq!(scope, "", "an open API's keys have the empty scope");
+        keys.insert(
+            row.try_get("", "key").unwrap(),
+            row.try_get("", "order_id").unwrap(),
         );
-        assert_eq!(copies, 1, "{user} was stored {copies} times");
-        assert_eq!(statuses, ("COMPLETED".into(), "COMPLETED".into()), "{user}");
-        stored.insert(user, id);
+    }
+    let several: Vec<_> = orders_of_key
+        .iter()
+        .filter(|(_, orders)| orders.len() > 1)
+        .map(|(key, orders)| format!("{key} -> {orders:?} (the key names {:?})", keys.get(key)))
+        .collect();
+    assert!(
+        several.is_empty(),
+        "{} of {} keys were stored as more than one order, among them {:#?}",
+        several.len(),
+        orders_of_key.len(),
+        &several[..several.len().min(5)]
+    );
+    let stored: HashMap<String, i64> = orders_of_key
+        .iter()
+        .map(|(key, orders)| {
+            let (id, status) = &orders[0];
+            assert_eq!(status, "COMPLETED", "{key}");
+            (key.clone(), *id)
+        })
+        .collect();
+    assert_eq!(keys, stored, "each key row names its one order");
+
+    // What the clients were told: for each key, every client the one stored order, and at
+    // most one of them that it was created (not replayed).
+    for (key, acks) in &told {
+        let ids: Vec<i64> = acks.iter().map(|ack| ack.id).collect();
+        assert!(
+            ids.iter().all(|id| Some(id) == stored.get(key)),
+            "{key}: clients were told {ids:?}, the database has {:?}",
+            stored.get(key)
+        );
+        let created = acks.iter().filter(|ack| !ack.replayed).count();
+        assert!(
+            created <= 1,
+            "{key}: {created} clients were told it was created"
+        );
     }
     assert_eq!(
-        stored, acknowledged,
-        "exactly the acknowledged orders, with their ids"
+        stored.len(),
+        told.len(),
+        "no order without an acknowledged key"
     );
 
     let (_, metrics) = server.get("/metrics").await;
-    assert_eq!(
-        metrics["totalOrders"],
-        json!(acknowledged.len()),
-        "{metrics}"
-    );
+    assert_eq!(metrics["totalOrders"], json!(told.len()), "{metrics}");
     assert_eq!(
         metrics["statuses"]["completed"],
-        json!(acknowledged.len()),
+        json!(told.len()),
         "{metrics}"
     );
     let (clean, _) = server.terminate().await;

@@ -247,16 +247,20 @@ async fn sigterm_under_load_exits_zero_and_leaves_nothing_processing() {
             stand_in.run(stop).await
         })
     };
-    // Load for a while, so that orders are in the handler when the signal comes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let processing = direct_counts(db.connection())
-        .await
-        .get("PROCESSING")
-        .copied();
-    assert!(
-        processing.unwrap_or(0) > 0,
-        "orders in the handler at SIGTERM"
-    );
+    // Load until orders are in the handler and more are waiting behind them.
+    let began = Instant::now();
+    loop {
+        let counts = direct_counts(db.connection()).await;
+        let count = |status| counts.get(status).copied().unwrap_or(0);
+        if count("PROCESSING") >= 8 && count("COMPLETED") >= 8 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the load never got going: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stopping = Instant::now();
     let (clean, logs) = server.terminate().await;
     let took = stopping.elapsed();
@@ -264,9 +268,23 @@ async fn sigterm_under_load_exits_zero_and_leaves_nothing_processing() {
     let created = clients.await.unwrap();
     assert!(clean, "exit status 0 after SIGTERM");
     assert!(took < Duration::from_secs(10 + 5), "{took:?}");
-    assert!(
+    let logged = |message: &str| {
         logs.iter()
-            .any(|entry| entry["fields"]["message"] == "stopped")
+            .find(|entry| entry["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line"))
+    };
+    // The signal came while orders were in the handler, and they finished.
+    let in_flight = logged("draining orders in progress")["fields"]["in_flight"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        in_flight > 0,
+        "{in_flight} orders in the handler at SIGTERM"
+    );
+    assert_eq!(
+        logged("stopped")["fields"]["abandoned"],
+        0,
+        "every order in the handler finished within the drain timeout"
     );
     let counts = direct_counts(db.connection()).await;
     assert_eq!(

@@ -236,8 +236,24 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
     }
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, 200, "the process itself is alive");
-    // Workers keep failing to claim for a while; they must back off, not die.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Workers keep failing to claim for a while; they must back off, not die. Wait until
+    // they have failed more than once, so that the recovery below follows real failures.
+    let began = Instant::now();
+    loop {
+        let failed_claims = server
+            .logs()
+            .iter()
+            .filter(|line| line["fields"]["message"] == "could not claim orders")
+            .count();
+        if failed_claims >= 3 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "{failed_claims} failed claims logged 20 s into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     cluster.start().await;
     let began = Instant::now();

@@ -12,6 +12,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     logs: Arc<Mutex<Vec<Value>>>,
+    /// Reads the process's log lines into `logs`; ends when the process closes its stdout.
+    log_reader: tokio::task::JoinHandle<()>,
     client: reqwest::Client,
 }
 
@@ -51,7 +53,7 @@ pub(crate) async fn spawn(mut command: Command) -> Server {
     .await
     .expect("order-server listens within 30 s");
     let sink = logs.clone();
-    tokio::spawn(async move {
+    let log_reader = tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if std::env::var_os("TEST_LOG").is_some() {
                 println!("order-server: {line}");
@@ -65,6 +67,7 @@ pub(crate) async fn spawn(mut command: Command) -> Server {
         child,
         base: format!("http://{address}"),
         logs,
+        log_reader,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -112,8 +115,11 @@ impl Server {
             .await
             .expect("exits within 30 s of SIGTERM")
             .unwrap();
-        // Let the log reader drain the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The process has exited: its stdout ends once the reader has every line.
+        tokio::time::timeout(Duration::from_secs(5), &mut self.log_reader)
+            .await
+            .expect("the log reader reaches the end of the output")
+            .unwrap();
         let logs = self.logs.lock().unwrap().clone();
         (status.success(), logs)
     }
