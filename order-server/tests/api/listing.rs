@@ -197,27 +197,114 @@ async fn an_order_being_processed_cannot_be_cancelled_and_a_cancelled_one_is_nev
 
 /// The whole event stream of `uri`, which must end within 10 s.
 async fn event_stream(app: &axum::Router, uri: &str) -> (StatusCode, String, String) {
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(uri)
-        .body(Body::empty())
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let content_type = response.headers()[header::CONTENT_TYPE]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
-        .await
-        .expect("the stream ends")
-        .unwrap()
-        .to_bytes();
-    (
-        status,
-        content_type,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
+    let watch = Watch::open(app, uri).await;
+    let (status, content_type) = (watch.status, watch.content_type.clone());
+    (status, content_type, watch.to_end().await)
+}
+
+/// An order's event stream, read as its events arrive: a test that must act only once the
+/// stream is open waits for the first event (the order's state when the watch began) instead
+/// of sleeping and hoping the subscription came first.
+pub(crate) struct Watch {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    source: WatchSource,
+    text: String,
+}
+
+enum WatchSource {
+    Router(Body),
+    Http(reqwest::Response),
+}
+
+/// How long a test waits for the next event or the end of a stream.
+const WATCH_BOUND: Duration = Duration::from_secs(10);
+
+impl Watch {
+    /// Opens `uri` on the in-process `app`.
+    pub(crate) async fn open(app: &axum::Router, uri: &str) -> Self {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Watch {
+            status: response.status(),
+            content_type,
+            source: WatchSource::Router(response.into_body()),
+            text: String::new(),
+        }
+    }
+
+    /// Opens `url` over HTTP.
+    pub(crate) async fn connect(url: &str) -> Self {
+        let response = reqwest::Client::new().get(url).send().await.unwrap();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Watch {
+            status: response.status(),
+            content_type,
+            source: WatchSource::Http(response),
+            text: String::new(),
+        }
+    }
+
+    /// The next piece of the body, or `None` at its end; panics after [`WATCH_BOUND`].
+    async fn read(&mut self) -> bool {
+        let chunk = async {
+            match &mut self.source {
+                WatchSource::Router(body) => loop {
+                    match body.frame().await {
+                        None => return None,
+                        Some(frame) => {
+                            if let Ok(data) = frame.unwrap().into_data() {
+                                return Some(data.to_vec());
+                            }
+                        }
+                    }
+                },
+                WatchSource::Http(response) => response.chunk().await.unwrap().map(|b| b.to_vec()),
+            }
+        };
+        match tokio::time::timeout(WATCH_BOUND, chunk)
+            .await
+            .unwrap_or_else(|_| panic!("nothing streamed within {WATCH_BOUND:?}: {:?}", self.text))
+        {
+            Some(chunk) => {
+                self.text.push_str(std::str::from_utf8(&chunk).unwrap());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The status events received whole so far.
+    fn complete_events(&self) -> Vec<Value> {
+        let whole = self.text.rfind("\n\n").map_or("", |end| &self.text[..end]);
+        status_events(whole)
+    }
+
+    /// Reads until `count` status events have arrived; returns them all.
+    pub(crate) async fn until_events(&mut self, count: usize) -> Vec<Value> {
+        while self.complete_events().len() < count {
+            assert!(self.read().await, "the stream ended early: {:?}", self.text);
+        }
+        self.complete_events()
+    }
+
+    /// Reads to the end of the stream, which must come within [`WATCH_BOUND`] of each event;
+    /// returns the whole body.
+    pub(crate) async fn to_end(mut self) -> String {
+        while self.read().await {}
+        self.text
+    }
 }
 
 #[tokio::test]
@@ -228,15 +315,13 @@ async fn events_stream_an_order_until_it_ends() {
         .unwrap();
     let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
     let id = processor.submit(order_of("ann")).await.unwrap().id;
-    let stream = tokio::spawn({
-        let app = app.clone();
-        async move { event_stream(&app, &format!("/orders/{id}/events")).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut watch = Watch::open(&app, &format!("/orders/{id}/events")).await;
+    assert_eq!(watch.status, StatusCode::OK);
+    assert_eq!(watch.content_type, "text/event-stream");
+    // The order's state when the watch began: the stream is open before any work starts.
+    assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let running = processor.start();
-    let (status, content_type, body) = stream.await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(content_type, "text/event-stream");
+    let body = watch.to_end().await;
     let events = status_events(&body);
     assert_eq!(
         statuses(&events),
@@ -256,13 +341,11 @@ async fn events_stream_an_order_until_it_ends() {
 async fn events_show_a_cancel_and_unknown_orders_are_404() {
     let (app, processor) = idle_app();
     let id = processor.submit(order_of("ann")).await.unwrap().id;
-    let stream = tokio::spawn({
-        let app = app.clone();
-        async move { event_stream(&app, &format!("/orders/{id}/events")).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    post_json(&app, &format!("/orders/{id}/cancel"), "").await;
-    let (_, _, body) = stream.await.unwrap();
+    let mut watch = Watch::open(&app, &format!("/orders/{id}/events")).await;
+    assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
+    let cancel = post_json(&app, &format!("/orders/{id}/cancel"), "").await;
+    assert_eq!(cancel.status, StatusCode::OK);
+    let body = watch.to_end().await;
     assert_eq!(statuses(&status_events(&body)), ["PENDING", "CANCELLED"]);
 
     let unknown = get(&app, "/orders/999/events").await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use order_core::testing::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::listing::{ids, status_events, statuses};
+use crate::listing::{Watch, ids, status_events, statuses};
 use crate::postgres::{direct_counts, wait_until_all_finished};
 use crate::process::{Server, spawn_server};
 
@@ -116,27 +116,23 @@ async fn event_streams_follow_changes_made_by_other_servers() {
     let db = TestDatabase::create().await;
     let (here, there) = tokio::join!(api_only(&db), api_only(&db));
 
+    // Each change is made once the watch has its first event, so the stream is open (and
+    // listening) before the change, whatever the scheduling.
     let cancelled = here.create(&order("ann")).await;
-    let watching = tokio::spawn(async move {
-        let seen = events(&there, cancelled).await;
-        (seen, there)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watch = Watch::connect(&format!("{}/orders/{cancelled}/events", there.base)).await;
+    assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let (status, body) = here
         .post(&format!("/orders/{cancelled}/cancel"), &json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let (seen, there) = watching.await.unwrap();
+    let seen = status_events(&watch.to_end().await);
     assert_eq!(statuses(&seen), ["PENDING", "CANCELLED"]);
 
     let processed = here.create(&order("bob")).await;
-    let watching = tokio::spawn(async move {
-        let seen = events(&there, processed).await;
-        (seen, there)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watch = Watch::connect(&format!("{}/orders/{processed}/events", there.base)).await;
+    assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let worker = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "500")]).await;
-    let (seen, there) = watching.await.unwrap();
+    let seen = status_events(&watch.to_end().await);
     assert_eq!(statuses(&seen), ["PENDING", "PROCESSING", "COMPLETED"]);
     assert_eq!(seen[2]["order"]["attempts"], 1);
 

@@ -237,12 +237,14 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
             ..ServeOptions::default()
         },
     );
-    // A client that sends its body slowly holds the one slot.
+    // A client that sends its body slowly holds the one slot. The handler reading the body
+    // proves the request is in: the probe below goes out only after that.
     let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let (reading_tx, reading) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn({
         let app = app.clone();
         async move {
-            let body = Body::from_stream(tokio_stream_from(body_rx));
+            let body = Body::from_stream(tokio_stream_from(body_rx, reading_tx));
             let request = Request::builder()
                 .method(Method::POST)
                 .uri("/orders")
@@ -253,7 +255,10 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
         }
     });
     body_tx.send(Ok(b"{\"userId\": ".to_vec())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("the handler reads the body")
+        .unwrap();
 
     let shed = get(&app, "/metrics").await;
     assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -282,11 +287,18 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
     );
 }
 
-/// The receiver as a stream of body chunks.
+/// The receiver as a stream of body chunks; `reading` is sent when the body is first read.
 fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+    reading: tokio::sync::oneshot::Sender<()>,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let mut reading = Some(reading);
+    futures::stream::poll_fn(move |cx| {
+        if let Some(reading) = reading.take() {
+            let _ = reading.send(());
+        }
+        rx.poll_recv(cx)
+    })
 }
 
 /// The binary on PostgreSQL, with tokens: a keyed create is replayed and a reused key refused
