@@ -199,7 +199,7 @@ async fn an_order_being_processed_cannot_be_cancelled_and_a_cancelled_one_is_nev
 async fn event_stream(app: &axum::Router, uri: &str) -> (StatusCode, String, String) {
     let watch = Watch::open(app, uri).await;
     let (status, content_type) = (watch.status, watch.content_type.clone());
-    (status, content_type, watch.to_end().await)
+    (status, content_type, watch.read_to_end().await)
 }
 
 /// An order's event stream, read as its events arrive: a test that must act only once the
@@ -301,7 +301,7 @@ impl Watch {
 
     /// Reads to the end of the stream, which must come within [`WATCH_BOUND`] of each event;
     /// returns the whole body.
-    pub(crate) async fn to_end(mut self) -> String {
+    pub(crate) async fn read_to_end(mut self) -> String {
         while self.read().await {}
         self.text
     }
@@ -321,7 +321,7 @@ async fn events_stream_an_order_until_it_ends() {
     // The order's state when the watch began: the stream is open before any work starts.
     assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let running = processor.start();
-    let body = watch.to_end().await;
+    let body = watch.read_to_end().await;
     let events = status_events(&body);
     assert_eq!(
         statuses(&events),
@@ -345,7 +345,7 @@ async fn events_show_a_cancel_and_unknown_orders_are_404() {
     assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let cancel = post_json(&app, &format!("/orders/{id}/cancel"), "").await;
     assert_eq!(cancel.status, StatusCode::OK);
-    let body = watch.to_end().await;
+    let body = watch.read_to_end().await;
     assert_eq!(statuses(&status_events(&body)), ["PENDING", "CANCELLED"]);
 
     let unknown = get(&app, "/orders/999/events").await;

@@ -125,14 +125,14 @@ async fn event_streams_follow_changes_made_by_other_servers() {
         .post(&format!("/orders/{cancelled}/cancel"), &json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let seen = status_events(&watch.to_end().await);
+    let seen = status_events(&watch.read_to_end().await);
     assert_eq!(statuses(&seen), ["PENDING", "CANCELLED"]);
 
     let processed = here.create(&order("bob")).await;
     let mut watch = Watch::connect(&format!("{}/orders/{processed}/events", there.base)).await;
     assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
     let worker = spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "500")]).await;
-    let seen = status_events(&watch.to_end().await);
+    let seen = status_events(&watch.read_to_end().await);
     assert_eq!(statuses(&seen), ["PENDING", "PROCESSING", "COMPLETED"]);
     assert_eq!(seen[2]["order"]["attempts"], 1);
 
