@@ -115,6 +115,12 @@ else
     npm test --prefix e2e
 fi
 
+# The API fuzzer: schemathesis (from PyPI, into target/fuzz-venv) against the binary the
+# tests built, in memory and on PostgreSQL behind tokens, with every check on; about a minute
+# for each. See scripts/fuzz.sh.
+step "API fuzzer (schemathesis)"
+scripts/fuzz.sh
+
 # Known vulnerabilities in the dependency tree (RustSec), when cargo-audit is installed. It
 # needs the advisory database, which it fetches over git: a machine that cannot reach it says
 # so and goes on; a vulnerability found fails the run.

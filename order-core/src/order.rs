@@ -279,22 +279,30 @@ mod schema {
 
     use super::{MAX_AMOUNT_SCALE, MAX_ID_CHARS, MAX_ITEMS, MAX_TOTAL_AMOUNT};
 
-    /// A user or item id: 1 to `MAX_ID_CHARS` characters, not all whitespace.
+    /// What [`check_id`](super::check_id) accepts, as a pattern: no NUL, and at least one
+    /// character that is not whitespace as Rust's `char::is_whitespace` has it (Unicode's
+    /// `White_Space`), listed rather than written `\s`, whose meaning varies between regex
+    /// engines (Python's takes U+001C to U+001F, ECMAScript's U+FEFF).
+    const ID_PATTERN: &str = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+
+    /// A user or item id: 1 to `MAX_ID_CHARS` characters, not all whitespace, no NUL.
     fn id(description: &str, example: &str) -> Object {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(description))
             .min_length(Some(1))
             .max_length(Some(MAX_ID_CHARS))
-            // Unanchored: at least one character that is not whitespace.
-            .pattern(Some(r"\S"))
+            .pattern(Some(ID_PATTERN))
             .examples([example])
             .build()
     }
 
     pub(super) fn user_id() -> Object {
         id(
-            &format!("Who places the order: 1 to {MAX_ID_CHARS} characters, not all whitespace."),
+            &format!(
+                "Who places the order: 1 to {MAX_ID_CHARS} characters, not all whitespace, none \
+                 of them NUL."
+            ),
             "user-123",
         )
     }
@@ -302,7 +310,10 @@ mod schema {
     pub(super) fn item_ids() -> Array {
         ArrayBuilder::new()
             .items(id(
-                &format!("An item id: 1 to {MAX_ID_CHARS} characters, not all whitespace."),
+                &format!(
+                    "An item id: 1 to {MAX_ID_CHARS} characters, not all whitespace, none of \
+                     them NUL."
+                ),
                 "item1",
             ))
             .min_items(Some(1))
@@ -354,6 +365,13 @@ impl ValidationError {
 fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
+    }
+    // Every backend must store what one accepts, and PostgreSQL text cannot hold a NUL.
+    if value.contains('\0') {
+        return Err(ValidationError::new(
+            field,
+            "must not contain the NUL character",
+        ));
     }
     // Characters, not bytes: a limit of 128 should not punish non-ASCII names.
     if value.chars().count() > MAX_ID_CHARS {

@@ -37,6 +37,10 @@ pub enum ApiError {
     /// 503: too many requests in progress; retrying after `Retry-After` may work.
     #[error("{0}")]
     Overloaded(String),
+    /// 503: the request took longer than the request timeout; retrying after `Retry-After`
+    /// may work.
+    #[error("the request took longer than {0:?}; try again later")]
+    TimedOut(std::time::Duration),
     /// 401: no bearer token, or not a valid one (with `WWW-Authenticate`).
     #[error("{0}")]
     Unauthorized(String),
@@ -134,7 +138,7 @@ impl ApiError {
             ApiError::Rejected { status, .. } => *status,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) | ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) | ApiError::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -226,8 +230,8 @@ pub(crate) async fn log_server_errors(request: Request, next: Next) -> Response 
     response
 }
 
-/// Turns any error response that is not JSON yet (a 405 from the router, a 408 or 503 from a
-/// timeout, a 413 from a body limit) into `{"error": "<reason>"}`, keeping its status and
+/// Turns any error response that is not JSON yet (a 405 from the router, a 413 from a body
+/// limit) into `{"error": "<reason>"}`, keeping its status and
 /// headers such as `Allow`.
 pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
@@ -244,7 +248,6 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     }
     let reason = match status {
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed for this route".to_owned(),
-        StatusCode::REQUEST_TIMEOUT => "request timed out".to_owned(),
         other => other
             .canonical_reason()
             .unwrap_or("request failed")

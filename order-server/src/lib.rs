@@ -47,14 +47,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
-use axum::http::StatusCode;
 use axum::middleware;
 use order_core::OrderProcessor;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -113,18 +111,19 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// # Ok(()) }
 /// ```
 pub fn router(processor: OrderProcessor) -> Router {
-    api(processor, false)
+    api(processor, false, openapi::Served::default())
 }
 
 /// [`router`], its dashboard's history of counts sampled from now if `sample_from_start`
-/// (and there is a runtime to run the sampling), else from the first look.
-fn api(processor: OrderProcessor, sample_from_start: bool) -> Router {
+/// (and there is a runtime to run the sampling), else from the first look, and its document
+/// saying what the layers around it answer.
+fn api(processor: OrderProcessor, sample_from_start: bool, served: openapi::Served) -> Router {
     // Now rather than at the first scrape, so that what the engine counts before it is kept.
     prometheus::exporter();
     // `routes!` takes each handler's path and methods from its `#[utoipa::path]`, so what is
     // served and what is documented cannot disagree. One call per path: handlers given
     // together share one method router.
-    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (routes, mut api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::create_order, routes::list_orders))
         .routes(routes!(routes::get_order))
         .routes(routes!(routes::cancel_order))
@@ -138,6 +137,7 @@ fn api(processor: OrderProcessor, sample_from_start: bool) -> Router {
         .routes(routes!(dashboard::root))
         .routes(routes!(dashboard::dashboard))
         .split_for_parts();
+    openapi::complete(&mut api, served);
     let history = history::History::new();
     if sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
         history.start_sampling(&processor);
@@ -186,7 +186,11 @@ impl Default for ServeOptions {
 /// when [`ServeOptions::api_tokens`] has any, a cap on requests in progress, a request
 /// timeout (`503`), request ids, request logs and HTTP metrics.
 pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
-    api(processor, options.sample_from_start)
+    let served = openapi::Served {
+        tokens: !options.api_tokens.is_empty(),
+        limits: true,
+    };
+    api(processor, options.sample_from_start, served)
         .fallback(routes::no_route)
         .layer(
             // Outermost first: every request has a usable id before its span is made; the span
@@ -214,9 +218,9 @@ pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
                     overload::InFlight::new(options.max_in_flight),
                     overload::shed,
                 ))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                .layer(middleware::from_fn_with_state(
                     options.request_timeout,
+                    overload::time_limit,
                 )),
         )
 }

@@ -3,12 +3,26 @@
 //! The handlers carry their own paths, parameters and answers (`#[utoipa::path]` in
 //! [`routes`](crate::routes)), and [`router`](crate::router) registers each route and its
 //! documentation in one call, so a route cannot be served undocumented through it. This module
-//! holds what no handler owns: the document's info and tags, and the answers every storage
-//! route shares.
+//! holds what no handler owns: the document's info and tags, the answers that the layers
+//! around the handlers add ([`Served`]), the links between operations, and the keywords that
+//! utoipa cannot write.
+//!
+//! The document says exactly what the server accepts and answers: a schema-driven fuzzer
+//! (`scripts/fuzz.sh`) sends requests that the document allows and requests that it forbids,
+//! and fails on any answer that the document does not predict.
+//!
+//! No operation documents `408`: the server never sends one. A client that does not finish
+//! its request head within [`HEADER_READ_TIMEOUT`](crate::HEADER_READ_TIMEOUT) has its
+//! connection closed without an answer (hyper answers nothing to a header timeout), and a
+//! request that takes longer than the request timeout is answered `503` with `Retry-After`,
+//! as the shared [`Unavailable`] says.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use serde_json::{Value, json};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{OpenApi as Document, Ref, RefOr};
 use utoipa::{OpenApi, ToResponse};
 
 use crate::error::{ApiError, ErrorBody};
@@ -31,10 +45,11 @@ pub(crate) const DASHBOARD: &str = "dashboard";
         version = env!("CARGO_PKG_VERSION"),
         description = "Create orders, follow them through processing, and measure the system.\n\n\
             Every error is `application/json` `{\"error\": \"...\"}`, with `field` naming the \
-            offending field of an order that breaks a rule. A `503` (storage unavailable, or \
-            too many requests in progress) carries `Retry-After`. When the server runs with \
-            `API_TOKEN`, every route but `/healthz`, `/readyz` and the dashboard page needs \
-            `Authorization: Bearer <token>`. Paths are relative to where the API is mounted.",
+            offending field of an order that breaks a rule. A `503` (storage unavailable, too \
+            many requests in progress, or a request over the time limit) carries \
+            `Retry-After`. When the server runs with `API_TOKEN`, every route but `/healthz`, \
+            `/readyz` and the dashboard page needs `Authorization: Bearer <token>`, and this \
+            document says so. Paths are relative to where the API is mounted.",
     ),
     tags(
         (name = ORDERS, description = "Create, list, read, cancel and watch orders."),
@@ -45,7 +60,7 @@ pub(crate) const DASHBOARD: &str = "dashboard";
     // The events of `GET /metrics/stream`, which no JSON response refers to.
     components(
         responses(
-            StorageUnavailable,
+            Unavailable,
             InternalError,
             Unauthorized,
             crate::dashboard::DashboardPage,
@@ -53,55 +68,210 @@ pub(crate) const DASHBOARD: &str = "dashboard";
         ),
         schemas(crate::history::HistoryBody, crate::history::Sample),
     ),
-    modifiers(&BearerTokens),
 )]
 pub(crate) struct ApiDoc;
 
-/// Documents the bearer tokens: a `bearer` security scheme, optional on every route but the
-/// probes (a server without `API_TOKEN` is open), each of which may then answer `401`.
-struct BearerTokens;
+/// The layers around the routes, which answer on every route and so belong in the document
+/// of each: those of [`app`](crate::app), not of a [`router`](crate::router) nested in
+/// another service, whose own layers are its own to document.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Served {
+    /// Bearer tokens are required (`API_TOKEN`): `401` on every route but the open ones.
+    pub(crate) tokens: bool,
+    /// The request time limit (every route) and the cap on requests in progress (every route
+    /// but the probes): `503`.
+    pub(crate) limits: bool,
+}
 
-impl utoipa::Modify for BearerTokens {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
-        };
-        use utoipa::openapi::{Ref, RefOr};
+/// Adds to the handlers' document what the layers and the links between operations say:
+/// `500` everywhere (a panic in any handler is caught and answered), `503` and `401` as
+/// [`Served`] has it, and the links from a created order to the operations on it.
+pub(crate) fn complete(api: &mut Document, served: Served) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 
-        if let Some(components) = api.components.as_mut() {
-            components.add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-            );
+    if served.tokens
+        && let Some(components) = api.components.as_mut()
+    {
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+    for (path, item) in &mut api.paths.paths {
+        let open = is_open(path);
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            let mut shared = |status: &str, name: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+            };
+            shared("500", "InternalError");
+            if served.limits {
+                shared("503", "Unavailable");
+            }
+            if served.tokens && !open {
+                shared("401", "Unauthorized");
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+            }
         }
-        for (path, item) in &mut api.paths.paths {
-            if is_open(path) {
-                continue;
-            }
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                operation.security = Some(vec![
-                    SecurityRequirement::default(),
-                    SecurityRequirement::new("bearer", Vec::<String>::new()),
-                ]);
-                operation.responses.responses.insert(
-                    "401".to_owned(),
-                    RefOr::Ref(Ref::from_response_name("Unauthorized")),
-                );
-            }
+        if let Some(create) = item
+            .post
+            .as_mut()
+            .filter(|op| is_operation(op, "createOrder"))
+        {
+            link_created_order(create);
         }
     }
 }
 
-/// The `401` of every route but the probes, when the server requires tokens.
+fn is_operation(operation: &Operation, id: &str) -> bool {
+    operation.operation_id.as_deref() == Some(id)
+}
+
+/// Links the `201` of `createOrder` to the operations on the order it created, so that a
+/// client (or a fuzzer) that follows links reads, watches and cancels real orders.
+fn link_created_order(create: &mut Operation) {
+    use utoipa::openapi::link::LinkBuilder;
+
+    let Some(RefOr::T(created)) = create.responses.responses.get_mut("201") else {
+        return;
+    };
+    for (name, operation_id, description) in [
+        ("GetOrder", "getOrder", "Read the order just created."),
+        (
+            "CancelOrder",
+            "cancelOrder",
+            "Cancel the order just created.",
+        ),
+        (
+            "WatchOrder",
+            "watchOrder",
+            "Follow the status of the order just created.",
+        ),
+    ] {
+        let link = LinkBuilder::new()
+            .operation_id(operation_id)
+            .parameter("id", "$response.body#/order/id")
+            .description(description)
+            .build();
+        created.links.insert(name.to_owned(), RefOr::T(link));
+    }
+}
+
+/// What utoipa's types cannot write, written into the document as JSON: links named by
+/// `operationId` (utoipa 5 writes its field as `operation_id`), required response headers (its
+/// `Header` has no `required`), and the schema of each event of the two event streams, whose
+/// `data` is JSON text (`contentMediaType` and `contentSchema`, absent from its `Schema`).
+fn refine(doc: &mut Value) {
+    rename_link_keys(doc);
+    for (response, header) in [
+        ("/components/responses/Unavailable", "Retry-After"),
+        ("/components/responses/Unauthorized", "WWW-Authenticate"),
+        ("/paths/~1orders/post/responses/201", "Location"),
+    ] {
+        if let Some(header) = doc
+            .pointer_mut(&format!("{response}/headers/{header}"))
+            .and_then(Value::as_object_mut)
+        {
+            header.insert("required".to_owned(), Value::Bool(true));
+        }
+    }
+    for (operation, events) in [
+        ("/paths/~1orders~1{id}~1events/get", order_events()),
+        ("/paths/~1metrics~1stream/get", metrics_events()),
+    ] {
+        if let Some(media) = doc
+            .pointer_mut(&format!(
+                "{operation}/responses/200/content/text~1event-stream"
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            media.insert("schema".to_owned(), events);
+        }
+    }
+}
+
+/// Renames `operation_id` to `operationId` in every link of the document.
+fn rename_link_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(links)) = map.get_mut("links") {
+                for link in links.values_mut().filter_map(Value::as_object_mut) {
+                    if let Some(id) = link.remove("operation_id") {
+                        link.insert("operationId".to_owned(), id);
+                    }
+                }
+            }
+            map.values_mut().for_each(rename_link_keys);
+        }
+        Value::Array(list) => list.iter_mut().for_each(rename_link_keys),
+        _ => {}
+    }
+}
+
+/// One Server-Sent Event as a fuzzer or a client library reads it: its `event` name, its
+/// `data` (JSON text of the schema named) and, when `id` is given, its id's pattern.
+fn event(name: &str, data: &str, id: Option<&str>) -> Value {
+    let mut properties = json!({
+        "event": {"const": name},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": format!("#/components/schemas/{data}")},
+        },
+    });
+    let mut required = vec!["event", "data"];
+    if let Some(pattern) = id {
+        properties["id"] = json!({"type": "string", "pattern": pattern});
+        required.push("id");
+    }
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// An event of `GET /orders/{id}/events`.
+fn order_events() -> Value {
+    let mut status = event(
+        "status",
+        "OrderBody",
+        Some("^(?:PENDING|PROCESSING|COMPLETED|FAILED|CANCELLED)-[0-9]+$"),
+    );
+    status["description"] =
+        json!("A `status` event: `data` is the order as JSON, `id` its status and attempts.");
+    status
+}
+
+/// An event of `GET /metrics/stream`.
+fn metrics_events() -> Value {
+    json!({
+        "description": "A `history` event first, then a `sample` event each second, or an \
+            `unavailable` event each second that the storage does not answer.",
+        "oneOf": [
+            event("history", "HistoryBody", None),
+            event("sample", "Sample", None),
+            event("unavailable", "ErrorBody", None),
+        ],
+    })
+}
+
+/// The `401` of every route but the probes and the page, when the server requires tokens.
 #[derive(ToResponse)]
 #[response(
     description = "The server requires a bearer token (`API_TOKEN`), and the request has none or a wrong one.",
@@ -111,17 +281,21 @@ impl utoipa::Modify for BearerTokens {
 #[allow(dead_code)]
 pub(crate) struct Unauthorized(ErrorBody);
 
-/// The `503` of every route that reads or writes storage.
+/// The `503` of every route that reads or writes storage, and, served by
+/// [`app`](crate::app), of every route.
 #[derive(ToResponse)]
 #[response(
-    description = "The storage cannot be reached, or the request timed out; retrying later may work.",
-    headers(("Retry-After" = u32, description = "Seconds to wait before retrying, when storage is unavailable."))
+    description = "The storage cannot be reached, too many requests are in progress \
+        (`MAX_IN_FLIGHT`; never for the probes), or the request took longer than the request \
+        timeout; retrying later may work.",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
 )]
-// Only its documentation is used: the response itself is an `ApiError::Unavailable`.
+// Only its documentation is used: the response itself is an `ApiError::Unavailable`,
+// `Overloaded` or `TimedOut`.
 #[allow(dead_code)]
-pub(crate) struct StorageUnavailable(ErrorBody);
+pub(crate) struct Unavailable(ErrorBody);
 
-/// The `500` of every route that reads or writes storage.
+/// The `500` of every route: a bug, a panic in a handler included.
 #[derive(ToResponse)]
 #[response(description = "Something failed on the server's side; the cause is logged, not shown.")]
 // Only its documentation is used: the response itself is an `ApiError::Internal`.
@@ -134,13 +308,16 @@ pub(crate) struct InternalError(ErrorBody);
 pub(crate) struct ApiDocument(Result<Bytes, Arc<str>>);
 
 impl ApiDocument {
-    /// Serialises `api`.
-    pub(crate) fn new(api: &utoipa::openapi::OpenApi) -> Self {
+    /// Serialises `api`, with what utoipa cannot write added.
+    pub(crate) fn new(api: &Document) -> Self {
         // Serialising a document cannot fail in practice (every map key is a string); were it
         // to, `/openapi.json` answers 500 with the cause logged, and the API still serves.
+        let json = serde_json::to_value(api).and_then(|mut doc| {
+            refine(&mut doc);
+            serde_json::to_vec(&doc)
+        });
         Self(
-            serde_json::to_vec(api)
-                .map(Bytes::from)
+            json.map(Bytes::from)
                 .map_err(|err| Arc::from(format!("cannot serialise the OpenAPI document: {err}"))),
         )
     }

@@ -1,6 +1,8 @@
-//! Load shedding: a cap on requests in progress, past which new ones are refused at once.
+//! Load shedding: a cap on requests in progress, past which new ones are refused at once, and
+//! a time limit on each.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -42,5 +44,20 @@ pub(crate) async fn shed(
             "the server is at its limit of requests in progress; retry shortly".to_owned(),
         )
         .into_response(),
+    }
+}
+
+/// Answers `503` with `Retry-After` (an [`ApiError::TimedOut`]) when the request's response
+/// head is not ready within `limit`; the handler's future is dropped. tower-http's
+/// `TimeoutLayer` would answer with no `Retry-After` and an empty body, to be patched up by
+/// another layer: an error of this API, like every other, says when to retry and why.
+pub(crate) async fn time_limit(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(limit).into_response(),
     }
 }

@@ -37,7 +37,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 use order_core::OrderProcessor;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::openapi::{InternalError, MONITORING, StorageUnavailable};
+use crate::openapi::{InternalError, MONITORING, Unavailable};
 
 /// Requests answered, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -152,7 +152,7 @@ fn install() -> Option<PrometheusHandle> {
         (status = 200, description = "The metrics.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
         (status = 404, description = "Another metrics recorder collects this process's metrics.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn scrape(State(processor): State<OrderProcessor>) -> Result<Response, ApiError> {

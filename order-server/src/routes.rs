@@ -19,9 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::openapi::{
-    ApiDocument, DOCUMENTATION, InternalError, MONITORING, ORDERS, StorageUnavailable,
-};
+use crate::openapi::{ApiDocument, DOCUMENTATION, InternalError, MONITORING, ORDERS, Unavailable};
 
 /// `axum::Json`, with its rejections answered as [`ApiError`]s.
 #[derive(Debug, FromRequest)]
@@ -81,10 +79,19 @@ pub(crate) struct OrderPath {
     operation_id = "createOrder",
     tag = ORDERS,
     params(
-        ("Idempotency-Key" = Option<String>, Header,
-            description = "Names this submission (1 to 255 visible ASCII characters, bare or \
-                quoted): a retry with the same key and body returns the first response and \
-                creates nothing, for 24 h by default; keys are scoped by bearer token.",
+        // The pattern is exactly what `idempotency_key` accepts: 1 to 255 visible ASCII
+        // characters or spaces, neither first nor last a space, bare, or quoted (then 1 to 255
+        // inside the quotes). One `"` alone is a bare key; `""` is an empty quoted one. A
+        // field value ends at its last visible character (RFC 9110 5.5), so spaces or tabs
+        // after it are not part of the key, and the pattern lets them follow; which is also
+        // why it sets no `maxLength`. The OpenAPI tests hold it to the server.
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            description = "Names this submission (1 to 255 visible ASCII characters or \
+                spaces, bare or quoted): a retry with the same key and body returns the first \
+                response and creates nothing, for 24 h by default; keys are scoped by bearer \
+                token.",
+            min_length = 1,
+            pattern = r#"^(?:[!-~]|[!#-~][ -~]{0,253}[!-~]|"[ -~]{0,253}[!#-~]|"[ -~]{1,255}")[\t ]*$"#,
             example = "checkout-2291"),
     ),
     request_body(
@@ -97,7 +104,7 @@ pub(crate) struct OrderPath {
             body = OrderBody,
             headers(
                 ("Location" = String, description = "The order's URL, under the path the API is mounted at."),
-                ("Idempotent-Replayed" = Option<bool>, description = "`true` when this answers a replayed Idempotency-Key."),
+                ("Idempotent-Replayed" = bool, description = "`true` when this answers a replayed Idempotency-Key."),
             )),
         (status = 400, description = "The body is not JSON, or the Idempotency-Key is not a \
             valid key or is given twice.", body = ErrorBody),
@@ -108,7 +115,7 @@ pub(crate) struct OrderPath {
             rule, whose `field` is named, or an Idempotency-Key already used for a different \
             order.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn create_order(
@@ -191,10 +198,24 @@ fn idempotency_key(headers: &HeaderMap, scope: String) -> Result<Option<Idempote
         .map_err(|err| ApiError::BadRequest(err.to_string()))
 }
 
-/// An order id from the path, or `400`.
+/// Whether `raw` is a positive integer as the document's integers are written: decimal
+/// digits only, without a sign or a leading zero. (`str::parse` also takes `+7` and `007`,
+/// which no integer parameter of the document spells.)
+fn is_positive_integer(raw: &str) -> bool {
+    raw.bytes().all(|byte| byte.is_ascii_digit()) && !raw.is_empty() && !raw.starts_with('0')
+}
+
+/// An order id (from the path, or a cursor), or `400`.
 fn order_id(raw: &str) -> Result<OrderId, ApiError> {
-    raw.parse()
-        .map_err(|err: order_core::ParseOrderIdError| ApiError::BadRequest(err.to_string()))
+    let invalid = || order_core::ParseOrderIdError {
+        input: raw.chars().take(64).collect(),
+    };
+    let parsed = if is_positive_integer(raw) {
+        raw.parse()
+    } else {
+        Err(invalid())
+    };
+    parsed.map_err(|err: order_core::ParseOrderIdError| ApiError::BadRequest(err.to_string()))
 }
 
 /// Read an order.
@@ -212,7 +233,7 @@ fn order_id(raw: &str) -> Result<OrderId, ApiError> {
         (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
         (status = 404, description = "No order has this id.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn get_order(
@@ -226,44 +247,56 @@ pub(crate) async fn get_order(
     }
 }
 
-/// The query of `GET /orders`; every parameter is optional, and an empty one counts as absent.
+/// The query of `GET /orders`; every parameter is optional, but one that is given must have a
+/// value.
 // Each is taken as text and parsed in `query`, so that a bad one gets a `400` naming the rule;
-// `value_type` documents what it must parse as. The limits are literals because utoipa's
-// attributes take no constants; the OpenAPI tests hold them to `MAX_ID_CHARS`, `MAX_PAGE` and
-// `DEFAULT_PAGE`.
+// `value_type` documents what it must parse as. The limits and patterns are literals because
+// utoipa's attributes take no constants; the OpenAPI tests hold them to `MAX_ID_CHARS`,
+// `MAX_PAGE`, `DEFAULT_PAGE`, `OrderStatus` and what `query` accepts.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
-    /// Only orders in this status (in any letter case).
-    #[param(value_type = OrderStatus, required = false, example = "PENDING")]
+    /// Only orders in this status, in any letter case.
+    // A pattern, not the `OrderStatus` enum, because the letter case is free.
+    #[param(value_type = String, required = false, example = "PENDING",
+        pattern = "^(?:[Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Pp][Rr][Oo][Cc][Ee][Ss][Ss][Ii][Nn][Gg]|[Cc][Oo][Mm][Pp][Ll][Ee][Tt][Ee][Dd]|[Ff][Aa][Ii][Ll][Ee][Dd]|[Cc][Aa][Nn][Cc][Ee][Ll][Ll][Ee][Dd])$")]
     status: Option<String>,
-    /// Only the orders of this user.
-    #[param(value_type = String, required = false, max_length = 128, example = "user-123")]
+    /// Only the orders of this user: 1 to 128 characters, none of them NUL.
+    #[param(value_type = String, required = false, min_length = 1, max_length = 128,
+        pattern = r"^[^\u0000]*$", example = "user-123")]
     user_id: Option<String>,
     /// How many orders a page holds.
     #[param(value_type = u32, required = false, minimum = 1, maximum = 100, default = 20, example = 20)]
     limit: Option<String>,
-    /// The `nextCursor` of the previous page; without it, the first page.
-    #[param(value_type = String, required = false, example = "1")]
+    /// The `nextCursor` of the previous page (an order id); without it, the first page.
+    #[param(value_type = i64, required = false, minimum = 1,
+        maximum = 9_223_372_036_854_775_807_i64, example = 1)]
     after: Option<String>,
 }
 
 impl ListParams {
     fn query(self) -> Result<OrderQuery, ApiError> {
-        let present = |value: Option<String>| value.filter(|v| !v.is_empty());
-        let limit = match present(self.limit) {
+        // A parameter given without a value (`status=`) is a client's mistake, not a request
+        // for everything: it is refused like any other value outside the parameter's rules.
+        let present = |name: &str, value: Option<String>| match value {
+            Some(value) if value.is_empty() => Err(ApiError::BadRequest(format!(
+                "{name} must not be empty; leave it out instead"
+            ))),
+            value => Ok(value),
+        };
+        let limit = match present("limit", self.limit)? {
             None => DEFAULT_PAGE,
-            Some(raw) => raw
-                .parse::<usize>()
-                .ok()
+            Some(raw) => Some(raw)
+                .filter(|raw| is_positive_integer(raw))
+                .and_then(|raw| raw.parse::<usize>().ok())
                 .filter(|limit| (1..=MAX_PAGE).contains(limit))
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!("limit must be from 1 to {MAX_PAGE}"))
                 })?,
         };
         let mut query = OrderQuery::newest_first(limit);
-        if let Some(raw) = present(self.status) {
+        if let Some(raw) = present("status", self.status)? {
             let status: OrderStatus = raw.parse().map_err(|_| {
                 ApiError::BadRequest(
                     "status must be one of PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED"
@@ -272,16 +305,23 @@ impl ListParams {
             })?;
             query = query.status(status);
         }
-        if let Some(user) = present(self.user_id) {
+        if let Some(user) = present("userId", self.user_id)? {
             if user.chars().count() > MAX_ID_CHARS {
                 return Err(ApiError::BadRequest(format!(
                     "userId must be at most {MAX_ID_CHARS} characters"
                 )));
             }
+            // No stored user id holds one (`NewOrder::validate` refuses it), and PostgreSQL
+            // text cannot hold one at all.
+            if user.contains('\0') {
+                return Err(ApiError::BadRequest(
+                    "userId must not contain the NUL character".to_owned(),
+                ));
+            }
             query = query.user(user);
         }
-        if let Some(raw) = present(self.after) {
-            let after = raw.parse().map_err(|_| {
+        if let Some(raw) = present("after", self.after)? {
+            let after = order_id(&raw).map_err(|_| {
                 ApiError::BadRequest(
                     "after must be the nextCursor of a previous page (an order id)".to_owned(),
                 )
@@ -318,7 +358,7 @@ pub(crate) struct OrderListBody {
         (status = 400, description = "A parameter that does not parse or breaks its limits, \
             or one this route does not know.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn list_orders(
@@ -348,7 +388,7 @@ pub(crate) async fn list_orders(
         (status = 404, description = "No order has this id.", body = ErrorBody),
         (status = 409, description = "The order is no longer PENDING; the message names its status.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn cancel_order(
@@ -377,7 +417,7 @@ pub(crate) async fn cancel_order(
         (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
         (status = 404, description = "No order has this id.", body = ErrorBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn order_events(
@@ -442,7 +482,7 @@ impl MetricsBody {
     responses(
         (status = 200, description = "The counts as they are now.", body = MetricsBody),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn metrics(
@@ -499,7 +539,7 @@ pub(crate) async fn healthz() -> Json<HealthBody> {
         (status = 200, description = "Ready to serve.", body = HealthBody,
             example = json!({"status": "ready"})),
         (status = 500, response = InternalError),
-        (status = 503, response = StorageUnavailable),
+        (status = 503, response = Unavailable),
     ),
 )]
 pub(crate) async fn readyz(
