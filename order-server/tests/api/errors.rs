@@ -211,3 +211,31 @@ async fn a_path_that_is_not_utf8_is_a_400_that_says_so() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.error().contains("UTF-8"), "{}", reply.error());
 }
+
+#[tokio::test]
+async fn a_nul_in_a_user_or_item_id_is_422_naming_the_field() {
+    let (app, processor) = idle_app();
+    for (body, field) in [
+        (
+            json!({"userId": "\u{0}", "itemIds": ["a"], "totalAmount": 1}),
+            "userId",
+        ),
+        (
+            json!({"userId": "u", "itemIds": ["a\u{0}"], "totalAmount": 1}),
+            "itemIds[0]",
+        ),
+    ] {
+        let reply = post_json(&app, "/orders", body.to_string()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
+        assert_eq!(
+            reply.body,
+            json!({"error": format!("{field}: must not contain the NUL character"), "field": field})
+        );
+    }
+    assert_eq!(processor.metrics().await.unwrap().total_orders, 0);
+}

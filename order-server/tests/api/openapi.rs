@@ -6,6 +6,7 @@
 //! read, not what the code meant to write.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -13,7 +14,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use order_core::order::{MAX_ID_CHARS, MAX_ITEMS, MAX_TOTAL_AMOUNT};
 use order_server::{DEFAULT_PAGE, MAX_PAGE};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::helpers::{VALID_ORDER, get, idle_app, post_json};
@@ -502,4 +503,513 @@ async fn the_documented_limits_are_the_enforced_ones() {
     assert_eq!(parameter("limit")["maximum"], MAX_PAGE);
     assert_eq!(parameter("limit")["default"], DEFAULT_PAGE);
     assert_eq!(parameter("userId")["maxLength"], MAX_ID_CHARS);
+}
+
+/// The schema of a parameter of an operation.
+fn parameter_schema<'a>(doc: &'a Value, operation_id: &str, name: &str) -> &'a Value {
+    let operation = operations(doc)
+        .into_iter()
+        .find(|op| op.spec["operationId"] == operation_id)
+        .unwrap_or_else(|| panic!("no operation {operation_id}"));
+    let parameter = operation
+        .parameters
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{operation_id} has no parameter {name}"));
+    resolve(doc, &parameter["schema"])
+}
+
+/// Whether `value` is within a string schema's `pattern`, `minLength` and `maxLength`
+/// (lengths in characters, as JSON Schema counts them).
+fn admits(schema: &Value, value: &str) -> bool {
+    let pattern = schema["pattern"]
+        .as_str()
+        .expect("the schema has a pattern");
+    let regex = regex::Regex::new(pattern).unwrap_or_else(|err| panic!("{pattern}: {err}"));
+    let chars = value.chars().count() as u64;
+    regex.is_match(value)
+        && schema["minLength"].as_u64().is_none_or(|min| chars >= min)
+        && schema["maxLength"].as_u64().is_none_or(|max| chars <= max)
+}
+
+/// A query value, percent-encoded byte by byte.
+fn query_text(value: &str) -> String {
+    url_text(&Value::String(value.to_owned()))
+}
+
+/// Holds `schema` to the server: each probe is within the schema exactly when the server
+/// accepts it (`accepted` says whether it did).
+async fn assert_schema_is_exact<F, Fut>(what: &str, schema: &Value, probes: &[String], accepted: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for probe in probes {
+        assert_eq!(
+            admits(schema, probe),
+            accepted(probe.clone()).await,
+            "{what} {probe:?}: the document (left) and the server (right) disagree"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_idempotency_key_pattern_admits_exactly_the_keys_the_server_takes() {
+    let (app, _) = idle_app();
+    let doc = document(&app).await;
+    let schema = parameter_schema(&doc, "createOrder", "Idempotency-Key");
+    let long = |n: usize| "k".repeat(n);
+    // No probe starts or ends with a space or a tab: on the wire those are not part of a
+    // field value (RFC 9110 5.5), and hyper drops them before the server sees the key.
+    let probes: Vec<String> = [
+        "checkout-2291",
+        "k",
+        "\"",
+        "\"\"",
+        "\"k\"",
+        "\" \"",
+        "\"\"\"",
+        "\"k",
+        "k\"",
+        "a b",
+        "a\tb",
+        "~!#$%&'()*+,-./:;<=>?@[\\]^_`{|}",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([
+        long(255),
+        long(256),
+        format!("\"{}\"", long(255)),
+        format!("\"{}\"", long(256)),
+        format!("\"{}", long(254)),
+        format!("\"{}", long(255)),
+    ])
+    .collect();
+    assert_schema_is_exact("Idempotency-Key", schema, &probes, |key| {
+        let app = app.clone();
+        async move {
+            let (status, body) = answer_with(
+                &app,
+                &Method::POST,
+                "/orders",
+                Some(&serde_json::from_str(VALID_ORDER).unwrap()),
+                Some(("Idempotency-Key", key)),
+            )
+            .await;
+            assert!(
+                status == StatusCode::CREATED || status == StatusCode::BAD_REQUEST,
+                "{status} {body}"
+            );
+            status == StatusCode::CREATED
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_listing_filters_admit_exactly_what_the_server_takes() {
+    let (app, _) = idle_app();
+    let doc = document(&app).await;
+    let listing = |name: &'static str| {
+        let app = app.clone();
+        move |value: String| {
+            let app = app.clone();
+            async move {
+                let reply = get(&app, &format!("/orders?{name}={}", query_text(&value))).await;
+                assert!(
+                    reply.status == StatusCode::OK || reply.status == StatusCode::BAD_REQUEST,
+                    "{name}={value:?}: {} {}",
+                    reply.status,
+                    reply.body
+                );
+                reply.status == StatusCode::OK
+            }
+        }
+    };
+
+    let mut statuses: Vec<String> = ["", "PENDIN", "PENDINGS", " PENDING", "pend\u{131}ng", "*"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for status in order_core::OrderStatus::ALL {
+        let upper = status.as_str().to_owned();
+        let mixed: String = upper
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        statuses.extend([upper.to_lowercase(), mixed, upper]);
+    }
+    let status = parameter_schema(&doc, "listOrders", "status");
+    assert_schema_is_exact("status", status, &statuses, listing("status")).await;
+
+    let users: Vec<String> = [
+        String::new(),
+        "a".to_owned(),
+        " ".to_owned(),
+        "a\0b".to_owned(),
+        "\0".to_owned(),
+        "x".repeat(MAX_ID_CHARS),
+        "x".repeat(MAX_ID_CHARS + 1),
+        "\u{e9}".repeat(MAX_ID_CHARS),
+        "\u{e9}".repeat(MAX_ID_CHARS + 1),
+    ]
+    .into();
+    let user = parameter_schema(&doc, "listOrders", "userId");
+    assert_schema_is_exact("userId", user, &users, listing("userId")).await;
+}
+
+/// The characters that Rust's `str::trim` (and so `NewOrder::validate`) takes for whitespace,
+/// and some that regex engines other than Rust's disagree about.
+const SPACES_AND_NEAR_MISSES: [char; 12] = [
+    ' ', '\t', '\n', '\u{b}', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}',
+    // Not whitespace to Rust, but to Python's `\s` (U+001C) or ECMAScript's (U+FEFF).
+    '\u{1c}', '\u{1f}', '\u{feff}', '\u{200b}',
+];
+
+#[tokio::test]
+async fn the_id_pattern_of_an_order_admits_exactly_the_ids_the_server_takes() {
+    let (app, _) = idle_app();
+    let doc = document(&app).await;
+    let new_order = &doc["components"]["schemas"]["NewOrder"]["properties"];
+    let mut probes: Vec<String> = ["user-123", "\0", "a\0", "\0a", "\u{1F600}", ""]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for c in SPACES_AND_NEAR_MISSES {
+        probes.extend([c.to_string(), format!("{c}a{c}"), format!("{c}\0")]);
+    }
+    probes.extend([
+        "x".repeat(MAX_ID_CHARS),
+        "x".repeat(MAX_ID_CHARS + 1),
+        "\u{e9}".repeat(MAX_ID_CHARS),
+    ]);
+    for (field, schema) in [
+        ("userId", &new_order["userId"]),
+        ("itemIds", &new_order["itemIds"]["items"]),
+    ] {
+        assert_schema_is_exact(field, schema, &probes, |id| {
+            let app = app.clone();
+            async move {
+                let body = if field == "userId" {
+                    json!({"userId": id, "itemIds": ["a"], "totalAmount": 1})
+                } else {
+                    json!({"userId": "u", "itemIds": [id], "totalAmount": 1})
+                };
+                let (status, answer) = answer(&app, &Method::POST, "/orders", Some(&body)).await;
+                if status != StatusCode::CREATED {
+                    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+                    assert!(
+                        answer["field"]
+                            .as_str()
+                            .is_some_and(|f| f.starts_with(field)),
+                        "{answer}"
+                    );
+                }
+                status == StatusCode::CREATED
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn integers_are_taken_only_as_the_document_writes_them_and_within_its_range() {
+    let (app, id) = app_with_an_order().await;
+    let doc = document(&app).await;
+    let max = i64::MAX.to_string();
+    for (operation, name) in [
+        ("getOrder", "id"),
+        ("listOrders", "after"),
+        ("listOrders", "limit"),
+    ] {
+        let schema = parameter_schema(&doc, operation, name);
+        assert_eq!(schema["type"], "integer", "{operation} {name}");
+        assert_eq!(schema["minimum"], 1, "{operation} {name}");
+    }
+    assert_eq!(
+        parameter_schema(&doc, "getOrder", "id")["maximum"].to_string(),
+        max
+    );
+    assert_eq!(
+        parameter_schema(&doc, "listOrders", "after")["maximum"].to_string(),
+        max
+    );
+
+    for (uri, expected) in [
+        (format!("/orders/{id}"), StatusCode::OK),
+        (format!("/orders/{max}"), StatusCode::NOT_FOUND),
+        (format!("/orders/+{id}"), StatusCode::BAD_REQUEST),
+        (format!("/orders/0{id}"), StatusCode::BAD_REQUEST),
+        (format!("/orders/{id}.0"), StatusCode::BAD_REQUEST),
+        (
+            "/orders/9223372036854775808".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/orders/0".to_owned(), StatusCode::BAD_REQUEST),
+        ("/orders/-1".to_owned(), StatusCode::BAD_REQUEST),
+        (format!("/orders/+{id}/cancel"), StatusCode::BAD_REQUEST),
+        (format!("/orders/0{id}/events"), StatusCode::BAD_REQUEST),
+        (format!("/orders?after={max}"), StatusCode::OK),
+        ("/orders?after=1".to_owned(), StatusCode::OK),
+        ("/orders?limit=1".to_owned(), StatusCode::OK),
+        ("/orders?limit=100".to_owned(), StatusCode::OK),
+        ("/orders?limit=1.0".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let method = if uri.ends_with("/cancel") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let (status, body) = answer(&app, &method, &uri, None).await;
+        assert_eq!(status, expected, "{uri}: {body}");
+        if !status.is_success() {
+            assert!(body["error"].is_string(), "{uri}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_created_order_links_to_reading_cancelling_and_watching_it() {
+    let (app, _) = idle_app();
+    let doc = document(&app).await;
+    let ids: BTreeSet<&str> = operations(&doc)
+        .iter()
+        .filter_map(|op| op.spec["operationId"].as_str())
+        .collect();
+    let created = &doc["paths"]["/orders"]["post"]["responses"]["201"];
+    let links = created["links"].as_object().expect("the 201 has links");
+    let mut targets = BTreeSet::new();
+    for (name, link) in links {
+        // `operationId`, as OpenAPI spells it: a client reading `operation_id` finds no link.
+        assert!(link.get("operation_id").is_none(), "{name}: {link}");
+        let target = link["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {link}"));
+        assert!(
+            ids.contains(target),
+            "{name} links to no operation: {target}"
+        );
+        assert_eq!(
+            link["parameters"],
+            json!({"id": "$response.body#/order/id"}),
+            "{name}"
+        );
+        targets.insert(target);
+    }
+    assert_eq!(
+        targets,
+        BTreeSet::from(["cancelOrder", "getOrder", "watchOrder"])
+    );
+
+    // Followed, as a client would: the expression names the created order's id.
+    let created = post_json(&app, "/orders", VALID_ORDER).await;
+    let id = created
+        .body
+        .pointer("/order/id")
+        .expect("$response.body#/order/id is in the body")
+        .to_string();
+    assert_eq!(
+        answer(&app, &Method::GET, &format!("/orders/{id}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answer(&app, &Method::GET, &format!("/orders/{id}/events"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answer(&app, &Method::POST, &format!("/orders/{id}/cancel"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+/// The responses of every operation of `doc`, by path and method.
+fn responses_of(doc: &Value) -> Vec<(String, &serde_json::Map<String, Value>, bool)> {
+    operations(doc)
+        .into_iter()
+        .map(|op| {
+            (
+                format!("{} {}", op.method, op.path),
+                op.spec["responses"].as_object().unwrap(),
+                op.spec.get("security").is_some(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_operation_documents_the_answers_of_the_layers_around_it_and_no_408() {
+    // Open: 500 (a caught panic) and 503 (the time limit) everywhere, no 401, no security.
+    let (app, _) = idle_app();
+    let doc = document(&app).await;
+    for (at, responses, secured) in responses_of(&doc) {
+        assert_eq!(
+            responses["500"]["$ref"], "#/components/responses/InternalError",
+            "{at}"
+        );
+        assert_eq!(
+            responses["503"]["$ref"], "#/components/responses/Unavailable",
+            "{at}"
+        );
+        assert!(
+            !responses.contains_key("401"),
+            "{at}: open, yet documents 401"
+        );
+        assert!(!secured, "{at}: open, yet requires a token");
+        // The server never answers 408: a slow request head gets its connection closed, and
+        // a slow request a 503 (reliability.rs, and the test below).
+        assert!(!responses.contains_key("408"), "{at}");
+    }
+    let unavailable = &doc["components"]["responses"]["Unavailable"];
+    assert_eq!(unavailable["headers"]["Retry-After"]["required"], true);
+    assert!(doc["components"].get("securitySchemes").is_none());
+
+    // With tokens: 401 and a required bearer token on every route but the open ones.
+    let processor = order_core::OrderProcessor::builder(order_core::SimulatedStep::default())
+        .build()
+        .unwrap();
+    let options = order_server::ServeOptions {
+        api_tokens: order_server::ApiTokens::new(["s3cret"]),
+        sample_from_start: false,
+        ..crate::helpers::serve_options()
+    };
+    let secured_app = order_server::app(processor, &options);
+    let reply = crate::helpers::send(
+        &secured_app,
+        Request::builder()
+            .uri("/openapi.json")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.body;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer"})
+    );
+    assert_eq!(
+        doc["components"]["responses"]["Unauthorized"]["headers"]["WWW-Authenticate"]["required"],
+        true
+    );
+    let open = ["GET /healthz", "GET /readyz", "GET /", "GET /dashboard"];
+    for (at, responses, _) in responses_of(&doc) {
+        let spec = doc["paths"][at.split_once(' ').unwrap().1]
+            [at.split_once(' ').unwrap().0.to_lowercase()]
+        .clone();
+        if open.contains(&at.as_str()) {
+            assert!(!responses.contains_key("401"), "{at}");
+            assert!(spec.get("security").is_none(), "{at}");
+        } else {
+            assert_eq!(
+                responses["401"]["$ref"], "#/components/responses/Unauthorized",
+                "{at}"
+            );
+            assert_eq!(spec["security"], json!([{"bearer": []}]), "{at}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_time_limit_is_a_json_503_with_retry_after() {
+    let mut repository = order_core::MockRepository::new();
+    // Storing blocks its thread (on its own task: `create_order` spawns it) for longer than
+    // the request may take.
+    repository.expect_insert().returning(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        Err(order_core::StorageError::unavailable("slow"))
+    });
+    let processor = order_core::OrderProcessor::builder(order_core::SimulatedStep::default())
+        .repository(std::sync::Arc::new(repository))
+        .build()
+        .unwrap();
+    let options = order_server::ServeOptions {
+        request_timeout: Duration::from_millis(50),
+        sample_from_start: false,
+        ..crate::helpers::serve_options()
+    };
+    let app = order_server::app(processor, &options);
+    let reply = post_json(&app, "/orders", VALID_ORDER).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers[header::RETRY_AFTER], "1");
+    assert_eq!(
+        reply.error(),
+        "the request took longer than 50ms; try again later"
+    );
+}
+
+#[tokio::test]
+async fn each_event_of_an_order_stream_is_what_the_document_says() {
+    let (app, id) = app_with_an_order().await;
+    let doc = document(&app).await;
+    let events = &doc["paths"]["/orders/{id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+        ["schema"];
+    assert_eq!(events["properties"]["event"]["const"], "status");
+    assert_eq!(
+        events["properties"]["data"]["contentMediaType"],
+        "application/json"
+    );
+    assert_eq!(
+        events["properties"]["data"]["contentSchema"]["$ref"],
+        "#/components/schemas/OrderBody"
+    );
+    assert!(events.get("x-contentSchema").is_none());
+    let id_pattern =
+        regex::Regex::new(events["properties"]["id"]["pattern"].as_str().unwrap()).unwrap();
+
+    // A cancelled order's stream: its one event, then the end.
+    let cancelled = post_json(&app, &format!("/orders/{id}/cancel"), "").await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(format!("/orders/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut fields = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        let (name, value) = line.split_once(": ").unwrap_or((line, ""));
+        fields.insert(name, value);
+    }
+    assert_eq!(fields["event"], "status", "{text}");
+    assert!(id_pattern.is_match(fields["id"]), "{text}");
+    let data: Value = serde_json::from_str(fields["data"]).unwrap();
+    assert_eq!(data["order"]["status"], "CANCELLED");
+
+    let metrics = &doc["paths"]["/metrics/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+        ["schema"]["oneOf"];
+    let names: Vec<&Value> = metrics
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| &event["properties"]["event"]["const"])
+        .collect();
+    assert_eq!(
+        names,
+        [&json!("history"), &json!("sample"), &json!("unavailable")]
+    );
 }

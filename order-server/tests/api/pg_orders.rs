@@ -83,6 +83,39 @@ async fn orders_list_and_cancel_on_postgres() {
     worker.kill().await;
 }
 
+/// PostgreSQL text cannot hold a NUL: an id with one is refused as invalid (422 naming the
+/// field) before it reaches the database, where it was a 500, and a filter with one is a 400.
+#[tokio::test]
+async fn a_nul_in_an_id_is_refused_before_it_reaches_postgres() {
+    let db = TestDatabase::create().await;
+    let server = api_only(&db).await;
+    for (body, field) in [
+        (
+            json!({"userId": "a\u{0}b", "itemIds": ["i"], "totalAmount": 1}),
+            "userId",
+        ),
+        (
+            json!({"userId": "u", "itemIds": ["i", "\u{0}"], "totalAmount": 1}),
+            "itemIds[1]",
+        ),
+    ] {
+        let (status, answer) = server.post("/orders", &body).await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(
+            answer,
+            json!({"error": format!("{field}: must not contain the NUL character"), "field": field})
+        );
+    }
+    let (status, answer) = server.get("/orders?userId=a%00b").await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"error": "userId must not contain the NUL character"})
+    );
+    assert!(direct_counts(db.connection()).await.is_empty());
+    server.kill().await;
+}
+
 #[tokio::test]
 async fn an_order_being_processed_on_postgres_cannot_be_cancelled() {
     let db = TestDatabase::create().await;

@@ -390,13 +390,14 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
         .await
         .expect("the server closes the connection within 30 s");
     let waited = began.elapsed();
-    // Closed (or reset) without a response to the unfinished request, after the timeout.
+    // Closed (or reset) without a response to the unfinished request, after the timeout: no
+    // 408, which is why the OpenAPI document lists none.
     match read {
         Ok(0) | Err(_) => {}
-        Ok(n) => {
-            let answer = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-        }
+        Ok(n) => panic!(
+            "answered instead of closed: {}",
+            String::from_utf8_lossy(&buffer[..n])
+        ),
     }
     assert!(
         waited >= order_server::HEADER_READ_TIMEOUT - Duration::from_secs(1),
