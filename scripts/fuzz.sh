@@ -9,7 +9,8 @@
 # It runs against the order-server binary that `cargo test --workspace --all-features`
 # builds (built here if missing), twice: in memory, open; and on PostgreSQL (a database of its
 # own on TEST_DATABASE_URL, created and dropped here) with API_TOKEN set. Each run has a
-# time budget (FUZZ_SECONDS, 40 by default).
+# time budget (FUZZ_SECONDS, 40 by default). `scripts/fuzz.sh memory` or `scripts/fuzz.sh
+# postgres` runs one of the two.
 #
 # schemathesis comes from PyPI at the version in scripts/fuzz-requirements.txt, installed once
 # into a virtual environment under the target directory. scripts/test.sh runs this after the
@@ -19,7 +20,18 @@ cd "$(dirname "$0")/.."
 
 say() { printf '==> fuzz: %s\n' "$*"; }
 
+backends=${1:-memory,postgres}
+case $backends in
+memory | postgres | memory,postgres) ;;
+*)
+  echo "usage: scripts/fuzz.sh [memory|postgres]" >&2
+  exit 2
+  ;;
+esac
+
+root=$PWD
 target=${CARGO_TARGET_DIR:-target}
+[[ $target == /* ]] || target="$root/$target"
 budget=${FUZZ_SECONDS:-40}
 
 # shellcheck source=scripts/postgres.sh
@@ -44,13 +56,12 @@ if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
   cp "$requirements" "$venv/requirements.txt"
 fi
 
-# The binary the tests built (same flags, so nothing is rebuilt).
+# The binary the tests build: with the tests' flags, so that after them nothing is rebuilt (a
+# plain `cargo build` resolves other features and builds the dependency tree a second time).
+cargo test --quiet --workspace --all-features --no-run
 server_bin="$target/debug/order-server"
-if [[ ! -x $server_bin ]]; then
-  cargo test --quiet --workspace --all-features --no-run
-fi
 
-if [[ -z ${TEST_DATABASE_URL:-} ]]; then
+if [[ $backends == *postgres* && -z ${TEST_DATABASE_URL:-} ]]; then
   ensure_postgres
 fi
 
@@ -115,8 +126,8 @@ fuzz() {
   output="$logs/$name.out"
   say "$name: schemathesis on http://127.0.0.1:$port, ${budget} s"
   # Hypothesis keeps its example database under the working directory; a run starts clean.
-  if ! (cd "$logs" && PYTHONPATH="$OLDPWD/scripts" SCHEMATHESIS_HOOKS=fuzz_hooks \
-    "$OLDPWD/$venv/bin/schemathesis" --config-file "$OLDPWD/scripts/schemathesis.toml" \
+  if ! (cd "$logs" && PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_hooks \
+    "$venv/bin/schemathesis" --config-file "$root/scripts/schemathesis.toml" \
     run "http://127.0.0.1:$port/openapi.json" \
     --checks all --phases examples,coverage,fuzzing,stateful \
     --max-time "$budget" --workers 1 --no-color --output-truncate false \
@@ -129,12 +140,18 @@ fuzz() {
   fi
   stop_server
   cases=$(grep -Eo '[0-9]+ generated' "$output" | tail -n 1 | grep -Eo '[0-9]+' || echo "?")
+  grep -E '^ +(Scenarios|API Links):|^Filtered:' "$output" | sed 's/^ */    /' || true
   say "$name: $cases cases, no failures, in $((SECONDS - started)) s"
 }
 
 # In memory, no workers: every order stays PENDING, so that cancelling a real order succeeds
 # and its event stream sends the order as it is (and then nothing, until it is cancelled).
-fuzz "in memory, open" WORKERS=0
+if [[ $backends == *memory* ]]; then
+  fuzz "in memory, open" WORKERS=0
+fi
+if [[ $backends != *postgres* ]]; then
+  exit 0
+fi
 
 pg_psql "$TEST_DATABASE_URL" -q -c "CREATE DATABASE $fuzz_db"
 pg_at_exit drop_fuzz_db

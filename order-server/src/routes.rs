@@ -80,18 +80,18 @@ pub(crate) struct OrderPath {
     tag = ORDERS,
     params(
         // The pattern is exactly what `idempotency_key` accepts: 1 to 255 visible ASCII
-        // characters or spaces, neither first nor last a space, bare, or quoted (then 1 to 255
-        // inside the quotes). One `"` alone is a bare key; `""` is an empty quoted one. A
-        // field value ends at its last visible character (RFC 9110 5.5), so spaces or tabs
-        // after it are not part of the key, and the pattern lets them follow; which is also
-        // why it sets no `maxLength`. The OpenAPI tests hold it to the server.
+        // characters or spaces, bare, or quoted (then 1 to 255 inside the quotes). One `"`
+        // alone is a bare key; `""` is an empty quoted one. A field value starts and ends with
+        // a visible character (RFC 9110 5.5): spaces and tabs around it are not part of it,
+        // hyper drops them, and the pattern lets them be; which is also why it sets no
+        // `maxLength`. The OpenAPI tests hold it to the server.
         ("Idempotency-Key" = Option<String>, Header, nullable = false,
             description = "Names this submission (1 to 255 visible ASCII characters or \
                 spaces, bare or quoted): a retry with the same key and body returns the first \
                 response and creates nothing, for 24 h by default; keys are scoped by bearer \
                 token.",
             min_length = 1,
-            pattern = r#"^(?:[!-~]|[!#-~][ -~]{0,253}[!-~]|"[ -~]{0,253}[!#-~]|"[ -~]{1,255}")[\t ]*$"#,
+            pattern = r#"^[\t ]*(?:[!-~]|[!#-~][ -~]{0,253}[!-~]|"[ -~]{0,253}[!#-~]|"[ -~]{1,255}")[\t ]*$"#,
             example = "checkout-2291"),
     ),
     request_body(
