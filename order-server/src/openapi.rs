@@ -16,6 +16,11 @@
 //! connection closed without an answer (hyper answers nothing to a header timeout), and a
 //! request that takes longer than the request timeout is answered `503` with `Retry-After`,
 //! as the shared [`Unavailable`] says.
+//!
+//! Nor does it list what hyper answers before any of this code runs, to bytes that are not an
+//! HTTP/1.1 request head at all: `400` (a malformed head), `414` (a request line over its
+//! buffer) and `431` (headers over it), each without a body. They are answers to a client
+//! that does not speak HTTP, not to a request of this API.
 
 use std::sync::Arc;
 
