@@ -105,7 +105,7 @@ pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockRepository;
 pub use repository::{
-    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
+    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError, TransitionKind,
 };
 
 /// Locks `mutex`, going on past poisoning: no critical section in this crate panics between
