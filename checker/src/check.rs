@@ -123,17 +123,13 @@ impl Report {
 
 /// Runs every check over `history`.
 pub fn check(history: &History) -> Report {
+    let seen = by_order(history);
     let mut violations = Vec::new();
-    for rule in [
-        keys,
-        acknowledged,
-        transitions,
-        cancels,
-        walks,
-        streams,
-        metrics,
-        unexpected_answers,
-    ] {
+    violations.extend(keys(history));
+    violations.extend(acknowledged_in(history, &seen));
+    violations.extend(transitions_in(history, &seen));
+    violations.extend(cancels_in(history, &seen));
+    for rule in [walks, streams, metrics, unexpected_answers] {
         violations.extend(rule(history));
     }
     violations.sort_by_key(|v| (v.at, v.rule));
@@ -340,6 +336,10 @@ fn walked(pages: &[crate::history::Page]) -> Option<Vec<Snapshot>> {
 /// the `201` shows the fields sent, every later read shows them, no read after the `201`
 /// answers `404`, and the final walk lists it once.
 pub fn acknowledged(history: &History) -> Vec<Violation> {
+    acknowledged_in(history, &by_order(history))
+}
+
+fn acknowledged_in(history: &History, seen: &Sightings) -> Vec<Violation> {
     let acks = acknowledgements(history);
     let mut violations = Vec::new();
     for (id, (op, sent, snapshot)) in &acks {
@@ -351,13 +351,14 @@ pub fn acknowledged(history: &History) -> Vec<Violation> {
             ));
         }
     }
-    for (id, observation) in observations(history) {
-        let Some((ack, sent, _)) = acks.get(&id) else {
+    for (id, observations) in seen {
+        let Some((ack, sent, _)) = acks.get(id) else {
             continue;
         };
-        if let Some(fields) = &observation.fields
-            && !fields.same_order(sent)
-        {
+        let changed = observations
+            .iter()
+            .find(|seen| seen.fields.as_ref().is_some_and(|f| !f.same_order(sent)));
+        if let Some(observation) = changed {
             let op = &history.ops[observation.op];
             violations.push(Violation::new(
                 Rule::Acknowledged,
@@ -523,8 +524,11 @@ fn event_order(data: &str) -> Option<Snapshot> {
     Snapshot::from_value(value.get("order")?)
 }
 
-fn by_order(history: &History) -> BTreeMap<i64, Vec<Observation>> {
-    let mut orders: BTreeMap<i64, Vec<Observation>> = BTreeMap::new();
+/// Every sight of every order, by order id.
+type Sightings = BTreeMap<i64, Vec<Observation>>;
+
+fn by_order(history: &History) -> Sightings {
+    let mut orders: Sightings = BTreeMap::new();
     for (id, observation) in observations(history) {
         orders.entry(id).or_default().push(observation);
     }
@@ -535,20 +539,65 @@ fn by_order(history: &History) -> BTreeMap<i64, Vec<Observation>> {
 /// from the first status to the second ([`OrderStatus::may_reach`]). One violation per order:
 /// the earliest.
 pub fn transitions(history: &History) -> Vec<Violation> {
-    let mut violations = Vec::new();
-    for (id, seen) in by_order(history) {
-        let mut earliest: Option<(&Observation, &Observation)> = None;
-        for later in &seen {
-            for earlier in &seen {
-                if earlier.to < later.from
-                    && !earlier.status.may_reach(later.status)
-                    && earliest.is_none_or(|(_, b)| later.to < b.to)
-                {
-                    earliest = Some((earlier, later));
-                }
+    transitions_in(history, &by_order(history))
+}
+
+/// [`OrderStatus::may_reach`] as a table, asked once per pair of statuses rather than once
+/// per pair of sights.
+struct Reach([[bool; 5]; 5]);
+
+impl Reach {
+    fn new() -> Self {
+        let mut table = [[false; 5]; 5];
+        for (from, row) in OrderStatus::ALL.into_iter().zip(table.iter_mut()) {
+            for (to, cell) in OrderStatus::ALL.into_iter().zip(row.iter_mut()) {
+                *cell = from.may_reach(to);
             }
         }
-        if let Some((a, b)) = earliest {
+        Self(table)
+    }
+
+    fn allows(&self, from: OrderStatus, to: OrderStatus) -> bool {
+        self.0[index(from)][index(to)]
+    }
+}
+
+fn index(status: OrderStatus) -> usize {
+    OrderStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+fn transitions_in(history: &History, seen: &Sightings) -> Vec<Violation> {
+    let reach = Reach::new();
+    let mut violations = Vec::new();
+    for (id, observations) in seen {
+        // Sweep the sights by start; those that ended before the current one started are a
+        // prefix of the sights sorted by end, and of them only the first sight of each status
+        // matters: the status is what may or may not reach the later one.
+        let mut by_end: Vec<&Observation> = observations.iter().collect();
+        by_end.sort_by_key(|o| o.to);
+        let mut by_start: Vec<&Observation> = observations.iter().collect();
+        by_start.sort_by_key(|o| (o.from, o.to));
+        let mut first_of_status: [Option<&Observation>; 5] = [None; 5];
+        let mut ended = 0;
+        let mut found = None;
+        for later in by_start {
+            while let Some(earlier) = by_end.get(ended).filter(|o| o.to < later.from) {
+                first_of_status[index(earlier.status)].get_or_insert(earlier);
+                ended += 1;
+            }
+            let breaking = first_of_status
+                .iter()
+                .flatten()
+                .find(|earlier| !reach.allows(earlier.status, later.status));
+            if let Some(earlier) = breaking {
+                found = Some((*earlier, later));
+                break;
+            }
+        }
+        if let Some((a, b)) = found {
             let (first, second) = (&history.ops[a.op], &history.ops[b.op]);
             violations.push(Violation::new(
                 Rule::Transition,
@@ -567,7 +616,10 @@ pub fn transitions(history: &History) -> Vec<Violation> {
 /// started it after. A `409`: it names a status the cancel does not leave from (the other
 /// sights of the order are held to it by [`transitions`]).
 pub fn cancels(history: &History) -> Vec<Violation> {
-    let orders = by_order(history);
+    cancels_in(history, &by_order(history))
+}
+
+fn cancels_in(history: &History, orders: &Sightings) -> Vec<Violation> {
     let mut violations = Vec::new();
     for op in &history.ops {
         let Action::Cancel { id, reply } = &op.action else {

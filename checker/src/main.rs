@@ -156,12 +156,16 @@ async fn main() -> Result<ExitCode> {
         }
     }
     clients.await?;
+    let settling = Instant::now();
     workload.settle(Duration::from_secs(60)).await?;
+    let settled_in = settling.elapsed();
     server.kill().await?;
     drop(cluster);
 
     let history = workload.take_history();
+    let checking = Instant::now();
     let report = check(&history);
+    let checked_in = checking.elapsed();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -173,13 +177,15 @@ async fn main() -> Result<ExitCode> {
     writeln!(
         out,
         "checked {} operations: {} creates, {} orders acknowledged, {} indeterminate; \
-         {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts); {:.1} s",
-        report.ops,
-        report.creates,
-        report.acknowledged,
-        report.indeterminate,
-        report.faults,
-        began.elapsed().as_secs_f64()
+         {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts)",
+        report.ops, report.creates, report.acknowledged, report.indeterminate, report.faults,
+    )?;
+    writeln!(
+        out,
+        "{:.1} s in all: quiet {:.1} s after the clients stopped, checked in {:.1} s",
+        began.elapsed().as_secs_f64(),
+        settled_in.as_secs_f64(),
+        checked_in.as_secs_f64()
     )?;
     if let Some(path) = &args.history {
         let json = serde_json::to_string(&history)?;
