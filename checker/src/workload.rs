@@ -114,7 +114,7 @@ impl Workload {
                     keys += 1;
                     let key = format!("key-{}-{client}-{keys}", self.seed);
                     let order = random_order(&mut rng);
-                    let copies = rng.random_range(1..=4);
+                    let copies = rng.random_range(2..=4);
                     let mut racers = JoinSet::new();
                     for _ in 0..copies {
                         let workload = self.clone();
