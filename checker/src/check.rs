@@ -520,8 +520,7 @@ fn observations(history: &History) -> Vec<(i64, Observation)> {
 }
 
 fn event_order(data: &str) -> Option<Snapshot> {
-    let value: Value = serde_json::from_str(data).ok()?;
-    Snapshot::from_value(value.get("order")?)
+    Snapshot::from_body(data)
 }
 
 /// Every sight of every order, by order id.

@@ -9,7 +9,6 @@ use std::str::FromStr;
 use order_core::OrderStatus;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Microseconds since the run started.
 pub type Micros = u64;
@@ -190,10 +189,7 @@ impl Reply {
     /// The order in a `{"order": ...}` body of a 2xx answer.
     pub fn order(&self) -> Option<Snapshot> {
         match self.decided() {
-            Some((200..=299, body)) => {
-                let value: Value = serde_json::from_str(body).ok()?;
-                Snapshot::from_value(value.get("order")?)
-            }
+            Some((200..=299, body)) => Snapshot::from_body(body),
             _ => None,
         }
     }
@@ -247,26 +243,52 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads an order object of the API; `None` when it is not one.
-    pub fn from_value(order: &Value) -> Option<Self> {
-        let items = order.get("itemIds")?.as_array()?;
-        Some(Self {
-            id: order.get("id")?.as_i64()?,
-            status: order.get("status")?.as_str()?.parse().ok()?,
-            attempts: order.get("attempts")?.as_u64()?,
-            fields: OrderFields {
-                user_id: order.get("userId")?.as_str()?.to_owned(),
-                item_ids: items
-                    .iter()
-                    .map(|item| item.as_str().map(str::to_owned))
-                    .collect::<Option<_>>()?,
-                total_amount: match order.get("totalAmount")? {
-                    Value::Number(number) => number.to_string(),
-                    _ => return None,
-                },
-            },
-        })
+    /// Reads a `{"order": ...}` body; `None` when it is not one.
+    pub fn from_body(body: &str) -> Option<Self> {
+        serde_json::from_str::<RawBody>(body)
+            .ok()
+            .map(|raw| raw.order.into())
     }
+}
+
+// The API's order objects as far as the checks read them, deserialised straight into types
+// rather than through `Value`: a run's history holds hundreds of thousands of them.
+#[derive(Deserialize)]
+struct RawBody {
+    order: RawOrder,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOrder {
+    id: i64,
+    status: OrderStatus,
+    attempts: u64,
+    user_id: String,
+    item_ids: Vec<String>,
+    total_amount: serde_json::Number,
+}
+
+impl From<RawOrder> for Snapshot {
+    fn from(raw: RawOrder) -> Self {
+        Self {
+            id: raw.id,
+            status: raw.status,
+            attempts: raw.attempts,
+            fields: OrderFields {
+                user_id: raw.user_id,
+                item_ids: raw.item_ids,
+                total_amount: raw.total_amount.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPage {
+    orders: Vec<RawOrder>,
+    next_cursor: Option<String>,
 }
 
 /// A page of `GET /orders`, read.
@@ -284,21 +306,10 @@ impl ListPage {
         let (200, body) = reply.decided()? else {
             return None;
         };
-        let value: Value = serde_json::from_str(body).ok()?;
-        let orders = value
-            .get("orders")?
-            .as_array()?
-            .iter()
-            .map(Snapshot::from_value)
-            .collect::<Option<_>>()?;
-        let next_cursor = match value.get("nextCursor")? {
-            Value::Null => None,
-            Value::String(cursor) => Some(cursor.clone()),
-            _ => return None,
-        };
+        let raw: RawPage = serde_json::from_str(body).ok()?;
         Some(Self {
-            orders,
-            next_cursor,
+            orders: raw.orders.into_iter().map(Snapshot::from).collect(),
+            next_cursor: raw.next_cursor,
         })
     }
 }

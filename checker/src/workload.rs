@@ -152,12 +152,13 @@ impl Workload {
                     Some(id) => self.cancel(client, id).await,
                     None => true,
                 },
-                77..85 => {
+                77..87 => {
                     let user = format!("user-{}", rng.random_range(0..USERS));
-                    let limit = [1, 3, 10][rng.random_range(0..3)];
+                    let limit = [3, 10, 25][rng.random_range(0..3)];
                     self.walk(client, Some(user), limit).await
                 }
-                85..88 => self.walk(client, None, 100).await,
+                // Rarer: each lists every order, and each order it lists is checked.
+                87..88 => self.walk(client, None, 100).await,
                 88..95 => match self.pick_id(&mut rng, 20) {
                     Some(id) => self.watch(client, id).await,
                     None => true,
