@@ -19,7 +19,7 @@
 //!
 //! # Layout
 //!
-//! [`history`] holds the records, [`check`] the checks. The `order-checker` binary runs the
+//! [`history`] holds the records, [`mod@check`] the checks. The `order-checker` binary runs the
 //! clients and the faults (its `workload` and `cluster` modules) and prints the report.
 
 pub mod check;
