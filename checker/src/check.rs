@@ -816,7 +816,7 @@ pub fn streams(history: &History) -> Vec<Violation> {
 }
 
 /// Every `/metrics` adds up (its statuses sum to `totalOrders`); once quiet, its counts equal
-/// a direct count of the final walk.
+/// a direct count of the final walk, and of the database when it was counted.
 pub fn metrics(history: &History) -> Vec<Violation> {
     // Counts by status, in the order of `OrderStatus::ALL`.
     let counts = |op: &Op| -> Option<(u64, Vec<u64>)> {
@@ -844,6 +844,13 @@ pub fn metrics(history: &History) -> Vec<Violation> {
             .map(|status| orders.iter().filter(|o| o.status == status).count() as u64)
             .collect();
         (walk, orders.len() as u64, by_status)
+    });
+    let in_database = history.database_counts.as_ref().map(|counts| {
+        let by_status: Vec<u64> = OrderStatus::ALL
+            .into_iter()
+            .map(|status| counts.get(status.as_str()).copied().unwrap_or(0))
+            .collect();
+        (counts.values().sum::<u64>(), by_status)
     });
     let mut violations = Vec::new();
     for op in &history.ops {
@@ -880,6 +887,18 @@ pub fn metrics(history: &History) -> Vec<Violation> {
                      PENDING first); the final listing has {direct_total} {direct_by_status:?}"
                 ),
                 &[walk, op],
+            ));
+        }
+        if let (true, Some((db_total, db_by_status))) = (quiet, &in_database)
+            && (total != *db_total || &by_status != db_by_status)
+        {
+            violations.push(Violation::new(
+                Rule::Metrics,
+                format!(
+                    "once quiet, /metrics counts {total} orders {by_status:?} (by status, \
+                     PENDING first); the database holds {db_total} {db_by_status:?}"
+                ),
+                &[op],
             ));
         }
     }

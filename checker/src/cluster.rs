@@ -5,6 +5,7 @@
 //! `/usr/lib/postgresql/*/bin`. PostgreSQL refuses to run as root, so as root the cluster is
 //! run as the `postgres` user.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -71,6 +72,41 @@ impl Cluster {
     /// server recovers from its WAL as after a crash.
     pub(crate) fn restart_immediately(&self) -> Result<()> {
         self.pg_ctl("restart")
+    }
+
+    /// How many orders the database holds in each status, counted with `psql`: the direct
+    /// count that `/metrics` must equal once all is quiet.
+    pub(crate) fn count_by_status(&self) -> Result<BTreeMap<String, u64>> {
+        let port = self.port.to_string();
+        let out = self
+            .command("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-X", "-A", "-t", "-F", " ", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg("SELECT status, count(*) FROM order_engine_orders GROUP BY status")
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                let (status, count) = line
+                    .split_once(' ')
+                    .with_context(|| format!("psql printed {line:?}"))?;
+                Ok((status.to_owned(), count.trim().parse()?))
+            })
+            .collect()
     }
 
     fn pg_ctl(&self, action: &str) -> Result<()> {

@@ -4,6 +4,7 @@
 //! The records keep the server's answers as they came (status, the replay header, the body
 //! text), so that a check can compare bodies byte for byte and a report can show them.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use order_core::OrderStatus;
@@ -23,6 +24,10 @@ pub struct History {
     /// From when nothing but the final reads ran: no client, no fault, and every order in a
     /// terminal status. `None` when the run never got there.
     pub quiet_since: Option<Micros>,
+    /// Orders by status (`PENDING`, ...) counted in the database once quiet, when the run
+    /// had one to count in.
+    #[serde(default)]
+    pub database_counts: Option<BTreeMap<String, u64>>,
 }
 
 impl History {

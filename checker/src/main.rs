@@ -159,6 +159,9 @@ async fn main() -> Result<ExitCode> {
     let settling = Instant::now();
     workload.settle(Duration::from_secs(60)).await?;
     let settled_in = settling.elapsed();
+    if let Some(cluster) = &cluster {
+        workload.database_counts(cluster.count_by_status()?);
+    }
     server.kill().await?;
     drop(cluster);
 

@@ -84,6 +84,11 @@ impl Workload {
             .push(order_checker::history::Fault { at, kind });
     }
 
+    /// Records the database's own count of orders by status, made once quiet.
+    pub(crate) fn database_counts(&self, counts: std::collections::BTreeMap<String, u64>) {
+        self.history().database_counts = Some(counts);
+    }
+
     /// The history so far.
     pub(crate) fn take_history(&self) -> History {
         std::mem::take(&mut *self.history())
@@ -148,10 +153,20 @@ impl Workload {
                     Some(id) => self.get(client, id).await,
                     None => true,
                 },
-                67..77 => match self.pick_id(&mut rng, 20) {
+                67..72 => match self.pick_id(&mut rng, 20) {
                     Some(id) => self.cancel(client, id).await,
                     None => true,
                 },
+                72..77 => {
+                    // Cancel an order at once after its 201, racing the worker that starts
+                    // it: orders stay PENDING for milliseconds only.
+                    let order = random_order(&mut rng);
+                    match self.create_order(client, None, order).await {
+                        Created::Order(id) => self.cancel(client, id).await,
+                        Created::Refused => true,
+                        Created::Unknown => false,
+                    }
+                }
                 77..87 => {
                     let user = format!("user-{}", rng.random_range(0..USERS));
                     let limit = [3, 10, 25][rng.random_range(0..3)];
@@ -205,6 +220,18 @@ impl Workload {
 
     /// Whether the answer was decided (not lost, not a 5xx).
     async fn create(&self, client: usize, key: Option<String>, order: OrderFields) -> bool {
+        !matches!(
+            self.create_order(client, key, order).await,
+            Created::Unknown
+        )
+    }
+
+    async fn create_order(
+        &self,
+        client: usize,
+        key: Option<String>,
+        order: OrderFields,
+    ) -> Created {
         let mut request = self
             .http
             .post(format!("{}/orders", self.base))
@@ -215,8 +242,13 @@ impl Workload {
         }
         let invoked = self.now();
         let reply = self.send(request).await;
-        let decided = !reply.is_indeterminate();
+        let mut outcome = if reply.is_indeterminate() {
+            Created::Unknown
+        } else {
+            Created::Refused
+        };
         if let Some(created) = reply.order() {
+            outcome = Created::Order(created.id);
             let mut pools = self.pools();
             if !pools.ids.contains(&created.id) {
                 pools.ids.push(created.id);
@@ -230,7 +262,7 @@ impl Workload {
             }
         }
         self.record(client, invoked, Action::Create { key, order, reply });
-        decided
+        outcome
     }
 
     async fn get(&self, client: usize, id: i64) -> bool {
@@ -389,6 +421,16 @@ impl Workload {
         self.metrics(FINAL_CLIENT).await;
         Ok(())
     }
+}
+
+/// What a create led to, as far as the client knows.
+enum Created {
+    /// A 201 with this order.
+    Order(i64),
+    /// A decided answer without an order (a 422).
+    Refused,
+    /// No answer, or a 5xx.
+    Unknown,
 }
 
 /// The `data` of a `status` event block, lines joined as SSE says.

@@ -387,6 +387,15 @@ fn metrics_once_quiet_equal_the_final_listing() {
     assert_eq!(h.rules(), []);
     h.metrics(300, 3, 3);
     assert_eq!(h.rules(), [Rule::Metrics]);
+    // The database, when counted, holds what /metrics says.
+    let mut h = Recorder::default();
+    h.quiet(0)
+        .walk(0, None, &[(&[done(2), done(1)], None)])
+        .metrics(200, 2, 2);
+    h.0.database_counts = Some([("COMPLETED".to_owned(), 2)].into());
+    assert_eq!(h.rules(), []);
+    h.0.database_counts = Some([("COMPLETED".to_owned(), 3)].into());
+    assert_eq!(h.rules(), [Rule::Metrics]);
     // Before the quiet, counts need only add up.
     let mut h = Recorder::default();
     h.metrics(0, 7, 2).quiet(100);
