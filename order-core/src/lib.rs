@@ -23,7 +23,8 @@
 //! # Layout
 //!
 //! - The domain, [`order`]: [`Order`], [`NewOrder`] and its validation, [`OrderStatus`] and
-//!   the transitions between statuses.
+//!   the transitions between statuses ([`OrderStatus::may_become`] and
+//!   [`OrderStatus::may_reach`], from the [`TransitionKind`]s the engine applies).
 //! - The ports, traits that the engine is written against:
 //!   [`Repository`] (where orders live, the source of truth), [`Queue`] (which orders wait
 //!   for a worker, and who holds which) and [`OrderHandler`] (what processing an order means
@@ -105,7 +106,7 @@ pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockRepository;
 pub use repository::{
-    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
+    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError, TransitionKind,
 };
 
 /// Locks `mutex`, going on past poisoning: no critical section in this crate panics between

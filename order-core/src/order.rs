@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::repository::TransitionKind;
+
 /// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::Repository).
 ///
 /// ```
@@ -114,6 +116,58 @@ impl OrderStatus {
             self,
             OrderStatus::Completed | OrderStatus::Failed | OrderStatus::Cancelled
         )
+    }
+
+    /// Whether one [`Transition`](crate::Transition) may take an order from this status to
+    /// `next`: some [`TransitionKind`] leaves from here and leads there. PROCESSING may become
+    /// PROCESSING (a renewal, or a takeover after a lapsed lease); no other status may become
+    /// itself.
+    ///
+    /// ```
+    /// use order_core::OrderStatus::{Cancelled, Completed, Pending, Processing};
+    ///
+    /// assert!(Pending.may_become(Processing));
+    /// assert!(Processing.may_become(Pending)); // a retry, or work handed back at shutdown
+    /// assert!(Processing.may_become(Processing)); // a takeover
+    /// assert!(!Pending.may_become(Completed));
+    /// assert!(!Cancelled.may_become(Pending));
+    /// ```
+    pub fn may_become(self, next: OrderStatus) -> bool {
+        TransitionKind::ALL
+            .into_iter()
+            .any(|kind| kind.target() == next && kind.leaves_from().contains(&self))
+    }
+
+    /// Whether an order in this status may be seen in `later` at any later time: `later` is
+    /// this status (no step taken) or follows from it by any number of
+    /// [`may_become`](OrderStatus::may_become) steps. A client that samples an order's status
+    /// misses steps, so this, not `may_become`, is what two samples must satisfy.
+    ///
+    /// ```
+    /// use order_core::OrderStatus::{Cancelled, Completed, Failed, Pending, Processing};
+    ///
+    /// assert!(Pending.may_reach(Completed));
+    /// assert!(Processing.may_reach(Cancelled)); // retried, then cancelled while PENDING
+    /// assert!(Completed.may_reach(Completed));
+    /// assert!(!Completed.may_reach(Pending));
+    /// assert!(!Failed.may_reach(Completed));
+    /// ```
+    pub fn may_reach(self, later: OrderStatus) -> bool {
+        // A walk over five statuses: each is visited at most once.
+        let mut reached = vec![self];
+        let mut next = 0;
+        while let Some(&status) = reached.get(next) {
+            if status == later {
+                return true;
+            }
+            for candidate in OrderStatus::ALL {
+                if status.may_become(candidate) && !reached.contains(&candidate) {
+                    reached.push(candidate);
+                }
+            }
+            next += 1;
+        }
+        false
     }
 
     /// The name used in the API and in storage: `PENDING`, `PROCESSING`, ...
@@ -651,5 +705,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn one_step_follows_the_transitions_and_nothing_leaves_a_terminal_status() {
+        use OrderStatus::{Cancelled, Completed, Failed, Pending, Processing};
+        let steps: Vec<_> = OrderStatus::ALL
+            .into_iter()
+            .flat_map(|from| OrderStatus::ALL.into_iter().map(move |to| (from, to)))
+            .filter(|(from, to)| from.may_become(*to))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (Pending, Processing),
+                (Pending, Cancelled),
+                (Processing, Pending),
+                (Processing, Processing),
+                (Processing, Completed),
+                (Processing, Failed),
+            ]
+        );
+        for terminal in OrderStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(OrderStatus::ALL.iter().all(|s| !terminal.may_become(*s)));
+        }
+    }
+
+    #[test]
+    fn reach_is_every_status_from_the_living_ones_and_only_itself_from_a_terminal_one() {
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                let expected = from == to || !from.is_terminal();
+                assert_eq!(from.may_reach(to), expected, "{from} -> {to}");
+            }
+        }
     }
 }

@@ -68,14 +68,97 @@ pub enum Transition {
 }
 
 impl Transition {
+    /// Which kind of transition this is, without its claim or error.
+    pub fn kind(&self) -> TransitionKind {
+        match self {
+            Transition::Start { .. } => TransitionKind::Start,
+            Transition::Renew { .. } => TransitionKind::Renew,
+            Transition::Complete { .. } => TransitionKind::Complete,
+            Transition::Retry { .. } => TransitionKind::Retry,
+            Transition::Fail { .. } => TransitionKind::Fail,
+            Transition::Release { .. } => TransitionKind::Release,
+            Transition::Cancel => TransitionKind::Cancel,
+        }
+    }
+
     /// The status this transition leads to.
     pub fn target(&self) -> OrderStatus {
+        self.kind().target()
+    }
+}
+
+/// The kind of a [`Transition`], without its data: the engine's rules for how an order's
+/// status may change, as values that a client can reason with.
+///
+/// Each kind leaves from the statuses of [`leaves_from`](TransitionKind::leaves_from) and
+/// leads to [`target`](TransitionKind::target); [`OrderStatus::may_become`] and
+/// [`OrderStatus::may_reach`] are derived from these two, so a checker of observed statuses
+/// follows the engine rather than a list of its own.
+///
+/// ```
+/// use order_core::{OrderStatus, TransitionKind};
+///
+/// assert_eq!(TransitionKind::Cancel.leaves_from(), &[OrderStatus::Pending]);
+/// assert_eq!(TransitionKind::Retry.target(), OrderStatus::Pending);
+/// let into_completed: Vec<_> = TransitionKind::ALL
+///     .into_iter()
+///     .filter(|kind| kind.target() == OrderStatus::Completed)
+///     .collect();
+/// assert_eq!(into_completed, [TransitionKind::Complete]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransitionKind {
+    /// [`Transition::Start`]: a first start, a start after a retry, or a takeover of a lapsed
+    /// lease.
+    Start,
+    /// [`Transition::Renew`]: a longer lease for the same worker.
+    Renew,
+    /// [`Transition::Complete`]: the handler succeeded.
+    Complete,
+    /// [`Transition::Retry`]: the handler failed, and the order will be tried again.
+    Retry,
+    /// [`Transition::Fail`]: the handler failed for good.
+    Fail,
+    /// [`Transition::Release`]: work handed back unfinished at shutdown.
+    Release,
+    /// [`Transition::Cancel`]: a client cancelled a PENDING order.
+    Cancel,
+}
+
+impl TransitionKind {
+    /// Every kind of transition.
+    pub const ALL: [TransitionKind; 7] = [
+        TransitionKind::Start,
+        TransitionKind::Renew,
+        TransitionKind::Complete,
+        TransitionKind::Retry,
+        TransitionKind::Fail,
+        TransitionKind::Release,
+        TransitionKind::Cancel,
+    ];
+
+    /// The statuses a transition of this kind may leave from. A start leaves from PROCESSING
+    /// too: that is a takeover, once the holder's lease has run out.
+    pub fn leaves_from(self) -> &'static [OrderStatus] {
         match self {
-            Transition::Start { .. } | Transition::Renew { .. } => OrderStatus::Processing,
-            Transition::Complete { .. } => OrderStatus::Completed,
-            Transition::Retry { .. } | Transition::Release { .. } => OrderStatus::Pending,
-            Transition::Fail { .. } => OrderStatus::Failed,
-            Transition::Cancel => OrderStatus::Cancelled,
+            TransitionKind::Start => &[OrderStatus::Pending, OrderStatus::Processing],
+            TransitionKind::Renew
+            | TransitionKind::Complete
+            | TransitionKind::Retry
+            | TransitionKind::Fail
+            | TransitionKind::Release => &[OrderStatus::Processing],
+            TransitionKind::Cancel => &[OrderStatus::Pending],
+        }
+    }
+
+    /// The status a transition of this kind leads to.
+    pub fn target(self) -> OrderStatus {
+        match self {
+            TransitionKind::Start | TransitionKind::Renew => OrderStatus::Processing,
+            TransitionKind::Complete => OrderStatus::Completed,
+            TransitionKind::Retry | TransitionKind::Release => OrderStatus::Pending,
+            TransitionKind::Fail => OrderStatus::Failed,
+            TransitionKind::Cancel => OrderStatus::Cancelled,
         }
     }
 }
@@ -330,5 +413,60 @@ pub trait Repository: Send + Sync {
     /// probe asks before sending traffic. By default, a [`metrics`](Repository::metrics) read.
     async fn check_ready(&self) -> Result<(), StorageError> {
         self.metrics().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_transition_leads_where_its_kind_does_and_kinds_cover_every_transition() {
+        let claim = ClaimToken::generate();
+        let lease = Duration::from_secs(1);
+        let transitions = [
+            Transition::Start { claim, lease },
+            Transition::Renew { claim, lease },
+            Transition::Complete { claim },
+            Transition::Retry {
+                claim,
+                error: "busy".to_owned(),
+            },
+            Transition::Fail {
+                claim,
+                error: "declined".to_owned(),
+            },
+            Transition::Release { claim },
+            Transition::Cancel,
+        ];
+        let kinds: Vec<_> = transitions.iter().map(Transition::kind).collect();
+        assert_eq!(kinds, TransitionKind::ALL);
+        for transition in &transitions {
+            assert_eq!(transition.target(), transition.kind().target());
+        }
+        assert_eq!(Transition::Cancel.target(), OrderStatus::Cancelled);
+    }
+
+    #[test]
+    fn only_a_start_takes_over_and_only_a_cancel_needs_no_worker() {
+        let from_pending: Vec<_> = TransitionKind::ALL
+            .into_iter()
+            .filter(|kind| kind.leaves_from().contains(&OrderStatus::Pending))
+            .collect();
+        assert_eq!(
+            from_pending,
+            [TransitionKind::Start, TransitionKind::Cancel]
+        );
+        let processing_to_processing: Vec<_> = TransitionKind::ALL
+            .into_iter()
+            .filter(|kind| {
+                kind.leaves_from().contains(&OrderStatus::Processing)
+                    && kind.target() == OrderStatus::Processing
+            })
+            .collect();
+        assert_eq!(
+            processing_to_processing,
+            [TransitionKind::Start, TransitionKind::Renew]
+        );
     }
 }

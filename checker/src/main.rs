@@ -1,0 +1,240 @@
+//! `order-checker`: runs concurrent clients against a real `order-server` for a bounded time,
+//! optionally killing the server and restarting PostgreSQL meanwhile, then checks the
+//! recorded history (see the `order_checker` library) and exits non-zero on a violation.
+//!
+//! ```sh
+//! order-checker --backend postgres --clients 8 --duration 30 --faults --seed 7
+//! ```
+
+mod cluster;
+mod server;
+mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use order_checker::history::FaultKind;
+use order_checker::{History, check};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::server::ServerProcess;
+use crate::workload::Workload;
+
+/// Checks order-server's promises against a recorded history of concurrent clients.
+#[derive(Debug, Parser)]
+#[command(name = "order-checker", version)]
+struct Args {
+    /// Where the server keeps orders. `postgres` runs a private PostgreSQL cluster of the
+    /// checker's own (initdb and pg_ctl from PG_BINDIR), so that it can restart it.
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    backend: Backend,
+
+    /// How many clients run at once.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+
+    /// How long the clients run, in seconds.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+
+    /// Inject faults: SIGKILL and restart of the server (`--kills` times) and, on PostgreSQL,
+    /// an immediate restart of the database (`--database-restarts` times). In memory, a killed
+    /// server loses its orders by design, so kills are for the `postgres` backend.
+    #[arg(long)]
+    faults: bool,
+
+    /// Server kills when `--faults` is set.
+    #[arg(long, default_value_t = 2)]
+    kills: usize,
+
+    /// PostgreSQL restarts when `--faults` is set.
+    #[arg(long, default_value_t = 1)]
+    database_restarts: usize,
+
+    /// Seed of the clients' choices and of the fault schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// The order-server binary; by default the one beside this binary.
+    #[arg(long)]
+    server: Option<PathBuf>,
+
+    /// How long the server's simulated processing step takes, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    processing_delay_ms: u64,
+
+    /// Write the history, as JSON, to this file.
+    #[arg(long)]
+    history: Option<PathBuf>,
+
+    /// Append the server's output to this file.
+    #[arg(long)]
+    server_log: Option<PathBuf>,
+}
+
+/// Where orders are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// In the server's memory.
+    Memory,
+    /// In a private PostgreSQL cluster.
+    Postgres,
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    if args.faults && args.backend == Backend::Memory && args.kills > 0 {
+        anyhow::bail!(
+            "--faults kills the server, and a killed in-memory server loses its orders by \
+             design: use --backend postgres, or --kills 0"
+        );
+    }
+    let began = Instant::now();
+    let cluster = match args.backend {
+        Backend::Memory => None,
+        Backend::Postgres => Some(Cluster::create().context("starting a private PostgreSQL")?),
+    };
+    let binary = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the checker's own directory")?
+            .join("order-server"),
+    };
+    let mut env = vec![
+        ("PROCESSING_DELAY_MS", args.processing_delay_ms.to_string()),
+        // Short leases and polls: a killed server's orders are taken over within a second.
+        ("LEASE_MS", "1000".to_owned()),
+        ("POLL_INTERVAL_MS", "200".to_owned()),
+        ("DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
+        ("REQUEST_TIMEOUT_SECS", "5".to_owned()),
+    ];
+    if let Some(cluster) = &cluster {
+        env.push(("DATABASE_URL", cluster.url()));
+    }
+    let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let mut server = ServerProcess::new(binary, env, args.server_log.clone())?;
+    server.start().await?;
+
+    let workload = Arc::new(Workload::new(
+        server.base(),
+        args.seed,
+        Duration::from_secs(10),
+    )?);
+    let duration = Duration::from_secs(args.duration);
+    let deadline = Instant::now() + duration;
+    let plan = fault_plan(&args, duration);
+    let clients = {
+        let workload = workload.clone();
+        let count = args.clients;
+        tokio::spawn(async move { workload.run(count, deadline).await })
+    };
+    let start = Instant::now();
+    for (at, kind) in plan {
+        tokio::time::sleep_until(start + at).await;
+        workload.fault(kind);
+        match kind {
+            FaultKind::ServerKill => {
+                server.kill().await?;
+                server.start().await?;
+            }
+            FaultKind::DatabaseRestart => {
+                if let Some(cluster) = &cluster {
+                    cluster.restart_immediately()?;
+                }
+            }
+        }
+    }
+    clients.await?;
+    let settling = Instant::now();
+    workload.settle(Duration::from_secs(60)).await?;
+    let settled_in = settling.elapsed();
+    if let Some(cluster) = &cluster {
+        workload.database_counts(cluster.count_by_status()?);
+    }
+    server.kill().await?;
+    drop(cluster);
+
+    let history = workload.take_history();
+    let checking = Instant::now();
+    let report = check(&history);
+    let checked_in = checking.elapsed();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "order-checker: {:?} backend, {} clients, {} s, seed {}",
+        args.backend, args.clients, args.duration, args.seed
+    )?;
+    let kills = count(&history, FaultKind::ServerKill);
+    let restarts = count(&history, FaultKind::DatabaseRestart);
+    writeln!(
+        out,
+        "checked {} operations: {} creates, {} orders acknowledged, {} indeterminate; \
+         {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts)",
+        report.ops, report.creates, report.acknowledged, report.indeterminate, report.faults,
+    )?;
+    writeln!(
+        out,
+        "{:.1} s in all: quiet {:.1} s after the clients stopped, checked in {:.1} s",
+        began.elapsed().as_secs_f64(),
+        settled_in.as_secs_f64(),
+        checked_in.as_secs_f64()
+    )?;
+    if let Some(path) = &args.history {
+        let json = serde_json::to_string(&history)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "history written to {}", path.display())?;
+    }
+    let Some(first) = report.first() else {
+        writeln!(out, "no violation")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(out, "VIOLATIONS: {}", report.violations.len())?;
+    for (rule, n) in report.counts() {
+        writeln!(out, "  {rule}: {n}")?;
+    }
+    writeln!(out, "first: {}: {}", first.rule, first.message)?;
+    for &index in &first.ops {
+        if let Some(op) = history.ops.get(index) {
+            writeln!(out, "  op {}", serde_json::to_string(op)?)?;
+        }
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn count(history: &History, kind: FaultKind) -> usize {
+    history.faults.iter().filter(|f| f.kind == kind).count()
+}
+
+/// When each fault is injected: spread evenly over the run, in an order the seed shuffles,
+/// each at a jittered point of its own slot.
+fn fault_plan(args: &Args, duration: Duration) -> Vec<(Duration, FaultKind)> {
+    if !args.faults {
+        return Vec::new();
+    }
+    let mut kinds = vec![FaultKind::ServerKill; args.kills];
+    if args.backend == Backend::Postgres {
+        kinds.extend(vec![FaultKind::DatabaseRestart; args.database_restarts]);
+    }
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    kinds.shuffle(&mut rng);
+    let slot = duration / u32::try_from(kinds.len() + 1).unwrap_or(u32::MAX);
+    kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let own_slot = slot * u32::try_from(i).unwrap_or(u32::MAX);
+            (own_slot + slot.mul_f64(rng.random_range(0.75..1.25)), kind)
+        })
+        .collect()
+}
