@@ -19,13 +19,10 @@
 
 use std::error::Error;
 use std::fmt::Display;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use order_core::postgres::{
-    self, DatabaseConnection, PoolOptions, PostgresQueue, PostgresRepository,
-};
+use order_core::postgres::{self, DatabaseConnection, PoolOptions, PostgresBackend};
 use order_core::{NewOrder, OrderProcessor, SimulatedStep};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -87,12 +84,8 @@ where
 
 /// Submits `ORDERS` orders to a fresh, started processor and waits until all are COMPLETED.
 async fn submit_and_complete(db: &DatabaseConnection) -> BenchResult<Duration> {
-    let queue = PostgresQueue::new(db.clone());
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .repository(Arc::new(
-            PostgresRepository::new(db.clone()).linked_to(&queue),
-        ))
-        .queue(Arc::new(queue))
+        .backend(&PostgresBackend::new(db.clone()))
         .concurrency(CONCURRENCY)
         .build()?;
     let running = processor.start();

@@ -35,11 +35,10 @@
 
 #![allow(clippy::print_stdout)] // An example's output is its point.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
+use order_core::postgres::{self, PoolOptions, PostgresBackend};
 use order_core::{HandlerError, NewOrder, Order, OrderHandler, OrderProcessor, RetryPolicy};
 use rust_decimal::Decimal;
 
@@ -95,13 +94,12 @@ async fn main() -> anyhow::Result<()> {
     postgres::migrate(&db).await?;
     println!("connected; migrations applied");
 
-    // Linked, the repository queues each order in the statement that stores it.
-    let queue = PostgresQueue::new(db.clone());
+    // The backend's queue shares the orders' storage: the statement that stores an order also
+    // queues it, and a claim also starts the order it claims.
     let processor = OrderProcessor::builder(ChargePayment {
         card_limit: Decimal::new(100_000, 2),
     })
-    .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
-    .queue(Arc::new(queue))
+    .backend(&PostgresBackend::new(db))
     .concurrency(8)
     .retry_policy(RetryPolicy {
         max_attempts: 3,

@@ -29,6 +29,11 @@
 #   BENCH_CRITERION_SECONDS=5     criterion's --measurement-time (warm-up is 1 s)
 #   BENCH_DATABASE=order_bench    the scratch database (dropped first if it exists)
 #   BENCH_OUTPUT=BENCHMARKS.md    where the table is written
+#   BENCH_PHASES=all              the phases to run, comma-separated: http (POST and GET on
+#                                 both backends), metrics (/metrics and the dashboard's reads
+#                                 at 1,000,000 orders), burndown, cost (PostgreSQL's work per
+#                                 order), criterion. A run of some phases only prints its
+#                                 table, unless BENCH_OUTPUT is set too.
 #   BENCH_STRICT=1                exit 1 when any target is missed (default: report only)
 # order-server's own settings (WORKERS, DB_MAX_CONNECTIONS, ...) pass through from the
 # environment to the servers and the burn-down driver; the script sets only HOST, PORT,
@@ -49,6 +54,20 @@ METRICS_SECS=${BENCH_METRICS_SECONDS:-3}
 CRITERION_SECS=${BENCH_CRITERION_SECONDS:-5}
 BENCH_DB=${BENCH_DATABASE:-order_bench}
 OUTPUT=${BENCH_OUTPUT:-BENCHMARKS.md}
+PHASES=${BENCH_PHASES:-all}
+if [[ $PHASES != all && -z ${BENCH_OUTPUT:-} ]]; then
+  OUTPUT=""
+fi
+
+# PostgreSQL's work per order in the first design (a queue table beside the orders, PL/pgSQL
+# counter triggers on both), measured once by the cost phase on that code, the reference of the
+# cost row: row versions, WAL bytes and microseconds of the cluster's CPU per order (the median
+# of 3 runs on 2026-12-03: 5.29 to 5.38 row versions, of which 1 insert and 2 updates of the
+# order, 1 insert and 1 update of its queue row (then deleted), and the counters; 1,750 to
+# 1,815 WAL bytes; 269 to 306 us).
+FIRST_DESIGN_VERSIONS=5.36
+FIRST_DESIGN_WAL=1757
+FIRST_DESIGN_CPU_US=288.8
 RSS_LIMIT_MB=64
 
 started=$SECONDS
@@ -60,6 +79,13 @@ die() {
   printf 'error: %s\n' "$*" >&2
   exit 1
 }
+
+# wants PHASE: whether BENCH_PHASES asks for it.
+wants() { [[ $PHASES == all || ,$PHASES, == *",$1,"* ]]; }
+for phase in ${PHASES//,/ }; do
+  [[ $phase =~ ^(all|http|metrics|burndown|cost|criterion)$ ]] ||
+    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, cost, criterion)"
+done
 
 for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, not '${!var}'"
@@ -545,6 +571,7 @@ UPDATE bench_burn SET status = 'COMPLETED', processing_end_time = now() WHERE id
 END;
 SQL
 
+if wants http; then
 # ---------------------------------------------------------------------------------------------
 step "servers: order-server on PostgreSQL, order-server in memory, bench-echo"
 start_server order-server-pg RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
@@ -670,6 +697,9 @@ stop_server "$ECHO_PID"
 stop_server "$MEM_PID"
 stop_server "$PG_PID"
 
+fi
+
+if wants metrics; then
 # ---------------------------------------------------------------------------------------------
 phase_started=$SECONDS
 step "/metrics on PostgreSQL: a fresh database and server, $(commas "$METRICS_SMALL") orders stored"
@@ -760,12 +790,20 @@ step "stopping the server"
 stop_server "$PG_PID"
 say "($((SECONDS - phase_started)) s)"
 
+fi
+
+if wants burndown; then
 # ---------------------------------------------------------------------------------------------
 phase_started=$SECONDS
 # pgbench's clients claim and complete one row per transaction for BENCH_SECONDS, over a table
 # of BENCH_BURNDOWN_ORDERS PENDING rows (more than they get through), so that every claim
 # finds a row.
 burn_rows=$BURN_ORDERS
+# The reference table copies the engine's: a run of this phase alone migrates first.
+if [[ -z $(bench_sql -Atc "SELECT to_regclass('order_engine_orders')") ]]; then
+  DATABASE_URL="$BENCH_URL" "$BURNDOWN_BIN" --backend postgres --orders 1 >/dev/null ||
+    die "bench-burndown could not migrate the bench database"
+fi
 bench_sql -c 'DROP TABLE IF EXISTS bench_burn' \
   -c 'CREATE TABLE bench_burn (LIKE order_engine_orders INCLUDING ALL)' \
   -c "CREATE INDEX bench_burn_pending ON bench_burn (id) WHERE status = 'PENDING'"
@@ -814,6 +852,92 @@ row "burn-down of $(commas "$BURN_ORDERS") PENDING orders to COMPLETED, zero-del
   "$(ratio "$m_engine" "$m_burn")" "— (reference only)" "—"
 say "($((SECONDS - phase_started)) s)"
 
+fi
+
+# ---------------------------------------------------------------------------------------------
+# What PostgreSQL itself spends per order, from POST to COMPLETED: row versions written (heap
+# tuples inserted or updated, in every table: orders, queue, counters, keys), WAL bytes and
+# records (`pg_stat_wal`), and the CPU time of the cluster's processes. `pg_stat_wal` counts the
+# whole cluster, so this runs on a private cluster of its own (the bench's own, if it is
+# private), started from PG_BINDIR and removed at exit, with nothing else on it.
+if wants cost; then
+  phase_started=$SECONDS
+  step "cost per order on PostgreSQL: a private cluster"
+  if [[ -n ${PG__PRIVATE_DIR:-} ]]; then
+    COST_ADMIN_URL=$TEST_DATABASE_URL
+  else
+    bench_admin_url=$TEST_DATABASE_URL
+    pg_start_private || die "could not start a private cluster for the cost per order"
+    COST_ADMIN_URL=$TEST_DATABASE_URL
+    TEST_DATABASE_URL=$bench_admin_url
+  fi
+  COST_PGDATA="$PG__PRIVATE_DIR/data"
+  COST_URL=$(pg_url_with_database "$COST_ADMIN_URL" order_cost)
+  cost_sql() { pg_psql "$COST_URL" -Atq -c 'SET client_min_messages TO warning' "$@"; }
+  pg_psql "$COST_ADMIN_URL" -q -c 'DROP DATABASE IF EXISTS order_cost WITH (FORCE)' \
+    -c 'CREATE DATABASE order_cost' || die "could not create the database order_cost"
+  # CPU seconds of the cluster so far: the postmaster's own and its reaped children's, plus
+  # every live child's (a backend that exits is added to the postmaster's reaped time).
+  cluster_cpu() {
+    local postmaster ticks
+    postmaster=$(head -n 1 "$COST_PGDATA/postmaster.pid")
+    ticks=$(
+      {
+        sed 's/^.*) //' "/proc/$postmaster/stat" | awk '{ print $12 + $13 + $14 + $15 }'
+        for child in $(ps -o pid= --ppid "$postmaster"); do
+          sed 's/^.*) //' "/proc/$child/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+        done
+      } | awk '{ t += $1 } END { print t }'
+    )
+    calc "$ticks / $(getconf CLK_TCK)"
+  }
+  unfinished_sql() { cost_sql -c "SELECT count(*) FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')"; }
+  start_server order-server-cost RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$COST_URL" "$SERVER_BIN"
+  COST_PID=$SERVER_PID COST_PORT=$SERVER_PORT
+  wrk_run cost-warmup "http://127.0.0.1:$COST_PORT/orders" "$POST_LUA" 2 >/dev/null
+  wait_drained "$COST_PORT"
+  # A backend reports its statistics when it exits (an idle one may hold them back for up to
+  # 10 s): a fresh server, so that none of the warm-up's are reported after the reset.
+  stop_server "$COST_PID"
+  start_server order-server-cost RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$COST_URL" "$SERVER_BIN"
+  COST_PID=$SERVER_PID COST_PORT=$SERVER_PORT
+  sleep 1
+  orders_before=$(cost_sql -c 'SELECT count(*) FROM order_engine_orders')
+  cost_sql -c 'CHECKPOINT' -c 'SELECT pg_stat_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
+  cpu_before=$(cluster_cpu)
+  result=$(wrk_run cost "http://127.0.0.1:$COST_PORT/orders" "$POST_LUA")
+  read -r rps _ _ errors <<<"$result"
+  deadline=$((SECONDS + 300))
+  until (($(unfinished_sql) == 0)); do
+    ((SECONDS < deadline)) || die "the orders posted for the cost per order were not all finished within 300 s"
+    sleep 0.2
+  done
+  # Stopped, so that its backends exit and report their statistics.
+  stop_server "$COST_PID"
+  sleep 1
+  cpu_after=$(cluster_cpu)
+  orders=$(($(cost_sql -c 'SELECT count(*) FROM order_engine_orders') - orders_before))
+  ((orders > 0)) || die "no orders were made for the cost per order"
+  read -r versions hot deleted <<<"$(cost_sql -F ' ' -c "
+    SELECT sum(n_tup_ins + n_tup_upd), sum(n_tup_hot_upd), sum(n_tup_del) FROM pg_stat_user_tables")"
+  read -r wal_bytes wal_records wal_fpi <<<"$(cost_sql -F ' ' -c 'SELECT wal_bytes, wal_records, wal_fpi FROM pg_stat_wal')"
+  say "$(commas "$orders") orders at $(commas "$rps")/s ($errors errors); per table (inserted, updated, HOT, deleted):"
+  cost_sql -F ' ' -c "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables
+                       WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY relname" | sed 's/^/      /'
+  per() { awk -v a="$1" -v n="$orders" 'BEGIN { printf "%.2f\n", a / n }'; }
+  COST_VERSIONS=$(per "$versions") COST_WAL=$(per "$wal_bytes") COST_RECORDS=$(per "$wal_records")
+  COST_CPU_US=$(awk -v a="$cpu_after" -v b="$cpu_before" -v n="$orders" 'BEGIN { printf "%.1f\n", (a - b) * 1e6 / n }')
+  say "per order: $COST_VERSIONS row versions ($(per "$hot") of them HOT updates; $(per "$deleted") rows deleted), $COST_WAL WAL bytes in $COST_RECORDS records ($(per "$wal_fpi") full-page images), $COST_CPU_US us of PostgreSQL CPU"
+  cost_cell="$COST_VERSIONS row versions, $(commas "$COST_WAL") WAL bytes, $COST_CPU_US us PostgreSQL CPU$(flag_errors "$errors")"
+  row "PostgreSQL's work per order, POST to COMPLETED ($(commas "$orders") orders posted at $(commas "$rps")/s, private cluster)" \
+    "$cost_cell" \
+    "the first design (a queue table beside the orders, counter triggers), measured 2026-12-03: $FIRST_DESIGN_VERSIONS row versions, $(commas "$FIRST_DESIGN_WAL") WAL bytes, $FIRST_DESIGN_CPU_US us" \
+    "$(ratio "$COST_WAL" "$FIRST_DESIGN_WAL") (WAL)" "fewer row versions and WAL bytes than the first design" \
+    "$(with_errors "$(verdict "$COST_VERSIONS < $FIRST_DESIGN_VERSIONS" "$COST_WAL < $FIRST_DESIGN_WAL")" "$errors")"
+  say "($((SECONDS - phase_started)) s)"
+fi
+
+if wants criterion; then
 # ---------------------------------------------------------------------------------------------
 phase_started=$SECONDS
 step "criterion: benches/processor.rs (as cargo bench runs it; measurement ${CRITERION_SECS} s, warm-up 1 s)"
@@ -846,9 +970,15 @@ row "criterion: in-memory OrderProcessor submit → COMPLETED (benches/processor
   "$(verdict "$engine_rate >= 500000" "$mpsc_rate / $engine_rate <= 5")"
 say "($((SECONDS - phase_started)) s)"
 
+fi
+
 # ---------------------------------------------------------------------------------------------
-write_report
-step "results (written to $OUTPUT), $((SECONDS - started)) s in all"
+if [[ -n $OUTPUT ]]; then
+  write_report
+  step "results (written to $OUTPUT), $((SECONDS - started)) s in all"
+else
+  step "results (phases $PHASES; not written to a file), $((SECONDS - started)) s in all"
+fi
 printf '\n| figure | project | reference (same run) | ratio | target | result |\n|---|---|---|---|---|---|\n'
 printf '%s\n' "${ROWS[@]}"
 printf '\n%s target(s) missed.\n' "$MISSES"

@@ -27,11 +27,14 @@
 //!   [`OrderStatus::may_reach`], from the [`TransitionKind`]s the engine applies).
 //! - The ports, traits that the engine is written against:
 //!   [`Repository`] (where orders live, the source of truth), [`Queue`] (which orders wait
-//!   for a worker, and who holds which) and [`OrderHandler`] (what processing an order means
-//!   to you).
+//!   for a worker, and who holds which), [`Backend`] (a repository and the queue that shares
+//!   its storage, built in one call: a claim then starts what it claims, see
+//!   [`QueueStorage`]) and [`OrderHandler`] (what processing an order means to you).
 //! - The engine, [`OrderProcessor`]: submit, get, cancel, metrics, and a claim loop that keeps
 //!   up to `concurrency` orders in the handler.
-//! - The adapters: [`InMemoryRepository`] and [`InMemoryQueue`] in [`memory`].
+//! - The adapters: [`InMemoryRepository`], [`InMemoryQueue`] and [`InMemoryBackend`] (the two
+//!   kept in step) in [`memory`]; `PostgresRepository` and `PostgresBackend` in `postgres`
+//!   (feature `postgres`).
 //! - What the engine measures, in [`telemetry`]: counters and histograms through the `metrics`
 //!   facade (recorded only once the embedding service installs a recorder), and one tracing
 //!   span per attempt, carrying `order_id` and `delivery`, around its log events (acceptance,
@@ -64,12 +67,15 @@
 //! # Features
 //!
 //! - `mock`: mockall's `MockRepository`, `MockQueue` and `MockOrderHandler`, for your tests.
-//! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`])
-//!   that every `Repository` and `Queue` must pass; run it against your own adapter.
+//! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`],
+//!   and [`backend_contract_tests!`] for a backend whose queue shares its repository's storage)
+//!   that every `Repository`, `Queue` and such `Backend` must pass; run it against your own
+//!   adapter.
 //! - `openapi`: utoipa's `ToSchema` for [`Order`], [`NewOrder`], [`OrderStatus`], [`OrderId`],
 //!   [`StatusCounts`] and [`QueueDepth`], so an HTTP API can document them from the code;
 //!   `NewOrder`'s schema carries the limits [`NewOrder::validate`] enforces.
 
+pub mod backend;
 pub mod changes;
 mod error;
 pub mod handler;
@@ -85,13 +91,14 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use backend::Backend;
 pub use changes::{Change, ChangeFeed};
 pub use error::{CancelError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
 pub use handler::{HandlerError, OrderHandler, SimulatedStep};
 pub use idempotency::{Fingerprint, IdempotencyKey, Insertion, InvalidIdempotencyKey, KeyRecord};
-pub use memory::{InMemoryQueue, InMemoryRepository};
+pub use memory::{InMemoryBackend, InMemoryQueue, InMemoryRepository};
 pub use order::{
     NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidatedOrder,
     ValidationError,
@@ -102,7 +109,7 @@ pub use processor::{
 };
 #[cfg(any(test, feature = "mock"))]
 pub use queue::MockQueue;
-pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
+pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError, QueueStorage};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockRepository;
 pub use repository::{

@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backend::Backend;
 use crate::changes::ChangeFeed;
 use crate::error::{CancelError, StorageError, SubmitError};
 use crate::handler::{HandlerError, OrderHandler};
 use crate::idempotency::{DEFAULT_KEY_TTL, Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{NewOrder, Order, OrderId, OrderStatus};
-use crate::queue::{Claim, Queue, QueueDepth, QueueError};
+use crate::queue::{Claim, Queue, QueueDepth, QueueError, QueueStorage};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
 use crate::telemetry::{self, count, observe};
 
@@ -144,6 +145,14 @@ impl RetryPolicy {
 /// Why [`OrderProcessorBuilder::build`] refused its settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
+    /// The queue keeps its state in a repository's storage
+    /// ([`QueueStorage::Repository`]), but did not come with its repository from
+    /// [`OrderProcessorBuilder::backend`]: paired with another repository it would start orders
+    /// that repository does not hold.
+    #[error(
+        "this queue shares its repository's storage: set both with .backend(..), not with .queue(..)"
+    )]
+    QueueWithoutItsRepository,
     /// A setting is out of range.
     #[error("{setting} {reason}")]
     InvalidSetting {
@@ -160,6 +169,8 @@ pub struct OrderProcessorBuilder {
     repository: Option<Arc<dyn Repository>>,
     queue: Option<Arc<dyn Queue>>,
     change_feed: Option<Arc<dyn ChangeFeed>>,
+    /// Whether the repository and the queue were last set together, by `backend`.
+    from_one_backend: bool,
     handler: Arc<dyn OrderHandler>,
     settings: Settings,
 }
@@ -184,15 +195,34 @@ struct Settings {
 }
 
 impl OrderProcessorBuilder {
-    /// Where orders are stored; in memory unless set.
-    pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
-        self.repository = Some(repository);
+    /// The repository, the queue and (if it has one) the change feed of `backend`, in one
+    /// call: the way to use a queue that shares its repository's storage, such as
+    /// `PostgresBackend`'s or [`InMemoryBackend`](crate::InMemoryBackend)'s.
+    pub fn backend(mut self, backend: &dyn Backend) -> Self {
+        self.repository = Some(backend.repository());
+        self.queue = Some(backend.queue());
+        if let Some(feed) = backend.change_feed() {
+            self.change_feed = Some(feed);
+        }
+        self.from_one_backend = true;
         self
     }
 
-    /// The work queue; in memory unless set.
+    /// Where orders are stored; in memory unless set. Replaces a [`backend`](Self::backend)'s
+    /// repository: then its queue must be one of its own ([`QueueStorage::Own`]), or be
+    /// replaced too.
+    pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
+        self.repository = Some(repository);
+        self.from_one_backend = false;
+        self
+    }
+
+    /// The work queue; in memory unless set. It must keep ids of its own
+    /// ([`QueueStorage::Own`]): a queue that shares its repository's storage comes with it,
+    /// from [`backend`](Self::backend).
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(queue);
+        self.from_one_backend = false;
         self
     }
 
@@ -276,13 +306,19 @@ impl OrderProcessorBuilder {
         if s.key_ttl < Duration::from_secs(1) {
             return invalid("idempotency_ttl", "must be at least 1 second");
         }
+        let queue: Arc<dyn Queue> = self.queue.unwrap_or_else(|| Arc::new(InMemoryQueue::new()));
+        let shared_storage = queue.storage() == QueueStorage::Repository;
+        if shared_storage && !self.from_one_backend {
+            return Err(BuildError::QueueWithoutItsRepository);
+        }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(OrderProcessor {
             engine: Arc::new(Engine {
                 repository: self
                     .repository
                     .unwrap_or_else(|| Arc::new(InMemoryRepository::new())),
-                queue: self.queue.unwrap_or_else(|| Arc::new(InMemoryQueue::new())),
+                queue,
+                shared_storage,
                 handler: self.handler,
                 settings: s,
                 events,
@@ -318,6 +354,10 @@ struct Engine {
     repository: Arc<dyn Repository>,
     /// Which orders wait for a worker; rebuilt from the repository by the sweep if lost.
     queue: Arc<dyn Queue>,
+    /// Whether the queue keeps its state in the repository's storage
+    /// ([`QueueStorage::Repository`]): then the engine leaves out the calls the pair's own
+    /// statements make unnecessary.
+    shared_storage: bool,
     /// The embedding service's processing step.
     handler: Arc<dyn OrderHandler>,
     /// Fixed at build time, checked by the builder.
@@ -338,6 +378,7 @@ impl OrderProcessor {
             repository: None,
             queue: None,
             change_feed: None,
+            from_one_backend: false,
             handler: Arc::new(handler),
             settings: Settings {
                 concurrency: 64,
@@ -420,6 +461,13 @@ impl OrderProcessor {
         count(telemetry::ORDERS_CREATED);
         info!(order_id = %order.id, "order accepted");
         self.engine.publish(&order);
+        if self.engine.shared_storage {
+            // Queued by the statement that stored it.
+            return Ok(Submitted {
+                order,
+                replayed: false,
+            });
+        }
         // A connection cut by a database restart fails once; a couple of quick retries spare
         // the order a wait for the recovery sweep. They stop after a second, so that a
         // database that is down does not hold the request much past its first failure.
@@ -691,6 +739,14 @@ impl Drop for ProcessorHandle {
 }
 
 impl Engine {
+    /// Takes a finished order's claim off the queue, unless the queue shares the repository's
+    /// storage: then the transition that finished it did.
+    async fn dequeue_finished(&self, claim: &Claim) {
+        if !self.shared_storage {
+            settle(self.queue.ack(claim).await);
+        }
+    }
+
     fn publish(&self, order: &Order) {
         // Cloning an order (with up to 1000 item ids) is not free: skip it when nobody listens.
         if self.events.receiver_count() > 0 {
@@ -846,23 +902,29 @@ async fn claim_loop(
 /// may start the orders it claims in the claim's own statement).
 async fn process(
     engine: &Engine,
-    claim: Claim,
+    mut claim: Claim,
     claimed_at: tokio::time::Instant,
     abandon: &CancellationToken,
 ) {
     let s = engine.settings;
     let id = claim.order_id;
-    let order = match engine
-        .repository
-        .transition(
-            id,
-            Transition::Start {
-                claim: claim.token,
-                lease: s.lease,
-            },
-        )
-        .await
-    {
+    let started = match claim.started.take() {
+        // Started by the claim itself.
+        Some(order) => Ok(order),
+        None => {
+            engine
+                .repository
+                .transition(
+                    id,
+                    Transition::Start {
+                        claim: claim.token,
+                        lease: s.lease,
+                    },
+                )
+                .await
+        }
+    };
+    let order = match started {
         Ok(order) => order,
         Err(TransitionError::Conflict {
             current,
@@ -938,7 +1000,7 @@ async fn process(
             Ok(_) => {
                 count(telemetry::ORDERS_COMPLETED);
                 info!(attempt = order.attempts, "order completed");
-                settle(engine.queue.ack(&claim).await);
+                engine.dequeue_finished(&claim).await;
             }
             Err(err) => warn!(error = %err, "could not record completion"),
         },
@@ -958,7 +1020,7 @@ async fn process(
                 {
                     Ok(_) => {
                         count(telemetry::ORDERS_FAILED);
-                        settle(engine.queue.ack(&claim).await);
+                        engine.dequeue_finished(&claim).await;
                     }
                     Err(err) => warn!(error = %err, "could not record the failure"),
                 }
@@ -1029,6 +1091,10 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
             // The repository counts the lease from when it applied the renewal, no earlier than
             // this call began.
             Ok(_) => held_until = asked_at + lease,
+        }
+        if engine.shared_storage {
+            // The renewal held the queue's entry too: it is the same row.
+            continue;
         }
         match tokio::time::timeout(period, engine.queue.extend(claim, lease)).await {
             Ok(Err(QueueError::LeaseLost(_))) => return,
@@ -1103,7 +1169,13 @@ async fn sweep_loop(engine: Arc<Engine>, stop: CancellationToken) {
 /// Pushes every PENDING order, and every PROCESSING one whose lease ran out, to the queue;
 /// returns how many the queue did not hold. Pushing is idempotent, so orders the queue
 /// already holds stay as they are.
+///
+/// A queue that shares the repository's storage cannot lose what the repository holds: its
+/// sweep has nothing to do.
 async fn sweep(engine: &Engine) -> Result<usize, StorageError> {
+    if engine.shared_storage {
+        return Ok(0);
+    }
     let mut after = None;
     let mut pushed = 0;
     loop {

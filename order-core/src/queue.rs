@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::order::OrderId;
+use crate::order::{Order, OrderId};
 
 /// The fencing token of one claim: unique across claims, processes and restarts.
 ///
@@ -42,7 +42,7 @@ impl fmt::Display for ClaimToken {
 }
 
 /// An order handed to one worker for the length of a lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
     /// The order to work on.
     pub order_id: OrderId,
@@ -51,6 +51,54 @@ pub struct Claim {
     /// How many times the queue has handed this order out, this claim included (1 the first
     /// time; more after retries or lapsed leases).
     pub deliveries: u32,
+    /// The order as this claim started it, for a queue that shares its repository's storage
+    /// ([`QueueStorage::Repository`]): the claim applied [`Transition::Start`] with this
+    /// claim's token and lease in the same step, and the worker must not start it again.
+    /// `None` from a queue of its own, and for an order the claim could not start (finished,
+    /// cancelled, or held under another worker's live lease): the worker's own `Start` then
+    /// says why.
+    ///
+    /// [`Transition::Start`]: crate::Transition::Start
+    pub started: Option<Order>,
+}
+
+impl Claim {
+    /// A claim on `order_id` under `token`, its `deliveries`-th, that started nothing.
+    pub fn new(order_id: OrderId, token: ClaimToken, deliveries: u32) -> Self {
+        Self {
+            order_id,
+            token,
+            deliveries,
+            started: None,
+        }
+    }
+}
+
+/// Where a [`Queue`] keeps its state, which decides what the engine asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueStorage {
+    /// Ids of its own, beside the repository: the engine pushes each order it stores, starts
+    /// each order it claims, acks each it finishes, and its recovery sweep re-queues what the
+    /// queue may have lost (after a crash, or from a queue that does not survive restarts).
+    Own,
+    /// The repository's own storage: the queue is the repository's unfinished orders, so
+    /// nothing can be stored without being queued, or lost between the two. The pair comes
+    /// from one [`Backend`](crate::Backend) and keeps these rules, which the backend contract
+    /// suite checks:
+    ///
+    /// - the repository's `insert` and `insert_keyed` queue the order they store;
+    /// - [`claim`](Queue::claim) starts each order it claims ([`Claim::started`]);
+    /// - a transition to a finished status (Complete, Fail, Cancel) takes the order off the
+    ///   queue, and a `Renew` holds it for the new lease;
+    /// - Retry and Release leave it held by the claim until [`retry`](Queue::retry) says
+    ///   when it may be claimed again.
+    ///
+    /// The engine then makes none of the calls these make unnecessary (push after insert,
+    /// start after claim, ack after finishing, extend after renewing, the sweep), and
+    /// [`OrderProcessorBuilder::build`](crate::OrderProcessorBuilder::build) refuses such a
+    /// queue unless it came with its repository from
+    /// [`backend`](crate::OrderProcessorBuilder::backend).
+    Repository,
 }
 
 /// Why a queue operation failed.
@@ -94,6 +142,8 @@ pub struct QueueDepth {
 ///   [`QueueError::LeaseLost`].
 /// - [`wait`](Queue::wait) returns early when work may have arrived; it may also return for no
 ///   reason, so callers claim in a loop.
+/// - A queue that keeps its state in its repository's storage says so
+///   ([`storage`](Queue::storage)), and keeps the rules of [`QueueStorage::Repository`].
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Queue: Send + Sync {
@@ -130,4 +180,9 @@ pub trait Queue: Send + Sync {
 
     /// How many ids the queue holds, by state.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// Where this queue keeps its state; [`QueueStorage::Own`] unless it says otherwise.
+    fn storage(&self) -> QueueStorage {
+        QueueStorage::Own
+    }
 }

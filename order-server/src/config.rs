@@ -6,9 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use order_core::postgres::{
-    self, PoolOptions, PostgresChangeFeed, PostgresQueue, PostgresRepository,
-};
+use order_core::postgres::{self, PoolOptions, PostgresBackend};
 use order_core::{
     BuildError, InMemoryRepository, OrderProcessor, RetryPolicy, SimulatedStep, StorageError,
 };
@@ -193,11 +191,7 @@ impl Config {
         }
         if let Some(url) = &self.database_url {
             let db = self.connect_and_migrate(url).await?;
-            let queue = PostgresQueue::new(db.clone());
-            builder = builder
-                .change_feed(Arc::new(PostgresChangeFeed::new(&db)))
-                .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
-                .queue(Arc::new(queue));
+            builder = builder.backend(&PostgresBackend::new(db));
         }
         Ok(builder.build()?)
     }

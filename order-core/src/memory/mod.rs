@@ -2,9 +2,11 @@
 //! losing the backlog on exit is acceptable, and as the reference the durable backends are
 //! checked against.
 
+mod backend;
 mod queue;
 mod repository;
 
+pub use backend::InMemoryBackend;
 pub use queue::InMemoryQueue;
 pub use repository::InMemoryRepository;
 
@@ -31,4 +33,24 @@ mod repository_contract {
 #[cfg(test)]
 mod queue_contract {
     crate::queue_contract_tests!(async || std::sync::Arc::new(super::InMemoryQueue::new()));
+}
+
+#[cfg(test)]
+mod backend_contract {
+    crate::backend_contract_tests!(async || std::sync::Arc::new(super::InMemoryBackend::new()));
+}
+
+/// The backend's repository and queue, each held to its own port's contract.
+#[cfg(test)]
+mod backend_repository_contract {
+    use crate::Backend;
+
+    crate::repository_contract_tests!(async || super::InMemoryBackend::new().repository());
+}
+
+#[cfg(test)]
+mod backend_queue_contract {
+    use crate::Backend;
+
+    crate::queue_contract_tests!(async || super::InMemoryBackend::new().queue());
 }

@@ -69,6 +69,20 @@ impl InMemoryQueue {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Takes `id` off the queue, whatever its state: for a backend whose order left the
+    /// queue's reach (cancelled). A ready entry's place in line is skipped when its turn comes.
+    pub(crate) fn forget(&self, id: OrderId) {
+        let mut state = lock(&self.state);
+        match state.entries.remove(&id).map(|entry| entry.state) {
+            Some(EntryState::Delayed) => state.delayed -= 1,
+            Some(EntryState::Claimed { until, .. }) => {
+                state.deadlines.remove(&(until, id));
+                state.claimed -= 1;
+            }
+            Some(EntryState::Ready) | None => {}
+        }
+    }
 }
 
 impl State {
@@ -141,23 +155,22 @@ impl Queue for InMemoryQueue {
         let until = deadline(now, lease);
         let mut state = lock(&self.state);
         state.release_due(now);
-        let count = max.min(state.ready.len());
-        let mut claims = Vec::with_capacity(count);
-        for _ in 0..count {
+        let mut claims = Vec::with_capacity(max.min(state.ready.len()));
+        while claims.len() < max {
             let Some(id) = state.ready.pop_front() else {
                 break;
             };
+            // Forgotten since it was queued (and maybe queued again, with a place of its own).
             let Some(entry) = state.entries.get_mut(&id) else {
                 continue;
             };
+            if entry.state != EntryState::Ready {
+                continue;
+            }
             let token = ClaimToken::generate();
             entry.state = EntryState::Claimed { token, until };
             entry.deliveries = entry.deliveries.saturating_add(1);
-            claims.push(Claim {
-                order_id: id,
-                token,
-                deliveries: entry.deliveries,
-            });
+            claims.push(Claim::new(id, token, entry.deliveries));
             state.deadlines.insert((until, id));
         }
         state.claimed += claims.len() as u64;
@@ -233,8 +246,10 @@ impl Queue for InMemoryQueue {
         // settle its claim.
         let now = Instant::now();
         let state = lock(&self.state);
+        // Not `ready.len()`: a forgotten entry keeps its place in line until its turn.
+        let held = state.entries.len() as u64;
         let mut depth = QueueDepth {
-            ready: state.ready.len() as u64,
+            ready: held - state.delayed - state.claimed,
             delayed: state.delayed,
             claimed: state.claimed,
         };

@@ -1,11 +1,15 @@
 //! Backends on PostgreSQL, through sea-orm: orders and the queue survive restarts, and several
 //! processes on one database share the work with PostgreSQL as their only coordinator.
 //!
+//! - [`PostgresBackend`] is the pair the engine runs on, built in one call: the repository,
+//!   the queue that shares its storage (a claim starts what it claims, see
+//!   [`QueueStorage::Repository`](crate::QueueStorage::Repository)) and the change feed.
 //! - [`PostgresRepository`] keeps orders in `order_engine_orders`. Every status change is one
 //!   fenced `UPDATE ... WHERE` (a compare-and-set), and a statement trigger keeps per-status
 //!   counters in `order_engine_status_counts`, so [`metrics`](crate::Repository::metrics)
 //!   reads a few dozen rows however many orders there are.
-//! - [`PostgresQueue`] keeps claimable ids in `order_engine_queue`. Workers claim with
+//! - [`PostgresQueue`], the backend's queue, keeps claimable ids in `order_engine_queue`.
+//!   Workers claim with
 //!   `FOR UPDATE SKIP LOCKED`, leases are timestamps on the database's clock, and idle workers
 //!   sleep on `LISTEN order_engine_queue` until a push sends `NOTIFY`.
 //! - [`PostgresChangeFeed`] hears of every status change, made by any process: a statement
@@ -16,17 +20,14 @@
 //!   so it can run beside an embedding service's own migrations in the same database.
 //!
 //! ```no_run
-//! use std::sync::Arc;
-//! use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
+//! use order_core::postgres::{PoolOptions, PostgresBackend};
 //! use order_core::{OrderProcessor, SimulatedStep};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
-//! postgres::migrate(&db).await?;
-//! let queue = PostgresQueue::new(db.clone());
+//! let backend =
+//!     PostgresBackend::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
 //! let processor = OrderProcessor::builder(SimulatedStep::new(std::time::Duration::ZERO))
-//!     .repository(Arc::new(PostgresRepository::new(db).linked_to(&queue)))
-//!     .queue(Arc::new(queue))
+//!     .backend(&backend)
 //!     .build()?;
 //! let running = processor.start();
 //! # running.shutdown(std::time::Duration::from_secs(5)).await;
@@ -43,6 +44,7 @@ mod migration;
 mod queue;
 mod repository;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
@@ -54,8 +56,67 @@ pub use queue::PostgresQueue;
 pub use repository::PostgresRepository;
 pub use sea_orm::DatabaseConnection;
 
+use crate::backend::Backend;
+use crate::changes::ChangeFeed;
 use crate::error::StorageError;
+use crate::queue::Queue;
+use crate::repository::Repository;
 use error::storage_error;
+
+/// PostgreSQL's repository, queue and change feed, on one connection pool: what
+/// [`OrderProcessorBuilder::backend`](crate::OrderProcessorBuilder::backend) takes.
+///
+/// The queue keeps its state beside the orders and shares statements with the repository (see
+/// [`PostgresRepository`] and [`PostgresQueue`]), so the two come only as this pair. For
+/// orders in PostgreSQL with a queue of another kind, use [`PostgresRepository::new`] alone.
+///
+/// Cloning is cheap: clones share the pool, the batches and the listeners.
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    db: DatabaseConnection,
+    repository: Arc<PostgresRepository>,
+    queue: Arc<PostgresQueue>,
+    changes: Arc<PostgresChangeFeed>,
+}
+
+impl PostgresBackend {
+    /// Connects to the database at `url` ([`connect`]) and brings its schema up to date
+    /// ([`migrate`]).
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StorageError> {
+        let db = connect(url, options).await?;
+        migrate(&db).await?;
+        Ok(Self::new(db))
+    }
+
+    /// The backend on a pool whose database [`migrate`] has set up.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            repository: Arc::new(PostgresRepository::queueing(db.clone())),
+            queue: Arc::new(PostgresQueue::new(db.clone())),
+            changes: Arc::new(PostgresChangeFeed::new(&db)),
+            db,
+        }
+    }
+
+    /// The connection pool, for readiness checks and an embedding service's own queries.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn repository(&self) -> Arc<dyn Repository> {
+        self.repository.clone()
+    }
+
+    fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+
+    fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        Some(self.changes.clone())
+    }
+}
 
 /// The channel a trigger on `order_engine_orders` sends each statement's changed order ids
 /// on (comma-separated), and that [`PostgresChangeFeed`] `LISTEN`s to.
@@ -215,7 +276,7 @@ mod shared_database {
                 for _ in 0..2 {
                     let repository = PostgresRepository::new(pool.clone());
                     repositories.push(Arc::new(if linked {
-                        repository.linked_to(&PostgresQueue::new(pool.clone()))
+                        PostgresRepository::queueing(pool.clone())
                     } else {
                         repository
                     }));
@@ -384,10 +445,10 @@ mod shared_database {
         assert_eq!(seen.len(), 400);
     }
 
-    /// Linked queues on separate pools, claiming at once: each claim starts its order, and no
-    /// order is started twice; counted in the database.
+    /// Backends on separate pools, claiming at once: each claim starts its order, and no order
+    /// is started twice; counted in the database.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn linked_claimers_on_separate_pools_start_each_order_once() {
+    async fn claimers_on_separate_pools_start_each_order_once() {
         use sea_orm::ConnectionTrait;
 
         const ORDERS: usize = 400;
@@ -396,9 +457,8 @@ mod shared_database {
         for _ in 0..crate::testing::RACERS / 2 {
             let pool = second_pool(&db).await;
             for _ in 0..2 {
-                let queue = PostgresQueue::new(pool.clone());
-                let repository = PostgresRepository::new(pool.clone()).linked_to(&queue);
-                queues.push(Arc::new((queue, repository)));
+                let backend = PostgresBackend::new(pool.clone());
+                queues.push(Arc::new((backend.queue(), backend.repository())));
             }
         }
         for _ in 0..ORDERS {
@@ -417,11 +477,11 @@ mod shared_database {
                     if claims.is_empty() {
                         return mine;
                     }
-                    mine.extend(
-                        claims
-                            .into_iter()
-                            .map(|claim| (claim.order_id, claim.token)),
-                    );
+                    for claim in claims {
+                        let started = claim.started.expect("the claim started its order");
+                        assert_eq!(started.id, claim.order_id);
+                        mine.push((claim.order_id, claim.token));
+                    }
                 }
             },
         )
@@ -493,72 +553,56 @@ mod shared_database {
         }
     }
 
+    /// What the pair's shared statements do to the queue, as the queue itself reports it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_linked_repository_queues_what_it_stores_and_acks_what_it_completes() {
+    async fn the_backend_queues_what_it_stores_and_dequeues_what_it_finishes() {
         let db = TestDatabase::create().await;
-        let queue = PostgresQueue::new(db.connection().clone());
-        let repository = PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        let backend = PostgresBackend::new(db.connection().clone());
+        let (repository, queue) = (backend.repository(), backend.queue());
         let lease = Duration::from_secs(60);
 
         let order = repository.insert(&sample_order("a", 1)).await.unwrap();
         // Queued by the insert itself: a process that died right after it loses nothing.
         assert_eq!(queue.depth().await.unwrap().ready, 1);
-        // The engine's push that follows is answered without a second row.
-        assert!(queue.push(order.id).await.unwrap());
+        assert!(!queue.push(order.id).await.unwrap(), "already queued");
         assert_eq!(queue.depth().await.unwrap().ready, 1);
-        // A queue that is not linked finds the id already queued.
-        let other = PostgresQueue::new(second_pool(&db).await);
-        assert!(!other.push(order.id).await.unwrap());
 
         let claim = queue.claim(10, lease).await.unwrap().remove(0);
-        // Started by the claim's own statement...
-        let stored = repository.get(order.id).await.unwrap().unwrap();
+        // Started by the claim's own statement.
+        let started = claim.started.clone().expect("the claim started the order");
         assert_eq!(
-            (stored.status, stored.attempts),
+            (started.status, started.attempts),
             (OrderStatus::Processing, 1)
         );
-        // ...so the worker's Start is answered with it, and writes nothing more.
-        let started = repository
-            .transition(
-                order.id,
-                crate::Transition::Start {
-                    claim: claim.token,
-                    lease,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(started, stored);
+        assert_eq!(repository.get(order.id).await.unwrap(), Some(started));
         let done = repository
             .transition(order.id, crate::Transition::Complete { claim: claim.token })
             .await
             .unwrap();
         assert_eq!(done.status, OrderStatus::Completed);
-        // Acked by the completion itself.
+        // Taken off the queue by the completion itself: the claim is gone.
         assert_eq!(queue.depth().await.unwrap(), crate::QueueDepth::default());
-        queue.ack(&claim).await.unwrap();
-        // Only once: the mark is taken, and the row is gone.
         assert!(matches!(
             queue.ack(&claim).await,
             Err(crate::QueueError::LeaseLost(id)) if id == order.id
         ));
-        // A sweep's page that arrives after the order finished does not queue it again; ids
-        // the repository does not know are queued as pushed.
+        // A finished order is not queued again; ids the repository does not know are queued as
+        // pushed.
         let unknown = OrderId::new(order.id.get() + 1000).unwrap();
         assert_eq!(queue.push_many(&[order.id, unknown]).await.unwrap(), 1);
         let claims = queue.claim(10, lease).await.unwrap();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].order_id, unknown);
+        assert_eq!(claims[0].started, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_handed_back_unused_costs_its_order_no_attempt() {
         let db = TestDatabase::create().await;
-        let queue = PostgresQueue::new(db.connection().clone());
-        let repository = PostgresRepository::new(db.connection().clone()).linked_to(&queue);
+        let backend = PostgresBackend::new(db.connection().clone());
+        let (repository, queue) = (backend.repository(), backend.queue());
         let lease = Duration::from_secs(60);
         let order = repository.insert(&sample_order("a", 1)).await.unwrap();
-        queue.push(order.id).await.unwrap();
 
         // Shutdown began while claiming: the engine releases, then retries, the claim.
         let claim = queue.claim(10, lease).await.unwrap().remove(0);
@@ -574,33 +618,24 @@ mod shared_database {
 
         // The next claim starts it afresh, as its first attempt.
         let again = queue.claim(10, lease).await.unwrap().remove(0);
-        let started = repository
-            .transition(
-                order.id,
-                crate::Transition::Start {
-                    claim: again.token,
-                    lease,
-                },
-            )
-            .await
-            .unwrap();
+        let started = again.started.expect("the claim started the order");
         assert_eq!(
             (started.status, started.attempts),
             (OrderStatus::Processing, 1)
         );
-        // The first claim's start is forgotten: it cannot be handed out again.
-        assert!(matches!(
-            repository
-                .transition(
-                    order.id,
-                    crate::Transition::Start {
-                        claim: claim.token,
-                        lease,
-                    },
-                )
-                .await,
-            Err(crate::TransitionError::Conflict { .. })
-        ));
+        // The first claim is fenced off: it can neither start nor finish the order.
+        for transition in [
+            crate::Transition::Start {
+                claim: claim.token,
+                lease,
+            },
+            crate::Transition::Complete { claim: claim.token },
+        ] {
+            assert!(matches!(
+                repository.transition(order.id, transition).await,
+                Err(crate::TransitionError::Conflict { .. })
+            ));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,11 +643,9 @@ mod shared_database {
         let db = TestDatabase::create().await;
         let mut processors = Vec::new();
         for pool in [db.connection().clone(), second_pool(&db).await] {
-            let queue = PostgresQueue::new(pool.clone());
             processors.push(
                 OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
-                    .repository(Arc::new(PostgresRepository::new(pool).linked_to(&queue)))
-                    .queue(Arc::new(queue))
+                    .backend(&PostgresBackend::new(pool))
                     .concurrency(4)
                     .build()
                     .unwrap(),
@@ -644,13 +677,8 @@ mod shared_database {
     }
 
     fn processor_on(pool: &DatabaseConnection, step: Duration) -> OrderProcessor {
-        let queue = PostgresQueue::new(pool.clone());
         OrderProcessor::builder(SimulatedStep::new(step))
-            .repository(Arc::new(
-                PostgresRepository::new(pool.clone()).linked_to(&queue),
-            ))
-            .queue(Arc::new(queue))
-            .change_feed(Arc::new(PostgresChangeFeed::new(pool)))
+            .backend(&PostgresBackend::new(pool.clone()))
             // Far longer than the test waits: what the watcher sees must come by NOTIFY.
             .poll_interval(Duration::from_secs(600))
             .build()
@@ -791,16 +819,14 @@ mod repository_contract {
     });
 }
 
+/// The backend's repository, whose statements also write the queue's side.
 #[cfg(test)]
-mod linked_repository_contract {
+mod backend_repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
         let pool = db.connection().clone();
         crate::testing::Shared::new(
-            move || {
-                let queue = super::PostgresQueue::new(pool.clone());
-                std::sync::Arc::new(super::PostgresRepository::new(pool.clone()).linked_to(&queue))
-            },
+            move || std::sync::Arc::new(super::PostgresRepository::queueing(pool.clone())),
             db,
         )
     });
@@ -809,7 +835,7 @@ mod linked_repository_contract {
 /// The queue cases, with claims that start orders: the ids the cases push (1 to 1,000) are
 /// PENDING orders, so each claim runs the claim-and-start statement on real rows.
 #[cfg(test)]
-mod linked_queue_contract {
+mod queue_contract {
     crate::queue_contract_tests!(async || {
         use sea_orm::ConnectionTrait;
 
@@ -823,23 +849,19 @@ mod linked_queue_contract {
         .await
         .unwrap();
         crate::testing::Shared::new(
-            move || {
-                let queue = super::PostgresQueue::new(pool.clone());
-                let _repository = super::PostgresRepository::new(pool.clone()).linked_to(&queue);
-                std::sync::Arc::new(queue)
-            },
+            move || std::sync::Arc::new(super::PostgresQueue::new(pool.clone())),
             db,
         )
     });
 }
 
 #[cfg(test)]
-mod queue_contract {
-    crate::queue_contract_tests!(async || {
+mod backend_contract {
+    crate::backend_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
         let pool = db.connection().clone();
         crate::testing::Shared::new(
-            move || std::sync::Arc::new(super::PostgresQueue::new(pool.clone())),
+            move || std::sync::Arc::new(super::PostgresBackend::new(pool.clone())),
             db,
         )
     });

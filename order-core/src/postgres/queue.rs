@@ -1,8 +1,7 @@
 //! [`Queue`] on PostgreSQL.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,9 +19,8 @@ use super::listen::{self, next_notification};
 use super::micros;
 use super::repository::order_row;
 use crate::error::StorageError;
-use crate::lock;
-use crate::order::{Order, OrderId};
-use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
+use crate::order::OrderId;
+use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError, QueueStorage};
 
 /// The work queue in PostgreSQL (`order_engine_queue`), see [the module](super).
 ///
@@ -37,17 +35,17 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 ///   database-wide lock through its commit, so one per push would serialise every push's
 ///   commit.
 /// - Pushes and acks are group-committed: those that arrive while earlier ones are being
-///   written share one statement, and each caller is answered once it has committed. [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use,
+///   written share one statement, and each caller is answered once it has committed.
+/// - [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use,
 ///   reopened after a database restart) until a notification arrives. Behind a pooler that
 ///   drops notifications, waiters still wake at their timeout.
 ///
-/// A [`PostgresRepository`](super::PostgresRepository)
-/// [linked](super::PostgresRepository::linked_to) to this queue writes to its table in its own
-/// statements (an order is queued by the statement that stores it, a claim acked by the one
-/// that completes it), and this queue writes to the repository's: a claim also starts the
-/// orders it claims (`Transition::Start`, with the claim's token and lease). The calls those
-/// statements made unnecessary ([`push`](Queue::push) after an insert, the start after a claim,
-/// [`ack`](Queue::ack) after a completion) are then answered without a round trip.
+/// It exists only as part of a [`PostgresBackend`](super::PostgresBackend)
+/// ([`QueueStorage::Repository`]): the backend's repository queues each order in the statement
+/// that stores it, takes a claim off the queue in the statement that completes or fails the
+/// order, and holds it in the one that renews the lease; and a claim starts the orders it
+/// claims (`Transition::Start`, with the claim's token and lease), each [`Claim`] carrying its
+/// order as started.
 ///
 /// Cloning is cheap: clones share the connection pool and the listener.
 #[derive(Debug, Clone)]
@@ -55,63 +53,11 @@ pub struct PostgresQueue {
     db: DatabaseConnection,
     wakeups: Arc<Wakeups>,
     batches: Arc<Batches>,
-    handoff: Arc<Handoff>,
 }
 
-/// What a linked repository has already done in the queue's table, for this queue's next
-/// call about it to answer without a round trip. Each mark is taken by that call.
-#[derive(Debug, Default)]
-pub(crate) struct Handoff {
-    /// Set once a repository is linked: claims then start the orders they claim.
-    linked: AtomicBool,
-    queued: Mutex<HashSet<OrderId>>,
-    acked: Mutex<HashSet<(OrderId, ClaimToken)>>,
-    started: Mutex<HashMap<(OrderId, ClaimToken), Order>>,
-}
-
-/// Marks kept at most: a mark whose call never comes (its caller was cancelled in between)
-/// must not grow memory forever. Dropping marks is always safe: the call then makes its round
-/// trip and finds the work done (an id already queued, a claim already acked).
-const MAX_HANDOFF_MARKS: usize = 100_000;
-
-impl Handoff {
-    /// The repository's statement queued these orders.
-    pub(crate) fn queued(&self, ids: impl IntoIterator<Item = OrderId>) {
-        mark(&self.queued, ids);
-    }
-
-    /// The repository's statement acked these claims.
-    pub(crate) fn acked(&self, claims: impl IntoIterator<Item = (OrderId, ClaimToken)>) {
-        mark(&self.acked, claims);
-    }
-
-    /// A repository is linked: from now on, claims start what they claim.
-    pub(crate) fn link(&self) {
-        self.linked.store(true, Ordering::Relaxed);
-    }
-
-    /// The order as the claim under `claim` started it, if it did.
-    pub(crate) fn take_started(&self, id: OrderId, claim: ClaimToken) -> Option<Order> {
-        lock(&self.started).remove(&(id, claim))
-    }
-}
-
-fn mark<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, new: impl IntoIterator<Item = T>) {
-    let mut marks = lock(marks);
-    if marks.len() >= MAX_HANDOFF_MARKS {
-        marks.clear();
-    }
-    marks.extend(new);
-}
-
-fn take<T: std::hash::Hash + Eq>(marks: &Mutex<HashSet<T>>, key: &T) -> bool {
-    lock(marks).remove(key)
-}
-
-/// Claims and starts, for a queue whose repository is linked: the claimed rows, each with the
-/// order as started (its columns NULL where the order could not be started: finished,
-/// cancelled, or held by another worker's live lease; the worker's own `Start` then finds out
-/// why).
+/// Claims and starts: the claimed rows, each with the order as started (its columns NULL where
+/// the order could not be started: finished, cancelled, or held by another worker's live lease;
+/// the worker's own `Start` then finds out why).
 ///
 /// Each claim's token is drawn once, in `batch`, and both updates look it up by position in
 /// the batch's arrays: a join of either table against the claimed rows (which the planner
@@ -254,8 +200,9 @@ impl Default for Wakeups {
 
 impl PostgresQueue {
     /// The queue in the database behind `db`, whose schema [`migrate`](super::migrate) has set
-    /// up.
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// up: only as part of a [`PostgresBackend`](super::PostgresBackend), whose repository
+    /// keeps the other side of each shared statement.
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         let batches = Batches {
             pushes: Batcher::new(LIMITS, {
                 let db = db.clone();
@@ -270,13 +217,7 @@ impl PostgresQueue {
             db,
             wakeups: Arc::new(Wakeups::default()),
             batches: Arc::new(batches),
-            handoff: Arc::new(Handoff::default()),
         }
-    }
-
-    /// Where a linked repository leaves its marks.
-    pub(crate) fn handoff(&self) -> Arc<Handoff> {
-        self.handoff.clone()
     }
 
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, QueueError> {
@@ -408,10 +349,6 @@ fn order_id(row: &QueryResult) -> Result<OrderId, StorageError> {
 #[async_trait]
 impl Queue for PostgresQueue {
     async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
-        if take(&self.handoff.queued, &id) {
-            self.announce();
-            return Ok(true);
-        }
         let added = self
             .batches
             .pushes
@@ -429,23 +366,18 @@ impl Queue for PostgresQueue {
             return Ok(0);
         }
         let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        // The recovery sweep pushes the pages of stranded orders it found, and by the time a
-        // page arrives the workers may have finished some of them (and acked them out of the
-        // queue): with its repository linked, the queue leaves out the orders that are already
-        // finished, which a worker would only claim to drop again.
-        let sql = if self.handoff.linked.load(Ordering::Relaxed) {
-            "INSERT INTO order_engine_queue (order_id)
-             SELECT DISTINCT p.id FROM unnest($1::bigint[]) AS p(id)
-              WHERE NOT EXISTS (
-                    SELECT 1 FROM order_engine_orders o
-                     WHERE o.id = p.id AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
-             ON CONFLICT (order_id) DO NOTHING"
-        } else {
-            "INSERT INTO order_engine_queue (order_id)
-             SELECT DISTINCT unnest($1::bigint[])
-             ON CONFLICT (order_id) DO NOTHING"
-        };
-        let added = self.execute(sql, vec![raw.into()]).await?;
+        // Orders already finished are left out: a worker would only claim them to drop them.
+        let added = self
+            .execute(
+                "INSERT INTO order_engine_queue (order_id)
+                 SELECT DISTINCT p.id FROM unnest($1::bigint[]) AS p(id)
+                  WHERE NOT EXISTS (
+                        SELECT 1 FROM order_engine_orders o
+                         WHERE o.id = p.id AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+                 ON CONFLICT (order_id) DO NOTHING",
+                vec![raw.into()],
+            )
+            .await?;
         if added > 0 {
             self.announce();
         }
@@ -456,29 +388,9 @@ impl Queue for PostgresQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let linked = self.handoff.linked.load(Ordering::Relaxed);
-        let sql = if linked {
-            CLAIM_AND_START
-        } else {
-            "WITH ready AS (
-                    SELECT order_id, available_at FROM order_engine_queue
-                     WHERE available_at <= now()
-                     ORDER BY available_at, order_id
-                     LIMIT $1
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE order_engine_queue q
-                    SET claim_token = gen_random_uuid(),
-                        available_at = now() + $2 * interval '1 microsecond',
-                        deliveries = q.deliveries + 1
-                   FROM ready
-                  WHERE q.order_id = ANY(ARRAY(SELECT order_id FROM ready))
-                    AND q.order_id = ready.order_id
-              RETURNING q.order_id, q.claim_token AS claim, q.deliveries,
-                        ready.available_at AS since"
-        };
         let rows = self
             .query(
-                sql,
+                CLAIM_AND_START,
                 vec![
                     i64::try_from(max).unwrap_or(i64::MAX).into(),
                     micros(lease).into(),
@@ -486,31 +398,21 @@ impl Queue for PostgresQueue {
             )
             .await?;
         let mut claims = Vec::with_capacity(rows.len());
-        let mut started = Vec::new();
         for row in &rows {
             let read = |err| storage_error("could not read a claim", err);
             let token: uuid::Uuid = row.try_get("", "claim").map_err(read)?;
             let deliveries: i32 = row.try_get("", "deliveries").map_err(read)?;
             let since: chrono::DateTime<chrono::Utc> = row.try_get("", "since").map_err(read)?;
-            let claim = Claim {
-                order_id: order_id(row)?,
-                token: ClaimToken::from_uuid(token),
-                deliveries: u32::try_from(deliveries).unwrap_or(0),
-            };
-            if linked {
-                let started_by: Option<uuid::Uuid> = row.try_get("", "started_by").map_err(read)?;
-                if started_by == Some(token) {
-                    started.push(((claim.order_id, claim.token), order_row(row)?));
-                }
+            let mut claim = Claim::new(
+                order_id(row)?,
+                ClaimToken::from_uuid(token),
+                u32::try_from(deliveries).unwrap_or(0),
+            );
+            let started_by: Option<uuid::Uuid> = row.try_get("", "started_by").map_err(read)?;
+            if started_by == Some(token) {
+                claim.started = Some(order_row(row)?);
             }
             claims.push((since, claim));
-        }
-        if !started.is_empty() {
-            let mut marks = lock(&self.handoff.started);
-            if marks.len() >= MAX_HANDOFF_MARKS {
-                marks.clear();
-            }
-            marks.extend(started);
         }
         // RETURNING keeps no order; hand them out oldest first, as they were chosen.
         claims.sort_by_key(|(since, claim)| (*since, claim.order_id));
@@ -533,9 +435,6 @@ impl Queue for PostgresQueue {
     }
 
     async fn ack(&self, claim: &Claim) -> Result<(), QueueError> {
-        if take(&self.handoff.acked, &(claim.order_id, claim.token)) {
-            return Ok(());
-        }
         let acked = self
             .batches
             .acks
@@ -617,6 +516,10 @@ impl Queue for PostgresQueue {
             delayed,
             claimed,
         })
+    }
+
+    fn storage(&self) -> QueueStorage {
+        QueueStorage::Repository
     }
 }
 

@@ -15,7 +15,6 @@ use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::entity::{Entity as Orders, Model};
 use super::error::storage_error;
 use super::micros;
-use super::queue::{Handoff, PostgresQueue};
 use crate::error::StorageError;
 use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
@@ -36,18 +35,21 @@ use crate::repository::{
 /// multi-row `INSERT`, an `UPDATE ... FROM unnest(...)`), and each caller is answered once
 /// that statement has committed. A lone call goes out at once.
 ///
-/// [Linked](Self::linked_to) to a [`PostgresQueue`] on the same database, it also queues each
-/// order in the statement that stores it (so no order is ever stored without being queued,
-/// even if the process dies at once) and acks each claim in the statement that completes it:
-/// and its queue's claims start the orders they claim: an order then costs three statements
-/// from insert to ack instead of six.
+/// As part of a [`PostgresBackend`](super::PostgresBackend), it also queues each order in the
+/// statement that stores it (so no order is ever stored without being queued, even if the
+/// process dies at once), takes each claim off the queue in the statement that completes or
+/// fails its order, and holds it in the one that renews its lease; the backend's queue starts
+/// the orders it claims: an order then costs three statements from insert to completion
+/// instead of six. Made with [`new`](Self::new), it keeps orders only, for a queue of another
+/// kind.
 ///
 /// Cloning is cheap: clones share the connection pool and the batches.
 #[derive(Debug, Clone)]
 pub struct PostgresRepository {
     db: DatabaseConnection,
     batches: Arc<Batches>,
-    link: Option<Arc<Handoff>>,
+    /// Part of a backend: its statements keep the backend's queue in step.
+    queues: bool,
 }
 
 /// A response to one caller of a batch.
@@ -65,38 +67,23 @@ struct Batches {
 }
 
 impl PostgresRepository {
-    /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up.
+    /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up,
+    /// for use with a queue of another kind (a [`PostgresBackend`](super::PostgresBackend)
+    /// pairs it with PostgreSQL's own).
     pub fn new(db: DatabaseConnection) -> Self {
-        Self::with_link(db, None)
+        Self::build(db, false)
     }
 
-    /// This repository, writing `queue`'s side of each insert and completion in its own
-    /// statements (see [above](Self)). `queue` must be on the same database, and be the queue
-    /// the processor uses: that queue then answers the matching `push` and `ack` without a
-    /// round trip. Another queue, paired by mistake, would only see ids pushed twice (which
-    /// pushing allows) and acks refused as already done.
-    ///
-    /// ```no_run
-    /// # use std::sync::Arc;
-    /// # use order_core::postgres::{self, PoolOptions, PostgresQueue, PostgresRepository};
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
-    /// let queue = PostgresQueue::new(db.clone());
-    /// let repository = PostgresRepository::new(db).linked_to(&queue);
-    /// # Ok(()) }
-    /// ```
-    #[must_use]
-    pub fn linked_to(self, queue: &PostgresQueue) -> Self {
-        let link = queue.handoff();
-        link.link();
-        Self::with_link(self.db, Some(link))
+    /// The repository of a backend, keeping its queue in step.
+    pub(crate) fn queueing(db: DatabaseConnection) -> Self {
+        Self::build(db, true)
     }
 
-    fn with_link(db: DatabaseConnection, link: Option<Arc<Handoff>>) -> Self {
+    fn build(db: DatabaseConnection, queues: bool) -> Self {
         let batches = Batches {
             inserts: Batcher::new(LIMITS, {
-                let (db, link) = (db.clone(), link.clone());
-                move |orders| insert_batch(db.clone(), link.clone(), orders).boxed()
+                let db = db.clone();
+                move |orders| insert_orders(db.clone(), queues, orders).boxed()
             }),
             reads: Batcher::new(LIMITS, {
                 let db = db.clone();
@@ -107,14 +94,14 @@ impl PostgresRepository {
                 move |starts| start_batch(db.clone(), starts).boxed()
             }),
             completions: Batcher::new(LIMITS, {
-                let (db, link) = (db.clone(), link.clone());
-                move |completions| complete_batch(db.clone(), link.clone(), completions).boxed()
+                let db = db.clone();
+                move |completions| complete_batch(db.clone(), queues, completions).boxed()
             }),
         };
         Self {
             db,
             batches: Arc::new(batches),
-            link,
+            queues,
         }
     }
 
@@ -147,7 +134,7 @@ pub(super) fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
 }
 
 /// Stores the orders in one statement: ids are drawn in the batch's order, and each row comes
-/// back with its place in the batch. `{queue}` is where a linked repository queues them.
+/// back with its place in the batch. `{queue}` is where a backend's repository queues them.
 const INSERT_BATCH: &str = "
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id, r.*
@@ -163,27 +150,16 @@ inserted AS (
     RETURNING *){queue}
 SELECT inserted.*, input.position FROM inserted JOIN input USING (id)";
 
-/// The part of [`INSERT_BATCH`] that queues the orders, for a linked repository.
+/// The part of [`INSERT_BATCH`] that queues the orders, for a backend's repository.
 const QUEUE_INSERTED: &str = ",
 queued AS (INSERT INTO order_engine_queue (order_id) SELECT id FROM inserted)";
 
-async fn insert_batch(
-    db: DatabaseConnection,
-    link: Option<Arc<Handoff>>,
-    orders: Vec<ValidatedOrder>,
-) -> Vec<Reply<Order>> {
-    let replies = insert_orders(&db, link.is_some(), orders).await;
-    if let Some(link) = link {
-        link.queued(replies.iter().flatten().map(|order| order.id));
-    }
-    replies
-}
-
 async fn insert_orders(
-    db: &DatabaseConnection,
+    db: DatabaseConnection,
     queue: bool,
     orders: Vec<ValidatedOrder>,
 ) -> Vec<Reply<Order>> {
+    let db = &db;
     match insert_rows(db, queue, &orders).await {
         Ok(inserted) => inserted.into_iter().map(Ok).collect(),
         // One order the database refuses (none should: they are validated) must not fail the
@@ -347,7 +323,7 @@ key AS (
     RETURNING order_id){keyed_order}";
 
 /// The end of [`INSERT_KEYED`] and [`TAKE_OVER_KEY`]: the order, under the id the key was
-/// given, when the key was written. `{queue}` is where a linked repository queues it.
+/// given, when the key was written. `{queue}` is where a backend's repository queues it.
 const KEYED_ORDER: &str = ",
 inserted AS (
     INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
@@ -398,10 +374,10 @@ UPDATE order_engine_orders o
    AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
 RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by";
 
-/// [`COMPLETE_BATCH`] that also acks each completed order's claim in the queue, for a linked
-/// repository; `acked` says whether the queue still held the claim. A queue row goes when its
-/// id and its token are both among the completed ones: tokens are unique to one claim of one
-/// order, so that is the pairwise match, written as two array conditions that an index serves.
+/// [`COMPLETE_BATCH`] that also takes each completed order's claim off the queue, for a
+/// backend's repository. A queue row goes when its id and its token are both among the
+/// completed ones: tokens are unique to one claim of one order, so that is the pairwise match,
+/// written as two array conditions that an index serves.
 const COMPLETE_AND_ACK_BATCH: &str = "
 WITH completed AS (
     UPDATE order_engine_orders o
@@ -415,8 +391,7 @@ acked AS (
      WHERE q.order_id = ANY(ARRAY(SELECT id FROM completed))
        AND q.claim_token = ANY(ARRAY(SELECT fenced_by FROM completed))
     RETURNING q.order_id)
-SELECT completed.*, completed.id = ANY(ARRAY(SELECT order_id FROM acked)) AS acked
-  FROM completed";
+SELECT * FROM completed";
 
 async fn start_batch(
     db: DatabaseConnection,
@@ -442,20 +417,12 @@ async fn start_batch(
             .into(),
     ];
     let keys = starts.iter().map(|(id, claim, _)| (*id, *claim));
-    fenced_batch(
-        &db,
-        None,
-        "could not start the orders",
-        START_BATCH,
-        values,
-        keys,
-    )
-    .await
+    fenced_batch(&db, "could not start the orders", START_BATCH, values, keys).await
 }
 
 async fn complete_batch(
     db: DatabaseConnection,
-    link: Option<Arc<Handoff>>,
+    queues: bool,
     completions: Vec<(OrderId, ClaimToken)>,
 ) -> Vec<Reply<Option<Order>>> {
     let mut sorted = completions.clone();
@@ -472,14 +439,13 @@ async fn complete_batch(
             .collect::<Vec<_>>()
             .into(),
     ];
-    let sql = if link.is_some() {
+    let sql = if queues {
         COMPLETE_AND_ACK_BATCH
     } else {
         COMPLETE_BATCH
     };
     fenced_batch(
         &db,
-        link.as_deref(),
         "could not complete the orders",
         sql,
         values,
@@ -489,17 +455,14 @@ async fn complete_batch(
 }
 
 /// Runs a fenced batch `UPDATE` and answers each (order, claim) with the row it wrote, or
-/// `None` when the fence kept it from writing. Rows that say they were `acked` in the queue
-/// are marked for `link`'s queue, before any caller hears back.
+/// `None` when the fence kept it from writing.
 async fn fenced_batch(
     db: &DatabaseConnection,
-    link: Option<&Handoff>,
     context: &str,
     sql: &str,
     values: Vec<Value>,
     keys: impl ExactSizeIterator<Item = (OrderId, ClaimToken)>,
 ) -> Vec<Reply<Option<Order>>> {
-    let mut acked = Vec::new();
     let written = rows(db, context, sql, values).await.and_then(|rows| {
         rows.iter()
             .map(|row| {
@@ -507,29 +470,32 @@ async fn fenced_batch(
                     .try_get("", "fenced_by")
                     .map_err(|err| storage_error(context, err))?;
                 let order = order_row(row)?;
-                let key = (order.id, ClaimToken::from_uuid(fenced_by));
-                if link.is_some()
-                    && row
-                        .try_get::<bool>("", "acked")
-                        .map_err(|err| storage_error(context, err))?
-                {
-                    acked.push(key);
-                }
-                Ok((key, order))
+                Ok(((order.id, ClaimToken::from_uuid(fenced_by)), order))
             })
             .collect::<Result<HashMap<_, _>, StorageError>>()
     });
-    if let Some(link) = link {
-        link.acked(acked);
-    }
     match written {
         Ok(mut written) => keys.map(|key| Ok(written.remove(&key))).collect(),
         Err(err) => failed(keys.len(), &err),
     }
 }
 
-/// The `UPDATE` for `transition` and its parameters (`$1` is always the order id).
-fn transition_statement(id: OrderId, transition: Transition) -> (String, Vec<Value>) {
+/// The `UPDATE` for `transition` and its parameters (`$1` is always the order id, `$2` the
+/// claim where there is one); for a backend's repository (`queues`), with the queue's side of
+/// it: a failed or cancelled order leaves the queue, a renewed claim holds its row longer.
+fn transition_statement(id: OrderId, transition: Transition, queues: bool) -> (String, Vec<Value>) {
+    let queue_side = match &transition {
+        Transition::Fail { .. } => {
+            Some("DELETE FROM order_engine_queue WHERE order_id = $1 AND claim_token = $2")
+        }
+        Transition::Cancel => Some("DELETE FROM order_engine_queue WHERE order_id = $1"),
+        Transition::Renew { .. } => Some(
+            "UPDATE order_engine_queue SET available_at = now() + $3 * interval '1 microsecond' \
+             WHERE order_id = $1 AND claim_token = $2",
+        ),
+        _ => None,
+    }
+    .filter(|_| queues);
     let held = "status = 'PROCESSING' AND claim_token = $2";
     let id = Value::from(id.get());
     let (set, condition, values) = match transition {
@@ -581,10 +547,18 @@ fn transition_statement(id: OrderId, transition: Transition) -> (String, Vec<Val
             vec![id],
         ),
     };
-    (
-        format!("UPDATE order_engine_orders SET {set} WHERE id = $1 AND {condition} RETURNING *"),
-        values,
-    )
+    let update =
+        format!("UPDATE order_engine_orders SET {set} WHERE id = $1 AND {condition} RETURNING *");
+    let sql = match queue_side {
+        // Both or neither: the queue's side runs only when the order's row was written.
+        Some(queue_side) => format!(
+            "WITH changed AS ({update}), \
+                  queued AS ({queue_side} AND EXISTS (SELECT 1 FROM changed)) \
+             SELECT * FROM changed"
+        ),
+        None => update,
+    };
+    (sql, values)
 }
 
 #[async_trait]
@@ -603,11 +577,7 @@ impl Repository for PostgresRepository {
         record: &KeyRecord,
     ) -> Result<Insertion, StorageError> {
         let key = &record.key;
-        let queue = if self.link.is_some() {
-            QUEUE_INSERTED
-        } else {
-            ""
-        };
+        let queue = if self.queues { QUEUE_INSERTED } else { "" };
         let keyed_order = KEYED_ORDER.replace("{queue}", queue);
         let insert = INSERT_KEYED.replace("{keyed_order}", &keyed_order);
         let take_over = TAKE_OVER_KEY.replace("{keyed_order}", &keyed_order);
@@ -627,11 +597,7 @@ impl Repository for PostgresRepository {
             let (sql, bound) = statement;
             let inserted = rows(&self.db, "could not insert the order", sql, bound).await?;
             if let Some(row) = inserted.first() {
-                let order = order_row(row)?;
-                if let Some(link) = &self.link {
-                    link.queued([order.id]);
-                }
-                return Ok(Insertion::Created(order));
+                return Ok(Insertion::Created(order_row(row)?));
             }
             let existing = rows(
                 &self.db,
@@ -700,19 +666,6 @@ impl Repository for PostgresRepository {
             | Transition::Release { claim }
             | Transition::Fail { claim, .. } => Some(*claim),
         };
-        match (&transition, &self.link) {
-            (Transition::Start { claim, .. }, Some(link)) => {
-                // Started by the linked queue's claim, in the claim's own statement.
-                if let Some(order) = link.take_started(id, *claim) {
-                    return Ok(order);
-                }
-            }
-            // A claim handed back unused: its start is undone below; forget it here.
-            (Transition::Release { claim }, Some(link)) => {
-                link.take_started(id, *claim);
-            }
-            _ => {}
-        }
         let batched = match &transition {
             Transition::Start { claim, lease } => {
                 Some(self.batches.starts.call((id, *claim, micros(*lease))).await)
@@ -728,7 +681,7 @@ impl Repository for PostgresRepository {
             Some(Some(Err(err))) => return Err(err.into()),
             Some(None) => return Err(lost_batch().into()),
             None => {
-                let (sql, values) = transition_statement(id, transition);
+                let (sql, values) = transition_statement(id, transition, self.queues);
                 let written = Orders::find()
                     .from_raw_sql(Statement::from_sql_and_values(
                         DbBackend::Postgres,
@@ -868,11 +821,11 @@ mod tests {
                 error: "no".to_owned(),
             },
         ] {
-            let (sql, values) = transition_statement(id, transition);
+            let (sql, values) = transition_statement(id, transition, false);
             assert!(sql.contains("claim_token = $2"), "{sql}");
             assert_eq!(values[1], Value::from(claim.as_uuid()));
         }
-        let (sql, values) = transition_statement(id, Transition::Cancel);
+        let (sql, values) = transition_statement(id, Transition::Cancel, false);
         assert!(
             sql.contains("status = 'PENDING'") && !sql.contains("$2"),
             "{sql}"

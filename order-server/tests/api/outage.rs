@@ -302,8 +302,8 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
 
 #[tokio::test]
 async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
-    use order_core::postgres::{self, PoolOptions, PostgresQueue};
-    use order_core::{OrderId, Queue};
+    use order_core::postgres::{self, PoolOptions, PostgresBackend};
+    use order_core::{Backend, OrderId};
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let cluster = Cluster::create().await;
@@ -314,8 +314,9 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     let db = postgres::connect(&cluster.url(), &options).await.unwrap();
     postgres::migrate(&db).await.unwrap();
     // Two pools, as two servers: only NOTIFY carries a push from one to the other.
-    let waiting = PostgresQueue::new(db);
-    let pushing = PostgresQueue::new(postgres::connect(&cluster.url(), &options).await.unwrap());
+    let waiting = PostgresBackend::new(db).queue();
+    let pushing =
+        PostgresBackend::new(postgres::connect(&cluster.url(), &options).await.unwrap()).queue();
     waiting.wait(Duration::from_millis(300)).await; // opens the LISTEN connection
 
     cluster.crash().await;
