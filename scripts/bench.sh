@@ -32,8 +32,13 @@
 #   BENCH_PHASES=all              the phases to run, comma-separated: http (POST and GET on
 #                                 both backends), metrics (/metrics and the dashboard's reads
 #                                 at 1,000,000 orders), burndown, cost (PostgreSQL's work per
-#                                 order), criterion. A run of some phases only prints its
-#                                 table, unless BENCH_OUTPUT is set too.
+#                                 order), migration (from the first design, at
+#                                 BENCH_METRICS_ORDERS orders), criterion. A run of some
+#                                 phases only prints its table, unless BENCH_OUTPUT is set.
+#   BENCH_FLOW_BATCH=32           orders per statement in the pgbench reference that makes
+#                                 the design's writes (insert, claim and start, complete)
+#   BENCH_OPERATOR_BACKLOG=50000  the least backlog an API-only server builds for the
+#                                 operator's burn-down
 #   BENCH_STRICT=1                exit 1 when any target is missed (default: report only)
 # order-server's own settings (WORKERS, DB_MAX_CONNECTIONS, ...) pass through from the
 # environment to the servers and the burn-down driver; the script sets only HOST, PORT,
@@ -83,8 +88,8 @@ die() {
 # wants PHASE: whether BENCH_PHASES asks for it.
 wants() { [[ $PHASES == all || ,$PHASES, == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
-  [[ $phase =~ ^(all|http|metrics|burndown|cost|criterion)$ ]] ||
-    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, cost, criterion)"
+  [[ $phase =~ ^(all|http|metrics|burndown|cost|migration|criterion)$ ]] ||
+    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, cost, migration, criterion)"
 done
 
 for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
@@ -349,7 +354,7 @@ pgbench_run() {
   local label=$1 script=$2 out
   shift 2
   out="$WORK/pgbench-$label.txt"
-  if ! "$PGBENCH" -n -M prepared -f "$script" "-c$CONNS" -j2 "$@" "$BENCH_URL" >"$out" 2>&1; then
+  if ! "$PGBENCH" -n -M prepared -f "$script" "-c${PGBENCH_CLIENTS:-$CONNS}" -j2 "$@" "$BENCH_URL" >"$out" 2>&1; then
     tail -n 30 "$out" >&2
     die "pgbench failed ($script; output above)"
   fi
@@ -571,6 +576,39 @@ UPDATE bench_burn SET status = 'COMPLETED', processing_end_time = now() WHERE id
 END;
 SQL
 
+# keyed_script RUN: a wrk script posting the same order under a new Idempotency-Key each
+# request, unique to this run, so that every request creates an order.
+keyed_script() {
+  local file="$WORK/post-keyed-$1.lua"
+  cat >"$file" <<LUA
+wrk.method = "POST"
+wrk.body = '$ORDER_JSON'
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = "bench-$1-$(date +%s%N)-" .. counter
+  return wrk.format()
+end
+LUA
+  printf '%s\n' "$file"
+}
+
+# What PostgreSQL itself can do with the writes the design makes per order, batched as the
+# server batches them: each pgbench client stores FLOW_BATCH orders in one statement, claims
+# and starts FLOW_BATCH due ones in a second, and completes those in a third, each its own
+# transaction as the server's are, on a copy of the orders table (its indexes, not its
+# triggers). FLOW_CLIENTS clients: the server has one statement of each kind in flight.
+FLOW_BATCH=${BENCH_FLOW_BATCH:-32}
+FLOW_CLIENTS=3
+FLOW_SQL="$WORK/flow.sql"
+cat >"$FLOW_SQL" <<SQL
+INSERT INTO bench_flow (user_id, item_ids, total_amount, status, attempts)
+  SELECT 'user-1', ARRAY['item1', 'item2'], 59.99, 'PENDING', 0 FROM generate_series(1, $FLOW_BATCH);
+WITH due AS (SELECT id FROM bench_flow WHERE status IN ('PENDING', 'PROCESSING') AND available_at <= now() ORDER BY available_at, id LIMIT $FLOW_BATCH FOR UPDATE SKIP LOCKED), started AS (UPDATE bench_flow o SET status = 'PROCESSING', claim_token = gen_random_uuid(), available_at = now() + interval '10 seconds', deliveries = o.deliveries + 1, attempts = o.attempts + 1, processing_start_time = coalesce(o.processing_start_time, now()), updated_at = now() FROM due WHERE o.id = due.id RETURNING o.id) SELECT coalesce(array_agg(id), '{}') AS ids FROM started \gset
+UPDATE bench_flow SET status = 'COMPLETED', processing_end_time = now(), available_at = NULL, updated_at = now() WHERE id = ANY(:'ids'::bigint[]) AND status = 'PROCESSING';
+SQL
+
 if wants http; then
 # ---------------------------------------------------------------------------------------------
 step "servers: order-server on PostgreSQL, order-server in memory, bench-echo"
@@ -582,7 +620,8 @@ MEM_PID=$SERVER_PID MEM_PORT=$SERVER_PORT
 start_server bench-echo "$ECHO_BIN"
 ECHO_PORT=$SERVER_PORT ECHO_PID=$SERVER_PID
 # After the server's migration, so the copy has the engine's current schema.
-bench_sql -c 'CREATE TABLE bench_insert (LIKE order_engine_orders INCLUDING ALL)'
+bench_sql -c 'CREATE TABLE bench_insert (LIKE order_engine_orders INCLUDING ALL)' \
+  -c 'CREATE TABLE bench_flow (LIKE order_engine_orders INCLUDING ALL)'
 
 # ---------------------------------------------------------------------------------------------
 phase_started=$SECONDS
@@ -592,16 +631,26 @@ if ((WARMUP > 0)); then
   wait_drained "$PG_PORT"
 fi
 pg_rps=() pg_p50=() pg_p99=() pg_errors=() pg_backlog=() ins_tps=() ins_failed=()
+key_rps=() key_p99=() key_errors=() flow_rate=() flow_failed=()
 for ((run = 1; run <= RUNS; run++)); do
-  step "POST /orders on PostgreSQL, run $run/$RUNS: pgbench INSERT reference, then order-server"
+  step "POST /orders on PostgreSQL, run $run/$RUNS: pgbench INSERT and flow references, then order-server plain and keyed"
   result=$(pgbench_run "insert-$run" "$INSERT_SQL" "-T$SECS")
   read -r tps failed <<<"$result"
   ins_tps+=("$tps") ins_failed+=("$failed")
+  result=$(PGBENCH_CLIENTS=$FLOW_CLIENTS pgbench_run "flow-$run" "$FLOW_SQL" "-T$SECS")
+  read -r flow_tps failed <<<"$result"
+  flow_rate+=("$(calc "$flow_tps * $FLOW_BATCH")") flow_failed+=("$failed")
+  bench_sql -c 'TRUNCATE bench_flow'
   result=$(wrk_run "pg-post-$run" "http://127.0.0.1:$PG_PORT/orders" "$POST_LUA")
   read -r rps p50 p99 errors <<<"$result"
   backlog=$(unfinished "$PG_PORT")
   pg_rps+=("$rps") pg_p50+=("$p50") pg_p99+=("$p99") pg_errors+=("$errors") pg_backlog+=("$backlog")
-  say "pgbench $(commas "$tps")/s; order-server $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors, $backlog unfinished when wrk stopped"
+  say "pgbench INSERT $(commas "$tps")/s, flow $(commas "${flow_rate[-1]}") orders/s; order-server $(commas "$rps")/s, p50 $(ms "$p50"), p99 $(ms "$p99"), $errors errors, $backlog unfinished when wrk stopped"
+  wait_drained "$PG_PORT"
+  result=$(wrk_run "pg-post-keyed-$run" "http://127.0.0.1:$PG_PORT/orders" "$(keyed_script "$run")")
+  read -r rps p50 p99 errors <<<"$result"
+  key_rps+=("$rps") key_p99+=("$p99") key_errors+=("$errors")
+  say "order-server keyed $(commas "$rps")/s, p99 $(ms "$p99"), $errors errors"
   wait_drained "$PG_PORT"
 done
 PG_POST_RSS=$(peak_rss_mb "$PG_PID")
@@ -612,6 +661,17 @@ row "POST /orders per second, PostgreSQL (workers on)" \
   "pgbench -c$CONNS -j2 single-row INSERT ... RETURNING id: $(commas "$m_ins")/s$(flag_errors "$ref_errors")" \
   "$(ratio "$m_rps" "$m_ins")" "ratio ≥ 1.5; p99 < 20 ms" \
   "$(with_errors "$(verdict "$m_rps / $m_ins >= 1.5" "$m_p99 < 20")" "$((errors + ref_errors))")"
+m_key=$(median "${key_rps[@]}") key_err=$(sum "${key_errors[@]}")
+row "POST /orders with a new Idempotency-Key each, PostgreSQL (workers on)" \
+  "$(commas "$m_key")/s, p99 $(ms "$(median "${key_p99[@]}")")$(flag_errors "$key_err")" \
+  "the plain POST above, same runs: $(commas "$m_rps")/s" \
+  "$(ratio "$m_key" "$m_rps")" "ratio ≥ 0.9" \
+  "$(with_errors "$(verdict "$m_key / $m_rps >= 0.9")" "$((key_err + errors))")"
+m_flow=$(median "${flow_rate[@]}") flow_err=$(sum "${flow_failed[@]}")
+row "POST /orders on PostgreSQL (workers on) against PostgreSQL doing the design's writes alone" \
+  "$(commas "$m_rps") orders/s taken in and processed" \
+  "pgbench -c$FLOW_CLIENTS, per transaction-free round: INSERT $FLOW_BATCH orders, claim and start $FLOW_BATCH, complete them: $(commas "$m_flow") orders/s$(flag_errors "$flow_err")" \
+  "$(ratio "$m_rps" "$m_flow")" "— (how close to the database's own ceiling)" "—"
 say "($((SECONDS - phase_started)) s)"
 
 # ---------------------------------------------------------------------------------------------
@@ -835,6 +895,60 @@ row "burn-down of $(commas "$BURN_ORDERS") PENDING orders to COMPLETED, zero-del
   "$(verdict "$m_engine >= 10000" "$m_engine / $m_burn >= 2.0")"
 say "($((SECONDS - phase_started)) s)"
 
+# The burn-down as an operator sees it: an API-only server (WORKERS=0) takes in a backlog of
+# at least OPERATOR_BACKLOG orders over HTTP and stops; a server with workers then starts on
+# it, timed from its first 200 on /readyz to no PENDING or PROCESSING order left, counted in
+# SQL. Sets OP_ORDERS and OP_SECONDS; not to be called in a subshell (the servers must be our
+# children).
+OPERATOR_BACKLOG=${BENCH_OPERATOR_BACKLOG:-50000}
+operator_burn_down() {
+  local run=$1 pid began ready left deadline
+  bench_sql -c 'TRUNCATE order_engine_orders RESTART IDENTITY'
+  start_server "api-only-$run" RUST_LOG=warn WORKERS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
+  pid=$SERVER_PID
+  OP_ORDERS=0
+  while ((OP_ORDERS < OPERATOR_BACKLOG)); do
+    wrk_run "backlog-$run" "http://127.0.0.1:$SERVER_PORT/orders" "$POST_LUA" 5 >/dev/null
+    OP_ORDERS=$(bench_sql -Atc "SELECT count(*) FROM order_engine_orders WHERE status = 'PENDING'")
+  done
+  stop_server "$pid"
+  free_port
+  env HOST=127.0.0.1 PORT="$SERVER_PORT" RUST_LOG=warn PROCESSING_DELAY_MS=0 \
+    DATABASE_URL="$BENCH_URL" "$SERVER_BIN" >"$WORK/workers-$run.log" 2>&1 &
+  pid=$!
+  SERVER_PIDS+=("$pid")
+  began=$SECONDS
+  until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/readyz" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "the server with workers exited before it was ready ($WORK/workers-$run.log)"
+    ((SECONDS - began < 60)) || die "the server with workers was not ready within 60 s"
+    sleep 0.01
+  done
+  ready=$(date +%s.%N)
+  deadline=$((SECONDS + 600))
+  while :; do
+    left=$(bench_sql -Atc "SELECT count(*) FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')")
+    ((left == 0)) && break
+    ((SECONDS < deadline)) || die "the backlog was not worked off within 600 s ($left left)"
+    sleep 0.05
+  done
+  OP_SECONDS=$(calc "$(date +%s.%N) - $ready")
+  stop_server "$pid"
+}
+op_rate=()
+for ((run = 1; run <= RUNS; run++)); do
+  step "burn-down as an operator sees it, run $run/$RUNS: a backlog of at least $(commas "$OPERATOR_BACKLOG") orders from an API-only server, then a server with workers"
+  operator_burn_down "$run"
+  op_rate+=("$(calc "$OP_ORDERS / $OP_SECONDS")")
+  say "$(commas "$OP_ORDERS") orders in $OP_SECONDS s from /readyz: $(commas "${op_rate[-1]}") orders/s"
+done
+m_op=$(median "${op_rate[@]}")
+row "burn-down as an operator sees it: a server with workers started on $(commas "$OPERATOR_BACKLOG")+ PENDING orders posted to an API-only server, from its first 200 on /readyz to none left (SQL), PostgreSQL" \
+  "$(commas "$m_op") orders/s" \
+  "the pgbench claim + complete figure above: $(commas "$m_burn")/s" \
+  "$(ratio "$m_op" "$m_burn")" "≥ 10,000/s; ratio ≥ 2.0" \
+  "$(verdict "$m_op >= 10000" "$m_op / $m_burn >= 2.0")"
+say "($((SECONDS - phase_started)) s)"
+
 phase_started=$SECONDS
 engine_mem=()
 for ((run = 1; run <= RUNS; run++)); do
@@ -934,6 +1048,65 @@ if wants cost; then
     "the first design (a queue table beside the orders, counter triggers), measured 2026-12-03: $FIRST_DESIGN_VERSIONS row versions, $(commas "$FIRST_DESIGN_WAL") WAL bytes, $FIRST_DESIGN_CPU_US us" \
     "$(ratio "$COST_WAL" "$FIRST_DESIGN_WAL") (WAL)" "fewer row versions and WAL bytes than the first design" \
     "$(with_errors "$(verdict "$COST_VERSIONS < $FIRST_DESIGN_VERSIONS" "$COST_WAL < $FIRST_DESIGN_WAL")" "$errors")"
+  say "($((SECONDS - phase_started)) s)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The migration from the first design (a queue table beside the orders) to the second, as an
+# upgrade meets it: a database that a server of the first design wrote (the committed dump the
+# migration's test loads), grown to BENCH_METRICS_ORDERS orders, 10,000 of them queued, and a
+# server of this version started on it, timed from its launch to its first 200 on /readyz;
+# against the same start on the database once migrated.
+if wants migration; then
+  phase_started=$SECONDS
+  MIGRATION_QUEUED=10000
+  step "migration: a first-design database of $(commas "$METRICS_ORDERS") orders ($(commas "$MIGRATION_QUEUED") queued)"
+  recreate_bench_db
+  pg_psql "$BENCH_URL" -q -f order-core/src/postgres/migration/fixtures/first_design.sql >/dev/null ||
+    die "could not load the first design's dump"
+  bench_sql -c "
+    INSERT INTO order_engine_orders
+        (user_id, item_ids, total_amount, status, attempts, processing_start_time, processing_end_time)
+    SELECT 'user-' || g, ARRAY['item1', 'item2'], 59.99, 'COMPLETED', 1,
+           now() - interval '2 seconds', now() - interval '1 second'
+      FROM generate_series(1, $((METRICS_ORDERS - MIGRATION_QUEUED - 30))) AS g" \
+    -c "INSERT INTO order_engine_orders (user_id, item_ids, total_amount, status, attempts)
+        SELECT 'user-' || g, ARRAY['item1', 'item2'], 59.99, 'PENDING', 0
+          FROM generate_series(1, $MIGRATION_QUEUED) AS g" \
+    -c "INSERT INTO order_engine_queue (order_id)
+        SELECT id FROM order_engine_orders WHERE status = 'PENDING' ON CONFLICT DO NOTHING" \
+    -c 'VACUUM ANALYZE order_engine_orders, order_engine_queue'
+  # time_to_ready LABEL: starts an API-only server on the bench database and prints the
+  # seconds from its launch to its first 200 on /readyz; stops it.
+  time_to_ready() {
+    local pid launched began
+    free_port
+    launched=$(date +%s.%N)
+    env HOST=127.0.0.1 PORT="$SERVER_PORT" RUST_LOG=warn WORKERS=0 DATABASE_URL="$BENCH_URL" \
+      "$SERVER_BIN" >"$WORK/$1.log" 2>&1 &
+    pid=$!
+    SERVER_PIDS+=("$pid")
+    began=$SECONDS
+    until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/readyz" 2>/dev/null; do
+      kill -0 "$pid" 2>/dev/null || die "$1 exited before it was ready ($WORK/$1.log)"
+      ((SECONDS - began < 600)) || die "$1 was not ready within 600 s"
+      sleep 0.01
+    done
+    calc "$(date +%s.%N) - $launched"
+    stop_server "$pid" >&2
+  }
+  # Not in $(...): the server must be this shell's child for stop_server to wait for it.
+  time_to_ready migrating >"$WORK/migrating.seconds"
+  migrate_secs=$(<"$WORK/migrating.seconds")
+  total=$(bench_sql -Atc 'SELECT count(*) FROM order_engine_orders')
+  ((total == METRICS_ORDERS)) || die "the migrated database holds $total orders, not $METRICS_ORDERS"
+  time_to_ready migrated >"$WORK/migrated.seconds"
+  plain_secs=$(<"$WORK/migrated.seconds")
+  say "first start (migrating) $migrate_secs s; a start on the migrated database $plain_secs s"
+  row "upgrade from the first design, $(commas "$METRICS_ORDERS") orders ($(commas "$MIGRATION_QUEUED") queued): a server's launch to its first 200 on /readyz, migration included" \
+    "$(printf '%.2f s' "$migrate_secs")" \
+    "the same server's start on the migrated database: $(printf '%.2f s' "$plain_secs")" \
+    "$(ratio "$migrate_secs" "$plain_secs")" "— (measured)" "—"
   say "($((SECONDS - phase_started)) s)"
 fi
 

@@ -14,9 +14,9 @@
 //!   cargo run --release -p benches --bin bench-burndown -- --backend postgres --orders 100000
 //! ```
 //!
-//! On PostgreSQL it migrates the database, then TRUNCATEs `order_engine_orders` and
-//! `order_engine_queue` (their TRUNCATE triggers zero the counters) so that each run starts
-//! empty: point it at a scratch database that no server is using.
+//! On PostgreSQL it migrates the database, then TRUNCATEs `order_engine_orders` (its TRUNCATE
+//! trigger zeroes the counters) so that each run starts empty: point it at a scratch database
+//! that no server is using.
 //!
 //! It fails (exit 1) unless, at the end, all the orders are COMPLETED and none FAILED. On success
 //! it prints one line on stdout for scripts, e.g.
@@ -126,7 +126,7 @@ async fn empty_the_tables(url: &str) -> anyhow::Result<()> {
         ..PoolOptions::default()
     };
     let db = postgres::connect(url, &options).await?;
-    db.execute_unprepared("TRUNCATE order_engine_orders, order_engine_queue RESTART IDENTITY")
+    db.execute_unprepared("TRUNCATE order_engine_orders RESTART IDENTITY")
         .await
         .context("TRUNCATE of the engine's tables failed")?;
     Ok(())

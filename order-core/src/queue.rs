@@ -86,7 +86,8 @@ pub enum QueueStorage {
     /// from one [`Backend`](crate::Backend) and keeps these rules, which the backend contract
     /// suite checks:
     ///
-    /// - the repository's `insert` and `insert_keyed` queue the order they store;
+    /// - the repository's `insert` and `insert_keyed` queue the order they store, so that
+    ///   [`push`](Queue::push) has nothing to add for a stored order (it returns `false`);
     /// - [`claim`](Queue::claim) starts each order it claims ([`Claim::started`]);
     /// - a transition to a finished status (Complete, Fail, Cancel) takes the order off the
     ///   queue, and a `Renew` holds it for the new lease;

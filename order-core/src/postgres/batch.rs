@@ -65,6 +65,9 @@ pub(crate) fn lost_batch() -> StorageError {
 pub(crate) struct Batcher<Req, Resp> {
     limits: Limits,
     flush: Flush<Req, Resp>,
+    /// One permit per statement that may be in flight, taken by each batch's flush and by a
+    /// call that runs alone ([`call_or_run`](Self::call_or_run)).
+    in_flight: Arc<Semaphore>,
     /// Started on the first call, inside the caller's runtime; the task ends when the batcher
     /// is dropped (its receiver then sees the channel closed).
     calls: OnceLock<mpsc::UnboundedSender<Call<Req, Resp>>>,
@@ -85,12 +88,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     where
         F: Fn(Vec<Req>) -> BoxFuture<'static, Vec<Resp>> + Send + Sync + 'static,
     {
+        let max_in_flight = limits.max_in_flight.max(1);
         Self {
             limits: Limits {
                 max_batch: limits.max_batch.max(1),
-                max_in_flight: limits.max_in_flight.max(1),
+                max_in_flight,
             },
             flush: Arc::new(flush),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
             calls: OnceLock::new(),
         }
     }
@@ -107,11 +112,39 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         response.await.ok()
     }
 
+    /// `alone(request)` on the caller's own task when no statement is in flight (nothing to
+    /// share a statement with, and no hop to the batching task and back); otherwise, as
+    /// [`call`](Self::call), with the next batch. Either way at most `max_in_flight`
+    /// statements run at once, and calls that arrive meanwhile gather into the next batch.
+    pub(crate) async fn call_or_run<Fut>(
+        &self,
+        request: Req,
+        alone: impl FnOnce(Req) -> Fut,
+    ) -> Option<Resp>
+    where
+        Fut: Future<Output = Resp>,
+    {
+        // Permits go to waiters first: a batch waiting for a slot is not overtaken.
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let response = alone(request).await;
+                drop(slot);
+                Some(response)
+            }
+            Err(_) => self.call(request).await,
+        }
+    }
+
     fn start(&self) -> mpsc::UnboundedSender<Call<Req, Resp>> {
         // Unbounded: the callers are bounded already (requests in flight, workers), and a
         // bound here would only move their wait from one queue to another.
         let (calls, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(gather(receiver, self.flush.clone(), self.limits));
+        tokio::spawn(gather(
+            receiver,
+            self.flush.clone(),
+            self.in_flight.clone(),
+            self.limits.max_batch,
+        ));
         calls
     }
 }
@@ -120,21 +153,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
 async fn gather<Req, Resp>(
     mut calls: mpsc::UnboundedReceiver<Call<Req, Resp>>,
     flush: Flush<Req, Resp>,
-    limits: Limits,
+    in_flight: Arc<Semaphore>,
+    max_batch: usize,
 ) where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     while let Some(first) = calls.recv().await {
         // Wait for a free slot before gathering, so that calls arriving while every slot is
         // busy join this batch rather than queue behind it.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = Vec::with_capacity(limits.max_batch.min(64));
+        let mut batch = Vec::with_capacity(max_batch.min(64));
         batch.push(first);
-        while batch.len() < limits.max_batch {
+        while batch.len() < max_batch {
             match calls.try_recv() {
                 Ok(call) => batch.push(call),
                 Err(_) => break,

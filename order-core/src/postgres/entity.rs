@@ -4,7 +4,9 @@
 #![allow(unreachable_pub, missing_docs)]
 
 use sea_orm::entity::prelude::*;
+use sea_orm::{FromQueryResult, QueryResult};
 
+use super::error::storage_error;
 use crate::error::StorageError;
 use crate::order::{Order, OrderId, OrderStatus};
 
@@ -21,7 +23,8 @@ pub struct Model {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub claim_token: Option<Uuid>,
-    pub lease_expires_at: Option<DateTimeUtc>,
+    pub available_at: Option<DateTimeUtc>,
+    pub deliveries: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub processing_start_time: Option<DateTimeUtc>,
@@ -57,4 +60,58 @@ impl TryFrom<Model> for Order {
             last_error: row.last_error,
         })
     }
+}
+
+/// The order in a row of `order_engine_orders` columns (and maybe more).
+pub(super) fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
+    let model = Model::from_query_result(row, "")
+        .map_err(|err| storage_error("could not read the order", err))?;
+    Order::try_from(model)
+}
+
+/// What starting an order writes to its row (`o`), in a claim's statement and in a Start of its
+/// own alike: `{claim}` and `{lease}` are the expressions of the claim's token and of the lease
+/// in microseconds. A PROCESSING order is due again when its lease ends; every start, a lapsed
+/// lease's takeover included, is an attempt.
+pub(super) const START: &str = "status = 'PROCESSING', claim_token = {claim},
+       available_at = now() + {lease} * interval '1 microsecond',
+       attempts = least(o.attempts, 2147483646) + 1,
+       processing_start_time = coalesce(o.processing_start_time, now()),
+       updated_at = now()";
+
+/// [`START`] with the claim's and the lease's expressions filled in.
+pub(super) fn start(claim: &str, lease: &str) -> String {
+    START.replace("{claim}", claim).replace("{lease}", lease)
+}
+
+/// The columns an [`Order`] is read from, in the order [`decode_order`] reads them.
+pub(super) const ORDER_COLUMNS: &str = "id, user_id, item_ids, total_amount, status, attempts, \
+     last_error, created_at, updated_at, processing_start_time, processing_end_time";
+
+/// An [`Order`] straight from a row of [`ORDER_COLUMNS`], as sqlx decodes it: no intermediate
+/// model on the hot read path.
+pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order, StorageError> {
+    use sea_orm::sqlx::Row;
+
+    let read = |err| super::error::sqlx_storage_error("could not read the order", err);
+    let raw: i64 = row.try_get(0).map_err(read)?;
+    let corrupt =
+        |what: &str| StorageError::other(format!("order row {raw} holds an invalid {what}"));
+    let status: &str = row.try_get(4).map_err(read)?;
+    let attempts: i32 = row.try_get(5).map_err(read)?;
+    Ok(Order {
+        id: OrderId::new(raw).ok_or_else(|| corrupt("id"))?,
+        user_id: row.try_get(1).map_err(read)?,
+        item_ids: row.try_get(2).map_err(read)?,
+        total_amount: row.try_get(3).map_err(read)?,
+        status: status
+            .parse::<OrderStatus>()
+            .map_err(|_| corrupt("status"))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
+        last_error: row.try_get(6).map_err(read)?,
+        created_at: row.try_get(7).map_err(read)?,
+        updated_at: row.try_get(8).map_err(read)?,
+        processing_start_time: row.try_get(9).map_err(read)?,
+        processing_end_time: row.try_get(10).map_err(read)?,
+    })
 }

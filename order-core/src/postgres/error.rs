@@ -15,6 +15,14 @@ fn retryable_sqlstate(code: &str) -> bool {
         || matches!(code, "57014" | "40001" | "40P01" | "25006" | "42P01")
 }
 
+/// [`storage_error`] for an error of sqlx itself, from a statement that bypassed sea-orm.
+pub(crate) fn sqlx_storage_error(context: &str, err: sqlx::Error) -> StorageError {
+    storage_error(
+        context,
+        DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(err))),
+    )
+}
+
 /// `err` with `context`, marked unavailable when retrying later may cure it.
 pub(crate) fn storage_error(context: &str, err: DbErr) -> StorageError {
     let unavailable = is_unavailable(&err);

@@ -4,14 +4,18 @@
 //! - [`PostgresBackend`] is the pair the engine runs on, built in one call: the repository,
 //!   the queue that shares its storage (a claim starts what it claims, see
 //!   [`QueueStorage::Repository`](crate::QueueStorage::Repository)) and the change feed.
-//! - [`PostgresRepository`] keeps orders in `order_engine_orders`. Every status change is one
-//!   fenced `UPDATE ... WHERE` (a compare-and-set), and a statement trigger keeps per-status
-//!   counters in `order_engine_status_counts`, so [`metrics`](crate::Repository::metrics)
-//!   reads a few dozen rows however many orders there are.
-//! - [`PostgresQueue`], the backend's queue, keeps claimable ids in `order_engine_queue`.
-//!   Workers claim with
-//!   `FOR UPDATE SKIP LOCKED`, leases are timestamps on the database's clock, and idle workers
-//!   sleep on `LISTEN order_engine_queue` until a push sends `NOTIFY`.
+//! - [`PostgresRepository`] keeps orders in `order_engine_orders`, one row each, its queue
+//!   state included: `available_at` says when an unfinished order is next due (a PENDING
+//!   order's queueing or retry time, a PROCESSING order's lease end). Every status change is
+//!   one fenced `UPDATE ... WHERE` (a compare-and-set), and a statement trigger keeps
+//!   per-status counters in `order_engine_status_counts`, so
+//!   [`metrics`](crate::Repository::metrics) reads a few dozen rows however many orders there
+//!   are. An order costs three row versions from submit to COMPLETED: its insert, the claim
+//!   that starts it and its completion.
+//! - [`PostgresQueue`], the backend's queue, is the PENDING and PROCESSING rows themselves.
+//!   Workers claim and start with `FOR UPDATE SKIP LOCKED`, leases are timestamps on the
+//!   database's clock, and idle workers sleep on `LISTEN order_engine_queue` until new work
+//!   sends `NOTIFY`.
 //! - [`PostgresChangeFeed`] hears of every status change, made by any process: a statement
 //!   trigger sends `NOTIFY order_engine_changes` with the changed ids, so that a server can
 //!   stream an order's changes to its watchers whichever server made them.
@@ -43,6 +47,7 @@ mod listen;
 mod migration;
 mod queue;
 mod repository;
+mod wakeups;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +95,10 @@ impl PostgresBackend {
 
     /// The backend on a pool whose database [`migrate`] has set up.
     pub fn new(db: DatabaseConnection) -> Self {
+        let wakeups = wakeups::Wakeups::new(db.clone());
         Self {
-            repository: Arc::new(PostgresRepository::queueing(db.clone())),
-            queue: Arc::new(PostgresQueue::new(db.clone())),
+            repository: Arc::new(PostgresRepository::announcing(db.clone(), wakeups.clone())),
+            queue: Arc::new(PostgresQueue::new(db.clone(), wakeups)),
             changes: Arc::new(PostgresChangeFeed::new(&db)),
             db,
         }
@@ -251,7 +257,7 @@ mod shared_database {
     use std::time::Duration;
 
     use crate::testing::{TestDatabase, sample_order};
-    use crate::{OrderId, OrderProcessor, OrderStatus, Queue, Repository, SimulatedStep};
+    use crate::{OrderId, OrderProcessor, OrderStatus, Repository, SimulatedStep};
 
     use super::*;
 
@@ -276,7 +282,10 @@ mod shared_database {
                 for _ in 0..2 {
                     let repository = PostgresRepository::new(pool.clone());
                     repositories.push(Arc::new(if linked {
-                        PostgresRepository::queueing(pool.clone())
+                        PostgresRepository::announcing(
+                            pool.clone(),
+                            wakeups::Wakeups::new(pool.clone()),
+                        )
                     } else {
                         repository
                     }));
@@ -409,42 +418,6 @@ mod shared_database {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn claimers_on_separate_pools_never_share_an_id() {
-        let db = TestDatabase::create().await;
-        let queues = [
-            PostgresQueue::new(db.connection().clone()),
-            PostgresQueue::new(second_pool(&db).await),
-        ];
-        for raw in 1..=400 {
-            queues[0].push(OrderId::new(raw).unwrap()).await.unwrap();
-        }
-        let mut claimers = tokio::task::JoinSet::new();
-        for worker in 0..8 {
-            let queue = queues[worker % 2].clone();
-            claimers.spawn(async move {
-                let mut mine = Vec::new();
-                loop {
-                    let claims = queue.claim(7, Duration::from_secs(60)).await.unwrap();
-                    if claims.is_empty() {
-                        return mine;
-                    }
-                    for claim in claims {
-                        queue.ack(&claim).await.unwrap();
-                        mine.push(claim.order_id);
-                    }
-                }
-            });
-        }
-        let mut seen = HashSet::new();
-        while let Some(mine) = claimers.join_next().await {
-            for id in mine.unwrap() {
-                assert!(seen.insert(id), "order {id} was claimed twice");
-            }
-        }
-        assert_eq!(seen.len(), 400);
-    }
-
     /// Backends on separate pools, claiming at once: each claim starts its order, and no order
     /// is started twice; counted in the database.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -516,15 +489,15 @@ mod shared_database {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_push_on_one_pool_wakes_a_waiter_on_another_through_notify() {
+    async fn an_order_stored_on_one_pool_wakes_a_waiter_on_another_through_notify() {
         let db = TestDatabase::create().await;
-        let waiting = PostgresQueue::new(db.connection().clone());
-        let pushing = PostgresQueue::new(second_pool(&db).await);
+        let waiting = PostgresBackend::new(db.connection().clone()).queue();
+        let storing = PostgresBackend::new(second_pool(&db).await).repository();
         // The first wait opens the LISTEN connection; let it settle.
         waiting.wait(Duration::from_millis(300)).await;
         for round in 1..=3 {
             let waiter = {
-                let waiting = waiting.clone();
+                let waiting = Arc::clone(&waiting);
                 tokio::spawn(async move {
                     let began = std::time::Instant::now();
                     waiting.wait(Duration::from_secs(30)).await;
@@ -532,7 +505,10 @@ mod shared_database {
                 })
             };
             tokio::time::sleep(Duration::from_millis(100)).await;
-            pushing.push(OrderId::new(round).unwrap()).await.unwrap();
+            storing
+                .insert(&sample_order(&format!("user-{round}"), 1))
+                .await
+                .unwrap();
             let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
                 .await
                 .expect("the waiter woke")
@@ -553,47 +529,43 @@ mod shared_database {
         }
     }
 
-    /// What the pair's shared statements do to the queue, as the queue itself reports it.
+    /// The queue is the unfinished rows: an order is in it from the statement that stores it
+    /// until the one that finishes it, pushing adds nothing, and an ack writes nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_backend_queues_what_it_stores_and_dequeues_what_it_finishes() {
+    async fn the_queue_is_the_unfinished_orders() {
         let db = TestDatabase::create().await;
         let backend = PostgresBackend::new(db.connection().clone());
         let (repository, queue) = (backend.repository(), backend.queue());
         let lease = Duration::from_secs(60);
 
         let order = repository.insert(&sample_order("a", 1)).await.unwrap();
-        // Queued by the insert itself: a process that died right after it loses nothing.
         assert_eq!(queue.depth().await.unwrap().ready, 1);
+        let unknown = OrderId::new(order.id.get() + 1000).unwrap();
         assert!(!queue.push(order.id).await.unwrap(), "already queued");
+        assert_eq!(queue.push_many(&[order.id, unknown]).await.unwrap(), 0);
         assert_eq!(queue.depth().await.unwrap().ready, 1);
 
         let claim = queue.claim(10, lease).await.unwrap().remove(0);
-        // Started by the claim's own statement.
         let started = claim.started.clone().expect("the claim started the order");
-        assert_eq!(
-            (started.status, started.attempts),
-            (OrderStatus::Processing, 1)
-        );
         assert_eq!(repository.get(order.id).await.unwrap(), Some(started));
-        let done = repository
+        // Still unfinished: an ack cannot take it off the queue.
+        assert!(matches!(
+            queue.ack(&claim).await,
+            Err(crate::QueueError::Storage(_))
+        ));
+        repository
             .transition(order.id, crate::Transition::Complete { claim: claim.token })
             .await
             .unwrap();
-        assert_eq!(done.status, OrderStatus::Completed);
-        // Taken off the queue by the completion itself: the claim is gone.
         assert_eq!(queue.depth().await.unwrap(), crate::QueueDepth::default());
+        // Finished by this claim: acking it is done already; another claim's ack is refused.
+        queue.ack(&claim).await.unwrap();
+        let other = crate::Claim::new(order.id, crate::ClaimToken::generate(), 1);
         assert!(matches!(
-            queue.ack(&claim).await,
+            queue.ack(&other).await,
             Err(crate::QueueError::LeaseLost(id)) if id == order.id
         ));
-        // A finished order is not queued again; ids the repository does not know are queued as
-        // pushed.
-        let unknown = OrderId::new(order.id.get() + 1000).unwrap();
-        assert_eq!(queue.push_many(&[order.id, unknown]).await.unwrap(), 1);
-        let claims = queue.claim(10, lease).await.unwrap();
-        assert_eq!(claims.len(), 1);
-        assert_eq!(claims[0].order_id, unknown);
-        assert_eq!(claims[0].started, None);
+        assert!(queue.claim(10, lease).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,30 +798,12 @@ mod backend_repository_contract {
         let db = crate::testing::TestDatabase::create().await;
         let pool = db.connection().clone();
         crate::testing::Shared::new(
-            move || std::sync::Arc::new(super::PostgresRepository::queueing(pool.clone())),
-            db,
-        )
-    });
-}
-
-/// The queue cases, with claims that start orders: the ids the cases push (1 to 1,000) are
-/// PENDING orders, so each claim runs the claim-and-start statement on real rows.
-#[cfg(test)]
-mod queue_contract {
-    crate::queue_contract_tests!(async || {
-        use sea_orm::ConnectionTrait;
-
-        let db = crate::testing::TestDatabase::create().await;
-        let pool = db.connection().clone();
-        pool.execute_unprepared(
-            "INSERT INTO order_engine_orders (user_id, item_ids, total_amount, status, attempts)
-             SELECT 'queue-contract', ARRAY['item-1'], 1, 'PENDING', 0
-               FROM generate_series(1, 1000)",
-        )
-        .await
-        .unwrap();
-        crate::testing::Shared::new(
-            move || std::sync::Arc::new(super::PostgresQueue::new(pool.clone())),
+            move || {
+                std::sync::Arc::new(super::PostgresRepository::announcing(
+                    pool.clone(),
+                    super::wakeups::Wakeups::new(pool.clone()),
+                ))
+            },
             db,
         )
     });

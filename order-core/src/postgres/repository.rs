@@ -1,20 +1,20 @@
 //! [`Repository`] on PostgreSQL.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, QueryResult,
-    Statement, Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryResult, Statement, Value,
 };
 use uuid::Uuid;
 
 use super::batch::{Batcher, LIMITS, failed, lost_batch};
-use super::entity::{Entity as Orders, Model};
-use super::error::storage_error;
+use super::entity::{Entity as Orders, ORDER_COLUMNS, decode_order, order_row, start};
+use super::error::{sqlx_storage_error, storage_error};
 use super::micros;
+use super::wakeups::Wakeups;
 use crate::error::StorageError;
 use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
@@ -35,21 +35,20 @@ use crate::repository::{
 /// multi-row `INSERT`, an `UPDATE ... FROM unnest(...)`), and each caller is answered once
 /// that statement has committed. A lone call goes out at once.
 ///
-/// As part of a [`PostgresBackend`](super::PostgresBackend), it also queues each order in the
-/// statement that stores it (so no order is ever stored without being queued, even if the
-/// process dies at once), takes each claim off the queue in the statement that completes or
-/// fails its order, and holds it in the one that renews its lease; the backend's queue starts
-/// the orders it claims: an order then costs three statements from insert to completion
-/// instead of six. Made with [`new`](Self::new), it keeps orders only, for a queue of another
-/// kind.
+/// An order's row is also its place in the queue of a [`PostgresBackend`](super::PostgresBackend)
+/// (see [`PostgresQueue`](super::PostgresQueue)): the statement that stores an order queues it
+/// (so no order is ever stored without being queued, even if the process dies at once), the
+/// one that finishes it takes it off, and a renewal holds it longer. Made with
+/// [`new`](Self::new), for a queue of another kind, it writes the same rows; that queue
+/// decides which order a worker gets.
 ///
 /// Cloning is cheap: clones share the connection pool and the batches.
 #[derive(Debug, Clone)]
 pub struct PostgresRepository {
     db: DatabaseConnection,
     batches: Arc<Batches>,
-    /// Part of a backend: its statements keep the backend's queue in step.
-    queues: bool,
+    /// A backend's repository wakes the backend's idle workers for each order it stores.
+    wakeups: Option<Arc<Wakeups>>,
 }
 
 /// A response to one caller of a batch.
@@ -71,19 +70,19 @@ impl PostgresRepository {
     /// for use with a queue of another kind (a [`PostgresBackend`](super::PostgresBackend)
     /// pairs it with PostgreSQL's own).
     pub fn new(db: DatabaseConnection) -> Self {
-        Self::build(db, false)
+        Self::build(db, None)
     }
 
-    /// The repository of a backend, keeping its queue in step.
-    pub(crate) fn queueing(db: DatabaseConnection) -> Self {
-        Self::build(db, true)
+    /// The repository of a backend, waking its workers through `wakeups`.
+    pub(super) fn announcing(db: DatabaseConnection, wakeups: Arc<Wakeups>) -> Self {
+        Self::build(db, Some(wakeups))
     }
 
-    fn build(db: DatabaseConnection, queues: bool) -> Self {
+    fn build(db: DatabaseConnection, wakeups: Option<Arc<Wakeups>>) -> Self {
         let batches = Batches {
             inserts: Batcher::new(LIMITS, {
-                let db = db.clone();
-                move |orders| insert_orders(db.clone(), queues, orders).boxed()
+                let (db, wakeups) = (db.clone(), wakeups.clone());
+                move |orders| insert_orders(db.clone(), wakeups.clone(), orders).boxed()
             }),
             reads: Batcher::new(LIMITS, {
                 let db = db.clone();
@@ -95,13 +94,13 @@ impl PostgresRepository {
             }),
             completions: Batcher::new(LIMITS, {
                 let db = db.clone();
-                move |completions| complete_batch(db.clone(), queues, completions).boxed()
+                move |completions| complete_batch(db.clone(), completions).boxed()
             }),
         };
         Self {
             db,
             batches: Arc::new(batches),
-            queues,
+            wakeups,
         }
     }
 
@@ -126,15 +125,9 @@ async fn rows(
     .map_err(|err| storage_error(context, err))
 }
 
-/// The order in a row of `order_engine_orders` columns (and maybe more).
-pub(super) fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
-    let model = Model::from_query_result(row, "")
-        .map_err(|err| storage_error("could not read the order", err))?;
-    Order::try_from(model)
-}
-
 /// Stores the orders in one statement: ids are drawn in the batch's order, and each row comes
-/// back with its place in the batch. `{queue}` is where a backend's repository queues them.
+/// back with its place in the batch. Each is queued as it is stored: `available_at` defaults to
+/// now.
 const INSERT_BATCH: &str = "
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id, r.*
@@ -147,20 +140,25 @@ inserted AS (
     SELECT id, user_id, ($5::text[])[first_item : first_item + item_count - 1], total_amount,
            'PENDING', 0
       FROM input
-    RETURNING *){queue}
+    RETURNING *)
 SELECT inserted.*, input.position FROM inserted JOIN input USING (id)";
-
-/// The part of [`INSERT_BATCH`] that queues the orders, for a backend's repository.
-const QUEUE_INSERTED: &str = ",
-queued AS (INSERT INTO order_engine_queue (order_id) SELECT id FROM inserted)";
 
 async fn insert_orders(
     db: DatabaseConnection,
-    queue: bool,
+    wakeups: Option<Arc<Wakeups>>,
     orders: Vec<ValidatedOrder>,
 ) -> Vec<Reply<Order>> {
-    let db = &db;
-    match insert_rows(db, queue, &orders).await {
+    let replies = insert_each(&db, orders).await;
+    if let Some(wakeups) = wakeups
+        && replies.iter().any(Result::is_ok)
+    {
+        wakeups.announce();
+    }
+    replies
+}
+
+async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
+    match insert_rows(db, &orders).await {
         Ok(inserted) => inserted.into_iter().map(Ok).collect(),
         // One order the database refuses (none should: they are validated) must not fail the
         // others: store them one by one, each failing alone.
@@ -169,7 +167,7 @@ async fn insert_orders(
             for order in orders {
                 replies.push(
                     // `insert_rows` answers one order per order given, or fails.
-                    insert_rows(db, queue, std::slice::from_ref(&order))
+                    insert_rows(db, std::slice::from_ref(&order))
                         .await
                         .and_then(|mut one| one.pop().ok_or_else(not_returned)),
                 );
@@ -183,7 +181,6 @@ async fn insert_orders(
 /// The orders, stored in one statement, in the order given.
 async fn insert_rows(
     db: &DatabaseConnection,
-    queue: bool,
     orders: &[ValidatedOrder],
 ) -> Result<Vec<Order>, StorageError> {
     let mut user_ids = Vec::with_capacity(orders.len());
@@ -206,8 +203,7 @@ async fn insert_rows(
         item_counts.into(),
         items.into(),
     ];
-    let sql = INSERT_BATCH.replace("{queue}", if queue { QUEUE_INSERTED } else { "" });
-    let rows = rows(db, "could not insert the orders", &sql, values).await?;
+    let rows = rows(db, "could not insert the orders", INSERT_BATCH, values).await?;
     let mut placed: Vec<Option<Order>> = vec![None; orders.len()];
     for row in &rows {
         let position: i64 = row
@@ -229,21 +225,31 @@ fn not_returned() -> StorageError {
     StorageError::other("an inserted order did not come back")
 }
 
-async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
+/// Orders by id, decoded by sqlx straight into [`Order`]s: one statement for a read alone and
+/// for a batch of them.
+static READ_ORDERS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ORDER_COLUMNS} FROM order_engine_orders WHERE id = ANY($1::bigint[])")
+});
+
+async fn read_orders(db: &DatabaseConnection, ids: &[OrderId]) -> Result<Vec<Order>, StorageError> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-    let found = rows(
-        &db,
-        "could not read the order",
-        "SELECT * FROM order_engine_orders WHERE id = ANY($1::bigint[])",
-        vec![raw.into()],
-    )
-    .await
-    .and_then(|rows| {
-        rows.iter()
-            .map(|row| order_row(row).map(|order| (order.id, order)))
-            .collect::<Result<HashMap<_, _>, _>>()
+    let rows = sea_orm::sqlx::query(READ_ORDERS.as_str())
+        .bind(raw)
+        .fetch_all(db.get_postgres_connection_pool())
+        .await
+        .map_err(|err| sqlx_storage_error("could not read the order", err))?;
+    rows.iter().map(decode_order).collect()
+}
+
+async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
+    let found = read_orders(&db, &ids).await.map(|orders| {
+        orders
+            .into_iter()
+            .map(|order| (order.id, order))
+            .collect::<HashMap<_, _>>()
     });
     match found {
+        // An id asked for twice in one batch gets the order twice.
         Ok(found) => ids.iter().map(|id| Ok(found.get(id).cloned())).collect(),
         Err(err) => failed(ids.len(), &err),
     }
@@ -323,13 +329,13 @@ key AS (
     RETURNING order_id){keyed_order}";
 
 /// The end of [`INSERT_KEYED`] and [`TAKE_OVER_KEY`]: the order, under the id the key was
-/// given, when the key was written. `{queue}` is where a backend's repository queues it.
+/// given, when the key was written.
 const KEYED_ORDER: &str = ",
 inserted AS (
     INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
     OVERRIDING SYSTEM VALUE
     SELECT order_id, $5, $6, $7, 'PENDING', 0 FROM key
-    RETURNING *){queue}
+    RETURNING *)
 SELECT * FROM inserted";
 
 /// What a key in use names: its fingerprint (`key_fingerprint`), the id of its order
@@ -341,8 +347,10 @@ SELECT k.fingerprint AS key_fingerprint, k.order_id AS key_order_id, o.*
   FROM order_engine_idempotency_keys k LEFT JOIN order_engine_orders o ON o.id = k.order_id
  WHERE k.scope = $1 AND k.key = $2";
 
-/// The columns every transition sets when an order leaves PROCESSING: the claim is cleared.
-const LEAVE_PROCESSING: &str = "claim_token = NULL, lease_expires_at = NULL, updated_at = now()";
+/// What every transition that finishes an order sets: it is no longer due. Its last claim stays
+/// on the row, as it does on an order that goes back to PENDING: there it fences the queue's
+/// `retry` that says when the order is due again (until then, it stays due at its lease's end).
+const FINISH: &str = "available_at = NULL, updated_at = now()";
 
 /// `Transition::Start` for many orders: `$1` their ids, `$2` the claims and `$3` the leases in
 /// the same places. Rows are locked in id order (the input is sorted), so two such statements
@@ -353,45 +361,28 @@ const LEAVE_PROCESSING: &str = "claim_token = NULL, lease_expires_at = NULL, upd
 /// join is planned. (Statistics that lag a fast-growing table once made the planner hash-join
 /// a batch of 10 against every unfinished order, and a nested loop over the unnested batch
 /// read it once per row: 16,000 rows compared to write 127.)
-const START_BATCH: &str = "
-UPDATE order_engine_orders o
-   SET status = 'PROCESSING', claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)],
-       lease_expires_at = now()
-           + ($3::bigint[])[array_position($1::bigint[], o.id)] * interval '1 microsecond',
-       attempts = least(o.attempts, 2147483646) + 1,
-       processing_start_time = coalesce(o.processing_start_time, now()),
-       updated_at = now()
- WHERE o.id = ANY($1::bigint[])
-   AND (o.status = 'PENDING' OR (o.status = 'PROCESSING' AND o.lease_expires_at <= now()))
-RETURNING o.*, o.claim_token AS fenced_by";
+static START_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE order_engine_orders o
+            SET {}
+          WHERE o.id = ANY($1::bigint[])
+            AND (o.status = 'PENDING' OR (o.status = 'PROCESSING' AND o.available_at <= now()))
+      RETURNING o.*, o.claim_token AS fenced_by",
+        start(
+            "($2::uuid[])[array_position($1::bigint[], o.id)]",
+            "($3::bigint[])[array_position($1::bigint[], o.id)]",
+        )
+    )
+});
 
 /// `Transition::Complete` for many orders, each fenced by its claim (`$2`, in `$1`'s places).
+/// Completed, an order leaves the queue: the index of due orders holds only unfinished ones.
 const COMPLETE_BATCH: &str = "
 UPDATE order_engine_orders o
-   SET status = 'COMPLETED', processing_end_time = now(),
-       claim_token = NULL, lease_expires_at = NULL, updated_at = now()
+   SET status = 'COMPLETED', processing_end_time = now(), {FINISH}
  WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
    AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
 RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by";
-
-/// [`COMPLETE_BATCH`] that also takes each completed order's claim off the queue, for a
-/// backend's repository. A queue row goes when its id and its token are both among the
-/// completed ones: tokens are unique to one claim of one order, so that is the pairwise match,
-/// written as two array conditions that an index serves.
-const COMPLETE_AND_ACK_BATCH: &str = "
-WITH completed AS (
-    UPDATE order_engine_orders o
-       SET status = 'COMPLETED', processing_end_time = now(),
-           claim_token = NULL, lease_expires_at = NULL, updated_at = now()
-     WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
-       AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
-    RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by),
-acked AS (
-    DELETE FROM order_engine_queue q
-     WHERE q.order_id = ANY(ARRAY(SELECT id FROM completed))
-       AND q.claim_token = ANY(ARRAY(SELECT fenced_by FROM completed))
-    RETURNING q.order_id)
-SELECT * FROM completed";
 
 async fn start_batch(
     db: DatabaseConnection,
@@ -417,12 +408,18 @@ async fn start_batch(
             .into(),
     ];
     let keys = starts.iter().map(|(id, claim, _)| (*id, *claim));
-    fenced_batch(&db, "could not start the orders", START_BATCH, values, keys).await
+    fenced_batch(
+        &db,
+        "could not start the orders",
+        &START_BATCH,
+        values,
+        keys,
+    )
+    .await
 }
 
 async fn complete_batch(
     db: DatabaseConnection,
-    queues: bool,
     completions: Vec<(OrderId, ClaimToken)>,
 ) -> Vec<Reply<Option<Order>>> {
     let mut sorted = completions.clone();
@@ -439,15 +436,10 @@ async fn complete_batch(
             .collect::<Vec<_>>()
             .into(),
     ];
-    let sql = if queues {
-        COMPLETE_AND_ACK_BATCH
-    } else {
-        COMPLETE_BATCH
-    };
     fenced_batch(
         &db,
         "could not complete the orders",
-        sql,
+        &COMPLETE_BATCH.replace("{FINISH}", FINISH),
         values,
         completions.into_iter(),
     )
@@ -481,84 +473,48 @@ async fn fenced_batch(
 }
 
 /// The `UPDATE` for `transition` and its parameters (`$1` is always the order id, `$2` the
-/// claim where there is one); for a backend's repository (`queues`), with the queue's side of
-/// it: a failed or cancelled order leaves the queue, a renewed claim holds its row longer.
-fn transition_statement(id: OrderId, transition: Transition, queues: bool) -> (String, Vec<Value>) {
-    let queue_side = match &transition {
-        Transition::Fail { .. } => {
-            Some("DELETE FROM order_engine_queue WHERE order_id = $1 AND claim_token = $2")
-        }
-        Transition::Cancel => Some("DELETE FROM order_engine_queue WHERE order_id = $1"),
-        Transition::Renew { .. } => Some(
-            "UPDATE order_engine_queue SET available_at = now() + $3 * interval '1 microsecond' \
-             WHERE order_id = $1 AND claim_token = $2",
-        ),
-        _ => None,
-    }
-    .filter(|_| queues);
+/// claim where there is one); `None` for the transitions that are group-committed, Start and
+/// Complete, whose statements are [`START_BATCH`] and [`COMPLETE_BATCH`].
+fn transition_statement(id: OrderId, transition: Transition) -> Option<(String, Vec<Value>)> {
     let held = "status = 'PROCESSING' AND claim_token = $2";
     let id = Value::from(id.get());
     let (set, condition, values) = match transition {
-        Transition::Start { claim, lease } => (
-            "status = 'PROCESSING', claim_token = $2, \
-             lease_expires_at = now() + $3 * interval '1 microsecond', \
-             attempts = least(attempts, 2147483646) + 1, \
-             processing_start_time = coalesce(processing_start_time, now()), \
-             updated_at = now()"
-                .to_owned(),
-            "(status = 'PENDING' OR (status = 'PROCESSING' AND lease_expires_at <= now()))",
-            vec![id, claim.as_uuid().into(), micros(lease).into()],
-        ),
+        Transition::Start { .. } | Transition::Complete { .. } => return None,
+        // The lease's end is when a PROCESSING order is due again: renewing moves it.
         Transition::Renew { claim, lease } => (
-            "lease_expires_at = now() + $3 * interval '1 microsecond'".to_owned(),
+            "available_at = now() + $3 * interval '1 microsecond'".to_owned(),
             held,
             vec![id, claim.as_uuid().into(), micros(lease).into()],
         ),
-        Transition::Complete { claim } => (
-            format!("status = 'COMPLETED', processing_end_time = now(), {LEAVE_PROCESSING}"),
-            held,
-            vec![id, claim.as_uuid().into()],
-        ),
+        // Back to PENDING, and due when the queue's retry says (its lease's end until then).
         Transition::Retry { claim, error } => (
-            format!("status = 'PENDING', last_error = $3, {LEAVE_PROCESSING}"),
+            "status = 'PENDING', last_error = $3, updated_at = now()".to_owned(),
             held,
             vec![id, claim.as_uuid().into(), error.into()],
         ),
         Transition::Fail { claim, error } => (
-            format!(
-                "status = 'FAILED', processing_end_time = now(), last_error = $3, \
-                 {LEAVE_PROCESSING}"
-            ),
+            format!("status = 'FAILED', processing_end_time = now(), last_error = $3, {FINISH}"),
             held,
             vec![id, claim.as_uuid().into(), error.into()],
         ),
         Transition::Release { claim } => (
-            format!(
-                "status = 'PENDING', attempts = greatest(attempts - 1, 0), \
-                 processing_start_time = CASE WHEN attempts <= 1 THEN NULL \
-                 ELSE processing_start_time END, {LEAVE_PROCESSING}"
-            ),
+            "status = 'PENDING', attempts = greatest(attempts - 1, 0), \
+             processing_start_time = CASE WHEN attempts <= 1 THEN NULL \
+             ELSE processing_start_time END, updated_at = now()"
+                .to_owned(),
             held,
             vec![id, claim.as_uuid().into()],
         ),
         Transition::Cancel => (
-            "status = 'CANCELLED', updated_at = now()".to_owned(),
+            format!("status = 'CANCELLED', {FINISH}"),
             "status = 'PENDING'",
             vec![id],
         ),
     };
-    let update =
-        format!("UPDATE order_engine_orders SET {set} WHERE id = $1 AND {condition} RETURNING *");
-    let sql = match queue_side {
-        // Both or neither: the queue's side runs only when the order's row was written.
-        Some(queue_side) => format!(
-            "WITH changed AS ({update}), \
-                  queued AS ({queue_side} AND EXISTS (SELECT 1 FROM changed)) \
-             SELECT * FROM changed"
-        ),
-        None => update,
-    };
-    (sql, values)
+    Some((
+        format!("UPDATE order_engine_orders SET {set} WHERE id = $1 AND {condition} RETURNING *"),
+        values,
+    ))
 }
 
 #[async_trait]
@@ -577,10 +533,8 @@ impl Repository for PostgresRepository {
         record: &KeyRecord,
     ) -> Result<Insertion, StorageError> {
         let key = &record.key;
-        let queue = if self.queues { QUEUE_INSERTED } else { "" };
-        let keyed_order = KEYED_ORDER.replace("{queue}", queue);
-        let insert = INSERT_KEYED.replace("{keyed_order}", &keyed_order);
-        let take_over = TAKE_OVER_KEY.replace("{keyed_order}", &keyed_order);
+        let insert = INSERT_KEYED.replace("{keyed_order}", KEYED_ORDER);
+        let take_over = TAKE_OVER_KEY.replace("{keyed_order}", KEYED_ORDER);
         let values: Vec<Value> = vec![
             key.scope().into(),
             key.key().into(),
@@ -597,7 +551,11 @@ impl Repository for PostgresRepository {
             let (sql, bound) = statement;
             let inserted = rows(&self.db, "could not insert the order", sql, bound).await?;
             if let Some(row) = inserted.first() {
-                return Ok(Insertion::Created(order_row(row)?));
+                let order = order_row(row)?;
+                if let Some(wakeups) = &self.wakeups {
+                    wakeups.announce();
+                }
+                return Ok(Insertion::Created(order));
             }
             let existing = rows(
                 &self.db,
@@ -647,7 +605,11 @@ impl Repository for PostgresRepository {
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
         self.batches
             .reads
-            .call(id)
+            .call_or_run(id, |id| async move {
+                read_orders(&self.db, &[id])
+                    .await
+                    .map(|mut found| found.pop())
+            })
             .await
             .unwrap_or_else(|| Err(lost_batch()))
     }
@@ -681,7 +643,8 @@ impl Repository for PostgresRepository {
             Some(Some(Err(err))) => return Err(err.into()),
             Some(None) => return Err(lost_batch().into()),
             None => {
-                let (sql, values) = transition_statement(id, transition, self.queues);
+                let (sql, values) = transition_statement(id, transition)
+                    .ok_or_else(|| StorageError::other("a batched transition went unbatched"))?;
                 let written = Orders::find()
                     .from_raw_sql(Statement::from_sql_and_values(
                         DbBackend::Postgres,
@@ -704,7 +667,7 @@ impl Repository for PostgresRepository {
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT status, claim_token, \
-                        (status = 'PROCESSING' AND lease_expires_at > now()) AS lease_live \
+                        (status = 'PROCESSING' AND available_at > now()) AS lease_live \
                    FROM order_engine_orders WHERE id = $1",
                 [id.get().into()],
             ))
@@ -738,7 +701,7 @@ impl Repository for PostgresRepository {
                 DbBackend::Postgres,
                 "SELECT id FROM order_engine_orders \
                   WHERE status IN ('PENDING', 'PROCESSING') \
-                    AND (status = 'PENDING' OR lease_expires_at <= now()) \
+                    AND (status = 'PENDING' OR available_at <= now()) \
                     AND id > $1 \
                   ORDER BY id LIMIT $2",
                 [
@@ -801,35 +764,5 @@ impl Repository for PostgresRepository {
         }
         metrics.total_orders = metrics.statuses.sum();
         Ok(metrics)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::ClaimToken;
-
-    #[test]
-    fn worker_transitions_are_fenced_by_the_claim() {
-        let id = OrderId::new(7).unwrap();
-        let claim = ClaimToken::generate();
-        for transition in [
-            Transition::Complete { claim },
-            Transition::Release { claim },
-            Transition::Fail {
-                claim,
-                error: "no".to_owned(),
-            },
-        ] {
-            let (sql, values) = transition_statement(id, transition, false);
-            assert!(sql.contains("claim_token = $2"), "{sql}");
-            assert_eq!(values[1], Value::from(claim.as_uuid()));
-        }
-        let (sql, values) = transition_statement(id, Transition::Cancel, false);
-        assert!(
-            sql.contains("status = 'PENDING'") && !sql.contains("$2"),
-            "{sql}"
-        );
-        assert_eq!(values.len(), 1);
     }
 }

@@ -38,6 +38,20 @@ impl TestDatabase {
 
     /// [`create`](Self::create), connecting with `options`.
     pub async fn create_with(options: &PoolOptions) -> Self {
+        let db = Self::create_empty_with(options).await;
+        postgres::migrate(&db.connection)
+            .await
+            .unwrap_or_else(|err| panic!("could not migrate {}: {err}", db.name));
+        db
+    }
+
+    /// An empty database without the migrations applied: for tests of the migrations
+    /// themselves.
+    pub async fn create_empty() -> Self {
+        Self::create_empty_with(&PoolOptions::default()).await
+    }
+
+    async fn create_empty_with(options: &PoolOptions) -> Self {
         let admin_url =
             std::env::var(TEST_DATABASE_URL).unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -57,9 +71,6 @@ impl TestDatabase {
         let connection = postgres::connect(&url, options)
             .await
             .unwrap_or_else(|err| panic!("could not connect to {name}: {err}"));
-        postgres::migrate(&connection)
-            .await
-            .unwrap_or_else(|err| panic!("could not migrate {name}: {err}"));
         Self {
             name,
             admin_url,

@@ -303,7 +303,8 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
 #[tokio::test]
 async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     use order_core::postgres::{self, PoolOptions, PostgresBackend};
-    use order_core::{Backend, OrderId};
+    use order_core::{Backend, NewOrder};
+    use rust_decimal::Decimal;
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let cluster = Cluster::create().await;
@@ -313,10 +314,10 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     };
     let db = postgres::connect(&cluster.url(), &options).await.unwrap();
     postgres::migrate(&db).await.unwrap();
-    // Two pools, as two servers: only NOTIFY carries a push from one to the other.
+    // Two pools, as two servers: only NOTIFY carries new work from one to the other.
     let waiting = PostgresBackend::new(db).queue();
-    let pushing =
-        PostgresBackend::new(postgres::connect(&cluster.url(), &options).await.unwrap()).queue();
+    let storing = PostgresBackend::new(postgres::connect(&cluster.url(), &options).await.unwrap())
+        .repository();
     waiting.wait(Duration::from_millis(300)).await; // opens the LISTEN connection
 
     cluster.crash().await;
@@ -361,11 +362,17 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
         );
     }
 
-    let id = OrderId::new(1).unwrap();
+    let order = NewOrder {
+        user_id: "after-the-restart".to_owned(),
+        item_ids: vec!["item-1".to_owned()],
+        total_amount: Decimal::ONE,
+    }
+    .validate()
+    .unwrap();
     let pushed = Instant::now();
     loop {
-        // The pushing pool's old connections died with the server; retry as the engine does.
-        match pushing.push(id).await {
+        // The storing pool's old connections died with the server; retry as the engine does.
+        match storing.insert(&order).await {
             Ok(_) => break,
             Err(err) => assert!(pushed.elapsed() < Duration::from_secs(10), "{err}"),
         }
@@ -376,7 +383,7 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     let waited = woke.elapsed();
     assert!(
         waited < Duration::from_secs(3),
-        "woke {waited:?} after the push: the LISTEN connection did not come back"
+        "woke {waited:?} after the insert: the LISTEN connection did not come back"
     );
     assert_eq!(
         waiting

@@ -105,7 +105,7 @@ async fn killed_server_sessions_gone(db: &DatabaseConnection) {
 async fn queue_length(db: &DatabaseConnection) -> i64 {
     db.query_one_raw(Statement::from_string(
         DbBackend::Postgres,
-        "SELECT count(*) AS n FROM order_engine_queue",
+        "SELECT count(*) AS n FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')",
     ))
     .await
     .unwrap()

@@ -27,7 +27,7 @@ CREATE INDEX order_engine_orders_by_user ON order_engine_orders (user_id, id);
 /// One `NOTIFY order_engine_changes` per statement that changed statuses, its payload the
 /// comma-separated ids, in chunks that stay under `NOTIFY`'s 8000-byte payload limit (300 ids
 /// of up to 19 digits and a comma). A renewal, which changes no status, sends nothing.
-const NOTIFY_TRIGGER: &str = "
+pub(super) const NOTIFY_TRIGGER: &str = "
 CREATE FUNCTION order_engine_notify_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('order_engine_changes', string_agg(id::text, ','))
