@@ -606,7 +606,7 @@ cat >"$FLOW_SQL" <<SQL
 INSERT INTO bench_flow (user_id, item_ids, total_amount, status, attempts)
   SELECT 'user-1', ARRAY['item1', 'item2'], 59.99, 'PENDING', 0 FROM generate_series(1, $FLOW_BATCH);
 WITH due AS (SELECT id FROM bench_flow WHERE status IN ('PENDING', 'PROCESSING') AND available_at <= now() ORDER BY available_at, id LIMIT $FLOW_BATCH FOR UPDATE SKIP LOCKED), started AS (UPDATE bench_flow o SET status = 'PROCESSING', claim_token = gen_random_uuid(), available_at = now() + interval '10 seconds', deliveries = o.deliveries + 1, attempts = o.attempts + 1, processing_start_time = coalesce(o.processing_start_time, now()), updated_at = now() FROM due WHERE o.id = due.id RETURNING o.id) SELECT coalesce(array_agg(id), '{}') AS ids FROM started \gset
-UPDATE bench_flow SET status = 'COMPLETED', processing_end_time = now(), available_at = NULL, updated_at = now() WHERE id = ANY(:'ids'::bigint[]) AND status = 'PROCESSING';
+UPDATE bench_flow SET status = 'COMPLETED', processing_end_time = now(), available_at = NULL, updated_at = now() WHERE id = ANY(:ids::bigint[]) AND status = 'PROCESSING';
 SQL
 
 if wants http; then

@@ -648,6 +648,59 @@ pub mod repository {
             .unwrap();
     }
 
+    /// Many submissions through one handle at once, some sharing keys and some asking for
+    /// another order under a key in use, among plain inserts: each key makes one order, and
+    /// every request hears of it (a backend that writes a burst in one
+    /// statement must hold each key once in it). Counted in the storage.
+    pub async fn a_burst_through_one_handle_makes_one_order_per_key(repo: Arc<dyn Repository>) {
+        const KEYS: usize = 6;
+        const COPIES: usize = 5;
+        let calls: Vec<_> = (0..KEYS * COPIES)
+            .map(|i| {
+                let repo = repo.clone();
+                let key = i % KEYS;
+                // Odd copies of key 0 ask for another order: a key reused.
+                let user = if key == 0 && i % 2 == 1 { "bob" } else { "ann" };
+                let order = sample_order(user, 1 + key);
+                let record = keyed(&format!("burst-{key}"), &sample_order("ann", 1 + key), LONG);
+                let record = KeyRecord {
+                    fingerprint: Fingerprint::of(&order),
+                    ..record
+                };
+                tokio::spawn(async move {
+                    let plain = repo.insert(&sample_order("plain", 1)).await.unwrap();
+                    (
+                        key,
+                        repo.insert_keyed(&order, &record).await.unwrap(),
+                        plain,
+                    )
+                })
+            })
+            .collect();
+        let mut created: std::collections::HashMap<usize, OrderId> = Default::default();
+        let mut answers = Vec::new();
+        for call in calls {
+            let (key, insertion, _) = call.await.unwrap();
+            if let Insertion::Created(order) = &insertion {
+                assert!(
+                    created.insert(key, order.id).is_none(),
+                    "key {key} made two orders"
+                );
+            }
+            answers.push((key, insertion));
+        }
+        assert_eq!(created.len(), KEYS, "every key made its order");
+        for (key, insertion) in answers {
+            match insertion {
+                Insertion::Created(order) | Insertion::Existing { order, .. } => {
+                    assert_eq!(order.id, created[&key], "key {key}");
+                }
+            }
+        }
+        let metrics = repo.metrics().await.unwrap();
+        assert_eq!(metrics.total_orders, (KEYS + KEYS * COPIES) as u64);
+    }
+
     /// Of many submissions with one key that reach the storage at once, through handles as
     /// separate as two servers, exactly one creates and every other names its order; round
     /// after round, each time with a new key.
@@ -1551,6 +1604,7 @@ macro_rules! repository_contract_tests {
             finished_orders_never_change,
             list_filters_and_pages,
             a_key_creates_one_order,
+            a_burst_through_one_handle_makes_one_order_per_key,
             expired_keys_are_forgotten,
             stranded_finds_what_a_lost_queue_held,
             metrics_follow_every_change;

@@ -47,8 +47,6 @@ use crate::repository::{
 pub struct PostgresRepository {
     db: DatabaseConnection,
     batches: Arc<Batches>,
-    /// A backend's repository wakes the backend's idle workers for each order it stores.
-    wakeups: Option<Arc<Wakeups>>,
 }
 
 /// A response to one caller of a batch.
@@ -58,6 +56,8 @@ type Reply<T> = Result<T, StorageError>;
 #[derive(Debug)]
 struct Batches {
     inserts: Batcher<ValidatedOrder, Reply<Order>>,
+    /// Keyed inserts: the batch holds each key once.
+    keyed: Batcher<(ValidatedOrder, KeyRecord), Reply<Insertion>>,
     reads: Batcher<OrderId, Reply<Option<Order>>>,
     /// `None`: the order was not in a state to start from (the caller finds out why).
     starts: Batcher<(OrderId, ClaimToken, i64), Reply<Option<Order>>>,
@@ -78,11 +78,17 @@ impl PostgresRepository {
         Self::build(db, Some(wakeups))
     }
 
+    /// A backend's repository (`wakeups`) wakes the backend's idle workers for each order it
+    /// stores.
     fn build(db: DatabaseConnection, wakeups: Option<Arc<Wakeups>>) -> Self {
         let batches = Batches {
             inserts: Batcher::new(LIMITS, {
                 let (db, wakeups) = (db.clone(), wakeups.clone());
                 move |orders| insert_orders(db.clone(), wakeups.clone(), orders).boxed()
+            }),
+            keyed: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |requests| keyed_batch(db.clone(), wakeups.clone(), requests).boxed()
             }),
             reads: Batcher::new(LIMITS, {
                 let db = db.clone();
@@ -100,7 +106,6 @@ impl PostgresRepository {
         Self {
             db,
             batches: Arc::new(batches),
-            wakeups,
         }
     }
 
@@ -125,23 +130,63 @@ async fn rows(
     .map_err(|err| storage_error(context, err))
 }
 
-/// Stores the orders in one statement: ids are drawn in the batch's order, and each row comes
-/// back with its place in the batch. Each is queued as it is stored: `available_at` defaults to
-/// now.
-const INSERT_BATCH: &str = "
-WITH input AS MATERIALIZED (
+/// Stores orders in one statement: ids are drawn in the batch's order, each is queued as it is
+/// stored (`available_at` defaults to now), and each row comes back with its place in the
+/// batch. `$1` to `$5` are the orders (users, amounts, each order's first item and item count,
+/// and all the items); with `keyed`, `$6` to `$9` are each order's idempotency key (scope,
+/// key, fingerprint in hex, time to live in microseconds), and an order is stored only when
+/// its key's row was written.
+///
+/// A key's row is written first. `ON CONFLICT` on its primary key decides a race, waiting for a
+/// concurrent writer of the same key to commit; an expired key is taken over. The keys are
+/// written in key order, so two such statements never deadlock on one another, and a batch
+/// holds each key once: an upsert cannot touch one row twice.
+///
+/// Whether a key may be taken over is decided on the key's row alone: `ON CONFLICT ... WHERE`
+/// sees the latest committed version of the row it has locked, but a subquery there (say, "does
+/// the key's order still exist?") would read with the statement's snapshot, taken before a
+/// racing request committed that key and its order, and so would find no order and take the
+/// key over a second time. A key whose order was deleted is taken over by [`TAKE_OVER_KEY`]
+/// instead. No row back for an order: its key is in use.
+fn insert_statement(keyed: bool) -> String {
+    let (key_params, key_columns, key_cte, only_keyed) = if keyed {
+        (
+            ", $6::text[], $7::text[], $8::text[], $9::bigint[]",
+            ", scope, key, fingerprint, ttl",
+            "keyed AS (
+    INSERT INTO order_engine_idempotency_keys AS k (scope, key, fingerprint, order_id, expires_at)
+    SELECT scope, key, decode(fingerprint, 'hex'), id, now() + ttl * interval '1 microsecond'
+      FROM input ORDER BY scope, key
+    ON CONFLICT (scope, key) DO UPDATE
+       SET fingerprint = excluded.fingerprint, order_id = excluded.order_id,
+           expires_at = excluded.expires_at
+     WHERE k.expires_at <= now()
+    RETURNING order_id),",
+            "WHERE id = ANY(ARRAY(SELECT order_id FROM keyed))",
+        )
+    } else {
+        ("", "", "", "")
+    };
+    format!(
+        "WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id, r.*
-      FROM unnest($1::text[], $2::numeric[], $3::int[], $4::int[])
-           WITH ORDINALITY AS r(user_id, total_amount, first_item, item_count, position)
+      FROM unnest($1::text[], $2::numeric[], $3::int[], $4::int[]{key_params})
+           WITH ORDINALITY AS r(user_id, total_amount, first_item, item_count{key_columns}, position)
      ORDER BY r.position),
+{key_cte}
 inserted AS (
     INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
     OVERRIDING SYSTEM VALUE
     SELECT id, user_id, ($5::text[])[first_item : first_item + item_count - 1], total_amount,
            'PENDING', 0
-      FROM input
+      FROM input {only_keyed}
     RETURNING *)
-SELECT inserted.*, input.position FROM inserted JOIN input USING (id)";
+SELECT inserted.*, input.position FROM inserted JOIN input USING (id)"
+    )
+}
+
+static INSERT_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(false));
+static INSERT_KEYED_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(true));
 
 async fn insert_orders(
     db: DatabaseConnection,
@@ -158,18 +203,22 @@ async fn insert_orders(
 }
 
 async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
-    match insert_rows(db, &orders).await {
-        Ok(inserted) => inserted.into_iter().map(Ok).collect(),
+    let all: Vec<&ValidatedOrder> = orders.iter().collect();
+    match insert_rows(db, &all, None).await {
+        Ok(inserted) => inserted
+            .into_iter()
+            .map(|order| order.ok_or_else(not_returned))
+            .collect(),
         // One order the database refuses (none should: they are validated) must not fail the
         // others: store them one by one, each failing alone.
         Err(err) if !err.unavailable && orders.len() > 1 => {
             let mut replies = Vec::with_capacity(orders.len());
-            for order in orders {
+            for order in &orders {
                 replies.push(
-                    // `insert_rows` answers one order per order given, or fails.
-                    insert_rows(db, std::slice::from_ref(&order))
+                    // `insert_rows` answers one place per order given, or fails.
+                    insert_rows(db, &[order], None)
                         .await
-                        .and_then(|mut one| one.pop().ok_or_else(not_returned)),
+                        .and_then(|mut one| one.pop().flatten().ok_or_else(not_returned)),
                 );
             }
             replies
@@ -178,11 +227,13 @@ async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Ve
     }
 }
 
-/// The orders, stored in one statement, in the order given.
+/// The orders, stored in one statement ([`insert_statement`]), in the order given: each in its
+/// place, `None` where its key (in `keys`, one per order) was in use.
 async fn insert_rows(
     db: &DatabaseConnection,
-    orders: &[ValidatedOrder],
-) -> Result<Vec<Order>, StorageError> {
+    orders: &[&ValidatedOrder],
+    keys: Option<&[&KeyRecord]>,
+) -> Result<Vec<Option<Order>>, StorageError> {
     let mut user_ids = Vec::with_capacity(orders.len());
     let mut amounts = Vec::with_capacity(orders.len());
     let mut first_items = Vec::with_capacity(orders.len());
@@ -196,14 +247,31 @@ async fn insert_rows(
         item_counts.push(i32::try_from(order.item_ids().len()).unwrap_or(i32::MAX));
         items.extend(order.item_ids().iter().cloned());
     }
-    let values = vec![
+    let mut values = vec![
         user_ids.into(),
         amounts.into(),
         first_items.into(),
         item_counts.into(),
         items.into(),
     ];
-    let rows = rows(db, "could not insert the orders", INSERT_BATCH, values).await?;
+    let sql = match keys {
+        Some(keys) => {
+            let scopes: Vec<String> = keys.iter().map(|r| r.key.scope().to_owned()).collect();
+            let names: Vec<String> = keys.iter().map(|r| r.key.key().to_owned()).collect();
+            let fingerprints: Vec<String> =
+                keys.iter().map(|r| hex(r.fingerprint.as_bytes())).collect();
+            let ttls: Vec<i64> = keys.iter().map(|r| micros(r.ttl)).collect();
+            values.extend([
+                scopes.into(),
+                names.into(),
+                fingerprints.into(),
+                ttls.into(),
+            ]);
+            INSERT_KEYED_ORDERS.as_str()
+        }
+        None => INSERT_ORDERS.as_str(),
+    };
+    let rows = rows(db, "could not insert the orders", sql, values).await?;
     let mut placed: Vec<Option<Order>> = vec![None; orders.len()];
     for row in &rows {
         let position: i64 = row
@@ -215,10 +283,133 @@ async fn insert_rows(
             .ok_or_else(|| StorageError::other("an inserted order came back out of place"))?;
         *slot = Some(order_row(row)?);
     }
-    placed
+    Ok(placed)
+}
+
+/// Lower-case hex, as PostgreSQL's `decode(..., 'hex')` reads it.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+/// Stores keyed orders, one statement for the batch: each key once (a later request with a key
+/// already in the batch is settled after it, as one that found the key in use), and the
+/// requests whose key was in use settled each on its own ([`settle_key`]).
+async fn keyed_batch(
+    db: DatabaseConnection,
+    wakeups: Option<Arc<Wakeups>>,
+    requests: Vec<(ValidatedOrder, KeyRecord)>,
+) -> Vec<Reply<Insertion>> {
+    let mut seen = std::collections::HashSet::new();
+    let leaders: Vec<usize> = (0..requests.len())
+        .filter(|&i| seen.insert(&requests[i].1.key))
+        .collect();
+    let orders: Vec<&ValidatedOrder> = leaders.iter().map(|&i| &requests[i].0).collect();
+    let keys: Vec<&KeyRecord> = leaders.iter().map(|&i| &requests[i].1).collect();
+    let mut replies: Vec<Option<Reply<Insertion>>> = (0..requests.len()).map(|_| None).collect();
+    match insert_rows(&db, &orders, Some(&keys)).await {
+        Ok(placed) => {
+            for (&i, order) in leaders.iter().zip(placed) {
+                replies[i] = order.map(|order| Ok(Insertion::Created(order)));
+            }
+        }
+        Err(err) if err.unavailable => return failed(requests.len(), &err),
+        // One request the database refuses: the others are settled each on its own below.
+        Err(_) => {}
+    }
+    if let Some(wakeups) = &wakeups
+        && replies.iter().flatten().any(Result::is_ok)
+    {
+        wakeups.announce();
+    }
+    let unsettled: Vec<usize> = (0..requests.len())
+        .filter(|&i| replies[i].is_none())
+        .collect();
+    let settled = futures::future::join_all(unsettled.iter().map(|&i| {
+        let (order, record) = &requests[i];
+        settle_key(&db, wakeups.as_ref(), order, record)
+    }))
+    .await;
+    for (i, reply) in unsettled.into_iter().zip(settled) {
+        replies[i] = Some(reply);
+    }
+    replies
         .into_iter()
-        .map(|order| order.ok_or_else(not_returned))
+        .map(|reply| reply.unwrap_or_else(|| Err(lost_batch())))
         .collect()
+}
+
+/// One keyed request on its own: stored under its key, or answered with the order the key
+/// names. The key changes hands between two statements only when it expired, was pruned or
+/// lost its order meanwhile: then the request tries again, a bounded number of times.
+async fn settle_key(
+    db: &DatabaseConnection,
+    wakeups: Option<&Arc<Wakeups>>,
+    order: &ValidatedOrder,
+    record: &KeyRecord,
+) -> Reply<Insertion> {
+    let key = &record.key;
+    let mut deleted_order: Option<i64> = None;
+    for _ in 0..5 {
+        let created = match deleted_order.take() {
+            None => insert_rows(db, &[order], Some(&[record]))
+                .await?
+                .pop()
+                .flatten(),
+            Some(deleted) => {
+                let values: Vec<Value> = vec![
+                    key.scope().into(),
+                    key.key().into(),
+                    record.fingerprint.as_bytes().to_vec().into(),
+                    micros(record.ttl).into(),
+                    order.user_id().into(),
+                    order.item_ids().to_vec().into(),
+                    order.total_amount().into(),
+                    deleted.into(),
+                ];
+                let taken = rows(db, "could not insert the order", TAKE_OVER_KEY, values).await?;
+                taken.first().map(order_row).transpose()?
+            }
+        };
+        if let Some(order) = created {
+            if let Some(wakeups) = wakeups {
+                wakeups.announce();
+            }
+            return Ok(Insertion::Created(order));
+        }
+        let existing = rows(
+            db,
+            "could not read an idempotency key",
+            READ_KEY,
+            vec![key.scope().into(), key.key().into()],
+        )
+        .await?;
+        let Some(row) = existing.first() else {
+            // Pruned since: the key is free again.
+            continue;
+        };
+        let unreadable = |err| storage_error("could not read an idempotency key", err);
+        let fingerprint: Vec<u8> = row.try_get("", "key_fingerprint").map_err(unreadable)?;
+        let order_id: Option<i64> = row.try_get("", "id").map_err(unreadable)?;
+        if order_id.is_none() {
+            // Its order was deleted: take the key over from that order, if no one else has yet.
+            deleted_order = Some(row.try_get("", "key_order_id").map_err(unreadable)?);
+            continue;
+        }
+        return Ok(Insertion::Existing {
+            order: order_row(row)?,
+            same_request: fingerprint.as_slice() == record.fingerprint.as_bytes(),
+        });
+    }
+    Err(StorageError::unavailable(
+        "an idempotency key kept changing hands; try again",
+    ))
 }
 
 fn not_returned() -> StorageError {
@@ -291,29 +482,6 @@ pub(super) fn list_statement(query: &OrderQuery) -> (String, Vec<Value>) {
     (sql, values)
 }
 
-/// Stores an order under an idempotency key, in one statement: the key's row is written first,
-/// and the order only when the key's row was written. `ON CONFLICT` on the key's primary key
-/// decides a race, waiting for a concurrent writer of the same key to commit; an expired key
-/// is taken over.
-///
-/// Whether the key may be taken over is decided on the key's row alone: `ON CONFLICT ... WHERE`
-/// sees the latest committed version of the row it has locked, but a subquery there (say, "does
-/// the key's order still exist?") would read with the statement's snapshot, taken before a
-/// racing request committed that key and its order, and so would find no order and take the
-/// key over a second time. A key whose order was deleted is taken over by [`TAKE_OVER_KEY`]
-/// instead. No row back: the key is in use.
-const INSERT_KEYED: &str = "
-WITH new_order AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id),
-key AS (
-    INSERT INTO order_engine_idempotency_keys AS k (scope, key, fingerprint, order_id, expires_at)
-    SELECT $1, $2, $3, id, now() + $4 * interval '1 microsecond' FROM new_order
-    ON CONFLICT (scope, key) DO UPDATE
-       SET fingerprint = excluded.fingerprint, order_id = excluded.order_id,
-           expires_at = excluded.expires_at
-     WHERE k.expires_at <= now()
-    RETURNING order_id){keyed_order}";
-
 /// Takes over a key whose order was deleted, and stores the new order under it: only while the
 /// key still names the deleted order (`$8`), a compare-and-set. `UPDATE` re-reads a row that a
 /// concurrent statement changed before it applies its condition, so of many requests that
@@ -326,11 +494,7 @@ key AS (
        SET fingerprint = $3, order_id = (SELECT id FROM new_order),
            expires_at = now() + $4 * interval '1 microsecond'
      WHERE scope = $1 AND key = $2 AND order_id = $8
-    RETURNING order_id){keyed_order}";
-
-/// The end of [`INSERT_KEYED`] and [`TAKE_OVER_KEY`]: the order, under the id the key was
-/// given, when the key was written.
-const KEYED_ORDER: &str = ",
+    RETURNING order_id),
 inserted AS (
     INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
     OVERRIDING SYSTEM VALUE
@@ -532,63 +696,11 @@ impl Repository for PostgresRepository {
         order: &ValidatedOrder,
         record: &KeyRecord,
     ) -> Result<Insertion, StorageError> {
-        let key = &record.key;
-        let insert = INSERT_KEYED.replace("{keyed_order}", KEYED_ORDER);
-        let take_over = TAKE_OVER_KEY.replace("{keyed_order}", KEYED_ORDER);
-        let values: Vec<Value> = vec![
-            key.scope().into(),
-            key.key().into(),
-            record.fingerprint.as_bytes().to_vec().into(),
-            micros(record.ttl).into(),
-            order.user_id().into(),
-            order.item_ids().to_vec().into(),
-            order.total_amount().into(),
-        ];
-        // The key changes hands between two statements only when it expired, was pruned or
-        // lost its order meanwhile: then the request tries again, a bounded number of times.
-        let mut statement = (insert.as_str(), values.clone());
-        for _ in 0..5 {
-            let (sql, bound) = statement;
-            let inserted = rows(&self.db, "could not insert the order", sql, bound).await?;
-            if let Some(row) = inserted.first() {
-                let order = order_row(row)?;
-                if let Some(wakeups) = &self.wakeups {
-                    wakeups.announce();
-                }
-                return Ok(Insertion::Created(order));
-            }
-            let existing = rows(
-                &self.db,
-                "could not read an idempotency key",
-                READ_KEY,
-                vec![key.scope().into(), key.key().into()],
-            )
-            .await?;
-            let Some(row) = existing.first() else {
-                // Pruned since: the key is free again.
-                statement = (insert.as_str(), values.clone());
-                continue;
-            };
-            let unreadable = |err| storage_error("could not read an idempotency key", err);
-            let fingerprint: Vec<u8> = row.try_get("", "key_fingerprint").map_err(unreadable)?;
-            let order_id: Option<i64> = row.try_get("", "id").map_err(unreadable)?;
-            if order_id.is_none() {
-                // Its order was deleted: take the key over from that order, if no one else
-                // has yet.
-                let deleted: i64 = row.try_get("", "key_order_id").map_err(unreadable)?;
-                let mut values = values.clone();
-                values.push(deleted.into());
-                statement = (take_over.as_str(), values);
-                continue;
-            }
-            return Ok(Insertion::Existing {
-                order: order_row(row)?,
-                same_request: fingerprint.as_slice() == record.fingerprint.as_bytes(),
-            });
-        }
-        Err(StorageError::unavailable(
-            "an idempotency key kept changing hands; try again",
-        ))
+        self.batches
+            .keyed
+            .call((order.clone(), record.clone()))
+            .await
+            .unwrap_or_else(|| Err(lost_batch()))
     }
 
     async fn prune_keys(&self) -> Result<u64, StorageError> {
