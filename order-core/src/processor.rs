@@ -153,6 +153,14 @@ pub enum BuildError {
         "this queue shares its repository's storage: set both with .backend(..), not with .queue(..)"
     )]
     QueueWithoutItsRepository,
+    /// The repository came from a [`backend`](OrderProcessorBuilder::backend) whose queue
+    /// shares its storage, and that queue was replaced: the repository would go on queueing
+    /// every order it stores for a queue that nobody claims from. For a queue of another kind,
+    /// use a repository of its own (`PostgresRepository::new`, [`InMemoryRepository`]).
+    #[error(
+        "this repository keeps its backend's queue in step: replace both with .repository(..) and .queue(..), not the queue alone"
+    )]
+    RepositoryWithoutItsQueue,
     /// A setting is out of range.
     #[error("{setting} {reason}")]
     InvalidSetting {
@@ -171,6 +179,8 @@ pub struct OrderProcessorBuilder {
     change_feed: Option<Arc<dyn ChangeFeed>>,
     /// Whether the repository and the queue were last set together, by `backend`.
     from_one_backend: bool,
+    /// Whether the repository is a backend's whose queue shares its storage.
+    repository_keeps_a_queue: bool,
     handler: Arc<dyn OrderHandler>,
     settings: Settings,
 }
@@ -200,7 +210,9 @@ impl OrderProcessorBuilder {
     /// `PostgresBackend`'s or [`InMemoryBackend`](crate::InMemoryBackend)'s.
     pub fn backend(mut self, backend: &dyn Backend) -> Self {
         self.repository = Some(backend.repository());
-        self.queue = Some(backend.queue());
+        let queue = backend.queue();
+        self.repository_keeps_a_queue = queue.storage() == QueueStorage::Repository;
+        self.queue = Some(queue);
         if let Some(feed) = backend.change_feed() {
             self.change_feed = Some(feed);
         }
@@ -214,12 +226,13 @@ impl OrderProcessorBuilder {
     pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
         self.repository = Some(repository);
         self.from_one_backend = false;
+        self.repository_keeps_a_queue = false;
         self
     }
 
     /// The work queue; in memory unless set. It must keep ids of its own
     /// ([`QueueStorage::Own`]): a queue that shares its repository's storage comes with it,
-    /// from [`backend`](Self::backend).
+    /// from [`backend`](Self::backend), and that repository goes with it (replace both).
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(queue);
         self.from_one_backend = false;
@@ -311,6 +324,9 @@ impl OrderProcessorBuilder {
         if shared_storage && !self.from_one_backend {
             return Err(BuildError::QueueWithoutItsRepository);
         }
+        if self.repository_keeps_a_queue && !self.from_one_backend {
+            return Err(BuildError::RepositoryWithoutItsQueue);
+        }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(OrderProcessor {
             engine: Arc::new(Engine {
@@ -379,6 +395,7 @@ impl OrderProcessor {
             queue: None,
             change_feed: None,
             from_one_backend: false,
+            repository_keeps_a_queue: false,
             handler: Arc::new(handler),
             settings: Settings {
                 concurrency: 64,

@@ -648,6 +648,46 @@ mod shared_database {
         }
     }
 
+    /// The mixed pair: orders in PostgreSQL, a queue of another kind (here in memory). The
+    /// engine pushes, starts, acks and sweeps as with any separate queue; orders the queue
+    /// lost (a process that died with its queue) are found by the sweep and processed once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn orders_in_postgres_with_a_queue_of_another_kind_are_processed_and_recovered() {
+        let db = TestDatabase::create().await;
+        let build = || {
+            OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+                .repository(Arc::new(PostgresRepository::new(db.connection().clone())))
+                .queue(Arc::new(crate::InMemoryQueue::new()))
+                .sweep_interval(Duration::from_millis(200))
+                .build()
+                .unwrap()
+        };
+        // Stored and queued in a queue that is then lost, unprocessed.
+        let lost = build();
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let order = sample_order(&format!("user-{i}"), 1);
+            ids.push(lost.submit(order.into_inner()).await.unwrap().id);
+        }
+        drop(lost);
+        let processor = build();
+        let running = processor.start();
+        for i in 20..40 {
+            let order = sample_order(&format!("user-{i}"), 1);
+            ids.push(processor.submit(order.into_inner()).await.unwrap().id);
+        }
+        for id in ids {
+            let done = tokio::time::timeout(Duration::from_secs(30), processor.wait_until_done(id))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!((done.status, done.attempts), (OrderStatus::Completed, 1));
+        }
+        assert_eq!(processor.metrics().await.unwrap().statuses.completed, 40);
+        assert_eq!(running.shutdown(Duration::from_secs(5)).await.abandoned, 0);
+    }
+
     fn processor_on(pool: &DatabaseConnection, step: Duration) -> OrderProcessor {
         OrderProcessor::builder(SimulatedStep::new(step))
             .backend(&PostgresBackend::new(pool.clone()))

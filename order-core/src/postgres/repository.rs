@@ -707,7 +707,13 @@ impl Repository for PostgresRepository {
         self.db
             .execute_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "DELETE FROM order_engine_idempotency_keys WHERE expires_at <= now()",
+                // Keys a request holds are skipped, not waited for: a batch of keyed inserts
+                // locks its keys in key order, and a prune that waited in expiry order could
+                // deadlock with it. A skipped key goes at the next prune.
+                "DELETE FROM order_engine_idempotency_keys
+                  WHERE (scope, key) IN (
+                        SELECT scope, key FROM order_engine_idempotency_keys
+                         WHERE expires_at <= now() FOR UPDATE SKIP LOCKED)",
             ))
             .await
             .map(|done| done.rows_affected())

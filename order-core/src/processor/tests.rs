@@ -1270,9 +1270,8 @@ fn an_idempotency_ttl_under_a_second_is_refused() {
     assert!(err.to_string().contains("idempotency_ttl"), "{err}");
 }
 
-/// A queue that shares its repository's storage only comes with it: set apart from it, or
-/// with its repository replaced, the builder refuses it; a backend whose queue is replaced by
-/// one of its own kind is a mixed pair that works.
+/// A queue that shares its repository's storage only comes with it, and its repository with
+/// it: the builder refuses either one replaced alone, and takes both replaced.
 #[test]
 fn a_queue_that_shares_its_repository_comes_only_with_it() {
     use crate::{Backend, InMemoryBackend};
@@ -1306,8 +1305,17 @@ fn a_queue_that_shares_its_repository_comes_only_with_it() {
         .backend(&backend)
         .build()
         .unwrap();
+    let other_queue = OrderProcessor::builder(step())
+        .backend(&backend)
+        .queue(Arc::new(InMemoryQueue::new()))
+        .build();
+    assert!(
+        matches!(other_queue, Err(BuildError::RepositoryWithoutItsQueue)),
+        "its repository would queue every order for a queue nobody claims from"
+    );
     OrderProcessor::builder(step())
         .backend(&backend)
+        .repository(Arc::new(InMemoryRepository::new()))
         .queue(Arc::new(InMemoryQueue::new()))
         .build()
         .unwrap();

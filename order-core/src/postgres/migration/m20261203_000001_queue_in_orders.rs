@@ -14,6 +14,10 @@
 //!   delete a queue row. Three row versions per order.
 //! - The claim keeps `claim_token` when an order goes back to PENDING (a retry, a hand-back),
 //!   so that the queue's `retry` that follows is still fenced by it.
+//! - An unfinished order always has a due time (`order_engine_orders_unfinished_are_due`): a
+//!   write that would leave one PENDING or PROCESSING without it, and so never claimed (an
+//!   operator's `UPDATE ... SET status = 'PENDING'` of a failed order, say), is refused
+//!   instead; it must set `available_at` too.
 //! - One statement trigger on update moves the per-status counters by the difference between
 //!   the statement's new and old rows, counted per status (no join), and sends the changed ids
 //!   on `order_engine_changes` when a status moved.
@@ -56,9 +60,11 @@ UPDATE order_engine_orders o
   FROM order_engine_orders u LEFT JOIN order_engine_queue q ON q.order_id = u.id
  WHERE o.id = u.id AND u.status IN ('PENDING', 'PROCESSING');
 
-ALTER TABLE order_engine_orders DROP COLUMN lease_expires_at;
-DROP TABLE order_engine_queue, order_engine_queue_counts;
-DROP FUNCTION order_engine_count_queued();
+ALTER TABLE order_engine_orders DROP COLUMN lease_expires_at,
+    ADD CONSTRAINT order_engine_orders_unfinished_are_due
+        CHECK (status NOT IN ('PENDING', 'PROCESSING') OR available_at IS NOT NULL);
+DROP TABLE IF EXISTS order_engine_queue, order_engine_queue_counts;
+DROP FUNCTION IF EXISTS order_engine_count_queued();
 
 CREATE INDEX order_engine_orders_due ON order_engine_orders (available_at, id)
     WHERE status IN ('PENDING', 'PROCESSING');
@@ -118,17 +124,19 @@ CREATE TRIGGER order_engine_orders_updated AFTER UPDATE ON order_engine_orders
 ";
 
 /// The first design back: a queue row for every unfinished order (PENDING ones unclaimed), the
-/// lease in `lease_expires_at`, the claim cleared where the order is not PROCESSING, and the
-/// first design's triggers.
+/// lease in `lease_expires_at`, the claim cleared on PENDING orders, and the first design's
+/// triggers. Only unfinished rows are rewritten: the first design reads no finished order's
+/// claim, and rewriting every finished order would double the table under an exclusive lock.
 const DOWN_TABLES: &str = "
 DROP TRIGGER order_engine_orders_updated ON order_engine_orders;
 DROP FUNCTION order_engine_orders_updated();
 
-ALTER TABLE order_engine_orders ADD COLUMN lease_expires_at timestamptz;
+ALTER TABLE order_engine_orders ADD COLUMN lease_expires_at timestamptz,
+    DROP CONSTRAINT order_engine_orders_unfinished_are_due;
 UPDATE order_engine_orders
    SET lease_expires_at = CASE WHEN status = 'PROCESSING' THEN available_at END,
        claim_token = CASE WHEN status = 'PROCESSING' THEN claim_token END
- WHERE claim_token IS NOT NULL OR status = 'PROCESSING';
+ WHERE status IN ('PENDING', 'PROCESSING');
 
 CREATE TABLE order_engine_queue (
     order_id bigint NOT NULL PRIMARY KEY,

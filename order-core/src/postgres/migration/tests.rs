@@ -19,8 +19,7 @@ use crate::{
 /// keys).
 const FIRST_DESIGN: &str = include_str!("fixtures/first_design.sql");
 
-/// Loads the dump on a connection of its own: it sets the session's `search_path` to nothing,
-/// and psql's meta-commands (`\restrict`) are left out.
+/// Loads the dump on a pool of its own, psql's meta-commands (`\restrict`) left out.
 async fn load_first_design(db: &TestDatabase) {
     let sql: String = FIRST_DESIGN
         .lines()
@@ -32,7 +31,12 @@ async fn load_first_design(db: &TestDatabase) {
         ..PoolOptions::default()
     };
     let loader = postgres::connect(db.url(), &options).await.unwrap();
-    loader.execute_unprepared(&sql).await.unwrap();
+    // The dump empties the session's search_path; the triggers it made name their tables
+    // without a schema, so the session gets it back before it writes again.
+    loader
+        .execute_unprepared(&format!("{sql}\nRESET search_path;"))
+        .await
+        .unwrap();
     // The dump's leases and retry delays ran out long ago; make them live again, as they were
     // when it was taken, so that what the migration keeps can be seen.
     loader
