@@ -670,7 +670,7 @@ row "POST /orders with a new Idempotency-Key each, PostgreSQL (workers on)" \
 m_flow=$(median "${flow_rate[@]}") flow_err=$(sum "${flow_failed[@]}")
 row "POST /orders on PostgreSQL (workers on) against PostgreSQL doing the design's writes alone" \
   "$(commas "$m_rps") orders/s taken in and processed" \
-  "pgbench -c$FLOW_CLIENTS, per transaction-free round: INSERT $FLOW_BATCH orders, claim and start $FLOW_BATCH, complete them: $(commas "$m_flow") orders/s$(flag_errors "$flow_err")" \
+  "pgbench -c$FLOW_CLIENTS, each round three statements: INSERT $FLOW_BATCH orders, claim and start $FLOW_BATCH, complete them: $(commas "$m_flow") orders/s$(flag_errors "$flow_err")" \
   "$(ratio "$m_rps" "$m_flow")" "— (how close to the database's own ceiling)" "—"
 say "($((SECONDS - phase_started)) s)"
 
