@@ -242,6 +242,26 @@ start_server() {
   say "$name listening on 127.0.0.1:$SERVER_PORT (pid $SERVER_PID)"
 }
 
+# launch_until_ready NAME SECONDS [VAR=value ...]: starts order-server on PostgreSQL (the bench
+# database) with HOST, PORT, RUST_LOG=warn and the given environment, output to
+# $WORK/NAME.log, and returns at its first 200 on /readyz, failing after SECONDS. Sets
+# SERVER_PID and SERVER_PORT. Not to be called in a subshell: the server must be our child.
+launch_until_ready() {
+  local name=$1 limit=$2 began
+  shift 2
+  free_port
+  env HOST=127.0.0.1 PORT="$SERVER_PORT" RUST_LOG=warn DATABASE_URL="$BENCH_URL" "$@" \
+    "$SERVER_BIN" >"$WORK/$name.log" 2>&1 &
+  SERVER_PID=$!
+  SERVER_PIDS+=("$SERVER_PID")
+  began=$SECONDS
+  until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/readyz" 2>/dev/null; do
+    kill -0 "$SERVER_PID" 2>/dev/null || die "$name exited before it was ready ($WORK/$name.log)"
+    ((SECONDS - began < limit)) || die "$name was not ready within $limit s"
+    sleep 0.01
+  done
+}
+
 # stop_server PID: SIGTERM (the server drains and exits), SIGKILL if it has not after 40 s.
 stop_server() {
   local pid=$1 deadline i
@@ -902,7 +922,7 @@ say "($((SECONDS - phase_started)) s)"
 # children).
 OPERATOR_BACKLOG=${BENCH_OPERATOR_BACKLOG:-50000}
 operator_burn_down() {
-  local run=$1 pid began ready left deadline
+  local run=$1 pid ready left deadline
   bench_sql -c 'TRUNCATE order_engine_orders RESTART IDENTITY'
   start_server "api-only-$run" RUST_LOG=warn WORKERS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
   pid=$SERVER_PID
@@ -912,26 +932,22 @@ operator_burn_down() {
     OP_ORDERS=$(bench_sql -Atc "SELECT count(*) FROM order_engine_orders WHERE status = 'PENDING'")
   done
   stop_server "$pid"
-  free_port
-  env HOST=127.0.0.1 PORT="$SERVER_PORT" RUST_LOG=warn PROCESSING_DELAY_MS=0 \
-    DATABASE_URL="$BENCH_URL" "$SERVER_BIN" >"$WORK/workers-$run.log" 2>&1 &
-  pid=$!
-  SERVER_PIDS+=("$pid")
-  began=$SECONDS
-  until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/readyz" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || die "the server with workers exited before it was ready ($WORK/workers-$run.log)"
-    ((SECONDS - began < 60)) || die "the server with workers was not ready within 60 s"
-    sleep 0.01
-  done
+  launch_until_ready "workers-$run" 60 PROCESSING_DELAY_MS=0
+  pid=$SERVER_PID
   ready=$(date +%s.%N)
   deadline=$((SECONDS + 600))
+  # Polled through the counters the triggers keep in each write's own transaction (80 rows):
+  # a count(*) of tens of thousands of unfinished rows every 50 ms would take the server's CPU.
+  # The table itself is counted once at the end.
   while :; do
-    left=$(bench_sql -Atc "SELECT count(*) FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')")
+    left=$(bench_sql -Atc "SELECT coalesce(sum(orders), 0) FROM order_engine_status_counts WHERE status IN ('PENDING', 'PROCESSING')")
     ((left == 0)) && break
     ((SECONDS < deadline)) || die "the backlog was not worked off within 600 s ($left left)"
     sleep 0.05
   done
   OP_SECONDS=$(calc "$(date +%s.%N) - $ready")
+  left=$(bench_sql -Atc "SELECT count(*) FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')")
+  ((left == 0)) || die "the counters said the backlog was worked off, but $left orders are unfinished"
   stop_server "$pid"
 }
 op_rate=()
@@ -1079,21 +1095,11 @@ if wants migration; then
   # time_to_ready LABEL: starts an API-only server on the bench database and prints the
   # seconds from its launch to its first 200 on /readyz; stops it.
   time_to_ready() {
-    local pid launched began
-    free_port
+    local launched
     launched=$(date +%s.%N)
-    env HOST=127.0.0.1 PORT="$SERVER_PORT" RUST_LOG=warn WORKERS=0 DATABASE_URL="$BENCH_URL" \
-      "$SERVER_BIN" >"$WORK/$1.log" 2>&1 &
-    pid=$!
-    SERVER_PIDS+=("$pid")
-    began=$SECONDS
-    until curl -fsS -o /dev/null "http://127.0.0.1:$SERVER_PORT/readyz" 2>/dev/null; do
-      kill -0 "$pid" 2>/dev/null || die "$1 exited before it was ready ($WORK/$1.log)"
-      ((SECONDS - began < 600)) || die "$1 was not ready within 600 s"
-      sleep 0.01
-    done
+    launch_until_ready "$1" 600 WORKERS=0
     calc "$(date +%s.%N) - $launched"
-    stop_server "$pid" >&2
+    stop_server "$SERVER_PID" >&2
   }
   # Not in $(...): the server must be this shell's child for stop_server to wait for it.
   time_to_ready migrating >"$WORK/migrating.seconds"
