@@ -478,31 +478,7 @@ impl OrderProcessor {
         count(telemetry::ORDERS_CREATED);
         info!(order_id = %order.id, "order accepted");
         self.engine.publish(&order);
-        if self.engine.shared_storage {
-            // Queued by the statement that stored it.
-            return Ok(Submitted {
-                order,
-                replayed: false,
-            });
-        }
-        // A connection cut by a database restart fails once; a couple of quick retries spare
-        // the order a wait for the recovery sweep. They stop after a second, so that a
-        // database that is down does not hold the request much past its first failure.
-        let began = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
-        for attempt in 1..=3 {
-            match self.engine.queue.push(order.id).await {
-                Ok(_) => break,
-                Err(err) if attempt == 3 || began.elapsed() >= Duration::from_secs(1) => {
-                    warn!(order_id = %order.id, error = %err, "order stored but not queued; the recovery sweep will queue it");
-                    break;
-                }
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
-        }
+        self.engine.queue_stored(order.id).await;
         Ok(Submitted {
             order,
             replayed: false,
@@ -756,6 +732,32 @@ impl Drop for ProcessorHandle {
 }
 
 impl Engine {
+    /// Queues an order just stored, unless the queue shares the repository's storage: then the
+    /// statement that stored it queued it.
+    async fn queue_stored(&self, id: OrderId) {
+        if self.shared_storage {
+            return;
+        }
+        // A connection cut by a database restart fails once; a couple of quick retries spare
+        // the order a wait for the recovery sweep. They stop after a second, so that a
+        // database that is down does not hold the request much past its first failure.
+        let began = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=3 {
+            match self.queue.push(id).await {
+                Ok(_) => break,
+                Err(err) if attempt == 3 || began.elapsed() >= Duration::from_secs(1) => {
+                    warn!(order_id = %id, error = %err, "order stored but not queued; the recovery sweep will queue it");
+                    break;
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
+
     /// Takes a finished order's claim off the queue, unless the queue shares the repository's
     /// storage: then the transition that finished it did.
     async fn dequeue_finished(&self, claim: &Claim) {

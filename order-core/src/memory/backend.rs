@@ -88,17 +88,31 @@ struct Orders(Arc<Stores>);
 #[derive(Debug)]
 struct Work(Arc<Stores>);
 
-/// A claim on `id` under `transition`'s token, for the queue calls a transition implies (only
-/// the id and the token matter to them).
-fn claim_of(id: OrderId, transition: &Transition) -> Option<Claim> {
-    match transition {
-        Transition::Renew { claim, .. }
-        | Transition::Complete { claim }
-        | Transition::Fail { claim, .. } => Some(Claim::new(id, *claim, 0)),
-        Transition::Start { .. }
-        | Transition::Retry { .. }
-        | Transition::Release { .. }
-        | Transition::Cancel => None,
+/// What the queue's entry does after a transition of its order. The claims are built from the
+/// transition's token: only the id and the token matter to the queue's calls.
+enum Follow {
+    /// A renewal: the claim is held for the new lease.
+    Extend(Claim, Duration),
+    /// Completed or failed under the claim: off the queue.
+    Ack(Claim),
+    /// Cancelled while PENDING: off the queue, whoever may hold its entry.
+    Forget,
+    /// Started, retried or released: the engine's own queue calls follow.
+    Stay,
+}
+
+impl Follow {
+    fn after(id: OrderId, transition: &Transition) -> Self {
+        match transition {
+            Transition::Renew { claim, lease } => Follow::Extend(Claim::new(id, *claim, 0), *lease),
+            Transition::Complete { claim } | Transition::Fail { claim, .. } => {
+                Follow::Ack(Claim::new(id, *claim, 0))
+            }
+            Transition::Cancel => Follow::Forget,
+            Transition::Start { .. } | Transition::Retry { .. } | Transition::Release { .. } => {
+                Follow::Stay
+            }
+        }
     }
 }
 
@@ -135,25 +149,20 @@ impl Repository for Orders {
         id: OrderId,
         transition: Transition,
     ) -> Result<Order, TransitionError> {
-        let queued = claim_of(id, &transition);
-        let renewal = match &transition {
-            Transition::Renew { lease, .. } => Some(*lease),
-            _ => None,
-        };
-        let cancel = transition == Transition::Cancel;
+        let follow = Follow::after(id, &transition);
         let order = self.0.orders.transition(id, transition).await?;
         // The order changed under this claim; the queue's entry follows. A queue entry that
         // another claim holds meanwhile (its lease lapsed and it was handed out again) is that
         // claim's to settle: its start finds the order where this change left it.
-        match (queued, renewal) {
-            (Some(claim), Some(lease)) => {
+        match follow {
+            Follow::Extend(claim, lease) => {
                 let _ = self.0.queue.extend(&claim, lease).await;
             }
-            (Some(claim), None) => {
+            Follow::Ack(claim) => {
                 let _ = self.0.queue.ack(&claim).await;
             }
-            (None, _) if cancel => self.0.queue.forget(id),
-            (None, _) => {}
+            Follow::Forget => self.0.queue.forget(id),
+            Follow::Stay => {}
         }
         Ok(order)
     }

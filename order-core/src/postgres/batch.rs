@@ -256,6 +256,30 @@ mod tests {
         assert_eq!(batches[1].len(), 20);
     }
 
+    /// With no statement in flight a call runs alone, on its caller's task, and no batch is
+    /// flushed; while one is in flight, it joins the next batch.
+    #[tokio::test]
+    async fn a_call_runs_alone_only_when_nothing_is_in_flight() {
+        let limits = Limits {
+            max_batch: 100,
+            max_in_flight: 1,
+        };
+        let (batcher, batches) = recording_batcher(limits, Duration::from_millis(100));
+        let batcher = Arc::new(batcher);
+        let alone = |request: u32| async move { request + 1 };
+        assert_eq!(batcher.call_or_run(1, alone).await, Some(2));
+        assert!(batches.lock().unwrap().is_empty(), "ran alone");
+
+        let in_flight = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.call(5).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(batcher.call_or_run(7, alone).await, Some(70), "batched");
+        assert_eq!(in_flight.await.unwrap(), Some(50));
+        assert_eq!(*batches.lock().unwrap(), vec![vec![5], vec![7]]);
+    }
+
     #[tokio::test]
     async fn batches_are_capped() {
         let limits = Limits {

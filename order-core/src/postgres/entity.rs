@@ -40,16 +40,11 @@ impl TryFrom<Model> for Order {
     type Error = StorageError;
 
     fn try_from(row: Model) -> Result<Self, StorageError> {
-        let corrupt = |what: &str| {
-            StorageError::other(format!("order row {} holds an invalid {what}", row.id))
-        };
+        let (id, status, attempts) = checked(row.id, &row.status, row.attempts)?;
         Ok(Order {
-            id: OrderId::new(row.id).ok_or_else(|| corrupt("id"))?,
-            status: row
-                .status
-                .parse::<OrderStatus>()
-                .map_err(|_| corrupt("status"))?,
-            attempts: u32::try_from(row.attempts).map_err(|_| corrupt("attempts"))?,
+            id,
+            status,
+            attempts,
             user_id: row.user_id,
             item_ids: row.item_ids,
             total_amount: row.total_amount,
@@ -60,6 +55,24 @@ impl TryFrom<Model> for Order {
             last_error: row.last_error,
         })
     }
+}
+
+/// A row's id, status and attempts as the domain's types; a value outside them means the row
+/// was written by hand.
+fn checked(
+    raw: i64,
+    status: &str,
+    attempts: i32,
+) -> Result<(OrderId, OrderStatus, u32), StorageError> {
+    let corrupt =
+        |what: &str| StorageError::other(format!("order row {raw} holds an invalid {what}"));
+    Ok((
+        OrderId::new(raw).ok_or_else(|| corrupt("id"))?,
+        status
+            .parse::<OrderStatus>()
+            .map_err(|_| corrupt("status"))?,
+        u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
+    ))
 }
 
 /// The order in a row of `order_engine_orders` columns (and maybe more).
@@ -94,20 +107,18 @@ pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order
     use sea_orm::sqlx::Row;
 
     let read = |err| super::error::sqlx_storage_error("could not read the order", err);
-    let raw: i64 = row.try_get(0).map_err(read)?;
-    let corrupt =
-        |what: &str| StorageError::other(format!("order row {raw} holds an invalid {what}"));
-    let status: &str = row.try_get(4).map_err(read)?;
-    let attempts: i32 = row.try_get(5).map_err(read)?;
+    let (id, status, attempts) = checked(
+        row.try_get(0).map_err(read)?,
+        row.try_get(4).map_err(read)?,
+        row.try_get(5).map_err(read)?,
+    )?;
     Ok(Order {
-        id: OrderId::new(raw).ok_or_else(|| corrupt("id"))?,
+        id,
+        status,
+        attempts,
         user_id: row.try_get(1).map_err(read)?,
         item_ids: row.try_get(2).map_err(read)?,
         total_amount: row.try_get(3).map_err(read)?,
-        status: status
-            .parse::<OrderStatus>()
-            .map_err(|_| corrupt("status"))?,
-        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
         last_error: row.try_get(6).map_err(read)?,
         created_at: row.try_get(7).map_err(read)?,
         updated_at: row.try_get(8).map_err(read)?,

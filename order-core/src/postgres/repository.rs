@@ -323,21 +323,23 @@ async fn keyed_batch(
         // One request the database refuses: the others are settled each on its own below.
         Err(_) => {}
     }
-    if let Some(wakeups) = &wakeups
-        && replies.iter().flatten().any(Result::is_ok)
-    {
-        wakeups.announce();
-    }
     let unsettled: Vec<usize> = (0..requests.len())
         .filter(|&i| replies[i].is_none())
         .collect();
     let settled = futures::future::join_all(unsettled.iter().map(|&i| {
         let (order, record) = &requests[i];
-        settle_key(&db, wakeups.as_ref(), order, record)
+        settle_key(&db, order, record)
     }))
     .await;
     for (i, reply) in unsettled.into_iter().zip(settled) {
         replies[i] = Some(reply);
+    }
+    let created =
+        |reply: &Option<Reply<Insertion>>| matches!(reply, Some(Ok(Insertion::Created(_))));
+    if let Some(wakeups) = &wakeups
+        && replies.iter().any(created)
+    {
+        wakeups.announce();
     }
     replies
         .into_iter()
@@ -350,7 +352,6 @@ async fn keyed_batch(
 /// lost its order meanwhile: then the request tries again, a bounded number of times.
 async fn settle_key(
     db: &DatabaseConnection,
-    wakeups: Option<&Arc<Wakeups>>,
     order: &ValidatedOrder,
     record: &KeyRecord,
 ) -> Reply<Insertion> {
@@ -378,9 +379,6 @@ async fn settle_key(
             }
         };
         if let Some(order) = created {
-            if let Some(wakeups) = wakeups {
-                wakeups.announce();
-            }
             return Ok(Insertion::Created(order));
         }
         let existing = rows(
@@ -541,12 +539,15 @@ static START_BATCH: LazyLock<String> = LazyLock::new(|| {
 
 /// `Transition::Complete` for many orders, each fenced by its claim (`$2`, in `$1`'s places).
 /// Completed, an order leaves the queue: the index of due orders holds only unfinished ones.
-const COMPLETE_BATCH: &str = "
-UPDATE order_engine_orders o
-   SET status = 'COMPLETED', processing_end_time = now(), {FINISH}
- WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
-   AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
-RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by";
+static COMPLETE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE order_engine_orders o
+            SET status = 'COMPLETED', processing_end_time = now(), {FINISH}
+          WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
+            AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
+      RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by"
+    )
+});
 
 async fn start_batch(
     db: DatabaseConnection,
@@ -603,7 +604,7 @@ async fn complete_batch(
     fenced_batch(
         &db,
         "could not complete the orders",
-        &COMPLETE_BATCH.replace("{FINISH}", FINISH),
+        &COMPLETE_BATCH,
         values,
         completions.into_iter(),
     )
