@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use futures::FutureExt;
 use order_server::{Config, LogFormat, app, run, shutdown_signal};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -48,18 +49,27 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Some(processor.start())
     };
+    // One signal stops both at once: the workers claim nothing more from the moment it
+    // arrives, and the orders in their hands drain while the requests in progress do. Waiting
+    // for the HTTP drain first would let the workers take more orders after the signal.
+    let signal = shutdown_signal().boxed().shared();
     let watched = processor.clone();
-    let shutdown = async move {
-        shutdown_signal().await;
-        // Open event streams would otherwise hold their connections, and the drain, open.
-        watched.close_watches();
+    let http_stop = {
+        let signal = signal.clone();
+        async move {
+            signal.await;
+            // Open event streams would otherwise hold their connections, and the drain, open.
+            watched.close_watches();
+        }
     };
-    run(listener, app, shutdown)
-        .await
-        .context("server failed")?;
-    if let Some(running) = running {
-        let report = running.shutdown(config.shutdown_timeout()).await;
-        info!(abandoned = report.abandoned, "stopped");
-    }
+    let orders_drain = async {
+        if let Some(running) = running {
+            signal.await;
+            let report = running.shutdown(config.shutdown_timeout()).await;
+            info!(abandoned = report.abandoned, "stopped");
+        }
+    };
+    let (served, ()) = tokio::join!(run(listener, app, http_stop), orders_drain);
+    served.context("server failed")?;
     Ok(())
 }

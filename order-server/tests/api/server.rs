@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::process::spawn_server;
@@ -89,6 +90,71 @@ async fn sigterm_drains_orders_in_progress_then_exits_zero() {
         .find(|entry| entry["fields"]["message"] == "stopped")
         .unwrap_or_else(|| panic!("no 'stopped' line in {logs:?}"));
     assert_eq!(stopped["fields"]["abandoned"], 0, "all three finished");
+}
+
+/// The signal stops the workers at once, not after the requests in progress: a slow client
+/// holding the HTTP drain open must not let the workers take more orders meanwhile, and its
+/// request is still answered.
+#[tokio::test]
+async fn sigterm_stops_claiming_at_once_while_a_request_is_still_in_progress() {
+    let server = spawn_server(&[
+        ("PROCESSING_DELAY_MS", "2000"),
+        ("WORKERS", "1"),
+        ("SHUTDOWN_TIMEOUT_SECS", "20"),
+    ])
+    .await;
+    for _ in 0..4 {
+        let (status, _) = server.post("/orders", &order()).await;
+        assert_eq!(status, 201);
+    }
+    let began = Instant::now();
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        if metrics["statuses"]["processing"] == 1 {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A request whose body arrives in two parts, the second well after the first order
+    // could have finished and the next one started.
+    let body = order().to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request_head = format!(
+        "POST /orders HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    slow.write_all(request_head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tail = tail.to_owned();
+    let slow_client = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        slow.write_all(tail.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        slow.read_to_string(&mut answer).await.unwrap();
+        answer
+    });
+
+    let (clean, logs) = server.terminate().await;
+    assert!(clean, "exit status 0 after SIGTERM");
+    let answer = slow_client.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let messages: Vec<&str> = logs
+        .iter()
+        .filter_map(|entry| entry["fields"]["message"].as_str())
+        .collect();
+    let started = messages.iter().filter(|m| **m == "attempt started").count();
+    assert_eq!(
+        started, 1,
+        "only the order in the handler at the signal ran: {messages:?}"
+    );
+    let draining = logs
+        .iter()
+        .find(|entry| entry["fields"]["message"] == "draining orders in progress")
+        .unwrap_or_else(|| panic!("no drain line in {messages:?}"));
+    assert_eq!(draining["fields"]["in_flight"], 1);
 }
 
 #[tokio::test]
