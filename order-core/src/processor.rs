@@ -2,6 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -986,18 +987,31 @@ async fn process(
 
     let handler_began = tokio::time::Instant::now();
 
-    let outcome = tokio::select! {
-        biased;
-        () = abandon.cancelled() => {
-            give_back(engine, &claim).await;
-            return;
-        }
-        () = keep_lease(engine, &claim, claimed_at) => {
-            count(telemetry::LEASES_LOST);
-            warn!("lease lost to another worker; abandoning this attempt");
-            return;
-        }
-        result = AssertUnwindSafe(engine.handler.process(&order)).catch_unwind() => result,
+    if abandon.is_cancelled() {
+        give_back(engine, &claim).await;
+        return;
+    }
+    let mut handling =
+        std::pin::pin!(AssertUnwindSafe(engine.handler.process(&order)).catch_unwind());
+    // A handler that finishes on its first poll took no time, so its lease cannot need
+    // renewing: the lease keeper (a timer registered and cancelled per order) and the
+    // shutdown watch are set up only for a handler that waits.
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
+    let outcome = match first_poll {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                give_back(engine, &claim).await;
+                return;
+            }
+            () = keep_lease(engine, &claim, claimed_at) => {
+                count(telemetry::LEASES_LOST);
+                warn!("lease lost to another worker; abandoning this attempt");
+                return;
+            }
+            result = handling.as_mut() => result,
+        },
     };
     observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
     let result = outcome.unwrap_or_else(|panic| {
