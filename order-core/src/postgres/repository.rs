@@ -130,29 +130,47 @@ async fn rows(
     .map_err(|err| storage_error(context, err))
 }
 
+/// How [`insert_statement`] writes each order's idempotency key, if it has one.
+#[derive(Debug, Clone, Copy)]
+enum KeyWrite {
+    /// No keys: every order is stored.
+    Unkeyed,
+    /// Each key's row is inserted, or taken over once expired.
+    Claim,
+    /// The key's row is taken over from the deleted order it names (`$10`), a compare-and-set.
+    TakeOver,
+}
+
 /// Stores orders in one statement: ids are drawn in the batch's order, each is queued as it is
 /// stored (`available_at` defaults to now), and each row comes back with its place in the
 /// batch. `$1` to `$5` are the orders (users, amounts, each order's first item and item count,
-/// and all the items); with `keyed`, `$6` to `$9` are each order's idempotency key (scope,
+/// and all the items); with keys, `$6` to `$9` are each order's idempotency key (scope,
 /// key, fingerprint in hex, time to live in microseconds), and an order is stored only when
 /// its key's row was written.
 ///
-/// A key's row is written first. `ON CONFLICT` on its primary key decides a race, waiting for a
-/// concurrent writer of the same key to commit; an expired key is taken over. The keys are
-/// written in key order, so two such statements never deadlock on one another, and a batch
-/// holds each key once: an upsert cannot touch one row twice.
+/// [`KeyWrite::Claim`]: a key's row is written first. `ON CONFLICT` on its primary key decides
+/// a race, waiting for a concurrent writer of the same key to commit; an expired key is taken
+/// over. The keys are written in key order, so two such statements never deadlock on one
+/// another, and a batch holds each key once: an upsert cannot touch one row twice.
 ///
 /// Whether a key may be taken over is decided on the key's row alone: `ON CONFLICT ... WHERE`
 /// sees the latest committed version of the row it has locked, but a subquery there (say, "does
 /// the key's order still exist?") would read with the statement's snapshot, taken before a
 /// racing request committed that key and its order, and so would find no order and take the
-/// key over a second time. A key whose order was deleted is taken over by [`TAKE_OVER_KEY`]
-/// instead. No row back for an order: its key is in use.
-fn insert_statement(keyed: bool) -> String {
-    let (key_params, key_columns, key_cte, only_keyed) = if keyed {
-        (
-            ", $6::text[], $7::text[], $8::text[], $9::bigint[]",
-            ", scope, key, fingerprint, ttl",
+/// key over a second time. A key whose order was deleted is taken over with
+/// [`KeyWrite::TakeOver`] instead: one order, only while the key still names the deleted
+/// order (`$10`). `UPDATE` re-reads a row that a concurrent statement changed before it applies
+/// its condition, so of many requests that found the same deleted order, one takes the key
+/// over and the others find it in use. No row back for an order: its key is in use.
+fn insert_statement(keys: KeyWrite) -> String {
+    let key_params = ", $6::text[], $7::text[], $8::text[], $9::bigint[]";
+    let key_columns = ", scope, key, fingerprint, ttl";
+    let only_keyed = "WHERE id = ANY(ARRAY(SELECT order_id FROM keyed))";
+    let (key_params, key_columns, key_cte, only_keyed) = match keys {
+        KeyWrite::Unkeyed => ("", "", "", ""),
+        KeyWrite::Claim => (
+            key_params,
+            key_columns,
             "keyed AS (
     INSERT INTO order_engine_idempotency_keys AS k (scope, key, fingerprint, order_id, expires_at)
     SELECT scope, key, decode(fingerprint, 'hex'), id, now() + ttl * interval '1 microsecond'
@@ -162,10 +180,20 @@ fn insert_statement(keyed: bool) -> String {
            expires_at = excluded.expires_at
      WHERE k.expires_at <= now()
     RETURNING order_id),",
-            "WHERE id = ANY(ARRAY(SELECT order_id FROM keyed))",
-        )
-    } else {
-        ("", "", "", "")
+            only_keyed,
+        ),
+        KeyWrite::TakeOver => (
+            key_params,
+            key_columns,
+            "keyed AS (
+    UPDATE order_engine_idempotency_keys AS k
+       SET fingerprint = decode(input.fingerprint, 'hex'), order_id = input.id,
+           expires_at = now() + input.ttl * interval '1 microsecond'
+      FROM input
+     WHERE k.scope = input.scope AND k.key = input.key AND k.order_id = $10
+    RETURNING k.order_id),",
+            only_keyed,
+        ),
     };
     format!(
         "WITH input AS MATERIALIZED (
@@ -185,8 +213,9 @@ SELECT inserted.*, input.position FROM inserted JOIN input USING (id)"
     )
 }
 
-static INSERT_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(false));
-static INSERT_KEYED_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(true));
+static INSERT_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(KeyWrite::Unkeyed));
+static INSERT_KEYED_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement(KeyWrite::Claim));
+static TAKE_OVER_KEY: LazyLock<String> = LazyLock::new(|| insert_statement(KeyWrite::TakeOver));
 
 async fn insert_orders(
     db: DatabaseConnection,
@@ -204,7 +233,7 @@ async fn insert_orders(
 
 async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
     let all: Vec<&ValidatedOrder> = orders.iter().collect();
-    match insert_rows(db, &all, None).await {
+    match insert_rows(db, &all, None, None).await {
         Ok(inserted) => inserted
             .into_iter()
             .map(|order| order.ok_or_else(not_returned))
@@ -216,7 +245,7 @@ async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Ve
             for order in &orders {
                 replies.push(
                     // `insert_rows` answers one place per order given, or fails.
-                    insert_rows(db, &[order], None)
+                    insert_rows(db, &[order], None, None)
                         .await
                         .and_then(|mut one| one.pop().flatten().ok_or_else(not_returned)),
                 );
@@ -228,11 +257,13 @@ async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Ve
 }
 
 /// The orders, stored in one statement ([`insert_statement`]), in the order given: each in its
-/// place, `None` where its key (in `keys`, one per order) was in use.
+/// place, `None` where its key (in `keys`, one per order) was in use. With `taking_over`, the
+/// keys are taken over from that deleted order ([`KeyWrite::TakeOver`]) rather than claimed.
 async fn insert_rows(
     db: &DatabaseConnection,
     orders: &[&ValidatedOrder],
     keys: Option<&[&KeyRecord]>,
+    taking_over: Option<i64>,
 ) -> Result<Vec<Option<Order>>, StorageError> {
     let mut user_ids = Vec::with_capacity(orders.len());
     let mut amounts = Vec::with_capacity(orders.len());
@@ -267,7 +298,13 @@ async fn insert_rows(
                 fingerprints.into(),
                 ttls.into(),
             ]);
-            INSERT_KEYED_ORDERS.as_str()
+            match taking_over {
+                Some(deleted) => {
+                    values.push(deleted.into());
+                    TAKE_OVER_KEY.as_str()
+                }
+                None => INSERT_KEYED_ORDERS.as_str(),
+            }
         }
         None => INSERT_ORDERS.as_str(),
     };
@@ -313,7 +350,7 @@ async fn keyed_batch(
     let orders: Vec<&ValidatedOrder> = leaders.iter().map(|&i| &requests[i].0).collect();
     let keys: Vec<&KeyRecord> = leaders.iter().map(|&i| &requests[i].1).collect();
     let mut replies: Vec<Option<Reply<Insertion>>> = (0..requests.len()).map(|_| None).collect();
-    match insert_rows(&db, &orders, Some(&keys)).await {
+    match insert_rows(&db, &orders, Some(&keys), None).await {
         Ok(placed) => {
             for (&i, order) in leaders.iter().zip(placed) {
                 replies[i] = order.map(|order| Ok(Insertion::Created(order)));
@@ -358,26 +395,10 @@ async fn settle_key(
     let key = &record.key;
     let mut deleted_order: Option<i64> = None;
     for _ in 0..5 {
-        let created = match deleted_order.take() {
-            None => insert_rows(db, &[order], Some(&[record]))
-                .await?
-                .pop()
-                .flatten(),
-            Some(deleted) => {
-                let values: Vec<Value> = vec![
-                    key.scope().into(),
-                    key.key().into(),
-                    record.fingerprint.as_bytes().to_vec().into(),
-                    micros(record.ttl).into(),
-                    order.user_id().into(),
-                    order.item_ids().to_vec().into(),
-                    order.total_amount().into(),
-                    deleted.into(),
-                ];
-                let taken = rows(db, "could not insert the order", TAKE_OVER_KEY, values).await?;
-                taken.first().map(order_row).transpose()?
-            }
-        };
+        let created = insert_rows(db, &[order], Some(&[record]), deleted_order.take())
+            .await?
+            .pop()
+            .flatten();
         if let Some(order) = created {
             return Ok(Insertion::Created(order));
         }
@@ -479,26 +500,6 @@ pub(super) fn list_statement(query: &OrderQuery) -> (String, Vec<Value>) {
     );
     (sql, values)
 }
-
-/// Takes over a key whose order was deleted, and stores the new order under it: only while the
-/// key still names the deleted order (`$8`), a compare-and-set. `UPDATE` re-reads a row that a
-/// concurrent statement changed before it applies its condition, so of many requests that
-/// found the same deleted order, one takes the key over and the others find it in use.
-const TAKE_OVER_KEY: &str = "
-WITH new_order AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('order_engine_orders', 'id')) AS id),
-key AS (
-    UPDATE order_engine_idempotency_keys
-       SET fingerprint = $3, order_id = (SELECT id FROM new_order),
-           expires_at = now() + $4 * interval '1 microsecond'
-     WHERE scope = $1 AND key = $2 AND order_id = $8
-    RETURNING order_id),
-inserted AS (
-    INSERT INTO order_engine_orders (id, user_id, item_ids, total_amount, status, attempts)
-    OVERRIDING SYSTEM VALUE
-    SELECT order_id, $5, $6, $7, 'PENDING', 0 FROM key
-    RETURNING *)
-SELECT * FROM inserted";
 
 /// What a key in use names: its fingerprint (`key_fingerprint`), the id of its order
 /// (`key_order_id`) and that order's columns, all null when the order was deleted. One
