@@ -7,10 +7,23 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::process::spawn_server;
+use crate::process::{Server, spawn_server};
 
 fn order() -> Value {
     json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99})
+}
+
+/// Waits, up to 10 s, until `/metrics` counts `count` orders PROCESSING.
+async fn wait_until_processing(server: &Server, count: u64) {
+    let began = Instant::now();
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        if metrics["statuses"]["processing"] == count {
+            return;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn seconds_between(order: &Value, from: &str, to: &str) -> f64 {
@@ -72,15 +85,7 @@ async fn sigterm_drains_orders_in_progress_then_exits_zero() {
         ids.push(created["order"]["id"].as_i64().unwrap());
     }
     // Wait until all three are in the handler.
-    let began = Instant::now();
-    loop {
-        let (_, metrics) = server.get("/metrics").await;
-        if metrics["statuses"]["processing"] == 3 {
-            break;
-        }
-        assert!(began.elapsed() < Duration::from_secs(10), "{metrics}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_processing(&server, 3).await;
     let stopping = Instant::now();
     let (clean, logs) = server.terminate().await;
     assert!(clean, "exit status 0 after SIGTERM");
@@ -107,15 +112,7 @@ async fn sigterm_stops_claiming_at_once_while_a_request_is_still_in_progress() {
         let (status, _) = server.post("/orders", &order()).await;
         assert_eq!(status, 201);
     }
-    let began = Instant::now();
-    loop {
-        let (_, metrics) = server.get("/metrics").await;
-        if metrics["statuses"]["processing"] == 1 {
-            break;
-        }
-        assert!(began.elapsed() < Duration::from_secs(10), "{metrics}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_processing(&server, 1).await;
     // A request whose body arrives in two parts, the second well after the first order
     // could have finished and the next one started.
     let body = order().to_string();
