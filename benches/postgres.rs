@@ -22,8 +22,9 @@ use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
+use order_core::handler::SimulatedStep;
 use order_core::postgres::{self, DatabaseConnection, PoolOptions, PostgresBackend};
-use order_core::{NewOrder, OrderProcessor, SimulatedStep};
+use order_core::{NewOrder, OrderProcessor};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tokio::task::JoinSet;

@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use order_core::{NewOrder, OrderProcessor, SimulatedStep};
+use order_core::handler::SimulatedStep;
+use order_core::{NewOrder, OrderProcessor};
 use rust_decimal::Decimal;
 
 const ORDERS: u64 = 10_000;

@@ -25,7 +25,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::{Router, http};
-use order_core::{OrderProcessor, SimulatedStep};
+use order_core::OrderProcessor;
+use order_core::handler::SimulatedStep;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 struct NewOrder {
     user_id: String,
     item_ids: Vec<String>,
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    #[serde(with = "order_core::order::exact_amount")]
     total_amount: Decimal,
 }
 
@@ -48,7 +48,7 @@ struct Order {
     id: i64,
     user_id: String,
     item_ids: Vec<String>,
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    #[serde(with = "order_core::order::exact_amount")]
     total_amount: Decimal,
     status: &'static str,
     created_at: &'static str,

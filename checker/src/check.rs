@@ -13,7 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use order_core::{OrderStatus, TransitionKind};
+use order_core::OrderStatus;
+use order_core::backend::TransitionKind;
 use serde_json::Value;
 
 use crate::history::{Action, History, ListPage, Micros, Op, OrderFields, Reply, Snapshot};

@@ -271,7 +271,8 @@ struct RawOrder {
     attempts: u64,
     user_id: String,
     item_ids: Vec<String>,
-    total_amount: serde_json::Number,
+    /// The number's own text, as the server wrote it.
+    total_amount: Box<serde_json::value::RawValue>,
 }
 
 impl From<RawOrder> for Snapshot {
@@ -283,7 +284,7 @@ impl From<RawOrder> for Snapshot {
             fields: OrderFields {
                 user_id: raw.user_id,
                 item_ids: raw.item_ids,
-                total_amount: raw.total_amount.to_string(),
+                total_amount: raw.total_amount.get().to_owned(),
             },
         }
     }

@@ -1,12 +1,50 @@
-//! The port to a storage that provides both a [`Repository`] and a [`Queue`], built in one
-//! call: where the queue keeps its state in the repository's own storage, the two only work as
-//! a pair, and a backend is how they arrive together.
+//! For backend authors: the ports a storage implements so that the engine can run on it, and
+//! the values that cross them. An embedding service needs none of this to run the engine on
+//! the backends this crate ships ([`memory`](crate::memory), `postgres`); it is here for
+//! a backend of your own, and for tests that stand in for storage (feature `mock`:
+//! [`MockRepository`], [`MockQueue`]).
+//!
+//! # The ports
+//!
+//! - [`Repository`]: where orders live, the source of truth. Each status change is one
+//!   [`Transition`], applied as an atomic compare-and-set ([`TransitionError`] says why not),
+//!   of a [`TransitionKind`] whose rules ([`TransitionKind::leaves_from`],
+//!   [`TransitionKind::target`]) are the engine's. Idempotent submissions arrive as
+//!   [`insert_keyed`](Repository::insert_keyed) with a [`KeyRecord`] (the key, the request's
+//!   [`Fingerprint`] and how long to remember it), answered with an [`Insertion`].
+//! - [`Queue`]: which orders wait for a worker, and who holds which: a [`Claim`] with its
+//!   fencing [`ClaimToken`] and a lease. [`QueueStorage`] says whether the queue keeps ids of
+//!   its own or is its repository's unfinished orders.
+//! - [`ChangeFeed`]: which orders other processes changed ([`Change`]).
+//! - [`Backend`]: a repository and the queue that shares its storage, handed over in one call.
+//!
+//! # The contract
+//!
+//! Each trait's documentation states its contract; the suite in `order_core::testing`
+//! (feature `testing`: `repository_contract_tests!`, `queue_contract_tests!`,
+//! `backend_contract_tests!`) checks it, and every adapter in this crate runs it. In short:
+//!
+//! - Orders only ever move along [`TransitionKind`]s, and every worker's change is fenced by
+//!   its [`ClaimToken`]: a worker that lost its lease can never overwrite the worker after it.
+//! - A stored order is never lost: what a queue may lose, the repository's
+//!   [`stranded`](Repository::stranded) finds again for the engine's recovery sweep.
+//! - One live idempotency key names at most one order, however many callers race.
+//! - Leases are measured on the storage's clock, so that processes sharing it agree.
+//! - [`Repository::metrics`] and [`Repository::list`] cost the same with ten orders or ten
+//!   million.
 
 use std::sync::Arc;
 
-use crate::changes::ChangeFeed;
-use crate::queue::Queue;
-use crate::repository::Repository;
+pub use crate::changes::{Change, ChangeFeed};
+pub use crate::error::TransitionError;
+pub use crate::idempotency::{Fingerprint, Insertion, KeyRecord};
+pub use crate::order::{TransitionKind, ValidatedOrder};
+#[cfg(any(test, feature = "mock"))]
+pub use crate::queue::MockQueue;
+pub use crate::queue::{Claim, ClaimToken, Queue, QueueStorage};
+#[cfg(any(test, feature = "mock"))]
+pub use crate::repository::MockRepository;
+pub use crate::repository::{Repository, Transition};
 
 /// A repository and its queue (and, where the storage can tell, a feed of other processes'
 /// changes), handed to [`OrderProcessorBuilder::backend`](crate::OrderProcessorBuilder::backend)
@@ -16,12 +54,14 @@ use crate::repository::Repository;
 ///
 /// - Every call returns handles on the same storage.
 /// - When [`queue`](Backend::queue)'s [`storage`](Queue::storage) is
-///   [`QueueStorage::Repository`](crate::QueueStorage::Repository), the pair keeps the rules
+///   [`QueueStorage::Repository`], the pair keeps the rules
 ///   stated there; the backend contract suite (`backend_contract_tests!`, feature `testing`)
 ///   checks them.
 ///
 /// ```
-/// use order_core::{Backend, InMemoryBackend, OrderProcessor, SimulatedStep};
+/// use order_core::OrderProcessor;
+/// use order_core::handler::SimulatedStep;
+/// use order_core::memory::InMemoryBackend;
 ///
 /// let backend = InMemoryBackend::new();
 /// let processor = OrderProcessor::builder(SimulatedStep::new(std::time::Duration::ZERO))

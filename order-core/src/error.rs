@@ -2,8 +2,7 @@
 
 use std::error::Error as StdError;
 
-use crate::order::{OrderId, ValidationError};
-use crate::repository::TransitionError;
+use crate::order::{OrderId, OrderStatus, ValidationError};
 
 /// A backend failed: the database is down, a query failed, a connection broke.
 ///
@@ -97,4 +96,28 @@ impl From<TransitionError> for CancelError {
             TransitionError::Storage(err) => CancelError::Storage(err),
         }
     }
+}
+
+/// Why a [`Transition`](crate::backend::Transition) was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// No order has this id.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// The order is not in a state this transition may leave from: wrong status, held by
+    /// another claim, or (for a takeover) its lease has not run out. Nothing was written.
+    #[error("order {id} is {current} and cannot go to {target}{held}", held = if *.held_by_other { " (another worker holds it)" } else { "" })]
+    Conflict {
+        /// The order.
+        id: OrderId,
+        /// Its status now.
+        current: OrderStatus,
+        /// The status the transition would have led to.
+        target: OrderStatus,
+        /// True when it is PROCESSING under a live lease of another claim.
+        held_by_other: bool,
+    },
+    /// The storage failed; the transition may or may not have been applied.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }

@@ -8,11 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::order::{Order, ValidatedOrder};
 
-/// The longest key, in characters, as Stripe and the IETF `Idempotency-Key` draft allow.
-pub const MAX_KEY_CHARS: usize = 255;
 /// How long a key is remembered unless the processor is told otherwise: a day, long enough for
 /// any client's retries.
-pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A client's name for one submission, unique within its scope (an API token, a tenant):
 /// two submissions with the same key in the same scope are the same submission.
@@ -40,6 +38,9 @@ pub struct InvalidIdempotencyKey {
 }
 
 impl IdempotencyKey {
+    /// The longest key, in characters, as Stripe and the IETF `Idempotency-Key` draft allow.
+    pub const MAX_CHARS: usize = 255;
+
     /// A key in the default (empty) scope.
     pub fn new(key: impl Into<String>) -> Result<Self, InvalidIdempotencyKey> {
         Self::scoped("", key)
@@ -56,13 +57,13 @@ impl IdempotencyKey {
         if key.is_empty() {
             return invalid("must not be empty");
         }
-        if key.len() > MAX_KEY_CHARS {
+        if key.len() > Self::MAX_CHARS {
             return invalid("must be at most 255 characters");
         }
         if !key.bytes().all(|b| (b' '..=b'~').contains(&b)) {
             return invalid("must be visible ASCII characters or spaces");
         }
-        if scope.chars().count() > MAX_KEY_CHARS {
+        if scope.chars().count() > Self::MAX_CHARS {
             return invalid("scope must be at most 255 characters");
         }
         Ok(Self { scope, key })
@@ -129,7 +130,7 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// What [`Repository::insert_keyed`](crate::Repository::insert_keyed) stores beside the order.
+/// What [`Repository::insert_keyed`](crate::backend::Repository::insert_keyed) stores beside the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     /// The client's key.
@@ -140,7 +141,7 @@ pub struct KeyRecord {
     pub ttl: Duration,
 }
 
-/// What [`Repository::insert_keyed`](crate::Repository::insert_keyed) did.
+/// What [`Repository::insert_keyed`](crate::backend::Repository::insert_keyed) did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Insertion {
     /// The key was new (or its time had run out): the order was stored under it.

@@ -3,7 +3,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use order_core::{NewOrder, OrderProcessor, OrderStatus, SimulatedStep};
+//! use order_core::{NewOrder, OrderProcessor, OrderStatus};
+//! use order_core::handler::SimulatedStep;
 //! use rust_decimal::Decimal;
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -76,45 +77,35 @@
 //!   `NewOrder`'s schema carries the limits [`NewOrder::validate`] enforces.
 
 pub mod backend;
-pub mod changes;
+mod changes;
 mod error;
 pub mod handler;
-pub mod idempotency;
+mod idempotency;
 pub mod memory;
 pub mod order;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-pub mod processor;
-pub mod queue;
-pub mod repository;
+mod processor;
+mod queue;
+mod repository;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use backend::Backend;
-pub use changes::{Change, ChangeFeed};
 pub use error::{CancelError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
-pub use handler::{HandlerError, OrderHandler, SimulatedStep};
-pub use idempotency::{Fingerprint, IdempotencyKey, Insertion, InvalidIdempotencyKey, KeyRecord};
-pub use memory::{InMemoryBackend, InMemoryQueue, InMemoryRepository};
+pub use handler::{HandlerError, OrderHandler};
+pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 pub use order::{
-    NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidatedOrder,
-    ValidationError,
+    NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidationError,
 };
 pub use processor::{
     BuildError, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch, ProcessorHandle,
     RetryPolicy, ShutdownReport, Submission, Submitted,
 };
-#[cfg(any(test, feature = "mock"))]
-pub use queue::MockQueue;
-pub use queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError, QueueStorage};
-#[cfg(any(test, feature = "mock"))]
-pub use repository::MockRepository;
-pub use repository::{
-    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError, TransitionKind,
-};
+pub use queue::{QueueDepth, QueueError};
+pub use repository::{OrderMetrics, OrderQuery, StatusCounts};
 
 /// Locks `mutex`, going on past poisoning: no critical section in this crate panics between
 /// two writes, so a poisoned lock still guards consistent state.

@@ -43,14 +43,14 @@ mod backend_contract {
 /// The backend's repository and queue, each held to its own port's contract.
 #[cfg(test)]
 mod backend_repository_contract {
-    use crate::Backend;
+    use crate::backend::Backend;
 
     crate::repository_contract_tests!(async || super::InMemoryBackend::new().repository());
 }
 
 #[cfg(test)]
 mod backend_queue_contract {
-    use crate::Backend;
+    use crate::backend::Backend;
 
     crate::queue_contract_tests!(async || super::InMemoryBackend::new().queue());
 }

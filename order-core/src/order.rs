@@ -7,9 +7,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::repository::TransitionKind;
-
-/// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::Repository).
+/// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::backend::Repository).
 ///
 /// ```
 /// use order_core::OrderId;
@@ -118,7 +116,7 @@ impl OrderStatus {
         )
     }
 
-    /// Whether one [`Transition`](crate::Transition) may take an order from this status to
+    /// Whether one [`Transition`](crate::backend::Transition) may take an order from this status to
     /// `next`: some [`TransitionKind`] leaves from here and leads there. PROCESSING may become
     /// PROCESSING (a renewal, or a takeover after a lapsed lease); no other status may become
     /// itself.
@@ -302,25 +300,70 @@ pub struct NewOrder {
 }
 
 /// Money as a JSON number, read and written from its decimal text so that no float is ever
-/// involved: `59.99` stays `59.99`.
-mod exact_amount {
+/// involved: `59.99` stays `59.99`. For `#[serde(with = "order_core::order::exact_amount")]`
+/// on a `rust_decimal::Decimal` field of your own types; [`NewOrder`] and [`Order`] use it.
+///
+/// ```
+/// use rust_decimal::Decimal;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Refund {
+///     #[serde(with = "order_core::order::exact_amount")]
+///     amount: Decimal,
+/// }
+///
+/// let refund: Refund = serde_json::from_str(r#"{"amount": 12345678901234.56}"#)?;
+/// assert_eq!(refund.amount, Decimal::new(1234567890123456, 2));
+/// assert_eq!(serde_json::to_string(&refund)?, r#"{"amount":12345678901234.56}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+///
+/// It reads JSON text (serde_json's deserializers, `serde_json::Value` included), not other
+/// formats. The text comes through serde_json's `RawValue` (feature `raw_value`), not through
+/// `arbitrary_precision`: Cargo unifies features, so the latter would change how serde_json
+/// parses numbers in every crate of a dependent's build (untagged and internally tagged enums,
+/// `flatten`), while `RawValue` changes nothing for anyone else.
+pub mod exact_amount {
     use rust_decimal::Decimal;
     use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
 
-    pub(super) fn serialize<S: Serializer>(
-        amount: &Decimal,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        rust_decimal::serde::arbitrary_precision::serialize(amount, serializer)
+    /// Writes `amount` as a JSON number with its exact digits (`0.10` stays `0.10`).
+    ///
+    /// # Errors
+    ///
+    /// Only the serializer's own.
+    pub fn serialize<S: Serializer>(amount: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+        // A `Decimal`'s text is a JSON number: digits, at most one `.`, perhaps a leading `-`.
+        RawValue::from_string(amount.to_string())
+            .map_err(S::Error::custom)?
+            .serialize(serializer)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Decimal, D::Error> {
-        // With serde_json's `arbitrary_precision`, a `Number` keeps the text it was written as.
-        let number = serde_json::Number::deserialize(deserializer)?;
-        let text = number.as_str();
+    /// Reads a JSON number from its text, exactly: a string, a float's rounding or more than
+    /// 28 significant digits is an error.
+    ///
+    /// # Errors
+    ///
+    /// When the value is not a JSON number, or not one a `Decimal` holds exactly.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get().trim();
+        let kind = match text.as_bytes().first() {
+            Some(b'-' | b'0'..=b'9') => None,
+            Some(b'"') => Some("string"),
+            Some(b't' | b'f') => Some("boolean"),
+            Some(b'n') => Some("null"),
+            Some(b'[') => Some("sequence"),
+            _ => Some("map"),
+        };
+        if let Some(kind) = kind {
+            return Err(D::Error::custom(format!(
+                "invalid type: {kind}, expected a JSON number"
+            )));
+        }
         Decimal::from_str_exact(text)
             .or_else(|_| Decimal::from_scientific(text))
             .map_err(|_| D::Error::custom(format!("{text} is not an amount this system can hold exactly (at most 28 significant digits)")))
@@ -646,6 +689,83 @@ impl ValidatedOrder {
     /// The validated fields, given back.
     pub fn into_inner(self) -> NewOrder {
         self.0
+    }
+}
+
+/// The kind of a [`Transition`](crate::backend::Transition), without its data: the engine's rules for how an order's
+/// status may change, as values that a client can reason with.
+///
+/// Each kind leaves from the statuses of [`leaves_from`](TransitionKind::leaves_from) and
+/// leads to [`target`](TransitionKind::target); [`OrderStatus::may_become`] and
+/// [`OrderStatus::may_reach`] are derived from these two, so a checker of observed statuses
+/// follows the engine rather than a list of its own.
+///
+/// ```
+/// use order_core::OrderStatus;
+/// use order_core::backend::TransitionKind;
+///
+/// assert_eq!(TransitionKind::Cancel.leaves_from(), &[OrderStatus::Pending]);
+/// assert_eq!(TransitionKind::Retry.target(), OrderStatus::Pending);
+/// let into_completed: Vec<_> = TransitionKind::ALL
+///     .into_iter()
+///     .filter(|kind| kind.target() == OrderStatus::Completed)
+///     .collect();
+/// assert_eq!(into_completed, [TransitionKind::Complete]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransitionKind {
+    /// [`Transition::Start`](crate::backend::Transition::Start): a first start, a start after a retry, or a takeover of a lapsed
+    /// lease.
+    Start,
+    /// [`Transition::Renew`](crate::backend::Transition::Renew): a longer lease for the same worker.
+    Renew,
+    /// [`Transition::Complete`](crate::backend::Transition::Complete): the handler succeeded.
+    Complete,
+    /// [`Transition::Retry`](crate::backend::Transition::Retry): the handler failed, and the order will be tried again.
+    Retry,
+    /// [`Transition::Fail`](crate::backend::Transition::Fail): the handler failed for good.
+    Fail,
+    /// [`Transition::Release`](crate::backend::Transition::Release): work handed back unfinished at shutdown.
+    Release,
+    /// [`Transition::Cancel`](crate::backend::Transition::Cancel): a client cancelled a PENDING order.
+    Cancel,
+}
+
+impl TransitionKind {
+    /// Every kind of transition.
+    pub const ALL: [TransitionKind; 7] = [
+        TransitionKind::Start,
+        TransitionKind::Renew,
+        TransitionKind::Complete,
+        TransitionKind::Retry,
+        TransitionKind::Fail,
+        TransitionKind::Release,
+        TransitionKind::Cancel,
+    ];
+
+    /// The statuses a transition of this kind may leave from. A start leaves from PROCESSING
+    /// too: that is a takeover, once the holder's lease has run out.
+    pub fn leaves_from(self) -> &'static [OrderStatus] {
+        match self {
+            TransitionKind::Start => &[OrderStatus::Pending, OrderStatus::Processing],
+            TransitionKind::Renew
+            | TransitionKind::Complete
+            | TransitionKind::Retry
+            | TransitionKind::Fail
+            | TransitionKind::Release => &[OrderStatus::Processing],
+            TransitionKind::Cancel => &[OrderStatus::Pending],
+        }
+    }
+
+    /// The status a transition of this kind leads to.
+    pub fn target(self) -> OrderStatus {
+        match self {
+            TransitionKind::Start | TransitionKind::Renew => OrderStatus::Processing,
+            TransitionKind::Complete => OrderStatus::Completed,
+            TransitionKind::Retry | TransitionKind::Release => OrderStatus::Pending,
+            TransitionKind::Fail => OrderStatus::Failed,
+            TransitionKind::Cancel => OrderStatus::Cancelled,
+        }
     }
 }
 

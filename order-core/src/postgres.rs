@@ -3,13 +3,13 @@
 //!
 //! - [`PostgresBackend`] is the pair the engine runs on, built in one call: the repository,
 //!   the queue that shares its storage (a claim starts what it claims, see
-//!   [`QueueStorage::Repository`](crate::QueueStorage::Repository)) and the change feed.
+//!   [`QueueStorage::Repository`](crate::backend::QueueStorage::Repository)) and the change feed.
 //! - [`PostgresRepository`] keeps orders in `order_engine_orders`, one row each, its queue
 //!   state included: `available_at` says when an unfinished order is next due (a PENDING
 //!   order's queueing or retry time, a PROCESSING order's lease end). Every status change is
 //!   one fenced `UPDATE ... WHERE` (a compare-and-set), and a statement trigger keeps
 //!   per-status counters in `order_engine_status_counts`, so
-//!   [`metrics`](crate::Repository::metrics) reads a few dozen rows however many orders there
+//!   [`metrics`](crate::backend::Repository::metrics) reads a few dozen rows however many orders there
 //!   are. An order costs three row versions from submit to COMPLETED: its insert, the claim
 //!   that starts it and its completion.
 //! - [`PostgresQueue`], the backend's queue, is the PENDING and PROCESSING rows themselves.
@@ -25,7 +25,8 @@
 //!
 //! ```no_run
 //! use order_core::postgres::{PoolOptions, PostgresBackend};
-//! use order_core::{OrderProcessor, SimulatedStep};
+//! use order_core::OrderProcessor;
+//! use order_core::handler::SimulatedStep;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let backend =
@@ -256,8 +257,10 @@ mod shared_database {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::backend::Repository;
+    use crate::handler::SimulatedStep;
     use crate::testing::{TestDatabase, sample_order};
-    use crate::{OrderId, OrderProcessor, OrderStatus, Repository, SimulatedStep};
+    use crate::{OrderId, OrderProcessor, OrderStatus};
 
     use super::*;
 
@@ -394,7 +397,7 @@ mod shared_database {
         }
         let first = OrderId::new(1).unwrap();
         repository
-            .transition(first, crate::Transition::Cancel)
+            .transition(first, crate::backend::Transition::Cancel)
             .await
             .unwrap();
         db.connection()
@@ -554,13 +557,16 @@ mod shared_database {
             Err(crate::QueueError::Storage(_))
         ));
         repository
-            .transition(order.id, crate::Transition::Complete { claim: claim.token })
+            .transition(
+                order.id,
+                crate::backend::Transition::Complete { claim: claim.token },
+            )
             .await
             .unwrap();
         assert_eq!(queue.depth().await.unwrap(), crate::QueueDepth::default());
         // Finished by this claim: acking it is done already; another claim's ack is refused.
         queue.ack(&claim).await.unwrap();
-        let other = crate::Claim::new(order.id, crate::ClaimToken::generate(), 1);
+        let other = crate::backend::Claim::new(order.id, crate::backend::ClaimToken::generate(), 1);
         assert!(matches!(
             queue.ack(&other).await,
             Err(crate::QueueError::LeaseLost(id)) if id == order.id
@@ -579,7 +585,10 @@ mod shared_database {
         // Shutdown began while claiming: the engine releases, then retries, the claim.
         let claim = queue.claim(10, lease).await.unwrap().remove(0);
         let released = repository
-            .transition(order.id, crate::Transition::Release { claim: claim.token })
+            .transition(
+                order.id,
+                crate::backend::Transition::Release { claim: claim.token },
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -597,15 +606,15 @@ mod shared_database {
         );
         // The first claim is fenced off: it can neither start nor finish the order.
         for transition in [
-            crate::Transition::Start {
+            crate::backend::Transition::Start {
                 claim: claim.token,
                 lease,
             },
-            crate::Transition::Complete { claim: claim.token },
+            crate::backend::Transition::Complete { claim: claim.token },
         ] {
             assert!(matches!(
                 repository.transition(order.id, transition).await,
-                Err(crate::TransitionError::Conflict { .. })
+                Err(crate::backend::TransitionError::Conflict { .. })
             ));
         }
     }
@@ -657,7 +666,7 @@ mod shared_database {
         let build = || {
             OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
                 .repository(Arc::new(PostgresRepository::new(db.connection().clone())))
-                .queue(Arc::new(crate::InMemoryQueue::new()))
+                .queue(Arc::new(crate::memory::InMemoryQueue::new()))
                 .sweep_interval(Duration::from_millis(200))
                 .build()
                 .unwrap()

@@ -14,13 +14,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backend::Backend;
 use crate::changes::ChangeFeed;
+use crate::error::TransitionError;
 use crate::error::{CancelError, StorageError, SubmitError};
 use crate::handler::{HandlerError, OrderHandler};
 use crate::idempotency::{DEFAULT_KEY_TTL, Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError, QueueStorage};
-use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 use crate::telemetry::{self, count, observe};
 
 mod watch;
@@ -208,7 +209,7 @@ struct Settings {
 impl OrderProcessorBuilder {
     /// The repository, the queue and (if it has one) the change feed of `backend`, in one
     /// call: the way to use a queue that shares its repository's storage, such as
-    /// `PostgresBackend`'s or [`InMemoryBackend`](crate::InMemoryBackend)'s.
+    /// `PostgresBackend`'s or [`InMemoryBackend`](crate::memory::InMemoryBackend)'s.
     pub fn backend(mut self, backend: &dyn Backend) -> Self {
         self.repository = Some(backend.repository());
         let queue = backend.queue();
@@ -419,7 +420,8 @@ impl OrderProcessor {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use order_core::{IdempotencyKey, NewOrder, OrderProcessor, SimulatedStep, Submission};
+    /// use order_core::{IdempotencyKey, NewOrder, OrderProcessor, Submission};
+    /// use order_core::handler::SimulatedStep;
     /// use rust_decimal::Decimal;
     ///
     /// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;
@@ -510,7 +512,8 @@ impl OrderProcessor {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use order_core::{NewOrder, OrderProcessor, OrderQuery, SimulatedStep};
+    /// use order_core::{NewOrder, OrderProcessor, OrderQuery};
+    /// use order_core::handler::SimulatedStep;
     /// use rust_decimal::Decimal;
     ///
     /// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;

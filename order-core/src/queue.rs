@@ -13,7 +13,7 @@ use crate::order::{Order, OrderId};
 /// The fencing token of one claim: unique across claims, processes and restarts.
 ///
 /// A worker presents it on every change it makes, to the queue (ack, retry, extend) and to the
-/// repository ([`Transition`](crate::Transition)); both refuse a token that no longer holds the
+/// repository ([`Transition`](crate::backend::Transition)); both refuse a token that no longer holds the
 /// order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClaimToken(Uuid);
@@ -58,7 +58,7 @@ pub struct Claim {
     /// cancelled, or held under another worker's live lease): the worker's own `Start` then
     /// says why.
     ///
-    /// [`Transition::Start`]: crate::Transition::Start
+    /// [`Transition::Start`]: crate::backend::Transition::Start
     pub started: Option<Order>,
 }
 
@@ -83,7 +83,7 @@ pub enum QueueStorage {
     Own,
     /// The repository's own storage: the queue is the repository's unfinished orders, so
     /// nothing can be stored without being queued, or lost between the two. The pair comes
-    /// from one [`Backend`](crate::Backend) and keeps these rules, which the backend contract
+    /// from one [`Backend`](crate::backend::Backend) and keeps these rules, which the backend contract
     /// suite checks:
     ///
     /// - the repository's `insert` and `insert_keyed` queue the order they store, so that

@@ -5,9 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::error::StorageError;
+use crate::error::{StorageError, TransitionError};
 use crate::idempotency::{Insertion, KeyRecord};
-use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
+use crate::order::{Order, OrderId, OrderStatus, TransitionKind, ValidatedOrder};
 use crate::queue::ClaimToken;
 
 /// A change of status, applied by [`Repository::transition`] as one compare-and-set.
@@ -85,106 +85,6 @@ impl Transition {
     pub fn target(&self) -> OrderStatus {
         self.kind().target()
     }
-}
-
-/// The kind of a [`Transition`], without its data: the engine's rules for how an order's
-/// status may change, as values that a client can reason with.
-///
-/// Each kind leaves from the statuses of [`leaves_from`](TransitionKind::leaves_from) and
-/// leads to [`target`](TransitionKind::target); [`OrderStatus::may_become`] and
-/// [`OrderStatus::may_reach`] are derived from these two, so a checker of observed statuses
-/// follows the engine rather than a list of its own.
-///
-/// ```
-/// use order_core::{OrderStatus, TransitionKind};
-///
-/// assert_eq!(TransitionKind::Cancel.leaves_from(), &[OrderStatus::Pending]);
-/// assert_eq!(TransitionKind::Retry.target(), OrderStatus::Pending);
-/// let into_completed: Vec<_> = TransitionKind::ALL
-///     .into_iter()
-///     .filter(|kind| kind.target() == OrderStatus::Completed)
-///     .collect();
-/// assert_eq!(into_completed, [TransitionKind::Complete]);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransitionKind {
-    /// [`Transition::Start`]: a first start, a start after a retry, or a takeover of a lapsed
-    /// lease.
-    Start,
-    /// [`Transition::Renew`]: a longer lease for the same worker.
-    Renew,
-    /// [`Transition::Complete`]: the handler succeeded.
-    Complete,
-    /// [`Transition::Retry`]: the handler failed, and the order will be tried again.
-    Retry,
-    /// [`Transition::Fail`]: the handler failed for good.
-    Fail,
-    /// [`Transition::Release`]: work handed back unfinished at shutdown.
-    Release,
-    /// [`Transition::Cancel`]: a client cancelled a PENDING order.
-    Cancel,
-}
-
-impl TransitionKind {
-    /// Every kind of transition.
-    pub const ALL: [TransitionKind; 7] = [
-        TransitionKind::Start,
-        TransitionKind::Renew,
-        TransitionKind::Complete,
-        TransitionKind::Retry,
-        TransitionKind::Fail,
-        TransitionKind::Release,
-        TransitionKind::Cancel,
-    ];
-
-    /// The statuses a transition of this kind may leave from. A start leaves from PROCESSING
-    /// too: that is a takeover, once the holder's lease has run out.
-    pub fn leaves_from(self) -> &'static [OrderStatus] {
-        match self {
-            TransitionKind::Start => &[OrderStatus::Pending, OrderStatus::Processing],
-            TransitionKind::Renew
-            | TransitionKind::Complete
-            | TransitionKind::Retry
-            | TransitionKind::Fail
-            | TransitionKind::Release => &[OrderStatus::Processing],
-            TransitionKind::Cancel => &[OrderStatus::Pending],
-        }
-    }
-
-    /// The status a transition of this kind leads to.
-    pub fn target(self) -> OrderStatus {
-        match self {
-            TransitionKind::Start | TransitionKind::Renew => OrderStatus::Processing,
-            TransitionKind::Complete => OrderStatus::Completed,
-            TransitionKind::Retry | TransitionKind::Release => OrderStatus::Pending,
-            TransitionKind::Fail => OrderStatus::Failed,
-            TransitionKind::Cancel => OrderStatus::Cancelled,
-        }
-    }
-}
-
-/// Why a [`Transition`] was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum TransitionError {
-    /// No order has this id.
-    #[error("order {0} not found")]
-    NotFound(OrderId),
-    /// The order is not in a state this transition may leave from: wrong status, held by
-    /// another claim, or (for a takeover) its lease has not run out. Nothing was written.
-    #[error("order {id} is {current} and cannot go to {target}{held}", held = if *.held_by_other { " (another worker holds it)" } else { "" })]
-    Conflict {
-        /// The order.
-        id: OrderId,
-        /// Its status now.
-        current: OrderStatus,
-        /// The status the transition would have led to.
-        target: OrderStatus,
-        /// True when it is PROCESSING under a live lease of another claim.
-        held_by_other: bool,
-    },
-    /// The storage failed; the transition may or may not have been applied.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
 }
 
 /// Which orders [`Repository::list`] returns, in what order, and from where.
@@ -337,7 +237,7 @@ impl StatusCounts {
     }
 }
 
-/// Where orders are stored: the source of truth that the [`Queue`](crate::Queue) is rebuilt
+/// Where orders are stored: the source of truth that the [`Queue`](crate::backend::Queue) is rebuilt
 /// from after a crash.
 ///
 /// # Contract

@@ -22,7 +22,7 @@
 //! the time a retry became claimable is known to the queue, not to the order.
 //!
 //! An order taken over from a crashed process is not counted as such: a successful
-//! [`Transition::Start`](crate::Transition::Start) does not say whether it started a PENDING
+//! [`Transition::Start`](crate::backend::Transition::Start) does not say whether it started a PENDING
 //! order or took over one whose lease had run out.
 //!
 //! [`OrderProcessor::submit`]: crate::OrderProcessor::submit

@@ -1,5 +1,5 @@
-//! The contract every [`Repository`](crate::Repository) and [`Queue`](crate::Queue) must keep,
-//! and the rules a [`Backend`](crate::Backend) whose queue shares its repository's storage
+//! The contract every [`Repository`](crate::backend::Repository) and [`Queue`](crate::backend::Queue) must keep,
+//! and the rules a [`Backend`](crate::backend::Backend) whose queue shares its repository's storage
 //! adds, as tests to run against an implementation.
 //!
 //! Each case is an async function taking a fresh, empty backend. The macros
@@ -12,7 +12,7 @@
 //! // In a test file of the crate that implements the backend (here, the in-memory one):
 //! mod repository_contract {
 //!     order_core::repository_contract_tests!(async || {
-//!         std::sync::Arc::new(order_core::InMemoryRepository::new())
+//!         std::sync::Arc::new(order_core::memory::InMemoryRepository::new())
 //!     });
 //! }
 //! ```
@@ -190,7 +190,7 @@ async fn sleep(duration: Duration) {
     tokio::time::sleep(duration).await;
 }
 
-/// Cases for [`Repository`](crate::Repository) implementations.
+/// Cases for [`Repository`](crate::backend::Repository) implementations.
 pub mod repository {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -198,10 +198,11 @@ pub mod repository {
     use std::sync::Arc;
 
     use super::{LONG, SHORT, race, sample_order, sleep};
+    use crate::error::TransitionError;
     use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
     use crate::order::{Order, OrderId, OrderStatus};
     use crate::queue::ClaimToken;
-    use crate::repository::{OrderQuery, Repository, Transition, TransitionError};
+    use crate::repository::{OrderQuery, Repository, Transition};
 
     fn start(lease: std::time::Duration) -> (ClaimToken, Transition) {
         let claim = ClaimToken::generate();
@@ -589,7 +590,11 @@ pub mod repository {
         );
     }
 
-    fn keyed(key: &str, order: &crate::ValidatedOrder, ttl: std::time::Duration) -> KeyRecord {
+    fn keyed(
+        key: &str,
+        order: &crate::order::ValidatedOrder,
+        ttl: std::time::Duration,
+    ) -> KeyRecord {
         KeyRecord {
             key: IdempotencyKey::scoped("scope-a", key).unwrap(),
             fingerprint: Fingerprint::of(order),
@@ -1025,7 +1030,7 @@ pub mod repository {
     }
 }
 
-/// Cases for [`Queue`](crate::Queue) implementations.
+/// Cases for [`Queue`](crate::backend::Queue) implementations.
 pub mod queue {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -1312,8 +1317,8 @@ pub mod queue {
     }
 }
 
-/// Cases for [`Backend`](crate::Backend) implementations whose queue shares the repository's
-/// storage ([`QueueStorage::Repository`](crate::QueueStorage::Repository)): the rules the
+/// Cases for [`Backend`](crate::backend::Backend) implementations whose queue shares the repository's
+/// storage ([`QueueStorage::Repository`](crate::backend::QueueStorage::Repository)): the rules the
 /// engine relies on when it leaves out the calls the pair's own statements make unnecessary.
 /// The backend's repository and queue each pass their own suite too.
 pub mod backend {
@@ -1325,10 +1330,11 @@ pub mod backend {
 
     use super::{LONG, SHORT, race, sample_order, sleep};
     use crate::backend::Backend;
+    use crate::error::TransitionError;
     use crate::idempotency::{Fingerprint, IdempotencyKey, KeyRecord};
     use crate::order::{Order, OrderStatus};
     use crate::queue::{Claim, QueueDepth, QueueStorage};
-    use crate::repository::{Transition, TransitionError};
+    use crate::repository::Transition;
 
     /// The one claim a claim of up to 10 gets, with the order it started.
     async fn claim_one<B: Backend + ?Sized>(backend: &B, lease: Duration) -> (Claim, Order) {
@@ -1438,7 +1444,7 @@ pub mod backend {
     }
 
     /// After Retry or Release the order stays held by its claim until the queue's
-    /// [`retry`](crate::Queue::retry) says when it may be claimed again; the next claim starts
+    /// [`retry`](crate::backend::Queue::retry) says when it may be claimed again; the next claim starts
     /// it again, as a new attempt after a Retry and as the same one after a Release.
     pub async fn retry_and_release_wait_for_the_queue<B: Backend + ?Sized>(backend: Arc<B>) {
         let repository = backend.repository();
@@ -1584,7 +1590,7 @@ pub mod backend {
     }
 }
 
-/// Generates one `#[tokio::test]` per [`Repository`](crate::Repository) contract case, each on
+/// Generates one `#[tokio::test]` per [`Repository`](crate::backend::Repository) contract case, each on
 /// a backend from `$factory` (an async closure returning `Arc<dyn Repository>`-compatible
 /// values).
 #[macro_export]
@@ -1617,7 +1623,7 @@ macro_rules! repository_contract_tests {
     };
 }
 
-/// Generates one `#[tokio::test]` per [`Queue`](crate::Queue) contract case, each on a backend
+/// Generates one `#[tokio::test]` per [`Queue`](crate::backend::Queue) contract case, each on a backend
 /// from `$factory` (an async closure returning `Arc<dyn Queue>`-compatible values).
 #[macro_export]
 macro_rules! queue_contract_tests {
@@ -1641,7 +1647,7 @@ macro_rules! queue_contract_tests {
     };
 }
 
-/// Generates one `#[tokio::test]` per [`Backend`](crate::Backend) contract case (for a backend
+/// Generates one `#[tokio::test]` per [`Backend`](crate::backend::Backend) contract case (for a backend
 /// whose queue shares its repository's storage), each on a backend from `$factory` (an async
 /// closure returning `Arc<impl Backend>`-compatible values).
 #[macro_export]

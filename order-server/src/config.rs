@@ -6,10 +6,10 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use order_core::handler::SimulatedStep;
+use order_core::memory::InMemoryRepository;
 use order_core::postgres::{self, PoolOptions, PostgresBackend};
-use order_core::{
-    BuildError, InMemoryRepository, OrderProcessor, RetryPolicy, SimulatedStep, StorageError,
-};
+use order_core::{BuildError, OrderProcessor, RetryPolicy, StorageError};
 
 use crate::{ApiTokens, ServeOptions};
 use tracing::{info, warn};

@@ -100,7 +100,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 ///
 /// ```
 /// use axum::Router;
-/// use order_core::{OrderProcessor, SimulatedStep};
+/// use order_core::OrderProcessor;
+/// use order_core::handler::SimulatedStep;
 ///
 /// # fn main() -> Result<(), order_core::BuildError> {
 /// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;

@@ -269,7 +269,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::StatusCode;
     use http_body_util::BodyExt;
-    use order_core::SimulatedStep;
+    use order_core::handler::SimulatedStep;
     use tower::ServiceExt;
 
     use super::*;

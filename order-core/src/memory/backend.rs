@@ -8,11 +8,12 @@ use async_trait::async_trait;
 
 use crate::backend::Backend;
 use crate::error::StorageError;
+use crate::error::TransitionError;
 use crate::idempotency::{Insertion, KeyRecord};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::{Order, OrderId, ValidatedOrder};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError, QueueStorage};
-use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 
 /// An [`InMemoryRepository`] and an [`InMemoryQueue`] kept in step inside the backend, so that
 /// the engine makes fewer calls per order: a stored order is queued by its insert, a claim
@@ -25,7 +26,9 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, Transi
 /// ```
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use order_core::{InMemoryBackend, NewOrder, OrderProcessor, OrderStatus, SimulatedStep};
+/// use order_core::{NewOrder, OrderProcessor, OrderStatus};
+/// use order_core::handler::SimulatedStep;
+/// use order_core::memory::InMemoryBackend;
 /// use rust_decimal::Decimal;
 ///
 /// let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))

@@ -19,7 +19,9 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError};
 /// ```
 /// # #[tokio::main] async fn main() {
 /// use std::time::Duration;
-/// use order_core::{InMemoryQueue, OrderId, Queue};
+/// use order_core::OrderId;
+/// use order_core::backend::Queue;
+/// use order_core::memory::InMemoryQueue;
 ///
 /// let queue = InMemoryQueue::new();
 /// let id = OrderId::new(1).unwrap();

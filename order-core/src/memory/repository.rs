@@ -7,12 +7,13 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::time::Instant;
 
 use crate::error::StorageError;
+use crate::error::TransitionError;
 use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::lock;
 use crate::memory::deadline;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
-use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, TransitionError};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 
 /// Orders kept in this process's memory: fast, and gone when the process exits.
 ///
@@ -21,7 +22,9 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition, Transi
 ///
 /// ```
 /// # #[tokio::main] async fn main() {
-/// use order_core::{InMemoryRepository, NewOrder, Repository};
+/// use order_core::NewOrder;
+/// use order_core::backend::Repository;
+/// use order_core::memory::InMemoryRepository;
 /// use rust_decimal::Decimal;
 ///
 /// let repository = InMemoryRepository::new();

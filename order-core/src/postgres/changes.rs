@@ -27,7 +27,8 @@ const BACKLOG: usize = 4096;
 /// ```no_run
 /// use std::sync::Arc;
 /// use order_core::postgres::{self, PoolOptions, PostgresChangeFeed};
-/// use order_core::{OrderProcessor, SimulatedStep};
+/// use order_core::OrderProcessor;
+/// use order_core::handler::SimulatedStep;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;

@@ -234,7 +234,7 @@ impl MigrationTrait for CreateOrdersAndQueue {
     }
 }
 
-/// Serves the recovery sweep ([`stranded`](crate::Repository::stranded)): only unfinished
+/// Serves the recovery sweep ([`stranded`](crate::backend::Repository::stranded)): only unfinished
 /// orders are in it, so it stays as small as the backlog while finished orders pile up.
 const STRANDED_INDEX: &str = "CREATE INDEX order_engine_orders_unfinished \
      ON order_engine_orders (id) WHERE status IN ('PENDING', 'PROCESSING');";
@@ -327,7 +327,7 @@ CREATE TRIGGER order_engine_orders_count_updates AFTER UPDATE ON order_engine_or
 
 /// How many ids the queue holds, kept per slot by triggers on insert and delete (claims,
 /// extensions and retries are updates, and change no count), so that
-/// [`depth`](crate::Queue::depth) need not count a backlog row by row: it counts only rows
+/// [`depth`](crate::backend::Queue::depth) need not count a backlog row by row: it counts only rows
 /// whose `available_at` is ahead (held or delayed ones) through the index.
 const QUEUE_COUNTS: &str = r"
 CREATE TABLE order_engine_queue_counts (

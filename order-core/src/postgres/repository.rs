@@ -16,12 +16,11 @@ use super::error::{sqlx_storage_error, storage_error};
 use super::micros;
 use super::wakeups::Wakeups;
 use crate::error::StorageError;
+use crate::error::TransitionError;
 use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
-use crate::repository::{
-    OrderMetrics, OrderQuery, Repository, StatusCounts, Transition, TransitionError,
-};
+use crate::repository::{OrderMetrics, OrderQuery, Repository, StatusCounts, Transition};
 
 /// Orders in PostgreSQL (`order_engine_orders`), see [the module](super).
 ///

@@ -453,14 +453,14 @@ impl FaultyRepository {
 
 #[async_trait]
 impl Repository for FaultyRepository {
-    async fn insert(&self, order: &crate::ValidatedOrder) -> Result<Order, StorageError> {
+    async fn insert(&self, order: &crate::order::ValidatedOrder) -> Result<Order, StorageError> {
         self.inner.insert(order).await
     }
     async fn insert_keyed(
         &self,
-        order: &crate::ValidatedOrder,
-        record: &crate::KeyRecord,
-    ) -> Result<crate::Insertion, StorageError> {
+        order: &crate::order::ValidatedOrder,
+        record: &crate::backend::KeyRecord,
+    ) -> Result<crate::backend::Insertion, StorageError> {
         self.inner.insert_keyed(order, record).await
     }
     async fn prune_keys(&self) -> Result<u64, StorageError> {
@@ -1274,7 +1274,8 @@ fn an_idempotency_ttl_under_a_second_is_refused() {
 /// it: the builder refuses either one replaced alone, and takes both replaced.
 #[test]
 fn a_queue_that_shares_its_repository_comes_only_with_it() {
-    use crate::{Backend, InMemoryBackend};
+    use crate::backend::Backend;
+    use crate::memory::InMemoryBackend;
 
     let step = || SimulatedStep::new(Duration::ZERO);
     let backend = InMemoryBackend::new();
@@ -1326,7 +1327,7 @@ fn a_queue_that_shares_its_repository_comes_only_with_it() {
 /// cancelled as on separate ports; the queue ends empty.
 #[tokio::test]
 async fn on_a_shared_backend_orders_are_processed_retried_and_cancelled() {
-    use crate::InMemoryBackend;
+    use crate::memory::InMemoryBackend;
 
     let processor = OrderProcessor::builder(FlakyStep {
         failures: 1,
@@ -1370,7 +1371,7 @@ async fn on_a_shared_backend_orders_are_processed_retried_and_cancelled() {
 /// extends it apart): a handler that runs past three leases is not handed to another worker.
 #[tokio::test]
 async fn on_a_shared_backend_a_long_handler_keeps_its_lease() {
-    use crate::InMemoryBackend;
+    use crate::memory::InMemoryBackend;
 
     const LEASE: Duration = Duration::from_millis(600);
     let backend = InMemoryBackend::new();

@@ -13,7 +13,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-use order_core::{MockRepository, StorageError};
+use order_core::StorageError;
+use order_core::backend::MockRepository;
 
 use crate::helpers::{VALID_ORDER, app_with, idle_app, post_json};
 

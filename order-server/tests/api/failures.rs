@@ -2,7 +2,8 @@
 //! connection. mockall produces failures a real backend cannot be made to produce on demand.
 
 use axum::http::StatusCode;
-use order_core::{MockRepository, StorageError};
+use order_core::StorageError;
+use order_core::backend::MockRepository;
 
 use crate::helpers::{VALID_ORDER, app_with, get, post_json};
 

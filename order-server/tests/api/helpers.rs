@@ -5,7 +5,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use order_core::{OrderProcessor, Repository, SimulatedStep};
+use order_core::OrderProcessor;
+use order_core::backend::Repository;
+use order_core::handler::SimulatedStep;
 use serde_json::Value;
 use tower::ServiceExt;
 

@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use order_core::{OrderProcessor, SimulatedStep};
+use order_core::OrderProcessor;
+use order_core::handler::SimulatedStep;
 use serde_json::json;
 
 use crate::helpers::{VALID_ORDER, get, idle_app, post_json};

@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::http::{Method, Request, StatusCode, Uri, header};
 use axum::routing::get;
 use axum::{Json, Router};
-use order_core::{OrderProcessor, SimulatedStep};
+use order_core::OrderProcessor;
+use order_core::handler::SimulatedStep;
 use serde_json::json;
 
 use crate::helpers::{VALID_ORDER, get as get_uri, init_logs, post_json, send};

@@ -12,7 +12,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use order_core::{OrderId, OrderProcessor, SimulatedStep, telemetry};
+use order_core::handler::SimulatedStep;
+use order_core::{OrderId, OrderProcessor, telemetry};
 use order_server::prometheus::{
     HTTP_REQUEST_DURATION, HTTP_REQUESTS, OLDEST_PENDING_AGE, ORDERS_BY_STATUS, QUEUE_DEPTH,
 };

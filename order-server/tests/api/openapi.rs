@@ -878,9 +878,10 @@ async fn every_operation_documents_the_answers_of_the_layers_around_it_and_no_40
     assert!(doc["components"].get("securitySchemes").is_none());
 
     // With tokens: 401 and a required bearer token on every route but the open ones.
-    let processor = order_core::OrderProcessor::builder(order_core::SimulatedStep::default())
-        .build()
-        .unwrap();
+    let processor =
+        order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::default())
+            .build()
+            .unwrap();
     let options = order_server::ServeOptions {
         api_tokens: order_server::ApiTokens::new(["s3cret"]),
         sample_from_start: false,
@@ -926,17 +927,18 @@ async fn every_operation_documents_the_answers_of_the_layers_around_it_and_no_40
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_time_limit_is_a_json_503_with_retry_after() {
-    let mut repository = order_core::MockRepository::new();
+    let mut repository = order_core::backend::MockRepository::new();
     // Storing blocks its thread (on its own task: `create_order` spawns it) for longer than
     // the request may take.
     repository.expect_insert().returning(|_| {
         std::thread::sleep(Duration::from_millis(500));
         Err(order_core::StorageError::unavailable("slow"))
     });
-    let processor = order_core::OrderProcessor::builder(order_core::SimulatedStep::default())
-        .repository(std::sync::Arc::new(repository))
-        .build()
-        .unwrap();
+    let processor =
+        order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::default())
+            .repository(std::sync::Arc::new(repository))
+            .build()
+            .unwrap();
     let options = order_server::ServeOptions {
         request_timeout: Duration::from_millis(50),
         sample_from_start: false,

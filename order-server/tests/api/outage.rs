@@ -302,8 +302,9 @@ async fn a_database_outage_gets_quick_503s_and_everything_resumes_when_it_return
 
 #[tokio::test]
 async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
+    use order_core::NewOrder;
+    use order_core::backend::Backend;
     use order_core::postgres::{self, PoolOptions, PostgresBackend};
-    use order_core::{Backend, NewOrder};
     use rust_decimal::Decimal;
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use order_core::OrderProcessor;
+use order_core::handler::SimulatedStep;
 use order_core::testing::TestDatabase;
-use order_core::{OrderProcessor, SimulatedStep};
 use order_server::{ApiTokens, ServeOptions};
 use serde_json::{Value, json};
 

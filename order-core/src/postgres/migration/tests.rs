@@ -6,11 +6,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::MigratorTrait;
 
 use super::Migrator;
+use crate::backend::Backend;
+use crate::handler::SimulatedStep;
 use crate::postgres::{self, PoolOptions, PostgresBackend};
 use crate::testing::TestDatabase;
-use crate::{
-    Backend, IdempotencyKey, NewOrder, OrderProcessor, OrderStatus, SimulatedStep, Submission,
-};
+use crate::{IdempotencyKey, NewOrder, OrderProcessor, OrderStatus, Submission};
 
 /// `pg_dump --inserts` of a database that a server of the first design (a queue table beside
 /// the orders) wrote, with 30 orders: 13 COMPLETED (3 with idempotency keys), 3 FAILED, 2
