@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use order_core::handler::SimulatedStep;
-use order_core::postgres::{self, DatabaseConnection, PoolOptions, PostgresBackend};
+use order_core::postgres::{self, PoolOptions, PostgresBackend, PostgresPool};
 use order_core::{NewOrder, OrderProcessor};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 use tokio::task::JoinSet;
 
 /// Orders per iteration.
@@ -48,11 +50,11 @@ const ITERATION_DEADLINE: Duration = Duration::from_secs(120);
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 fn order(i: u64) -> NewOrder {
-    NewOrder {
-        user_id: format!("user-{i}"),
-        item_ids: vec!["item1".to_owned(), "item2".to_owned()],
-        total_amount: Decimal::new(5999, 2),
-    }
+    NewOrder::new(
+        format!("user-{i}"),
+        vec!["item1".to_owned(), "item2".to_owned()],
+        Decimal::new(5999, 2),
+    )
 }
 
 /// A bench has no caller to hand an error to: say what failed and stop the run.
@@ -84,9 +86,9 @@ where
 }
 
 /// Submits `ORDERS` orders to a fresh, started processor and waits until all are COMPLETED.
-async fn submit_and_complete(db: &DatabaseConnection) -> BenchResult<Duration> {
+async fn submit_and_complete(pool: &PostgresPool) -> BenchResult<Duration> {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .backend(&PostgresBackend::new(db.clone()))
+        .backend(&PostgresBackend::new(pool))
         .concurrency(CONCURRENCY)
         .build()?;
     let running = processor.start();
@@ -173,7 +175,12 @@ async fn insert_and_update(db: &DatabaseConnection) -> BenchResult<Duration> {
     Ok(began.elapsed())
 }
 
-fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, db: &DatabaseConnection) {
+fn bench(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    pool: &PostgresPool,
+    db: &DatabaseConnection,
+) {
     let mut group = c.benchmark_group("postgres");
     group.throughput(Throughput::Elements(ORDERS));
     // An iteration of the engine takes a second or two. The same number of iterations in each
@@ -188,7 +195,7 @@ fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, db: &DatabaseConn
         b.to_async(runtime).iter_custom(|iterations| async move {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
-                total += submit_and_complete(db)
+                total += submit_and_complete(pool)
                     .await
                     .unwrap_or_else(|err| fail(&err));
             }
@@ -220,24 +227,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|err| fail(&err));
-    let options = PoolOptions {
-        // The submitting clients, the processor's workers, its LISTEN connection and the
-        // metrics poll all draw on this pool.
-        max_connections: 32,
-        application_name: "order-engine-bench".to_owned(),
-        ..PoolOptions::default()
-    };
-    let db = runtime
+    // The submitting clients, the processor's workers, its LISTEN connection and the metrics
+    // poll all draw on the engine's pool; the reference's clients get a pool of the same size.
+    let options = PoolOptions::default()
+        .max_connections(32)
+        .application_name("order-engine-bench");
+    let (pool, db) = runtime
         .block_on(async {
-            let db = postgres::connect(&url, &options).await?;
-            postgres::migrate(&db).await?;
+            let pool = postgres::connect(&url, &options).await?;
+            postgres::migrate(&pool).await?;
+            let mut reference = ConnectOptions::new(url.clone());
+            reference.max_connections(32).sqlx_logging(false);
+            let db = Database::connect(reference).await?;
             db.execute_unprepared(CREATE_REFERENCE).await?;
-            BenchResult::Ok(db)
+            BenchResult::Ok((pool, db))
         })
         .unwrap_or_else(|err| fail(&err));
 
     let mut criterion = Criterion::default().configure_from_args();
-    bench(&mut criterion, &runtime, &db);
+    bench(&mut criterion, &runtime, &pool, &db);
     criterion.final_summary();
 
     if let Err(err) =

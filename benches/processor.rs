@@ -16,16 +16,17 @@ use rust_decimal::Decimal;
 const ORDERS: u64 = 10_000;
 
 fn order(i: u64) -> NewOrder {
-    NewOrder {
-        user_id: format!("user-{i}"),
-        item_ids: vec!["item1".to_owned(), "item2".to_owned()],
-        total_amount: Decimal::new(5999, 2),
-    }
+    NewOrder::new(
+        format!("user-{i}"),
+        vec!["item1".to_owned(), "item2".to_owned()],
+        Decimal::new(5999, 2),
+    )
 }
 
 /// Submits `ORDERS` orders to a fresh, started processor and waits until all are COMPLETED.
 async fn submit_and_complete(concurrency: usize) -> Duration {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .concurrency(concurrency)
         .build()
         .unwrap_or_else(|err| unreachable!("fixed settings are valid: {err}"));

@@ -70,11 +70,12 @@ async fn main() -> anyhow::Result<()> {
         ])),
     };
     let processor = OrderProcessor::builder(step)
+        .in_memory()
         .concurrency(16)
-        .retry_policy(RetryPolicy {
-            initial_backoff: Duration::from_millis(100),
-            ..RetryPolicy::default()
-        })
+        .retry_policy(
+            RetryPolicy::default()
+                .backoff_between(Duration::from_millis(100), Duration::from_secs(300)),
+        )
         .build()?;
     let running = processor.start();
 
@@ -88,11 +89,11 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for (user, items, cents) in baskets {
         let order = processor
-            .submit(NewOrder {
-                user_id: user.to_owned(),
-                item_ids: items.iter().map(|item| (*item).to_owned()).collect(),
-                total_amount: Decimal::new(cents, 2),
-            })
+            .submit(NewOrder::new(
+                user.to_owned(),
+                items.iter().copied(),
+                Decimal::new(cents, 2),
+            ))
             .await?;
         println!(
             "submitted order {} for {user}: {}",

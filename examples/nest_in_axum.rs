@@ -77,8 +77,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     // A short step, so that the order is seen PENDING or PROCESSING before it completes.
-    let processor =
-        OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(300))).build()?;
+    let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(300)))
+        .in_memory()
+        .build()?;
     let running = processor.start();
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -85,11 +85,9 @@ async fn main() -> anyhow::Result<()> {
              --example postgres`"
         );
     };
-    let options = PoolOptions {
-        max_connections: 8,
-        application_name: "order-engine-example".to_owned(),
-        ..PoolOptions::default()
-    };
+    let options = PoolOptions::default()
+        .max_connections(8)
+        .application_name("order-engine-example");
     let db = postgres::connect(&url, &options).await?;
     postgres::migrate(&db).await?;
     println!("connected; migrations applied");
@@ -99,13 +97,13 @@ async fn main() -> anyhow::Result<()> {
     let processor = OrderProcessor::builder(ChargePayment {
         card_limit: Decimal::new(100_000, 2),
     })
-    .backend(&PostgresBackend::new(db))
+    .backend(&PostgresBackend::new(&db))
     .concurrency(8)
-    .retry_policy(RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(50),
-        ..RetryPolicy::default()
-    })
+    .retry_policy(
+        RetryPolicy::default()
+            .max_attempts(3)
+            .backoff_between(Duration::from_millis(50), Duration::from_secs(300)),
+    )
     // Idle workers wake on NOTIFY for new orders; a delayed retry is picked up at the next
     // poll, so keep it short next to the backoff.
     .poll_interval(Duration::from_millis(100))
@@ -122,11 +120,11 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for (user, items, cents) in baskets {
         let order = processor
-            .submit(NewOrder {
-                user_id: user.to_owned(),
-                item_ids: items.iter().map(|item| (*item).to_owned()).collect(),
-                total_amount: Decimal::new(cents, 2),
-            })
+            .submit(NewOrder::new(
+                user.to_owned(),
+                items.iter().copied(),
+                Decimal::new(cents, 2),
+            ))
             .await?;
         println!(
             "submitted order {} for {user}: {}",

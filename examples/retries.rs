@@ -105,25 +105,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let processor = OrderProcessor::builder(FlakyGateway)
-        .retry_policy(RetryPolicy {
-            max_attempts: MAX_ATTEMPTS,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            multiplier: 2.0,
-            // Without jitter the delays are exactly 100, 200 and 400 ms: the same on every run.
-            jitter: false,
-        })
+        .in_memory()
+        .retry_policy(
+            RetryPolicy::default()
+                .max_attempts(MAX_ATTEMPTS)
+                .backoff_between(Duration::from_millis(100), Duration::from_secs(1))
+                .multiplier(2.0)
+                // Without jitter the delays are exactly 100, 200 and 400 ms: the same on every
+                // run.
+                .jitter(false),
+        )
         .build()?;
     let running = processor.start();
 
     let mut submitted = Vec::new();
     for expected in &EXPECTED {
         let order = processor
-            .submit(NewOrder {
-                user_id: expected.user.to_owned(),
-                item_ids: vec!["book".to_owned()],
-                total_amount: Decimal::new(2450, 2),
-            })
+            .submit(NewOrder::new(
+                expected.user.to_owned(),
+                vec!["book".to_owned()],
+                Decimal::new(2450, 2),
+            ))
             .await?;
         submitted.push((order.id, expected));
     }

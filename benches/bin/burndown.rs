@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, ValueEnum};
-use order_core::postgres::{self, PoolOptions};
 use order_core::{NewOrder, OrderProcessor};
 use order_server::Config;
 use rust_decimal::Decimal;
@@ -80,11 +79,11 @@ const POLL: Duration = Duration::from_millis(10);
 const PROGRESS: Duration = Duration::from_secs(5);
 
 fn order(i: u64) -> NewOrder {
-    NewOrder {
-        user_id: format!("user-{i}"),
-        item_ids: vec!["item1".to_owned(), "item2".to_owned()],
-        total_amount: Decimal::new(5999, 2),
-    }
+    NewOrder::new(
+        format!("user-{i}"),
+        vec!["item1".to_owned(), "item2".to_owned()],
+        Decimal::new(5999, 2),
+    )
 }
 
 #[tokio::main]
@@ -120,12 +119,7 @@ async fn main() -> anyhow::Result<()> {
 /// Empties the engine's tables on a pool of its own; `burn_down` then checks that the counters
 /// and the queue followed.
 async fn empty_the_tables(url: &str) -> anyhow::Result<()> {
-    let options = PoolOptions {
-        max_connections: 2,
-        application_name: "bench-burndown".to_owned(),
-        ..PoolOptions::default()
-    };
-    let db = postgres::connect(url, &options).await?;
+    let db = sea_orm::Database::connect(url).await?;
     db.execute_unprepared("TRUNCATE order_engine_orders RESTART IDENTITY")
         .await
         .context("TRUNCATE of the engine's tables failed")?;

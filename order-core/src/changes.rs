@@ -7,6 +7,7 @@ use crate::order::OrderId;
 
 /// One report of a [`ChangeFeed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// The order's status changed (or may have: a feed may report a change twice).
     Order(OrderId),

@@ -10,6 +10,7 @@ use crate::order::{OrderId, OrderStatus, ValidationError};
 /// overloaded; an HTTP server answers 503) from the rest (500).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct StorageError {
     /// What failed, for logs; never shown to API clients.
     pub message: String,
@@ -48,6 +49,7 @@ impl StorageError {
 
 /// Why [`OrderProcessor::submit`](crate::OrderProcessor::submit) refused an order.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// The order broke a rule; nothing was stored.
     #[error(transparent)]
@@ -68,6 +70,7 @@ pub enum SubmitError {
 
 /// Why [`OrderProcessor::cancel`](crate::OrderProcessor::cancel) did not cancel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CancelError {
     /// No order has this id.
     #[error("order {0} not found")]
@@ -100,6 +103,7 @@ impl From<TransitionError> for CancelError {
 
 /// Why a [`Transition`](crate::backend::Transition) was not applied.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransitionError {
     /// No order has this id.
     #[error("order {0} not found")]

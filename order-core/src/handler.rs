@@ -1,5 +1,9 @@
-//! The port to the embedding service's own processing step.
+//! The port to the embedding service's own processing step: [`OrderHandler`] and
+//! [`HandlerError`] (both at the crate root), and [`SimulatedStep`], a stand-in step for
+//! demos, benchmarks and the server's default.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -7,14 +11,29 @@ use async_trait::async_trait;
 use crate::order::Order;
 
 /// Why a handler could not process an order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+///
+/// Its [`message`](Self::message) becomes the order's `last_error`, which clients see (cut to
+/// 2,000 characters); the error it came from, kept with [`with_source`](Self::with_source),
+/// goes to the logs with its whole chain of causes and is never shown to clients.
+///
+/// ```
+/// use order_core::HandlerError;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "gateway did not answer");
+/// let err = HandlerError::transient("payment gateway timed out").with_source(io);
+/// assert_eq!(err.to_string(), "payment gateway timed out");
+/// assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "gateway did not answer");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HandlerError {
     /// What went wrong; recorded as the order's `last_error`.
     pub message: String,
     /// True when trying again cannot help (a declined card, an unknown item): the order fails
     /// at once instead of using up its attempts.
     pub permanent: bool,
+    /// The error this one came from, for the logs. An `Arc` keeps the error cloneable.
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl HandlerError {
@@ -23,6 +42,7 @@ impl HandlerError {
         Self {
             message: message.into(),
             permanent: false,
+            source: None,
         }
     }
 
@@ -31,8 +51,53 @@ impl HandlerError {
         Self {
             message: message.into(),
             permanent: true,
+            source: None,
         }
     }
+
+    /// The same error, keeping `source` as its cause: logged with its own causes when the
+    /// attempt fails, never shown to clients.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two handler errors are equal when they say the same to the order: the same message and
+/// permanence. Their sources are for the logs only.
+impl PartialEq for HandlerError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message && self.permanent == other.permanent
+    }
+}
+
+impl Eq for HandlerError {}
+
+/// `error` and each of its causes, joined with `: `, for a log line.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        chain.push_str(": ");
+        chain.push_str(&next.to_string());
+        cause = next.source();
+    }
+    chain
 }
 
 /// What "processing an order" means for the embedding service: reserve stock, charge, ship...
@@ -68,6 +133,23 @@ impl HandlerError {
 pub trait OrderHandler: Send + Sync {
     /// Processes one order; the order is PROCESSING while this runs.
     async fn process(&self, order: &Order) -> Result<(), HandlerError>;
+}
+
+/// A shared handler: the service keeps its own `Arc` (for its state, or to hand the same
+/// handler to several processors).
+#[async_trait]
+impl<T: OrderHandler + ?Sized> OrderHandler for Arc<T> {
+    async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        (**self).process(order).await
+    }
+}
+
+/// A boxed handler, chosen at run time (`Box<dyn OrderHandler>`).
+#[async_trait]
+impl<T: OrderHandler + ?Sized> OrderHandler for Box<T> {
+    async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+        (**self).process(order).await
+    }
 }
 
 /// A stand-in processing step that takes a fixed time and always succeeds: what the service

@@ -32,6 +32,7 @@ pub struct IdempotencyKey {
 /// Why a text cannot be an [`IdempotencyKey`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Idempotency-Key {reason}")]
+#[non_exhaustive]
 pub struct InvalidIdempotencyKey {
     /// What is wrong with it.
     pub reason: &'static str,
@@ -132,6 +133,7 @@ impl fmt::Debug for Fingerprint {
 
 /// What [`Repository::insert_keyed`](crate::backend::Repository::insert_keyed) stores beside the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyRecord {
     /// The client's key.
     pub key: IdempotencyKey,
@@ -143,6 +145,7 @@ pub struct KeyRecord {
 
 /// What [`Repository::insert_keyed`](crate::backend::Repository::insert_keyed) did.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Insertion {
     /// The key was new (or its time had run out): the order was stored under it.
     Created(Order),

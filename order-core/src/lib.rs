@@ -8,11 +8,11 @@
 //! use rust_decimal::Decimal;
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(10))).build()?;
+//! let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(10))).in_memory().build()?;
 //! let running = processor.start();
 //!
 //! let order = processor
-//!     .submit(NewOrder { user_id: "user-123".into(), item_ids: vec!["item1".into()], total_amount: Decimal::new(5999, 2) })
+//!     .submit(NewOrder::new("user-123", ["item1"], Decimal::new(5999, 2)))
 //!     .await?;
 //! let done = processor.wait_until_done(order.id).await?.expect("the order exists");
 //! assert_eq!(done.status, OrderStatus::Completed);

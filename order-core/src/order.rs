@@ -208,6 +208,7 @@ pub struct UnknownStatus(pub String);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Order {
     /// Assigned by the repository at insert.
     pub id: OrderId,
@@ -285,6 +286,7 @@ pub const MAX_AMOUNT_SCALE: u32 = 2;
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NewOrder {
     /// Who places the order: 1 to 128 characters.
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::user_id))]
@@ -575,6 +577,7 @@ mod schema {
 /// A rule an order broke, naming the field (as the API spells it) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
+#[non_exhaustive]
 pub struct ValidationError {
     /// The field as the API names it: `userId`, `itemIds`, `itemIds[3]`, `totalAmount`.
     pub field: String,
@@ -613,6 +616,29 @@ fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError
 }
 
 impl NewOrder {
+    /// An order from its fields; nothing is checked until [`validate`](Self::validate) (or
+    /// [`OrderProcessor::submit`](crate::OrderProcessor::submit)).
+    ///
+    /// ```
+    /// use order_core::NewOrder;
+    /// use rust_decimal::Decimal;
+    ///
+    /// let order = NewOrder::new("user-123", ["item1", "item2"], Decimal::new(5999, 2));
+    /// assert_eq!(order.validate()?.total_amount().to_string(), "59.99");
+    /// # Ok::<(), order_core::ValidationError>(())
+    /// ```
+    pub fn new(
+        user_id: impl Into<String>,
+        item_ids: impl IntoIterator<Item = impl Into<String>>,
+        total_amount: Decimal,
+    ) -> Self {
+        Self {
+            user_id: user_id.into(),
+            item_ids: item_ids.into_iter().map(Into::into).collect(),
+            total_amount,
+        }
+    }
+
     /// Checks every rule, returning the first one broken.
     ///
     /// The total is brought to two decimal places (`59.9` becomes `59.90`, `60` becomes
@@ -713,6 +739,7 @@ impl ValidatedOrder {
 /// assert_eq!(into_completed, [TransitionKind::Complete]);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TransitionKind {
     /// [`Transition::Start`](crate::backend::Transition::Start): a first start, a start after a retry, or a takeover of a lapsed
     /// lease.

@@ -19,9 +19,12 @@
 //! - [`PostgresChangeFeed`] hears of every status change, made by any process: a statement
 //!   trigger sends `NOTIFY order_engine_changes` with the changed ids, so that a server can
 //!   stream an order's changes to its watchers whichever server made them.
-//! - [`Migrator`] (sea-orm-migration) owns the schema. Every table, function and trigger is
-//!   prefixed `order_engine_`, and the migrator records itself in `order_engine_migrations`,
-//!   so it can run beside an embedding service's own migrations in the same database.
+//! - [`migrate`] owns the schema (sea-orm-migration's migrations, run under an advisory lock).
+//!   Every table, function and trigger is prefixed `order_engine_`, and applied migrations
+//!   are recorded in `order_engine_migrations`, so they live beside an embedding service's own
+//!   migrations in the same database.
+//! - [`PostgresPool`] is the connection pool they share, opened by [`connect`]: no driver type
+//!   appears in this module's API.
 //!
 //! ```no_run
 //! use order_core::postgres::{PoolOptions, PostgresBackend};
@@ -57,10 +60,10 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
 pub use changes::PostgresChangeFeed;
-pub use migration::Migrator;
+pub(crate) use migration::Migrator;
 pub use queue::PostgresQueue;
 pub use repository::PostgresRepository;
-pub use sea_orm::DatabaseConnection;
+use sea_orm::DatabaseConnection;
 
 use crate::backend::Backend;
 use crate::changes::ChangeFeed;
@@ -68,6 +71,31 @@ use crate::error::StorageError;
 use crate::queue::Queue;
 use crate::repository::Repository;
 use error::storage_error;
+
+/// A pool of connections to one PostgreSQL database: what [`connect`] opens, [`migrate`] sets
+/// up, and every part of a backend shares. Cloning is cheap: clones share the pool.
+///
+/// It wraps the driver's own pool (sqlx's, through sea-orm) so that no driver type is part of
+/// this crate's API: upgrading the driver is not a breaking change for embedders.
+#[derive(Debug, Clone)]
+pub struct PostgresPool {
+    db: DatabaseConnection,
+}
+
+impl PostgresPool {
+    /// The driver's pool, for this crate's statements.
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Closes every connection; later calls on any clone fail as unavailable.
+    pub async fn close(self) -> Result<(), StorageError> {
+        self.db
+            .close()
+            .await
+            .map_err(|err| storage_error("could not close the pool", err))
+    }
+}
 
 /// PostgreSQL's repository, queue and change feed, on one connection pool: what
 /// [`OrderProcessorBuilder::backend`](crate::OrderProcessorBuilder::backend) takes.
@@ -79,7 +107,7 @@ use error::storage_error;
 /// Cloning is cheap: clones share the pool, the batches and the listeners.
 #[derive(Debug, Clone)]
 pub struct PostgresBackend {
-    db: DatabaseConnection,
+    pool: PostgresPool,
     repository: Arc<PostgresRepository>,
     queue: Arc<PostgresQueue>,
     changes: Arc<PostgresChangeFeed>,
@@ -89,25 +117,26 @@ impl PostgresBackend {
     /// Connects to the database at `url` ([`connect`]) and brings its schema up to date
     /// ([`migrate`]).
     pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StorageError> {
-        let db = connect(url, options).await?;
-        migrate(&db).await?;
-        Ok(Self::new(db))
+        let pool = connect(url, options).await?;
+        migrate(&pool).await?;
+        Ok(Self::new(&pool))
     }
 
     /// The backend on a pool whose database [`migrate`] has set up.
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(pool: &PostgresPool) -> Self {
+        let db = pool.db();
         let wakeups = wakeups::Wakeups::new(db.clone());
         Self {
             repository: Arc::new(PostgresRepository::announcing(db.clone(), wakeups.clone())),
             queue: Arc::new(PostgresQueue::new(db.clone(), wakeups)),
-            changes: Arc::new(PostgresChangeFeed::new(&db)),
-            db,
+            changes: Arc::new(PostgresChangeFeed::new(pool)),
+            pool: pool.clone(),
         }
     }
 
-    /// The connection pool, for readiness checks and an embedding service's own queries.
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
+    /// The connection pool, for readiness checks ([`check_ready`]).
+    pub fn pool(&self) -> &PostgresPool {
+        &self.pool
     }
 }
 
@@ -134,7 +163,16 @@ pub const NOTIFY_CHANNEL: &str = "order_engine_queue";
 
 /// How the connection pool behaves. The defaults suit a small machine (2 cores) running one
 /// server next to its database.
+///
+/// ```
+/// use std::time::Duration;
+/// use order_core::postgres::PoolOptions;
+///
+/// let options = PoolOptions::default().max_connections(32).acquire_timeout(Duration::from_secs(1));
+/// assert_eq!(options.max_connections, 32);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolOptions {
     /// Connections the pool may open. One of them is held by the queue's `LISTEN` while
     /// workers wait, so at least 2.
@@ -167,12 +205,56 @@ impl Default for PoolOptions {
     }
 }
 
+impl PoolOptions {
+    /// The same options with at most `connections` connections (at least 2 are opened).
+    #[must_use]
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// The same options keeping `connections` connections open while idle.
+    #[must_use]
+    pub fn min_connections(mut self, connections: u32) -> Self {
+        self.min_connections = connections;
+        self
+    }
+
+    /// The same options with requests waiting up to `timeout` for a connection.
+    #[must_use]
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The same options with PostgreSQL's `statement_timeout` set to `timeout`.
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The same options closing idle connections after `timeout`.
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The same options with `name` shown in `pg_stat_activity`.
+    #[must_use]
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+}
+
 /// Opens a pool of connections to the database at `url`
 /// (`postgres://user:password@host:port/database`).
 ///
 /// Fails when the first connection cannot be made; later outages are survived: each call then
 /// fails with an unavailable [`StorageError`] until the database answers again.
-pub async fn connect(url: &str, options: &PoolOptions) -> Result<DatabaseConnection, StorageError> {
+pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, StorageError> {
     let mut connect = ConnectOptions::new(url);
     connect
         .max_connections(options.max_connections.max(2))
@@ -187,6 +269,7 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<DatabaseConnect
         .sqlx_logging(false);
     Database::connect(connect)
         .await
+        .map(|db| PostgresPool { db })
         .map_err(|err| storage_error("could not connect to PostgreSQL", err))
 }
 
@@ -198,7 +281,8 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_725f_656e;
 /// Safe to run from several processes at once: they take turns under an advisory lock, in one
 /// transaction each (PostgreSQL's DDL is transactional), and all but the first find nothing
 /// left to do.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), StorageError> {
+pub async fn migrate(pool: &PostgresPool) -> Result<(), StorageError> {
+    let db = pool.db();
     let run = async {
         let txn = db.begin().await?;
         // Waiting for another server's migration is not a slow statement: no timeout here.
@@ -215,7 +299,12 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StorageError> {
 
 /// Checks that the database answers and that every migration has been applied: what a
 /// readiness probe asks before sending traffic.
-pub async fn check_ready(db: &DatabaseConnection) -> Result<(), StorageError> {
+pub async fn check_ready(pool: &PostgresPool) -> Result<(), StorageError> {
+    check_schema(pool.db()).await
+}
+
+/// [`check_ready`] on the driver's pool.
+pub(crate) async fn check_schema(db: &DatabaseConnection) -> Result<(), StorageError> {
     // The read-only variant: a readiness probe must not create the migrations table.
     let pending = Migrator::get_pending_migrations_read_only(db)
         .await
@@ -264,7 +353,7 @@ mod shared_database {
 
     use super::*;
 
-    async fn second_pool(db: &TestDatabase) -> DatabaseConnection {
+    async fn second_pool(db: &TestDatabase) -> PostgresPool {
         connect(db.url(), &PoolOptions::default()).await.unwrap()
     }
 
@@ -283,11 +372,11 @@ mod shared_database {
             for _ in 0..crate::testing::RACERS / 2 {
                 let pool = second_pool(&db).await;
                 for _ in 0..2 {
-                    let repository = PostgresRepository::new(pool.clone());
+                    let repository = PostgresRepository::new(&pool);
                     repositories.push(Arc::new(if linked {
                         PostgresRepository::announcing(
-                            pool.clone(),
-                            wakeups::Wakeups::new(pool.clone()),
+                            pool.db().clone(),
+                            wakeups::Wakeups::new(pool.db().clone()),
                         )
                     } else {
                         repository
@@ -364,26 +453,26 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ready_only_with_every_migration_applied_and_migrating_twice_is_harmless() {
         let db = TestDatabase::create().await;
-        check_ready(db.connection()).await.unwrap();
+        check_ready(db.pool()).await.unwrap();
         // Two servers starting at once: both migrate, one waits for the other.
         let other = second_pool(&db).await;
-        let (a, b) = tokio::join!(migrate(db.connection()), migrate(&other));
+        let (a, b) = tokio::join!(migrate(db.pool()), migrate(&other));
         a.unwrap();
         b.unwrap();
-        check_ready(db.connection()).await.unwrap();
+        check_ready(db.pool()).await.unwrap();
 
         Migrator::down(db.connection(), None).await.unwrap();
-        let err = check_ready(db.connection()).await.unwrap_err();
+        let err = check_ready(db.pool()).await.unwrap_err();
         assert!(err.message.contains("not applied"), "{err}");
         // What a processor on this database says to a readiness probe.
-        let repository = PostgresRepository::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.pool());
         let err = repository.check_ready().await.unwrap_err();
         assert!(
             err.unavailable && err.message.contains("not applied"),
             "{err}"
         );
-        migrate(db.connection()).await.unwrap();
-        check_ready(db.connection()).await.unwrap();
+        migrate(db.pool()).await.unwrap();
+        check_ready(db.pool()).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +480,7 @@ mod shared_database {
         use sea_orm::ConnectionTrait;
 
         let db = TestDatabase::create().await;
-        let repository = PostgresRepository::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.pool());
         for user in ["a", "b", "c"] {
             repository.insert(&sample_order(user, 1)).await.unwrap();
         }
@@ -433,7 +522,7 @@ mod shared_database {
         for _ in 0..crate::testing::RACERS / 2 {
             let pool = second_pool(&db).await;
             for _ in 0..2 {
-                let backend = PostgresBackend::new(pool.clone());
+                let backend = PostgresBackend::new(&pool);
                 queues.push(Arc::new((backend.queue(), backend.repository())));
             }
         }
@@ -494,8 +583,8 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_order_stored_on_one_pool_wakes_a_waiter_on_another_through_notify() {
         let db = TestDatabase::create().await;
-        let waiting = PostgresBackend::new(db.connection().clone()).queue();
-        let storing = PostgresBackend::new(second_pool(&db).await).repository();
+        let waiting = PostgresBackend::new(db.pool()).queue();
+        let storing = PostgresBackend::new(&second_pool(&db).await).repository();
         // The first wait opens the LISTEN connection; let it settle.
         waiting.wait(Duration::from_millis(300)).await;
         for round in 1..=3 {
@@ -537,7 +626,7 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_queue_is_the_unfinished_orders() {
         let db = TestDatabase::create().await;
-        let backend = PostgresBackend::new(db.connection().clone());
+        let backend = PostgresBackend::new(db.pool());
         let (repository, queue) = (backend.repository(), backend.queue());
         let lease = Duration::from_secs(60);
 
@@ -577,7 +666,7 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_handed_back_unused_costs_its_order_no_attempt() {
         let db = TestDatabase::create().await;
-        let backend = PostgresBackend::new(db.connection().clone());
+        let backend = PostgresBackend::new(db.pool());
         let (repository, queue) = (backend.repository(), backend.queue());
         let lease = Duration::from_secs(60);
         let order = repository.insert(&sample_order("a", 1)).await.unwrap();
@@ -623,17 +712,17 @@ mod shared_database {
     async fn processors_on_separate_pools_share_the_work_and_start_each_order_once() {
         let db = TestDatabase::create().await;
         let mut processors = Vec::new();
-        for pool in [db.connection().clone(), second_pool(&db).await] {
+        for pool in [db.pool().clone(), second_pool(&db).await] {
             processors.push(
                 OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
-                    .backend(&PostgresBackend::new(pool))
+                    .backend(&PostgresBackend::new(&pool))
                     .concurrency(4)
                     .build()
                     .unwrap(),
             );
         }
         let running: Vec<_> = processors.iter().map(OrderProcessor::start).collect();
-        let repository = PostgresRepository::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.pool());
         let mut ids = Vec::new();
         for i in 0..200 {
             let order = sample_order(&format!("user-{i}"), 1);
@@ -665,7 +754,7 @@ mod shared_database {
         let db = TestDatabase::create().await;
         let build = || {
             OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-                .repository(Arc::new(PostgresRepository::new(db.connection().clone())))
+                .repository(Arc::new(PostgresRepository::new(db.pool())))
                 .queue(Arc::new(crate::memory::InMemoryQueue::new()))
                 .sweep_interval(Duration::from_millis(200))
                 .build()
@@ -697,9 +786,9 @@ mod shared_database {
         assert_eq!(running.shutdown(Duration::from_secs(5)).await.abandoned, 0);
     }
 
-    fn processor_on(pool: &DatabaseConnection, step: Duration) -> OrderProcessor {
+    fn processor_on(pool: &PostgresPool, step: Duration) -> OrderProcessor {
         OrderProcessor::builder(SimulatedStep::new(step))
-            .backend(&PostgresBackend::new(pool.clone()))
+            .backend(&PostgresBackend::new(pool))
             // Far longer than the test waits: what the watcher sees must come by NOTIFY.
             .poll_interval(Duration::from_secs(600))
             .build()
@@ -717,7 +806,7 @@ mod shared_database {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_on_one_pool_sees_changes_made_on_another() {
         let db = TestDatabase::create().await;
-        let here = processor_on(db.connection(), Duration::from_millis(200));
+        let here = processor_on(db.pool(), Duration::from_millis(200));
         // Never started: every change its watchers see is made by `here`.
         let there = processor_on(&second_pool(&db).await, Duration::ZERO);
 
@@ -818,7 +907,7 @@ mod shared_database {
             );
         }
         // And the listing reads what the plan says.
-        let repository = PostgresRepository::new(db.connection().clone());
+        let repository = PostgresRepository::new(db.pool());
         let page = repository
             .list(&crate::OrderQuery::newest_first(3).user("user-7"))
             .await
@@ -832,9 +921,9 @@ mod shared_database {
 mod repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let pool = db.connection().clone();
+        let pool = db.pool().clone();
         crate::testing::Shared::new(
-            move || std::sync::Arc::new(super::PostgresRepository::new(pool.clone())),
+            move || std::sync::Arc::new(super::PostgresRepository::new(&pool)),
             db,
         )
     });
@@ -862,9 +951,9 @@ mod backend_repository_contract {
 mod backend_contract {
     crate::backend_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let pool = db.connection().clone();
+        let pool = db.pool().clone();
         crate::testing::Shared::new(
-            move || std::sync::Arc::new(super::PostgresBackend::new(pool.clone())),
+            move || std::sync::Arc::new(super::PostgresBackend::new(&pool)),
             db,
         )
     });

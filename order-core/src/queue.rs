@@ -43,6 +43,7 @@ impl fmt::Display for ClaimToken {
 
 /// An order handed to one worker for the length of a lease.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Claim {
     /// The order to work on.
     pub order_id: OrderId,
@@ -104,6 +105,7 @@ pub enum QueueStorage {
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueueError {
     /// The claim no longer holds the order: its lease ran out and the order was handed out
     /// again, or it was already acked or retried. Nothing was changed.
@@ -117,6 +119,7 @@ pub enum QueueError {
 /// How many orders the queue holds, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
 pub struct QueueDepth {
     /// Claimable now.
     pub ready: u64,

@@ -17,6 +17,7 @@ use crate::queue::ClaimToken;
 /// worker has since started, is refused with [`TransitionError::Conflict`], so a late or
 /// duplicate worker can never write over a newer state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Transition {
     /// PENDING -> PROCESSING under `claim`, or a takeover: PROCESSING whose lease has run out
     /// -> PROCESSING under `claim`. Adds one to `attempts`, sets `processing_start_time` if it
@@ -99,6 +100,7 @@ impl Transition {
 /// assert_eq!(first_page.limit, 20);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OrderQuery {
     /// Only orders in this status.
     pub status: Option<OrderStatus>,
@@ -168,6 +170,7 @@ impl OrderQuery {
 /// the same with ten orders or ten million.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct OrderMetrics {
     /// Orders ever accepted.
     pub total_orders: u64,
@@ -195,6 +198,7 @@ impl OrderMetrics {
 /// How many orders are in each status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[non_exhaustive]
 pub struct StatusCounts {
     /// PENDING orders.
     pub pending: u64,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use order_core::handler::SimulatedStep;
-use order_core::memory::InMemoryRepository;
+use order_core::memory::{InMemoryQueue, InMemoryRepository};
 use order_core::postgres::{self, PoolOptions, PostgresBackend};
 use order_core::{BuildError, OrderProcessor, RetryPolicy, StorageError};
 
@@ -161,13 +161,11 @@ impl Config {
 
     /// The connection pool settings these flags describe.
     pub fn pool_options(&self) -> PoolOptions {
-        PoolOptions {
-            max_connections: self.db_max_connections,
-            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
-            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
-            application_name: "order-server".to_owned(),
-            ..PoolOptions::default()
-        }
+        PoolOptions::default()
+            .max_connections(self.db_max_connections)
+            .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
+            .statement_timeout(Duration::from_millis(self.db_statement_timeout_ms))
+            .application_name("order-server")
     }
 
     /// The order processor these settings describe, not yet started: in memory, or on
@@ -180,18 +178,17 @@ impl Config {
             .lease(Duration::from_millis(self.lease_ms))
             .poll_interval(Duration::from_millis(self.poll_interval_ms))
             .idempotency_ttl(Duration::from_secs(self.idempotency_ttl_secs))
-            .retry_policy(RetryPolicy {
-                max_attempts: self.max_attempts,
-                ..RetryPolicy::default()
-            });
+            .retry_policy(RetryPolicy::default().max_attempts(self.max_attempts));
         if self.database_url.is_none() {
-            builder = builder.repository(Arc::new(InMemoryRepository::with_max_unfinished(
-                self.max_backlog,
-            )));
+            builder = builder
+                .repository(Arc::new(InMemoryRepository::with_max_unfinished(
+                    self.max_backlog,
+                )))
+                .queue(Arc::new(InMemoryQueue::new()));
         }
         if let Some(url) = &self.database_url {
             let db = self.connect_and_migrate(url).await?;
-            builder = builder.backend(&PostgresBackend::new(db));
+            builder = builder.backend(&PostgresBackend::new(&db));
         }
         Ok(builder.build()?)
     }
@@ -200,10 +197,7 @@ impl Config {
     /// database is unavailable, until the startup timeout passes: a server started beside its
     /// database (compose, systemd) should not fail because the database took a few seconds
     /// longer, nor replicas starting together crash-loop on each other's migration.
-    async fn connect_and_migrate(
-        &self,
-        url: &str,
-    ) -> Result<postgres::DatabaseConnection, StorageError> {
+    async fn connect_and_migrate(&self, url: &str) -> Result<postgres::PostgresPool, StorageError> {
         let give_up =
             tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
         let options = self.pool_options();
@@ -231,14 +225,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StorageError>>,
 {
-    let mut pause = Duration::from_millis(250);
+    let retry = RetryPolicy::default()
+        .backoff_between(Duration::from_millis(250), Duration::from_secs(5))
+        .jitter(false);
+    let mut failures = 0;
     loop {
+        failures += 1;
+        let pause = retry.backoff(failures);
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(err) if err.unavailable && tokio::time::Instant::now() + pause < give_up => {
                 warn!(error = %err, retry_in_ms = pause.as_millis(), "{waiting}");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(err) => return Err(err),
         }

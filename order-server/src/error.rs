@@ -80,8 +80,8 @@ impl From<QueueError> for ApiError {
     fn from(err: QueueError) -> Self {
         match err {
             QueueError::Storage(err) => err.into(),
-            lost @ QueueError::LeaseLost(_) => ApiError::Internal {
-                cause: lost.to_string(),
+            other => ApiError::Internal {
+                cause: other.to_string(),
             },
         }
     }
@@ -93,6 +93,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::Invalid(err) => err.into(),
             reused @ SubmitError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
             SubmitError::Storage(err) => err.into(),
+            other => ApiError::Internal {
+                cause: other.to_string(),
+            },
         }
     }
 }
@@ -103,6 +106,9 @@ impl From<CancelError> for ApiError {
             CancelError::NotFound(_) => ApiError::NotFound(err.to_string()),
             CancelError::NotCancellable { .. } => ApiError::Conflict(err.to_string()),
             CancelError::Storage(err) => err.into(),
+            other => ApiError::Internal {
+                cause: other.to_string(),
+            },
         }
     }
 }

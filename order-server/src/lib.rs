@@ -104,7 +104,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// use order_core::handler::SimulatedStep;
 ///
 /// # fn main() -> Result<(), order_core::BuildError> {
-/// let processor = OrderProcessor::builder(SimulatedStep::default()).build()?;
+/// let processor = OrderProcessor::builder(SimulatedStep::default()).in_memory().build()?;
 /// let service: Router = Router::new()
 ///     .route("/", axum::routing::get(|| async { "the embedding service" }))
 ///     .nest("/order-api", order_server::router(processor));

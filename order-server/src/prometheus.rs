@@ -280,6 +280,7 @@ mod tests {
     async fn with_another_recorder_installed_the_route_says_so_in_json() {
         metrics::set_global_recorder(metrics::NoopRecorder).unwrap();
         let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+            .in_memory()
             .build()
             .unwrap();
         let response = crate::router(processor)

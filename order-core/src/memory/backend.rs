@@ -36,7 +36,7 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 ///     .build()?;
 /// let running = processor.start();
 /// let order = processor
-///     .submit(NewOrder { user_id: "u".into(), item_ids: vec!["i".into()], total_amount: Decimal::ONE })
+///     .submit(NewOrder::new("u", ["i"], Decimal::ONE))
 ///     .await?;
 /// let done = processor.wait_until_done(order.id).await?.expect("the order exists");
 /// assert_eq!(done.status, OrderStatus::Completed);

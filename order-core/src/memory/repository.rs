@@ -28,7 +28,7 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 /// use rust_decimal::Decimal;
 ///
 /// let repository = InMemoryRepository::new();
-/// let order = NewOrder { user_id: "u".into(), item_ids: vec!["i".into()], total_amount: Decimal::ONE };
+/// let order = NewOrder::new("u", ["i"], Decimal::ONE);
 /// let stored = repository.insert(&order.validate().unwrap()).await.unwrap();
 /// assert_eq!(repository.get(stored.id).await.unwrap(), Some(stored));
 /// # }

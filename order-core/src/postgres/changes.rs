@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
@@ -32,7 +31,7 @@ const BACKLOG: usize = 4096;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let db = postgres::connect("postgres://localhost/orders", &PoolOptions::default()).await?;
-/// let processor = OrderProcessor::builder(SimulatedStep::default())
+/// let processor = OrderProcessor::builder(SimulatedStep::default()).in_memory()
 ///     // ... the PostgreSQL repository and queue ...
 ///     .change_feed(Arc::new(PostgresChangeFeed::new(&db)))
 ///     .build()?;
@@ -53,11 +52,11 @@ struct Shared {
 }
 
 impl PostgresChangeFeed {
-    /// A feed over the database of `db`'s pool; it listens once something subscribes.
-    pub fn new(db: &DatabaseConnection) -> Self {
+    /// A feed over the database of `pool`; it listens once something subscribes.
+    pub fn new(pool: &super::PostgresPool) -> Self {
         Self {
             shared: Arc::new(Shared {
-                pool: db.get_postgres_connection_pool().clone(),
+                pool: pool.db().get_postgres_connection_pool().clone(),
                 reports: broadcast::Sender::new(BACKLOG),
                 listener: OnceLock::new(),
             }),

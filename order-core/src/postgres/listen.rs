@@ -6,10 +6,11 @@ use std::time::Duration;
 use sea_orm::sqlx::postgres::{PgListener, PgNotification, PgPool};
 use tracing::{debug, warn};
 
-/// The pause before reopening a `LISTEN` connection that dropped, and the first pause between
-/// failed attempts to open one (doubling up to [`MAX_RECONNECT_PAUSE`]).
+use crate::RetryPolicy;
+
+/// The pause before reopening a `LISTEN` connection that dropped; failed attempts to open one
+/// then wait as [`RetryPolicy`]'s reconnect policy says.
 pub(super) const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 
 /// A connection of `pool` that `LISTEN`s on `channel`, tried again with growing pauses until
 /// it is in place; `None` once `gone()` says that nobody needs it any more.
@@ -18,7 +19,7 @@ pub(super) async fn open(
     channel: &str,
     gone: impl Fn() -> bool,
 ) -> Option<PgListener> {
-    let mut pause = RECONNECT_PAUSE;
+    let mut failures = 0;
     loop {
         match PgListener::connect_with(pool).await {
             Ok(mut listener) => match listener.listen(channel).await {
@@ -33,8 +34,8 @@ pub(super) async fn open(
         if gone() {
             return None;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+        failures += 1;
+        tokio::time::sleep(RetryPolicy::RECONNECT.backoff(failures)).await;
     }
 }
 

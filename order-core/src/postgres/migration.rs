@@ -12,13 +12,10 @@ use sea_orm_migration::prelude::*;
 /// The project's migrations, for `sea_orm_migration`'s [`MigratorTrait`].
 ///
 /// [`migrate`](super::migrate) runs them in one transaction under an advisory lock, so several
-/// servers starting at once take turns: prefer it. A service that drives migrations itself can
-/// call `Migrator::up(&db, None)` beside its own migrator (not list these migrations among its
-/// own: they would then be recorded in its table, and `migrate` would run them again); it must
-/// then keep replicas from migrating at the same moment. Applied migrations are recorded in
+/// servers starting at once take turns. Applied migrations are recorded in
 /// `order_engine_migrations`, apart from an embedding service's `seaql_migrations`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Migrator;
+pub(crate) struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {

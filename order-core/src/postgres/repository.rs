@@ -68,8 +68,8 @@ impl PostgresRepository {
     /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up,
     /// for use with a queue of another kind (a [`PostgresBackend`](super::PostgresBackend)
     /// pairs it with PostgreSQL's own).
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self::build(db, None)
+    pub fn new(pool: &super::PostgresPool) -> Self {
+        Self::build(pool.db().clone(), None)
     }
 
     /// The repository of a backend, waking its workers through `wakeups`.
@@ -106,11 +106,6 @@ impl PostgresRepository {
             db,
             batches: Arc::new(batches),
         }
-    }
-
-    /// The connection pool, for readiness checks and an embedding service's own queries.
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
     }
 }
 
@@ -849,7 +844,7 @@ impl Repository for PostgresRepository {
 
     /// The database answers and every migration is applied ([`check_ready`](super::check_ready)).
     async fn check_ready(&self) -> Result<(), StorageError> {
-        super::check_ready(&self.db).await
+        super::check_schema(&self.db).await
     }
 
     async fn metrics(&self) -> Result<OrderMetrics, StorageError> {

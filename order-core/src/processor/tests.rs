@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 
 use super::*;
-use crate::handler::{MockOrderHandler, SimulatedStep};
+use crate::handler::{HandlerError, MockOrderHandler, SimulatedStep};
+use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::OrderStatus;
 use crate::queue::ClaimToken;
 use crate::repository::MockRepository;
@@ -84,6 +85,7 @@ impl OrderHandler for FlakyStep {
 #[tokio::test]
 async fn submitted_orders_are_processed_once_each() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     let running = processor.start();
@@ -105,6 +107,7 @@ async fn submitted_orders_are_processed_once_each() {
 #[tokio::test]
 async fn invalid_orders_are_refused_and_nothing_is_stored() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     let err = processor
@@ -128,6 +131,7 @@ async fn process_one(
     retry: RetryPolicy,
 ) -> (Order, OrderProcessor) {
     let processor = OrderProcessor::builder(handler)
+        .in_memory()
         .retry_policy(retry)
         .build()
         .unwrap();
@@ -213,6 +217,7 @@ async fn a_panicking_handler_is_an_error_not_a_lost_order() {
 async fn a_cancelled_order_is_never_started() {
     let step = Arc::new(RecordedStep::new(Duration::ZERO));
     let processor = OrderProcessor::builder(ArcStep(step.clone()))
+        .in_memory()
         .build()
         .unwrap();
     let cancelled = processor.submit(new_order("u")).await.unwrap().id;
@@ -292,6 +297,7 @@ async fn the_sweep_recovers_what_a_crashed_run_left_behind() {
     handler.expect_process().times(2).returning(|_| Ok(()));
     let processor = OrderProcessor::builder(handler)
         .repository(repository)
+        .queue(Arc::new(InMemoryQueue::new()))
         .build()
         .unwrap();
     let running = processor.start();
@@ -355,6 +361,7 @@ impl Queue for UnreliablePush {
 #[tokio::test(start_paused = true)]
 async fn a_claim_that_never_answers_is_given_up_and_work_goes_on() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .repository(Arc::new(InMemoryRepository::new()))
         .queue(Arc::new(UnreliablePush {
             inner: InMemoryQueue::new(),
             failures: AtomicU32::new(0),
@@ -377,6 +384,7 @@ async fn a_claim_that_never_answers_is_given_up_and_work_goes_on() {
 #[tokio::test]
 async fn an_order_the_queue_refused_is_still_processed() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .repository(Arc::new(InMemoryRepository::new()))
         .queue(Arc::new(UnreliablePush {
             inner: InMemoryQueue::new(),
             // More than submit's own retries: only the sweep can queue it.
@@ -509,6 +517,7 @@ fn start_on(
 ) -> (OrderProcessor, ProcessorHandle) {
     let processor = OrderProcessor::builder(handler)
         .repository(repository)
+        .queue(Arc::new(InMemoryQueue::new()))
         .lease(lease)
         .retry_policy(quick_retries(5))
         .build()
@@ -648,6 +657,7 @@ async fn a_retry_wakes_an_idle_worker_without_waiting_for_the_poll() {
         calls: AtomicU32::new(0),
     });
     let processor = OrderProcessor::builder(ArcStep(step))
+        .in_memory()
         .retry_policy(quick_retries(3))
         .poll_interval(Duration::from_secs(60))
         .build()
@@ -751,6 +761,7 @@ async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
 #[tokio::test]
 async fn shutdown_lets_orders_in_progress_finish() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(200)))
+        .in_memory()
         .build()
         .unwrap();
     let running = processor.start();
@@ -766,6 +777,7 @@ async fn shutdown_lets_orders_in_progress_finish() {
 #[tokio::test]
 async fn shutdown_past_its_timeout_gives_unfinished_orders_back() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_secs(3600)))
+        .in_memory()
         .build()
         .unwrap();
     let running = processor.start();
@@ -785,6 +797,7 @@ async fn shutdown_past_its_timeout_gives_unfinished_orders_back() {
 #[tokio::test]
 async fn events_follow_an_order_through_its_life() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     let mut events = processor.subscribe();
@@ -845,6 +858,7 @@ fn the_engine_counts_what_it_does() {
             let stranded = repository.insert(&sample_order("ok", 1)).await.unwrap().id;
             let processor = OrderProcessor::builder(StepByUser)
                 .repository(repository)
+                .queue(Arc::new(InMemoryQueue::new()))
                 .retry_policy(quick_retries(5))
                 .build()
                 .unwrap();
@@ -906,12 +920,18 @@ fn the_builder_refuses_settings_that_cannot_work() {
         Ok(_) => panic!("built with a bad setting"),
     };
     assert_eq!(
-        refused(OrderProcessor::builder(step()).concurrency(0).build()),
+        refused(
+            OrderProcessor::builder(step())
+                .in_memory()
+                .concurrency(0)
+                .build()
+        ),
         "concurrency"
     );
     assert_eq!(
         refused(
             OrderProcessor::builder(step())
+                .in_memory()
                 .lease(Duration::ZERO)
                 .build()
         ),
@@ -920,6 +940,7 @@ fn the_builder_refuses_settings_that_cannot_work() {
     assert_eq!(
         refused(
             OrderProcessor::builder(step())
+                .in_memory()
                 .retry_policy(RetryPolicy {
                     max_attempts: 0,
                     ..RetryPolicy::default()
@@ -1056,6 +1077,7 @@ async fn watched(watch: OrderWatch) -> Vec<OrderStatus> {
 #[tokio::test]
 async fn a_watch_follows_the_order_to_its_end() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(50)))
+        .in_memory()
         .build()
         .unwrap();
     let order = processor.submit(new_order("ann")).await.unwrap();
@@ -1091,6 +1113,7 @@ async fn a_watch_sees_a_retry_and_a_cancel() {
         .times(1)
         .returning(|_| Err(HandlerError::transient("try again")));
     let processor = OrderProcessor::builder(handler)
+        .in_memory()
         .retry_policy(RetryPolicy {
             initial_backoff: Duration::from_secs(60),
             ..quick_retries(3)
@@ -1129,6 +1152,7 @@ async fn closing_watches_ends_the_streams_of_unfinished_orders() {
     use futures::StreamExt;
 
     let processor = OrderProcessor::builder(SimulatedStep::default())
+        .in_memory()
         .build()
         .unwrap();
     let order = processor.submit(new_order("ann")).await.unwrap();
@@ -1157,6 +1181,7 @@ async fn closing_watches_ends_the_streams_of_unfinished_orders() {
 #[tokio::test]
 async fn list_pages_newest_first_with_a_cursor() {
     let processor = OrderProcessor::builder(SimulatedStep::default())
+        .in_memory()
         .build()
         .unwrap();
     let ids = submit_many(&processor, 5).await;
@@ -1188,6 +1213,7 @@ async fn list_pages_newest_first_with_a_cursor() {
 #[tokio::test]
 async fn a_dropped_or_finished_watch_leaves_nothing_registered() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(10)))
+        .in_memory()
         .build()
         .unwrap();
     let waiting = processor.submit(new_order("ann")).await.unwrap();
@@ -1215,6 +1241,7 @@ async fn a_dropped_or_finished_watch_leaves_nothing_registered() {
 #[tokio::test]
 async fn a_keyed_submission_is_processed_once_and_replays_after() {
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(5)))
+        .in_memory()
         .build()
         .unwrap();
     let running = processor.start();
@@ -1264,6 +1291,7 @@ async fn a_keyed_submission_is_processed_once_and_replays_after() {
 #[test]
 fn an_idempotency_ttl_under_a_second_is_refused() {
     let err = OrderProcessor::builder(SimulatedStep::default())
+        .in_memory()
         .idempotency_ttl(Duration::from_millis(10))
         .build()
         .unwrap_err();
@@ -1280,6 +1308,7 @@ fn a_queue_that_shares_its_repository_comes_only_with_it() {
     let step = || SimulatedStep::new(Duration::ZERO);
     let backend = InMemoryBackend::new();
     let alone = OrderProcessor::builder(step())
+        .repository(Arc::new(InMemoryRepository::new()))
         .queue(backend.queue())
         .build();
     assert!(matches!(alone, Err(BuildError::QueueWithoutItsRepository)));

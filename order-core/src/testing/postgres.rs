@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
-use crate::postgres::{self, PoolOptions};
+use crate::postgres::{self, PoolOptions, PostgresPool};
 
 /// The variable naming the server that scratch databases are created on; its database is used
 /// only to create and drop them.
@@ -26,7 +26,7 @@ pub struct TestDatabase {
     name: String,
     admin_url: String,
     url: String,
-    connection: DatabaseConnection,
+    pool: PostgresPool,
 }
 
 impl TestDatabase {
@@ -39,7 +39,7 @@ impl TestDatabase {
     /// [`create`](Self::create), connecting with `options`.
     pub async fn create_with(options: &PoolOptions) -> Self {
         let db = Self::create_empty_with(options).await;
-        postgres::migrate(&db.connection)
+        postgres::migrate(&db.pool)
             .await
             .unwrap_or_else(|err| panic!("could not migrate {}: {err}", db.name));
         db
@@ -68,14 +68,14 @@ impl TestDatabase {
             .unwrap_or_else(|err| panic!("could not create database {name}: {err}"));
         drop(admin);
         let url = with_database(&admin_url, &name);
-        let connection = postgres::connect(&url, options)
+        let pool = postgres::connect(&url, options)
             .await
             .unwrap_or_else(|err| panic!("could not connect to {name}: {err}"));
         Self {
             name,
             admin_url,
             url,
-            connection,
+            pool,
         }
     }
 
@@ -84,9 +84,16 @@ impl TestDatabase {
         &self.url
     }
 
-    /// A pool connected to this database.
+    /// A pool connected to this database, for a backend.
+    pub fn pool(&self) -> &PostgresPool {
+        &self.pool
+    }
+
+    /// The same pool as sea-orm's connection, for tests that check what the database holds
+    /// with raw SQL. The one sea-orm type in this crate's API, on purpose and only in test
+    /// support (feature `testing`): nothing in `order_core::postgres` takes or returns one.
     pub fn connection(&self) -> &DatabaseConnection {
-        &self.connection
+        self.pool.db()
     }
 }
 

@@ -207,9 +207,7 @@ async fn each_key_names_one_order_through_kills_and_a_database_crash() {
 
     // Every order reaches COMPLETED (orders the killed servers held are taken over when their
     // leases run out).
-    let db = order_core::postgres::connect(&url, &order_core::postgres::PoolOptions::default())
-        .await
-        .unwrap();
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
     crate::postgres::wait_until_all_finished(&db, Duration::from_secs(60)).await;
 
     // In the database: each key's row names an order of that key, and no other order was

@@ -52,6 +52,7 @@ pub(crate) fn init_logs() {
 pub(crate) fn idle_app() -> (Router, OrderProcessor) {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     (

@@ -14,11 +14,7 @@ use tower::ServiceExt;
 use crate::helpers::{get, idle_app, init_logs, post_json};
 
 fn order_of(user: &str) -> NewOrder {
-    NewOrder {
-        user_id: user.into(),
-        item_ids: vec!["item1".into()],
-        total_amount: Decimal::new(1999, 2),
-    }
+    NewOrder::new(user, ["item1"], Decimal::new(1999, 2))
 }
 
 /// The ids of a listing's page, in its order.
@@ -164,6 +160,7 @@ async fn a_pending_order_cancels_once_and_then_conflicts() {
 async fn an_order_being_processed_cannot_be_cancelled_and_a_cancelled_one_is_never_started() {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_secs(30)))
+        .in_memory()
         .build()
         .unwrap();
     let app = order_server::app(processor.clone(), &crate::helpers::serve_options());
@@ -324,6 +321,7 @@ impl Watch {
 async fn events_stream_an_order_until_it_ends() {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(100)))
+        .in_memory()
         .build()
         .unwrap();
     let app = order_server::app(processor.clone(), &crate::helpers::serve_options());

@@ -28,6 +28,7 @@ async fn metrics_start_at_zero_with_the_seed_keys() {
 async fn metrics_agree_with_the_orders() {
     crate::helpers::init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(30)))
+        .in_memory()
         .build()
         .unwrap();
     let app = order_server::app(processor.clone(), &crate::helpers::serve_options());

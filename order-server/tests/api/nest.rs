@@ -27,6 +27,7 @@ struct Shop {
 fn shop() -> Router {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     Router::new()

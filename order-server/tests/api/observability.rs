@@ -208,6 +208,7 @@ async fn the_oldest_pending_order_shows_its_age() {
 async fn counters_and_histograms_move_with_the_orders_they_count() {
     crate::helpers::init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::from_millis(20)))
+        .in_memory()
         .build()
         .unwrap();
     let app = order_server::app(processor.clone(), &crate::helpers::serve_options());

@@ -880,6 +880,7 @@ async fn every_operation_documents_the_answers_of_the_layers_around_it_and_no_40
     // With tokens: 401 and a required bearer token on every route but the open ones.
     let processor =
         order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::default())
+            .in_memory()
             .build()
             .unwrap();
     let options = order_server::ServeOptions {

@@ -309,22 +309,21 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let cluster = Cluster::create().await;
-    let options = PoolOptions {
-        acquire_timeout: Duration::from_secs(1),
-        ..PoolOptions::default()
-    };
+    let options = PoolOptions::default().acquire_timeout(Duration::from_secs(1));
     let db = postgres::connect(&cluster.url(), &options).await.unwrap();
     postgres::migrate(&db).await.unwrap();
     // Two pools, as two servers: only NOTIFY carries new work from one to the other.
-    let waiting = PostgresBackend::new(db).queue();
-    let storing = PostgresBackend::new(postgres::connect(&cluster.url(), &options).await.unwrap())
+    let waiting = PostgresBackend::new(&db).queue();
+    let storing = PostgresBackend::new(&postgres::connect(&cluster.url(), &options).await.unwrap())
         .repository();
     waiting.wait(Duration::from_millis(300)).await; // opens the LISTEN connection
 
     cluster.crash().await;
     cluster.start().await;
     // Wait for the listener's new LISTEN to be in place, seen from the server's side.
-    let watcher = postgres::connect(&cluster.url(), &options).await.unwrap();
+    let watcher = sea_orm::Database::connect(cluster.url().as_str())
+        .await
+        .unwrap();
     let began = Instant::now();
     loop {
         waiting.wait(Duration::from_millis(100)).await;
@@ -363,11 +362,11 @@ async fn idle_workers_hear_of_new_work_again_after_the_database_restarts() {
         );
     }
 
-    let order = NewOrder {
-        user_id: "after-the-restart".to_owned(),
-        item_ids: vec!["item-1".to_owned()],
-        total_amount: Decimal::ONE,
-    }
+    let order = NewOrder::new(
+        "after-the-restart".to_owned(),
+        vec!["item-1".to_owned()],
+        Decimal::ONE,
+    )
     .validate()
     .unwrap();
     let pushed = Instant::now();

@@ -141,6 +141,7 @@ async fn sixteen_concurrent_requests_with_one_key_create_one_order() {
 pub(crate) fn guarded_app(tokens: &str) -> Router {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     order_server::app(
@@ -229,6 +230,7 @@ async fn idempotency_keys_are_scoped_by_token() {
 async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+        .in_memory()
         .build()
         .unwrap();
     let app = order_server::app(

@@ -34,12 +34,14 @@ async fn load_first_design(db: &TestDatabase) {
     // The dump empties the session's search_path; the triggers it made name their tables
     // without a schema, so the session gets it back before it writes again.
     loader
+        .db()
         .execute_unprepared(&format!("{sql}\nRESET search_path;"))
         .await
         .unwrap();
     // The dump's leases and retry delays ran out long ago; make them live again, as they were
     // when it was taken, so that what the migration keeps can be seen.
     loader
+        .db()
         .execute_unprepared(
             "UPDATE public.order_engine_orders SET lease_expires_at = now() + interval '1 hour'
               WHERE status = 'PROCESSING';
@@ -106,8 +108,8 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
     assert_eq!(orders.len(), 30);
     assert_eq!(queue.len(), 12, "{queue:#?}");
 
-    postgres::migrate(pool).await.unwrap();
-    postgres::check_ready(pool).await.unwrap();
+    postgres::migrate(db.pool()).await.unwrap();
+    postgres::check_ready(db.pool()).await.unwrap();
     assert_eq!(text_rows(pool, ORDERS).await, orders);
     assert_eq!(text_rows(pool, KEYS).await, keys);
     // Each unfinished order keeps its due time, claim and deliveries (a PROCESSING one its
@@ -130,9 +132,9 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
     .await;
     assert_eq!(queued, ["(t)"]);
 
-    postgres::migrate(pool).await.unwrap();
+    postgres::migrate(db.pool()).await.unwrap();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
-        .backend(&PostgresBackend::new(pool.clone()))
+        .backend(&PostgresBackend::new(db.pool()))
         .poll_interval(Duration::from_millis(100))
         .build()
         .unwrap();
@@ -198,7 +200,7 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
     );
     assert_eq!(running.shutdown(Duration::from_secs(5)).await.abandoned, 0);
     assert_eq!(
-        PostgresBackend::new(pool.clone())
+        PostgresBackend::new(db.pool())
             .queue()
             .depth()
             .await
@@ -255,7 +257,7 @@ async fn a_server_of_the_first_design_fails_safe_on_the_second() {
     )
     .await
     .unwrap();
-    let claims = PostgresBackend::new(pool.clone())
+    let claims = PostgresBackend::new(db.pool())
         .queue()
         .claim(10, Duration::from_secs(60))
         .await

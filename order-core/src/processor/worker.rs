@@ -1,0 +1,339 @@
+//! The worker: a claim loop that keeps up to `concurrency` orders in the handler, each order's
+//! attempt from its start to its recorded outcome, and claims handed back unfinished.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::lease::keep_lease;
+use super::{Engine, RetryPolicy};
+use crate::error::{StorageError, TransitionError};
+use crate::handler::{HandlerError, error_chain};
+use crate::queue::{Claim, QueueError};
+use crate::repository::Transition;
+use crate::telemetry::{self, count, observe};
+
+/// The longest `last_error` kept, in characters: a handler's error should not bloat storage.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// The longest a claim may go unanswered before the claim loop gives up on it and backs off.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once shutdown begins, how long a claim still unanswered may go on before it is dropped:
+/// shutdown must not wait out [`CLAIM_TIMEOUT`].
+const CLAIM_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) async fn claim_loop(
+    engine: Arc<Engine>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let s = engine.settings;
+    let slots = Arc::new(Semaphore::new(s.concurrency));
+    // Failed claims in a row, for the pause before the next.
+    let mut failures = 0;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => return,
+            },
+        };
+        // Orders finish in batches (a backend that group-commits answers a batch of
+        // completions at once): let the rest of the batch give its slots back before
+        // counting them, so that one claim takes them all rather than one claim each.
+        tokio::task::yield_now().await;
+        let wanted = 1 + slots.available_permits();
+        // Not raced against `stop`: a durable queue may commit a claim whose reply a dropped
+        // future would never read, leaving the orders idle until their leases run out. Only a
+        // claim that hangs (a connection to a vanished database host fails no read for
+        // minutes) is given up, at that same cost.
+        let shutting_down = async {
+            stop.cancelled().await;
+            tokio::time::sleep(CLAIM_SHUTDOWN_GRACE).await;
+        };
+        // Each claim's lease, in the queue and (where the claim also starts the order) in the
+        // repository, runs from no earlier than this.
+        let claimed_at = tokio::time::Instant::now();
+        let claims = tokio::select! {
+            claims = tokio::time::timeout(CLAIM_TIMEOUT, engine.queue.claim(wanted, s.lease)) => {
+                claims.unwrap_or_else(|_| {
+                    Err(QueueError::Storage(StorageError::unavailable(format!(
+                        "claiming took longer than {CLAIM_TIMEOUT:?}"
+                    ))))
+                })
+            }
+            () = shutting_down => return,
+        };
+        if stop.is_cancelled() {
+            for claim in claims.iter().flatten() {
+                release_untaken(&engine, claim).await;
+            }
+            return;
+        }
+        match claims {
+            Ok(claims) if claims.is_empty() => {
+                drop(first);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = engine.queue.wait(s.poll_interval) => {}
+                }
+            }
+            Ok(claims) => {
+                failures = 0;
+                let mut first = Some(first);
+                for claim in claims {
+                    // This loop is the semaphore's only taker, so the slots counted above are
+                    // still free; `first` covers the first claim.
+                    let permit = match first.take() {
+                        Some(permit) => permit,
+                        None => match slots.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                release_untaken(&engine, &claim).await;
+                                continue;
+                            }
+                        },
+                    };
+                    let span = info_span!("order", order_id = %claim.order_id, delivery = claim.deliveries);
+                    let engine = engine.clone();
+                    let abandon = abandon.clone();
+                    // Boxed: the order's future is a few kilobytes (the handler's, the lease
+                    // keeper's), and a box is built once where the bare future would be
+                    // copied into each wrapper and then into the task.
+                    tracker.spawn(
+                        Box::pin(async move {
+                            process(&engine, claim, claimed_at, &abandon).await;
+                            drop(permit);
+                        })
+                        .instrument(span),
+                    );
+                }
+            }
+            Err(err) => {
+                drop(first);
+                failures += 1;
+                let pause = RetryPolicy::RECONNECT.backoff(failures);
+                warn!(error = %err, retry_in_ms = pause.as_millis(), "could not claim orders");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs one claimed order through the handler and records the outcome. `claimed_at` is when
+/// the claim was asked for: the lease that Start sets runs from no earlier than that (a queue
+/// may start the orders it claims in the claim's own statement).
+async fn process(
+    engine: &Engine,
+    mut claim: Claim,
+    claimed_at: tokio::time::Instant,
+    abandon: &CancellationToken,
+) {
+    let s = engine.settings;
+    let id = claim.order_id;
+    let started = match claim.started.take() {
+        // Started by the claim itself.
+        Some(order) => Ok(order),
+        None => {
+            engine
+                .repository
+                .transition(
+                    id,
+                    Transition::Start {
+                        claim: claim.token,
+                        lease: s.lease,
+                    },
+                )
+                .await
+        }
+    };
+    let order = match started {
+        Ok(order) => order,
+        Err(TransitionError::Conflict {
+            current,
+            held_by_other,
+            ..
+        }) => {
+            if current.is_terminal() {
+                debug!(status = %current, "order already finished; dropping it from the queue");
+                settle(engine.queue.ack(&claim).await);
+            } else {
+                // Another worker holds a live lease: look again once it could have run out.
+                debug!(status = %current, held_by_other, "order is held elsewhere");
+                settle(engine.queue.retry(&claim, s.lease).await);
+            }
+            return;
+        }
+        Err(TransitionError::NotFound(_)) => {
+            warn!("queued order does not exist; dropping it from the queue");
+            settle(engine.queue.ack(&claim).await);
+            return;
+        }
+        Err(TransitionError::Storage(err)) => {
+            warn!(error = %err, "could not start the order; it will be tried again");
+            settle(engine.queue.retry(&claim, Duration::from_secs(1)).await);
+            return;
+        }
+    };
+    engine.publish(&order);
+    // The attempt number is on the events rather than recorded into the span: the JSON log
+    // format re-serializes a span's fields on every record.
+    info!(attempt = order.attempts, "attempt started");
+    if order.attempts == 1 {
+        // Both times are the repository's, so a clock that differs from this host's skews
+        // nothing; a negative span (a clock stepped back) is left out.
+        let start = order.processing_start_time.unwrap_or(order.updated_at);
+        if let Ok(waited) = (start - order.created_at).to_std() {
+            observe(telemetry::QUEUE_WAIT, waited);
+        }
+    }
+
+    let handler_began = tokio::time::Instant::now();
+
+    if abandon.is_cancelled() {
+        release_abandoned(engine, &claim).await;
+        return;
+    }
+    let mut handling =
+        std::pin::pin!(AssertUnwindSafe(engine.handler.process(&order)).catch_unwind());
+    // A handler that finishes on its first poll took no time, so its lease cannot need
+    // renewing: the lease keeper (a timer registered and cancelled per order) and the
+    // shutdown watch are set up only for a handler that waits.
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
+    let outcome = match first_poll {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                release_abandoned(engine, &claim).await;
+                return;
+            }
+            () = keep_lease(engine, &claim, claimed_at) => {
+                count(telemetry::LEASES_LOST);
+                warn!("lease lost to another worker; abandoning this attempt");
+                return;
+            }
+            result = handling.as_mut() => result,
+        },
+    };
+    observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
+    let result = outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(HandlerError::transient(format!(
+            "handler panicked: {message}"
+        )))
+    });
+
+    match result {
+        Ok(()) => match engine
+            .record(id, Transition::Complete { claim: claim.token })
+            .await
+        {
+            Ok(_) => {
+                count(telemetry::ORDERS_COMPLETED);
+                info!(attempt = order.attempts, "order completed");
+                engine.dequeue_finished(&claim).await;
+            }
+            Err(err) => warn!(error = %err, "could not record completion"),
+        },
+        Err(err) => {
+            let error: String = err.message.chars().take(MAX_ERROR_CHARS).collect();
+            // The whole chain of causes goes to the log; clients see the bounded message.
+            let cause = std::error::Error::source(&err).map(error_chain);
+            if err.permanent || order.attempts >= s.retry.max_attempts {
+                warn!(attempt = order.attempts, error = %error, cause, permanent = err.permanent, "order failed");
+                match engine
+                    .record(
+                        id,
+                        Transition::Fail {
+                            claim: claim.token,
+                            error,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        count(telemetry::ORDERS_FAILED);
+                        engine.dequeue_finished(&claim).await;
+                    }
+                    Err(err) => warn!(error = %err, "could not record the failure"),
+                }
+            } else {
+                let delay = s.retry.backoff(order.attempts);
+                info!(attempt = order.attempts, error = %error, cause, retry_in_ms = delay.as_millis(), "attempt failed; retrying");
+                match engine
+                    .record(
+                        id,
+                        Transition::Retry {
+                            claim: claim.token,
+                            error,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        count(telemetry::RETRIES);
+                        settle(engine.queue.retry(&claim, delay).await);
+                    }
+                    Err(err) => warn!(error = %err, "could not record the failed attempt"),
+                }
+            }
+        }
+    }
+}
+
+/// Hands an unfinished order back at shutdown, without using up an attempt, so the next run
+/// starts it at once rather than after its lease runs out.
+async fn release_abandoned(engine: &Engine, claim: &Claim) {
+    let released = engine
+        .record(claim.order_id, Transition::Release { claim: claim.token })
+        .await;
+    if released.is_ok() {
+        settle(engine.queue.retry(claim, Duration::ZERO).await);
+    }
+}
+
+/// Hands back a claim that no worker will take up (shutdown began while it was being made).
+/// A queue may have started the order in the claim's own statement: that start is released,
+/// so the order loses no attempt; for an order the claim did not start, the release finds
+/// nothing to undo.
+async fn release_untaken(engine: &Engine, claim: &Claim) {
+    let released = engine
+        .repository
+        .transition(claim.order_id, Transition::Release { claim: claim.token })
+        .await;
+    if let Ok(order) = released {
+        engine.publish(&order);
+    }
+    settle(engine.queue.retry(claim, Duration::ZERO).await);
+}
+
+/// Logs the result of a queue call whose failure is recovered by leases: a claim that could
+/// not be acked or retried comes back when its lease runs out.
+pub(super) fn settle(result: Result<(), QueueError>) {
+    match result {
+        Ok(()) => {}
+        Err(QueueError::LeaseLost(id)) => {
+            debug!(order_id = %id, "claim already lost; another worker has the order");
+        }
+        Err(err) => warn!(error = %err, "queue call failed; the lease will bring the order back"),
+    }
+}
