@@ -187,3 +187,71 @@ impl OrderHandler for SimulatedStep {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::OrderProcessor;
+    use crate::order::NewOrder;
+
+    /// Counts its calls and succeeds.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicU32);
+
+    #[async_trait]
+    impl OrderHandler for Counting {
+        async fn process(&self, _order: &Order) -> Result<(), HandlerError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_and_boxed_handlers_process_orders() {
+        let shared = Arc::new(Counting::default());
+        let boxed: Box<dyn OrderHandler> = Box::new(shared.clone());
+        for processor in [
+            OrderProcessor::builder(shared.clone())
+                .in_memory()
+                .build()
+                .unwrap(),
+            OrderProcessor::builder(boxed).in_memory().build().unwrap(),
+        ] {
+            let running = processor.start();
+            let order = processor
+                .submit(NewOrder::new("u", ["i"], Decimal::ONE))
+                .await
+                .unwrap();
+            processor.wait_until_done(order.id).await.unwrap();
+            running.shutdown(Duration::from_secs(5)).await;
+        }
+        assert_eq!(
+            shared.0.load(Ordering::SeqCst),
+            2,
+            "both went to the one handler"
+        );
+    }
+
+    /// An error with a cause of its own.
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection reset")]
+    struct Reset(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_every_cause_and_equality_ignores_them() {
+        let io = std::io::Error::other("peer closed");
+        let err = HandlerError::permanent("charge failed").with_source(Reset(io));
+        assert_eq!(
+            error_chain(&err),
+            "charge failed: connection reset: peer closed"
+        );
+        assert_eq!(err, HandlerError::permanent("charge failed"));
+        assert_ne!(err, HandlerError::transient("charge failed"));
+    }
+}

@@ -23,29 +23,36 @@
 //!
 //! # Layout
 //!
+//! The crate root is the embedder's API; everything a backend author needs is under
+//! [`backend`].
+//!
 //! - The domain, [`order`]: [`Order`], [`NewOrder`] and its validation, [`OrderStatus`] and
 //!   the transitions between statuses ([`OrderStatus::may_become`] and
-//!   [`OrderStatus::may_reach`], from the [`TransitionKind`]s the engine applies).
-//! - The ports, traits that the engine is written against:
-//!   [`Repository`] (where orders live, the source of truth), [`Queue`] (which orders wait
-//!   for a worker, and who holds which), [`Backend`] (a repository and the queue that shares
-//!   its storage, built in one call: a claim then starts what it claims, see
-//!   [`QueueStorage`]) and [`OrderHandler`] (what processing an order means to you).
-//! - The engine, [`OrderProcessor`]: submit, get, cancel, metrics, and a claim loop that keeps
-//!   up to `concurrency` orders in the handler.
-//! - The adapters: [`InMemoryRepository`], [`InMemoryQueue`] and [`InMemoryBackend`] (the two
-//!   kept in step) in [`memory`]; `PostgresRepository` and `PostgresBackend` in `postgres`
-//!   (feature `postgres`).
+//!   [`OrderStatus::may_reach`], from the [`TransitionKind`](backend::TransitionKind)s the
+//!   engine applies), and [`order::exact_amount`] for money as exact JSON numbers.
+//! - What processing an order means to you, in [`handler`]: [`OrderHandler`] and
+//!   [`HandlerError`] (and [`SimulatedStep`](handler::SimulatedStep), a stand-in).
+//! - The engine, [`OrderProcessor`]: built by [`OrderProcessorBuilder`] with its storage
+//!   chosen explicitly; submit, get, cancel, list, watch, metrics; [`start`](OrderProcessor::start)
+//!   runs a claim loop that keeps up to `concurrency` orders in the handler, until its
+//!   [`ProcessorHandle`] is shut down.
+//! - The ports, in [`backend`]: [`Repository`](backend::Repository) (where orders live, the
+//!   source of truth), [`Queue`](backend::Queue) (which orders wait for a worker, and who holds
+//!   which), [`ChangeFeed`](backend::ChangeFeed) and [`Backend`](backend::Backend) (a
+//!   repository and the queue that shares its storage, built in one call), with their
+//!   contract.
+//! - The adapters: [`memory`] (in this process) and `postgres` (feature `postgres`).
 //! - What the engine measures, in [`telemetry`]: counters and histograms through the `metrics`
-//!   facade (recorded only once the embedding service installs a recorder), and one tracing
-//!   span per attempt, carrying `order_id` and `delivery`, around its log events (acceptance,
-//!   attempt started with its number, completed, retrying, failed, cancelled).
+//!   facade (recorded only once the embedding service installs a recorder: this crate
+//!   installs none), and one tracing span per attempt, carrying `order_id` and `delivery`,
+//!   around its log events (acceptance, attempt started with its number, completed, retrying,
+//!   failed, cancelled).
 //!
 //! # Concepts
 //!
 //! - A **claim** hands one queued order to one worker, with a **lease**: if the worker does not
 //!   finish, retry or renew before the lease runs out, the order goes to another worker.
-//! - Every claim has a fresh [`ClaimToken`]. Each change a worker makes, in the queue and in
+//! - Every claim has a fresh [`ClaimToken`](backend::ClaimToken). Each change a worker makes, in the queue and in
 //!   the repository, is a compare-and-set **fenced** by that token, so a worker that lost its
 //!   lease can never overwrite what the worker after it wrote.
 //! - A failed attempt is **retried** with exponential backoff ([`RetryPolicy`]); when attempts
@@ -67,14 +74,28 @@
 //!
 //! # Features
 //!
-//! - `mock`: mockall's `MockRepository`, `MockQueue` and `MockOrderHandler`, for your tests.
-//! - `testing`: the contract suite ([`repository_contract_tests!`], [`queue_contract_tests!`],
-//!   and [`backend_contract_tests!`] for a backend whose queue shares its repository's storage)
+//! None changes how any other crate behaves in your build: amounts are read from the JSON
+//! text through serde_json's `raw_value`, never its `arbitrary_precision`.
+//!
+//! - `postgres` (default): `order_core::postgres`, the PostgreSQL backend with its
+//!   migrations, through sea-orm and sqlx. Without it (`default-features = false`) the crate
+//!   compiles no database driver, and runs on [`memory`] or a backend of your own.
+//! - `mock`: mockall's [`MockOrderHandler`], `backend::MockRepository` and
+//!   `backend::MockQueue`, for your tests.
+//! - `testing`: the contract suite (`repository_contract_tests!`, `queue_contract_tests!`,
+//!   and `backend_contract_tests!` for a backend whose queue shares its repository's storage)
 //!   that every `Repository`, `Queue` and such `Backend` must pass; run it against your own
-//!   adapter.
+//!   adapter. With `postgres`, also scratch databases for tests (`testing::TestDatabase`).
 //! - `openapi`: utoipa's `ToSchema` for [`Order`], [`NewOrder`], [`OrderStatus`], [`OrderId`],
 //!   [`StatusCounts`] and [`QueueDepth`], so an HTTP API can document them from the code;
 //!   `NewOrder`'s schema carries the limits [`NewOrder::validate`] enforces.
+//!
+//! # Stability
+//!
+//! Structs and enums that will grow are `#[non_exhaustive]`: build them with their
+//! constructors ([`NewOrder::new`], [`RetryPolicy::default`] and its setters) and match them
+//! with a wildcard arm. [`OrderStatus`] is exhaustive on purpose: the statuses are the API's
+//! promise. Breaking changes are recorded in CHANGELOG.md and checked by cargo-semver-checks.
 
 pub mod backend;
 mod changes;

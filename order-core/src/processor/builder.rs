@@ -312,3 +312,30 @@ impl OrderProcessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::handler::SimulatedStep;
+    use crate::memory::InMemoryBackend;
+
+    fn builder() -> OrderProcessorBuilder {
+        OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
+    }
+
+    #[test]
+    fn storage_has_no_default() {
+        assert_eq!(builder().build().unwrap_err(), BuildError::NoStorage);
+        let only_a_repository = builder().repository(Arc::new(InMemoryRepository::new()));
+        assert_eq!(
+            only_a_repository.build().unwrap_err(),
+            BuildError::NoStorage
+        );
+        let only_a_queue = builder().queue(Arc::new(InMemoryQueue::new()));
+        assert_eq!(only_a_queue.build().unwrap_err(), BuildError::NoStorage);
+        assert!(builder().in_memory().build().is_ok());
+        assert!(builder().backend(&InMemoryBackend::new()).build().is_ok());
+    }
+}

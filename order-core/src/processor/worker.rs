@@ -337,3 +337,75 @@ pub(super) fn settle(result: Result<(), QueueError>) {
         Err(err) => warn!(error = %err, "queue call failed; the lease will bring the order back"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use rust_decimal::Decimal;
+
+    use crate::OrderProcessor;
+    use crate::handler::{HandlerError, OrderHandler};
+    use crate::order::{NewOrder, Order, OrderStatus};
+
+    /// Fails every order for good, with a cause that has a cause.
+    struct Declines;
+
+    #[async_trait]
+    impl OrderHandler for Declines {
+        async fn process(&self, _order: &Order) -> Result<(), HandlerError> {
+            let io = std::io::Error::other("issuer unreachable");
+            Err(HandlerError::permanent("card declined").with_source(io))
+        }
+    }
+
+    /// Log lines, written where the test reads them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What a client sees stays the handler's message; the log names every cause.
+    #[tokio::test]
+    async fn a_failure_logs_its_causes_and_shows_clients_only_its_message() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let processor = OrderProcessor::builder(Declines)
+            .in_memory()
+            .build()
+            .unwrap();
+        let running = processor.start();
+        let order = processor
+            .submit(NewOrder::new("u", ["i"], Decimal::ONE))
+            .await
+            .unwrap();
+        let done = processor.wait_until_done(order.id).await.unwrap().unwrap();
+        running.shutdown(std::time::Duration::from_secs(5)).await;
+
+        assert_eq!(done.status, OrderStatus::Failed);
+        assert_eq!(done.last_error.as_deref(), Some("card declined"));
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let failed = log
+            .lines()
+            .find(|line| line.contains("order failed"))
+            .unwrap_or_else(|| panic!("no failure logged in:\n{log}"));
+        assert!(failed.contains("cause=\"issuer unreachable\""), "{failed}");
+    }
+}
