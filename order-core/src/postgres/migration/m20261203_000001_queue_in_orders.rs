@@ -34,8 +34,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use super::m20261124_000001_create_orders_and_queue::{COUNT_UPDATES, COUNTER_SLOTS, QUEUE_COUNTS};
 use super::m20261125_000001_list_and_watch_orders::NOTIFY_TRIGGER;
-use super::{COUNT_UPDATES, COUNTER_SLOTS, QUEUE_COUNTS};
 
 /// The fourth migration: see the module docs.
 pub(super) struct QueueInOrders;
