@@ -157,8 +157,8 @@ else
 fi
 
 # The workspace's target directory, absolute: the steps below run cargo on manifests outside
-# the workspace (a package's tarball, cargo-semver-checks' placeholder crates), which would
-# otherwise each build the dependency tree again in a target directory of their own.
+# the workspace (cargo-semver-checks' placeholder crates, one for each crate and version), which
+# would otherwise each build the dependency tree again in a target directory of their own.
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 
 # order-core and order-server as crates.io would receive them, never published: each package
@@ -166,7 +166,11 @@ target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 # features, order-server against the packaged order-core (cargo packages both in one command).
 # That proves the list is complete (the dashboard's files, compiled in with include_str!, the
 # migrations) and that the dependencies' versions and features stand without the workspace.
-# cargo builds the tarballs in target/package/ and shares the target directory's artifacts.
+# cargo unpacks the tarballs in target/package/ and builds them in the workspace's target
+# directory (cargo 1.95 does so by itself; the variable keeps older ones from building the
+# tree again in target/package/<crate>/target). Their features are each crate's defaults, not
+# the workspace's union, so the first run builds part of the tree again (once: order-server's
+# verification reuses order-core's).
 step "packages (cargo package, each built from its tarball)"
 CARGO_TARGET_DIR=$target_dir cargo package --locked -p order-core -p order-server
 
@@ -176,8 +180,8 @@ CARGO_TARGET_DIR=$target_dir cargo package --locked -p order-core -p order-serve
 # release's, at the commit scripts/semver-baseline names. It builds the rustdoc JSON of both
 # in the workspace's target directory. Pinned: each version reads the rustdoc JSON of the
 # toolchains of its time (0.51 reads format 57, rustc 1.95's); a newer toolchain may need a
-# newer one. Installed when missing, built without LTO and with 16 codegen units: the release
-# profile of its own manifest (fat LTO, one unit) takes several times longer on two cores.
+# newer one. Installed when missing (about 12 CPU-minutes), built without LTO and with 16
+# codegen units: its own release profile (fat LTO, one unit) is the slowest way to build it.
 step "semver (cargo semver-checks against the last release)"
 semver_checks_version=0.51.0
 if [[ $(cargo semver-checks --version 2>/dev/null) != "cargo-semver-checks $semver_checks_version" ]]; then
@@ -210,8 +214,8 @@ done
 cargo test --locked -p order-core --no-default-features
 cargo test --locked -p order-server --no-default-features
 
-# The modules of each crate depend on one another without a cycle (scripts/module_cycles.py
-# reads each module's `use crate::...` paths and names the modules of any cycle).
+# The modules of each crate depend on one another without a cycle: scripts/module_cycles.py
+# fails on one, naming its modules.
 step "module cycles"
 python3 scripts/module_cycles.py order-core/src order-server/src
 
