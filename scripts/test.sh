@@ -156,6 +156,69 @@ else
   rm -f "$audit_log"
 fi
 
+# The workspace's target directory, absolute: the steps below run cargo on manifests outside
+# the workspace (cargo-semver-checks' placeholder crates, one for each crate and version), which
+# would otherwise each build the dependency tree again in a target directory of their own.
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+
+# order-core and order-server as crates.io would receive them, never published: each package
+# holds only what its `include` lists, and is built from its tarball alone, with its default
+# features, order-server against the packaged order-core (cargo packages both in one command).
+# That proves the list is complete (the dashboard's files, compiled in with include_str!, the
+# migrations) and that the dependencies' versions and features stand without the workspace.
+# cargo unpacks the tarballs in target/package/ and builds them in the workspace's target
+# directory (cargo 1.95 does so by itself; the variable keeps older ones from building the
+# tree again in target/package/<crate>/target). Their features are each crate's defaults, not
+# the workspace's union, so the first run builds part of the tree again (once: order-server's
+# verification reuses order-core's).
+step "packages (cargo package, each built from its tarball)"
+CARGO_TARGET_DIR=$target_dir cargo package --locked -p order-core -p order-server
+
+# Breaking changes come with the version they need (for 0.x, the minor one): cargo-semver-checks
+# compares each publishable crate's public API, with every feature on (its default set: all
+# but those named unstable, nightly, bench or no_std, which ours are not), with the last
+# release's, at the commit scripts/semver-baseline names. It builds the rustdoc JSON of both
+# in the workspace's target directory. Pinned: each version reads the rustdoc JSON of the
+# toolchains of its time (0.51 reads format 57, rustc 1.95's); a newer toolchain may need a
+# newer one. Installed when missing (about 12 CPU-minutes), built without LTO and with 16
+# codegen units: its own release profile (fat LTO, one unit) is the slowest way to build it.
+step "semver (cargo semver-checks against the last release)"
+semver_checks_version=0.51.0
+if [[ $(cargo semver-checks --version 2>/dev/null) != "cargo-semver-checks $semver_checks_version" ]]; then
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo install cargo-semver-checks --locked --version "$semver_checks_version"
+fi
+semver_baseline=$(grep -v '^#' scripts/semver-baseline)
+if ! git cat-file -e "$semver_baseline^{commit}" 2>/dev/null; then
+  echo "error: this clone lacks $semver_baseline, the last release's commit that" \
+    "scripts/semver-baseline names (a shallow clone?): run git fetch --unshallow" >&2
+  exit 1
+fi
+CARGO_TARGET_DIR=$target_dir cargo semver-checks --baseline-rev "$semver_baseline" \
+  -p order-core -p order-server
+
+# The in-memory build, as a service that keeps its orders in memory compiles it: without
+# default features neither crate has a database driver in its tree, and both build and pass
+# their tests. (Cargo unifies features: a driver that came in anyway would be compiled into
+# every such service.)
+step "without default features (in memory, no database driver)"
+for crate in order-core order-server; do
+  tree=$(cargo tree --locked -e normal --no-default-features -p "$crate" --prefix none --format '{p}')
+  drivers=$(grep -oE '^(sqlx|sea-orm)([-_][a-z0-9_-]+)? v[^ ]+' <<<"$tree" | sort -u || true)
+  if [[ -n $drivers ]]; then
+    echo "error: $crate without default features depends on a database driver:" >&2
+    echo "$drivers" >&2
+    exit 1
+  fi
+done
+cargo test --locked -p order-core --no-default-features
+cargo test --locked -p order-server --no-default-features
+
+# The modules of each crate depend on one another without a cycle: scripts/module_cycles.py
+# fails on one, naming its modules.
+step "module cycles"
+python3 scripts/module_cycles.py order-core/src order-server/src
+
 step "benches build"
 cargo bench -p benches --no-run
 
