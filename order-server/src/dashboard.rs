@@ -25,10 +25,7 @@ use utoipa::ToResponse;
 use order_core::OrderProcessor;
 
 use crate::history::History;
-use crate::openapi::DASHBOARD;
-
-/// The paths the page is served at: open without a token.
-pub(crate) const PAGE_PATHS: [&str; 2] = ["/", "/dashboard"];
+use crate::tags::DASHBOARD;
 
 const TEMPLATE: &str = include_str!("dashboard/index.html");
 const STYLE: &str = include_str!("dashboard/dashboard.css");

@@ -22,8 +22,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use crate::error::ErrorBody;
-use crate::openapi::{InternalError, MONITORING};
+use crate::error::{ErrorBody, InternalError};
+use crate::tags::MONITORING;
 
 /// How often the counts are read.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);

@@ -65,9 +65,11 @@ mod error;
 pub mod history;
 mod openapi;
 mod overload;
+mod paths;
 pub mod prometheus;
 mod request_id;
 mod routes;
+mod tags;
 
 pub use auth::{ApiTokens, NoTokens};
 pub use config::{Config, ConfigError, LogFormat};

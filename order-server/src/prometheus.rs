@@ -36,8 +36,8 @@ use metrics::{Label, Unit, counter, describe_counter, describe_gauge, describe_h
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use order_core::OrderProcessor;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::openapi::{InternalError, MONITORING, Unavailable};
+use crate::error::{ApiError, ErrorBody, InternalError, Unavailable};
+use crate::tags::MONITORING;
 
 /// Requests answered, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
