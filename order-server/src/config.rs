@@ -138,13 +138,16 @@ impl Config {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    /// How [`app`](crate::app) serves these settings.
+    /// How [`app`](crate::app) serves these settings: with the dashboard, sampled from the
+    /// start. Without a Prometheus exporter, which is not a setting: the caller installs the
+    /// recorder ([`install_recorder`](crate::prometheus::install_recorder)) and sets
+    /// [`RouterOptions::prometheus`](crate::RouterOptions::prometheus).
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             request_timeout: self.request_timeout(),
             api_tokens: self.api_token.clone().unwrap_or_default(),
             max_in_flight: self.max_in_flight as usize,
-            sample_from_start: true,
+            ..ServeOptions::default()
         }
     }
 

@@ -134,6 +134,19 @@ pub(crate) fn complete(api: &mut Document, served: Served) {
     }
 }
 
+/// Takes the dashboard's tag and page responses out of a document whose router serves no
+/// page, so that it describes nothing the router does not serve.
+pub(crate) fn leave_out_dashboard(api: &mut Document) {
+    if let Some(tags) = api.tags.as_mut() {
+        tags.retain(|tag| tag.name != DASHBOARD);
+    }
+    if let Some(components) = api.components.as_mut() {
+        for page_response in ["DashboardPage", "PageNotModified"] {
+            components.responses.remove(page_response);
+        }
+    }
+}
+
 fn is_operation(operation: &Operation, id: &str) -> bool {
     operation.operation_id.as_deref() == Some(id)
 }

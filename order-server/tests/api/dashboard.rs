@@ -312,3 +312,63 @@ async fn when_storage_does_not_answer_the_stream_says_so_each_second() {
         );
     }
 }
+
+#[tokio::test]
+async fn without_the_dashboard_neither_page_is_served_nor_documented() {
+    crate::helpers::init_logs();
+    let processor =
+        order_core::OrderProcessor::builder(order_core::SimulatedStep::new(Duration::ZERO))
+            .build()
+            .unwrap();
+    let mut options = crate::helpers::serve_options();
+    options.router.dashboard = false;
+    let app = order_server::app(processor, &options);
+    for page in ["/", "/dashboard"] {
+        let reply = crate::helpers::get(&app, page).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{page}");
+        assert_eq!(reply.error(), format!("no route for {page}"));
+    }
+    let stream = raw_head(&app, "/metrics/stream").await;
+    assert_eq!(stream, StatusCode::OK, "the stream stays for other clients");
+
+    let document = crate::helpers::get(&app, "/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let paths = document.body["paths"].as_object().unwrap();
+    assert!(!paths.contains_key("/"), "{:?}", paths.keys());
+    assert!(!paths.contains_key("/dashboard"), "{:?}", paths.keys());
+    assert!(paths.contains_key("/metrics/stream"));
+    let tags: Vec<&str> = document.body["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tag| tag["name"].as_str())
+        .collect();
+    assert_eq!(tags, ["orders", "monitoring", "documentation"]);
+    let responses = document.body["components"]["responses"]
+        .as_object()
+        .unwrap();
+    assert!(!responses.contains_key("DashboardPage"));
+    assert!(!responses.contains_key("PageNotModified"));
+}
+
+/// Without its page, the router has no `/`, so it merges into a service that has one.
+#[tokio::test]
+async fn without_the_dashboard_the_router_merges_beside_a_root_of_its_own() {
+    crate::helpers::init_logs();
+    let processor =
+        order_core::OrderProcessor::builder(order_core::SimulatedStep::new(Duration::ZERO))
+            .build()
+            .unwrap();
+    let options = order_server::RouterOptions {
+        dashboard: false,
+        ..order_server::RouterOptions::default()
+    };
+    let service = Router::new()
+        .route("/", axum::routing::get(|| async { "the shop's own page" }))
+        .merge(order_server::router(processor, &options));
+    let root = raw(&service, "/", &[]).await;
+    assert_eq!(root.status, StatusCode::OK);
+    assert_eq!(root.text(), "the shop's own page");
+    let created = post_json(&service, "/orders", VALID_ORDER).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+}

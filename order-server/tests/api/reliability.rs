@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use order_core::testing::TestDatabase;
 use order_core::{OrderProcessor, SimulatedStep};
-use order_server::{ApiTokens, ServeOptions};
+use order_server::{ApiTokens, RouterOptions, ServeOptions};
 use serde_json::{Value, json};
 
 use crate::helpers::{Reply, VALID_ORDER, get, idle_app, init_logs, send};
@@ -136,6 +136,15 @@ async fn sixteen_concurrent_requests_with_one_key_create_one_order() {
     assert_eq!(total_orders(&app, None).await, 1);
 }
 
+/// The routes as the binary serves them: with the dashboard sampled from the start, and the
+/// Prometheus exporter.
+fn served_router() -> RouterOptions {
+    RouterOptions {
+        prometheus: Some(crate::helpers::exporter()),
+        ..ServeOptions::default().router
+    }
+}
+
 /// An open app but for the bearer `tokens` (comma-separated).
 pub(crate) fn guarded_app(tokens: &str) -> Router {
     init_logs();
@@ -146,6 +155,7 @@ pub(crate) fn guarded_app(tokens: &str) -> Router {
         processor,
         &ServeOptions {
             api_tokens: tokens.parse::<ApiTokens>().unwrap(),
+            router: served_router(),
             ..ServeOptions::default()
         },
     )
@@ -234,6 +244,7 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
         processor,
         &ServeOptions {
             max_in_flight: 1,
+            router: served_router(),
             ..ServeOptions::default()
         },
     );
