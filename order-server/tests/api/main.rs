@@ -9,7 +9,9 @@
     clippy::print_stdout
 )]
 
+mod binary_lifecycle;
 mod chaos;
+mod child_process;
 mod dashboard;
 mod errors;
 mod failures;
@@ -22,10 +24,9 @@ mod observability;
 mod openapi;
 mod orders;
 mod outage;
-mod pg_orders;
-mod postgres;
-mod process;
+mod pg_durability;
+mod pg_helpers;
+mod pg_list_cancel_watch;
 mod properties;
 mod races;
 mod reliability;
-mod server;

@@ -20,8 +20,8 @@ use prom_text_format_parser::{Metric, Sample, Scrape, Type, ValueType};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::child_process::{Server, spawn_server};
 use crate::helpers::{VALID_ORDER, get, idle_app, post_json, send};
-use crate::process::{Server, spawn_server};
 
 const ENGINE_COUNTERS: [&str; 7] = [
     telemetry::ORDERS_CREATED,

@@ -10,7 +10,7 @@ use order_core::testing::TestDatabase;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
 
 /// Clients in each race.
 const RACERS: usize = 16;

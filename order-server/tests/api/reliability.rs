@@ -10,8 +10,8 @@ use order_core::{OrderProcessor, SimulatedStep};
 use order_server::{ApiTokens, RouterOptions, ServeOptions};
 use serde_json::{Value, json};
 
+use crate::child_process::spawn_server;
 use crate::helpers::{Reply, VALID_ORDER, get, idle_app, init_logs, send};
-use crate::process::spawn_server;
 
 fn create(key: Option<&str>, token: Option<&str>, body: &str) -> Request<Body> {
     let mut request = Request::builder()
@@ -353,7 +353,7 @@ async fn on_postgres_keys_replay_behind_tokens() {
     )
     .await;
     assert_eq!(status, 422, "{body}");
-    let counts = crate::postgres::direct_counts(db.connection()).await;
+    let counts = crate::pg_helpers::direct_counts(db.connection()).await;
     assert_eq!(counts.values().sum::<i64>(), 1, "{counts:?}");
 
     let unauthorized = client

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
 
 fn order() -> Value {
     json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99})
