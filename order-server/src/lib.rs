@@ -50,6 +50,13 @@
 //!   processing attempt logs inside an `order` span carrying `order_id` and `delivery`, so the
 //!   order id finds an order's whole life in the logs, from `order accepted` (with the
 //!   request id) through `attempt started` to `order completed` or `order failed`.
+//!
+//! # Features
+//!
+//! - `postgres` (default): PostgreSQL storage when `DATABASE_URL` is set, through
+//!   order-core's `postgres` backend. Without it, nothing of sea-orm is built, orders are kept
+//!   in memory, and a `DATABASE_URL` is a startup error
+//!   ([`ConfigError::NoPostgresSupport`]) rather than a silent fall back to memory.
 
 use std::future::Future;
 use std::time::Duration;

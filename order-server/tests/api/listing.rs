@@ -226,6 +226,8 @@ pub(crate) struct Watch {
 
 enum WatchSource {
     Router(Body),
+    // Only the tests of several servers on one database watch over HTTP.
+    #[cfg(feature = "postgres")]
     Http(reqwest::Response),
 }
 
@@ -254,6 +256,7 @@ impl Watch {
     }
 
     /// Opens `url` over HTTP.
+    #[cfg(feature = "postgres")]
     pub(crate) async fn connect(url: &str) -> Self {
         let response = reqwest::Client::new().get(url).send().await.unwrap();
         let content_type = response.headers()[header::CONTENT_TYPE]
@@ -282,6 +285,7 @@ impl Watch {
                         }
                     }
                 },
+                #[cfg(feature = "postgres")]
                 WatchSource::Http(response) => response.chunk().await.unwrap().map(|b| b.to_vec()),
             }
         };

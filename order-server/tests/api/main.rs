@@ -10,6 +10,7 @@
 )]
 
 mod binary_lifecycle;
+#[cfg(feature = "postgres")]
 mod chaos;
 mod child_process;
 mod dashboard;
@@ -17,15 +18,20 @@ mod errors;
 mod failures;
 mod helpers;
 mod listing;
+#[cfg(feature = "postgres")]
 mod load;
 mod metrics;
 mod nest;
 mod observability;
 mod openapi;
 mod orders;
+#[cfg(feature = "postgres")]
 mod outage;
+#[cfg(feature = "postgres")]
 mod pg_durability;
+#[cfg(feature = "postgres")]
 mod pg_helpers;
+#[cfg(feature = "postgres")]
 mod pg_list_cancel_watch;
 mod properties;
 mod races;

@@ -456,6 +456,7 @@ async fn the_binary_exports_exactly_what_it_did_in_memory() {
     exports_exactly_what_it_did(&[]).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn the_binary_exports_exactly_what_it_did_on_postgres() {
     let db = order_core::testing::TestDatabase::create().await;

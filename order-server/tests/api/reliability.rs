@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+#[cfg(feature = "postgres")]
 use order_core::testing::TestDatabase;
 use order_core::{OrderProcessor, SimulatedStep};
 use order_server::{ApiTokens, RouterOptions, ServeOptions};
@@ -314,6 +315,7 @@ fn tokio_stream_from(
 
 /// The binary on PostgreSQL, with tokens: a keyed create is replayed and a reused key refused
 /// (`races.rs` races clients for one key), and the token is never logged.
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn on_postgres_keys_replay_behind_tokens() {
     let db = TestDatabase::create().await;
