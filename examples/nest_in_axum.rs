@@ -1,5 +1,10 @@
 //! Nests the order API in an axum service of your own, beside its own routes and state, with
-//! [`order_server::router`].
+//! [`order_server::router`]: the API without order-server's own server-wide layers, which
+//! [`order_server::app`] adds for the binary. Building it touches nothing outside it: this
+//! service installs no metrics recorder, so the API's `/metrics/prometheus` answers `404`, and
+//! the engine's metrics go nowhere. A service that wants them calls
+//! `order_server::prometheus::install_recorder()` in its `main` and sets
+//! `RouterOptions::prometheus`.
 //!
 //! Run it with:
 //!
@@ -27,6 +32,7 @@ use axum::routing::get;
 use axum::{Router, http};
 use order_core::OrderProcessor;
 use order_core::handler::SimulatedStep;
+use order_server::RouterOptions;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -65,7 +71,10 @@ fn service(processor: OrderProcessor) -> Router {
     Router::new()
         .route("/", get(front_page))
         .with_state(shop)
-        .nest(API, order_server::router(processor))
+        .nest(
+            API,
+            order_server::router(processor, &RouterOptions::default()),
+        )
 }
 
 #[tokio::main]

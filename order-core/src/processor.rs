@@ -284,17 +284,11 @@ impl OrderProcessor {
         watch::watch(&self.engine, id).await
     }
 
-    /// Ends every [`watch`](Self::watch) stream, now and from now on: a server calls this
-    /// when it starts shutting down, so that open event streams do not hold its connections.
+    /// Ends every [`watch`](Self::watch) stream, now and from now on: for a service that
+    /// streams watches to its clients, when it starts shutting down, so that open streams do
+    /// not hold its connections.
     pub fn close_watches(&self) {
         self.engine.watchers.closed.cancel();
-    }
-
-    /// Resolves once [`close_watches`](Self::close_watches) has been called: for the
-    /// embedding service's own long-lived streams (order-server's metrics stream), so that
-    /// they end with the order streams and do not hold a draining server open.
-    pub async fn watches_closed(&self) {
-        self.engine.watchers.closed.cancelled().await;
     }
 
     /// Counts over all orders; costs the same however many there are.

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::routes::is_open;
+use crate::paths::is_open;
 
 /// The tokens that may call the API; none: the API is open.
 ///

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use order_core::handler::SimulatedStep;
 use order_core::memory::{InMemoryQueue, InMemoryRepository};
+#[cfg(feature = "postgres")]
 use order_core::postgres::{self, PoolOptions, PostgresBackend};
 use order_core::{BuildError, OrderProcessor, RetryPolicy, StorageError};
+#[cfg(feature = "postgres")]
+use tracing::{info, warn};
 
 use crate::{ApiTokens, ServeOptions};
-use tracing::{info, warn};
 
 /// How order-server is run; `order-server --help` lists it all.
 #[derive(Debug, Clone, Parser)]
@@ -58,7 +60,8 @@ pub struct Config {
 
     /// PostgreSQL connection URL (`postgres://user:password@host:port/database`). Unset:
     /// orders are kept in memory and lost on exit. Set: the schema is migrated at start, and
-    /// any number of servers may share the database.
+    /// any number of servers may share the database. (Needs the `postgres` feature, on by
+    /// default: a build without it refuses to start with this set.)
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -122,6 +125,12 @@ pub enum ConfigError {
     /// PostgreSQL could not be reached or migrated in time.
     #[error("PostgreSQL is not usable: {0}")]
     Postgres(#[from] StorageError),
+    /// `DATABASE_URL` is set, but this build was made without the `postgres` feature: refused
+    /// rather than served from memory, where every order would be lost on exit.
+    #[error(
+        "DATABASE_URL is set, but this build of order-server has no PostgreSQL support; rebuild with the `postgres` feature"
+    )]
+    NoPostgresSupport,
     /// The engine refused a setting.
     #[error(transparent)]
     Processor(#[from] BuildError),
@@ -138,13 +147,16 @@ impl Config {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    /// How [`app`](crate::app) serves these settings.
+    /// How [`app`](crate::app) serves these settings: with the dashboard, sampled from the
+    /// start. Without a Prometheus exporter, which is not a setting: the caller installs the
+    /// recorder ([`install_recorder`](crate::prometheus::install_recorder)) and sets
+    /// [`RouterOptions::prometheus`](crate::RouterOptions::prometheus).
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             request_timeout: self.request_timeout(),
             api_tokens: self.api_token.clone().unwrap_or_default(),
             max_in_flight: self.max_in_flight as usize,
-            sample_from_start: true,
+            ..ServeOptions::default()
         }
     }
 
@@ -160,6 +172,7 @@ impl Config {
     }
 
     /// The connection pool settings these flags describe.
+    #[cfg(feature = "postgres")]
     pub fn pool_options(&self) -> PoolOptions {
         PoolOptions::default()
             .max_connections(self.db_max_connections)
@@ -170,7 +183,8 @@ impl Config {
 
     /// The order processor these settings describe, not yet started: in memory, or on
     /// PostgreSQL (connected, waiting up to `DB_STARTUP_TIMEOUT_SECS` for it, and migrated)
-    /// when `DATABASE_URL` is set.
+    /// when `DATABASE_URL` is set. Built without the `postgres` feature, a `DATABASE_URL` is
+    /// [`ConfigError::NoPostgresSupport`].
     pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
         let step = SimulatedStep::new(Duration::from_millis(self.processing_delay_ms));
         let mut builder = OrderProcessor::builder(step)
@@ -179,16 +193,21 @@ impl Config {
             .poll_interval(Duration::from_millis(self.poll_interval_ms))
             .idempotency_ttl(Duration::from_secs(self.idempotency_ttl_secs))
             .retry_policy(RetryPolicy::default().max_attempts(self.max_attempts));
-        if self.database_url.is_none() {
-            builder = builder
-                .repository(Arc::new(InMemoryRepository::with_max_unfinished(
-                    self.max_backlog,
-                )))
-                .queue(Arc::new(InMemoryQueue::new()));
-        }
-        if let Some(url) = &self.database_url {
-            let db = self.connect_and_migrate(url).await?;
-            builder = builder.backend(&PostgresBackend::new(&db));
+        match &self.database_url {
+            None => {
+                builder = builder
+                    .repository(Arc::new(InMemoryRepository::with_max_unfinished(
+                        self.max_backlog,
+                    )))
+                    .queue(Arc::new(InMemoryQueue::new()));
+            }
+            #[cfg(feature = "postgres")]
+            Some(url) => {
+                let db = self.connect_and_migrate(url).await?;
+                builder = builder.backend(&PostgresBackend::new(&db));
+            }
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => return Err(ConfigError::NoPostgresSupport),
         }
         Ok(builder.build()?)
     }
@@ -197,6 +216,7 @@ impl Config {
     /// database is unavailable, until the startup timeout passes: a server started beside its
     /// database (compose, systemd) should not fail because the database took a few seconds
     /// longer, nor replicas starting together crash-loop on each other's migration.
+    #[cfg(feature = "postgres")]
     async fn connect_and_migrate(&self, url: &str) -> Result<postgres::PostgresPool, StorageError> {
         let give_up =
             tokio::time::Instant::now() + Duration::from_secs(self.db_startup_timeout_secs);
@@ -216,6 +236,7 @@ impl Config {
 
 /// Runs `attempt` until it succeeds, fails for good, or `give_up` would pass during the next
 /// pause; unavailable errors are logged with `waiting` and retried with growing pauses.
+#[cfg(feature = "postgres")]
 async fn retry_at_start<T, F, Fut>(
     give_up: tokio::time::Instant,
     waiting: &str,
@@ -254,6 +275,7 @@ mod tests {
         assert_eq!(config.workers, 256);
         assert_eq!(config.processing_delay_ms, 2000);
         assert_eq!(config.log_format, LogFormat::Text);
+        #[cfg(feature = "postgres")]
         assert_eq!(config.pool_options().max_connections, 16);
         assert!(config.serve_options().api_tokens.is_empty());
         assert!(config.open_beyond_loopback());
@@ -289,6 +311,7 @@ mod tests {
         assert_eq!(config.listen_address().to_string(), "[::1]:0");
     }
 
+    #[cfg(feature = "postgres")]
     #[tokio::test]
     async fn an_unreachable_database_fails_the_start_with_its_cause() {
         // Port 1 on loopback: nothing listens there, so the connection is refused at once.
@@ -308,5 +331,23 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("PostgreSQL"), "{err}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn without_postgres_support_a_database_url_fails_the_start() {
+        let config = Config::try_parse_from([
+            "order-server",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/orders",
+        ])
+        .unwrap();
+        let err = config.processor().await.unwrap_err();
+        assert!(matches!(err, ConfigError::NoPostgresSupport), "{err}");
+        assert!(
+            err.to_string()
+                .contains("this build of order-server has no PostgreSQL support; rebuild with the `postgres` feature"),
+            "{err}"
+        );
     }
 }

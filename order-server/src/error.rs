@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use order_core::{CancelError, QueueError, StorageError, SubmitError, ValidationError};
 use serde::Serialize;
+use utoipa::ToResponse;
 
 /// Everything a request can fail with. Each variant's status is in its doc comment; the body is
 /// always `{"error": "..."}` (plus `field` for a validation error).
@@ -166,6 +167,40 @@ pub struct ErrorBody {
     #[schema(nullable = false)]
     pub field: Option<String>,
 }
+
+// The OpenAPI descriptions of the answers that many routes share, each an `ApiError` in
+// practice: beside the errors they describe, so that every handler's module can name them.
+
+/// The `401` of every route but the probes and the page, when the server requires tokens.
+#[derive(ToResponse)]
+#[response(
+    description = "The server requires a bearer token (`API_TOKEN`), and the request has none or a wrong one.",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"order-server\"`, with `error=\"invalid_token\"` for a wrong token."))
+)]
+// Only its documentation is used: the response itself is an `ApiError::Unauthorized`.
+#[allow(dead_code)]
+pub(crate) struct Unauthorized(ErrorBody);
+
+/// The `503` of every route that reads or writes storage, and, served by
+/// [`app`](crate::app), of every route.
+#[derive(ToResponse)]
+#[response(
+    description = "The storage cannot be reached, too many requests are in progress \
+        (`MAX_IN_FLIGHT`; never for the probes), or the request took longer than the request \
+        timeout; retrying later may work.",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
+)]
+// Only its documentation is used: the response itself is an `ApiError::Unavailable`,
+// `Overloaded` or `TimedOut`.
+#[allow(dead_code)]
+pub(crate) struct Unavailable(ErrorBody);
+
+/// The `500` of every route: a bug, a panic in a handler included.
+#[derive(ToResponse)]
+#[response(description = "Something failed on the server's side; the cause is logged, not shown.")]
+// Only its documentation is used: the response itself is an `ApiError::Internal`.
+#[allow(dead_code)]
+pub(crate) struct InternalError(ErrorBody);
 
 /// The cause of a 5xx response, carried in the response's extensions to the logging layer, so
 /// the client sees a generic message and the log sees why.

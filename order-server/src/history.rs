@@ -7,6 +7,7 @@
 //! [`OrderProcessor::oldest_pending_age`]). The counts are the storage's, so several servers
 //! sharing one PostgreSQL each show the throughput of all of them.
 
+use crate::closing::Closing;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use crate::error::ErrorBody;
-use crate::openapi::{InternalError, MONITORING};
+use crate::error::{ErrorBody, InternalError};
+use crate::tags::MONITORING;
 
 /// How often the counts are read.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -314,6 +315,7 @@ pub(crate) struct HistoryBody {
 pub(crate) async fn metrics_stream(
     State(processor): State<OrderProcessor>,
     Extension(history): Extension<Arc<History>>,
+    Extension(closing): Extension<Closing>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     history.start_sampling(&processor);
     let newest = history.newest.subscribe();
@@ -326,11 +328,11 @@ pub(crate) async fn metrics_stream(
         },
     );
     let rest = futures::stream::unfold(
-        (history, newest, seen, processor),
-        |(history, mut newest, seen, processor)| async move {
+        (history, newest, seen, closing),
+        |(history, mut newest, seen, closing)| async move {
             tokio::select! {
                 // Shutting down: end the stream so that the connection can drain.
-                () = processor.watches_closed() => None,
+                () = closing.closed() => None,
                 changed = newest.changed() => {
                     // The history is gone only with the router that serves this stream.
                     changed.ok()?;
@@ -349,7 +351,7 @@ pub(crate) async fn metrics_stream(
                     }
                     Some((
                         futures::stream::iter(events),
-                        (history, newest, seen, processor),
+                        (history, newest, seen, closing),
                     ))
                 }
             }

@@ -1,7 +1,16 @@
 //! The HTTP API of [`order_core`]: create orders, read them, and measure the system.
 //!
-//! The binary only parses [`Config`], binds and calls [`run`]; everything else is here, so
-//! tests call [`app`] directly, and services that embed the API nest [`router`] in their own.
+//! The binary only parses [`Config`], installs the metrics recorder, binds and calls [`run`];
+//! everything else is here. Two functions build the API, and the choice is whose service it
+//! is:
+//!
+//! - [`router`]: the API to nest in another axum service, which brings its own fallback,
+//!   timeouts, request ids, logs and authentication. Options: [`RouterOptions`].
+//! - [`app`]: the whole of order-server's own service: [`router`] and the server-wide layers
+//!   around it. What the binary serves, and what the tests call. Options: [`ServeOptions`].
+//!
+//! Neither has a process-wide side effect: [`prometheus::install_recorder`] is the one function
+//! that has one, for the binary (or an embedding service's `main`) to call.
 //!
 //! | route | answer |
 //! |---|---|
@@ -12,11 +21,11 @@
 //! | `GET /orders/{id}/events` | Server-Sent Events: a `status` event `{"order": ...}` now and at each change, until a terminal status |
 //! | `GET /metrics` | `200 {"totalOrders", "processedCount", "avgProcessingTime", "statuses", "queue"}` |
 //! | `GET /metrics/stream` | Server-Sent Events: a `history` event with the last five minutes of samples, then a `sample` event each second ([`history`]) |
-//! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when another metrics recorder was installed first ([`prometheus`]) |
+//! | `GET /metrics/prometheus` | `200`, the Prometheus text format; `404` when no Prometheus recorder was given ([`RouterOptions::prometheus`], [`prometheus`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when storage answers and its schema is in place, `503` when not |
 //! | `GET /openapi.json` | `200`: this table in full, as an OpenAPI 3.1 document generated from the handlers |
-//! | `GET /`, `GET /dashboard` | the dashboard: one HTML page, compiled in, that shows all of the above live; open without a token, it asks for one when the API needs it |
+//! | `GET /`, `GET /dashboard` | the dashboard: one HTML page, compiled in, that shows all of the above live; open without a token, it asks for one when the API needs it. Not routed when [`RouterOptions::dashboard`] is off |
 //!
 //! Every error is `application/json` `{"error": "..."}`. [`app`] adds bearer tokens
 //! ([`ServeOptions::api_tokens`]: `401` with `WWW-Authenticate` on every route but the probes
@@ -27,7 +36,7 @@
 //!
 //! # Observability
 //!
-//! - `GET /metrics/prometheus` exports the engine's metrics (`order_created_total`,
+//! - `GET /metrics/prometheus`, given a [`PrometheusExporter`], exports the engine's metrics (`order_created_total`,
 //!   `order_completed_total`, `order_failed_total`, `order_cancelled_total`,
 //!   `order_retries_total`, `order_leases_lost_total`, `order_sweep_requeued_total`,
 //!   `order_processing_duration_seconds`, `order_queue_wait_seconds`: see
@@ -41,6 +50,13 @@
 //!   processing attempt logs inside an `order` span carrying `order_id` and `delivery`, so the
 //!   order id finds an order's whole life in the logs, from `order accepted` (with the
 //!   request id) through `attempt started` to `order completed` or `order failed`.
+//!
+//! # Features
+//!
+//! - `postgres` (default): PostgreSQL storage when `DATABASE_URL` is set, through
+//!   order-core's `postgres` backend. Without it, nothing of sea-orm is built, orders are kept
+//!   in memory, and a `DATABASE_URL` is a startup error
+//!   ([`ConfigError::NoPostgresSupport`]) rather than a silent fall back to memory.
 
 use std::future::Future;
 use std::time::Duration;
@@ -59,72 +75,115 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 mod auth;
+mod closing;
 pub mod config;
 mod dashboard;
 mod error;
 pub mod history;
 mod openapi;
 mod overload;
+mod paths;
 pub mod prometheus;
 mod request_id;
 mod routes;
+mod tags;
 
 pub use auth::{ApiTokens, NoTokens};
+pub use closing::Closing;
 pub use config::{Config, ConfigError, LogFormat};
 pub use error::{ApiError, ErrorBody};
+pub use prometheus::PrometheusExporter;
 pub use routes::{DEFAULT_PAGE, MAX_PAGE};
 
 /// The largest request body accepted: 1 MiB, far above the largest valid order (1000 item ids
 /// of 128 characters).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The order API as a router to mount in another axum service: every route, with its JSON
-/// errors, panic handling and body limit, and its state applied.
+/// What the routes of [`router`] serve, beyond the processor. Build it from
+/// [`default`](RouterOptions::default) and set what differs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouterOptions {
+    /// Whether the dashboard page is served at `/` and `/dashboard` (by default it is). Off,
+    /// neither path is routed nor documented: a service that nests the API and has pages of
+    /// its own turns it off. `GET /metrics/stream`, which the page reads, stays.
+    pub dashboard: bool,
+    /// What `GET /metrics/prometheus` renders: the handle of this process's Prometheus
+    /// recorder, from [`prometheus::install_recorder`]. None (the default): the route answers
+    /// `404 {"error": ...}` saying that no Prometheus recorder was given, as it should in a
+    /// service that collects its metrics its own way.
+    pub prometheus: Option<PrometheusExporter>,
+    /// Whether the dashboard's history of counts is sampled from the start (one read of the
+    /// aggregate counts a second), so that its charts show the minutes before anyone looked;
+    /// otherwise (the default) sampling starts with the first look, and a nested API that
+    /// nobody watches reads nothing. Only within a Tokio runtime.
+    pub sample_from_start: bool,
+    /// Ends the router's event streams when closed: close it when shutting down (the default
+    /// is one that nobody closes).
+    pub closing: Closing,
+}
+
+impl Default for RouterOptions {
+    /// With the dashboard, without Prometheus, sampled from the first look.
+    fn default() -> Self {
+        Self {
+            dashboard: true,
+            prometheus: None,
+            sample_from_start: false,
+            closing: Closing::new(),
+        }
+    }
+}
+
+/// The order API, to nest in another axum service: every route, with its JSON errors, panic
+/// handling and body limit, and its state applied. To serve the API as a service of its own,
+/// use [`app`].
 ///
 /// Each route is registered together with its OpenAPI description, and the document they
 /// make is served at `/openapi.json`, built once per call.
 ///
-/// It includes the dashboard page, at `/` and `/dashboard` under wherever it is nested, and
-/// `/metrics/stream` that feeds it; the counts behind its charts are read once a second from
-/// the first time either is asked for. Because it serves `/`, nest it under a prefix (as
-/// below) rather than merging it into a service with a `/` of its own, whose routes would
-/// overlap. Its event streams stay open until [`OrderProcessor::close_watches`] is called:
-/// call it when shutting down, before draining connections.
+/// With [`RouterOptions::dashboard`] (the default), it includes the dashboard page, at `/`
+/// and `/dashboard` under wherever it is nested; `/metrics/stream`, which feeds it, is always
+/// there; the counts behind its charts are read once a second from the first time either is
+/// asked for. Because the page is at `/`, nest the router under a prefix (as below) rather
+/// than merging it into a service with a `/` of its own, or turn the dashboard off. Its event
+/// streams stay open until [`RouterOptions::closing`] is closed: close it when shutting down,
+/// before draining connections.
 ///
-/// It has no fallback, request timeout, request ids, request logs or HTTP metrics: those
-/// belong to the service that serves it, which [`app`] is for order-server itself. Nested
-/// under a path, the API answers there, `Location` headers included.
-///
-/// The first call installs this process's Prometheus recorder, unless another one is
-/// installed already (see [`prometheus`]).
+/// It has no fallback, request timeout, request ids, request logs, bearer tokens or HTTP
+/// metrics: those belong to the service that serves it, which [`app`] is for order-server
+/// itself. Nested under a path, the API answers there, `Location` headers included. Building
+/// it has no effect outside it: the metrics recorder is the caller's to install (see
+/// [`prometheus`]).
 ///
 /// ```
 /// use axum::Router;
 /// use order_core::OrderProcessor;
 /// use order_core::handler::SimulatedStep;
+/// use order_server::RouterOptions;
 ///
 /// # fn main() -> Result<(), order_core::BuildError> {
 /// let processor = OrderProcessor::builder(SimulatedStep::default()).in_memory().build()?;
 /// let service: Router = Router::new()
 ///     .route("/", axum::routing::get(|| async { "the embedding service" }))
-///     .nest("/order-api", order_server::router(processor));
+///     .nest("/order-api", order_server::router(processor, &RouterOptions::default()));
 /// # let _ = service;
 /// # Ok(()) }
 /// ```
-pub fn router(processor: OrderProcessor) -> Router {
-    api(processor, false, openapi::Served::default())
+pub fn router(processor: OrderProcessor, options: &RouterOptions) -> Router {
+    documented_router(processor, options, openapi::Served::default())
 }
 
-/// [`router`], its dashboard's history of counts sampled from now if `sample_from_start`
-/// (and there is a runtime to run the sampling), else from the first look, and its document
-/// saying what the layers around it answer.
-fn api(processor: OrderProcessor, sample_from_start: bool, served: openapi::Served) -> Router {
-    // Now rather than at the first scrape, so that what the engine counts before it is kept.
-    prometheus::exporter();
+/// [`router`], with its document saying what the layers around it answer.
+fn documented_router(
+    processor: OrderProcessor,
+    options: &RouterOptions,
+    served: openapi::Served,
+) -> Router {
     // `routes!` takes each handler's path and methods from its `#[utoipa::path]`, so what is
     // served and what is documented cannot disagree. One call per path: handlers given
     // together share one method router.
-    let (routes, mut api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let mut routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::create_order, routes::list_orders))
         .routes(routes!(routes::get_order))
         .routes(routes!(routes::cancel_order))
@@ -134,13 +193,19 @@ fn api(processor: OrderProcessor, sample_from_start: bool, served: openapi::Serv
         .routes(routes!(prometheus::scrape))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
-        .routes(routes!(routes::openapi_document))
-        .routes(routes!(dashboard::root))
-        .routes(routes!(dashboard::dashboard))
-        .split_for_parts();
+        .routes(routes!(routes::openapi_document));
+    if options.dashboard {
+        routes = routes
+            .routes(routes!(dashboard::root))
+            .routes(routes!(dashboard::dashboard));
+    }
+    let (routes, mut api) = routes.split_for_parts();
+    if !options.dashboard {
+        openapi::leave_out_dashboard(&mut api);
+    }
     openapi::complete(&mut api, served);
     let history = history::History::new();
-    if sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
+    if options.sample_from_start && tokio::runtime::Handle::try_current().is_ok() {
         history.start_sampling(&processor);
     }
     routes.with_state(processor).layer(
@@ -150,13 +215,19 @@ fn api(processor: OrderProcessor, sample_from_start: bool, served: openapi::Serv
             .layer(CatchPanicLayer::custom(error::panic_response))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(Extension(openapi::ApiDocument::new(&api)))
-            .layer(Extension(history)),
+            .layer(Extension(history))
+            .layer(Extension(options.closing.clone()))
+            .layer(Extension(options.prometheus.clone())),
     )
 }
 
-/// How [`app`] serves: what order-server's flags set beyond the processor.
+/// How [`app`] serves: what the routes serve, and what order-server's own layers do. Build it
+/// from [`default`](ServeOptions::default) and set what differs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServeOptions {
+    /// What the routes serve: the dashboard, the Prometheus exporter, when sampling starts.
+    pub router: RouterOptions,
     /// The longest a request may take before it is answered `503`.
     pub request_timeout: Duration,
     /// The bearer tokens that may call the API; none leaves it open.
@@ -165,33 +236,34 @@ pub struct ServeOptions {
     /// with `Retry-After` at once, so that overload sheds work instead of queueing it in
     /// memory. The health probes are never shed.
     pub max_in_flight: usize,
-    /// Whether the dashboard's history of counts is sampled from the start (one read of the
-    /// aggregate counts a second), so that its charts show the minutes before anyone looked;
-    /// otherwise sampling starts with the first look. Only within a Tokio runtime.
-    pub sample_from_start: bool,
 }
 
 impl Default for ServeOptions {
-    /// 30 s, open, 1024 requests in progress, sampled from the start.
+    /// 30 s, open, 1024 requests in progress; the dashboard sampled from the start, since the
+    /// service is order-server's own; no Prometheus exporter.
     fn default() -> Self {
         Self {
+            router: RouterOptions {
+                sample_from_start: true,
+                ..RouterOptions::default()
+            },
             request_timeout: Duration::from_secs(30),
             api_tokens: ApiTokens::default(),
             max_in_flight: 1024,
-            sample_from_start: true,
         }
     }
 }
 
-/// order-server's whole service: [`router`], a JSON `404` for any other path, bearer tokens
-/// when [`ServeOptions::api_tokens`] has any, a cap on requests in progress, a request
-/// timeout (`503`), request ids, request logs and HTTP metrics.
+/// order-server's whole service, as the binary serves it: [`router`], a JSON `404` for any
+/// other path, bearer tokens when [`ServeOptions::api_tokens`] has any, a cap on requests in
+/// progress, a request timeout (`503`), request ids, request logs and HTTP metrics. To mount
+/// the API inside another service, use [`router`].
 pub fn app(processor: OrderProcessor, options: &ServeOptions) -> Router {
     let served = openapi::Served {
         tokens: !options.api_tokens.is_empty(),
         limits: true,
     };
-    api(processor, options.sample_from_start, served)
+    documented_router(processor, &options.router, served)
         .fallback(routes::no_route)
         .layer(
             // Outermost first: every request has a usable id before its span is made; the span

@@ -1,5 +1,5 @@
-//! `order-server`: parses its configuration, binds, and serves the order API until Ctrl-C or
-//! SIGTERM, then drains requests and orders in progress.
+//! `order-server`: parses its configuration, installs the Prometheus recorder, binds, and
+//! serves the order API until Ctrl-C or SIGTERM, then drains requests and orders in progress.
 
 use std::io::IsTerminal;
 
@@ -31,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
 
+    // First, so that the recorder sees everything the engine counts, from the migration and
+    // the first sweep on; the binary is the composition root, so this global is its to set.
+    let exporter = order_server::prometheus::install_recorder()?;
     let processor = config.processor().await?;
     let listener = TcpListener::bind(config.listen_address())
         .await
@@ -52,9 +55,9 @@ async fn main() -> anyhow::Result<()> {
         warn!("storage is in memory: orders are lost on exit; set DATABASE_URL for PostgreSQL");
     }
 
-    // The app before the workers: building it installs the metrics recorder, which should
-    // see the first sweep too.
-    let app = app(processor.clone(), &config.serve_options());
+    let mut options = config.serve_options();
+    options.router.prometheus = Some(exporter);
+    let app = app(processor.clone(), &options);
     let running = if config.workers == 0 {
         info!("WORKERS=0: serving the API only; other servers process the orders");
         None
@@ -65,13 +68,13 @@ async fn main() -> anyhow::Result<()> {
     // arrives, and the orders in their hands drain while the requests in progress do. Waiting
     // for the HTTP drain first would let the workers take more orders after the signal.
     let signal = shutdown_signal().boxed().shared();
-    let watched = processor.clone();
+    let closing = options.router.closing.clone();
     let http_stop = {
         let signal = signal.clone();
         async move {
             signal.await;
             // Open event streams would otherwise hold their connections, and the drain, open.
-            watched.close_watches();
+            closing.close();
         }
     };
     let orders_drain = async {

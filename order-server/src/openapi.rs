@@ -15,7 +15,7 @@
 //! its request head within [`HEADER_READ_TIMEOUT`](crate::HEADER_READ_TIMEOUT) has its
 //! connection closed without an answer (hyper answers nothing to a header timeout), and a
 //! request that takes longer than the request timeout is answered `503` with `Retry-After`,
-//! as the shared [`Unavailable`] says.
+//! as the shared [`Unavailable`](crate::error::Unavailable) says.
 //!
 //! Nor does it list what hyper answers before any of this code runs, to bytes that are not an
 //! HTTP/1.1 request head at all: `400` (a malformed head), `414` (a request line over its
@@ -26,21 +26,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{OpenApi as Document, Ref, RefOr};
-use utoipa::{OpenApi, ToResponse};
 
-use crate::error::{ApiError, ErrorBody};
-use crate::routes::is_open;
-
-/// The tag of the routes that create, list, read, cancel and watch orders.
-pub(crate) const ORDERS: &str = "orders";
-/// The tag of the routes that measure the system and say whether it can serve.
-pub(crate) const MONITORING: &str = "monitoring";
-/// The tag of the route that serves this document.
-pub(crate) const DOCUMENTATION: &str = "documentation";
-/// The tag of the routes that serve the dashboard page.
-pub(crate) const DASHBOARD: &str = "dashboard";
+use crate::error::{ApiError, InternalError, Unauthorized, Unavailable};
+use crate::paths::is_open;
+use crate::tags::{DASHBOARD, DOCUMENTATION, MONITORING, ORDERS};
 
 /// What the document holds besides its paths and schemas, which come from the handlers.
 #[derive(OpenApi)]
@@ -138,6 +130,19 @@ pub(crate) fn complete(api: &mut Document, served: Served) {
             .filter(|op| is_operation(op, "createOrder"))
         {
             link_created_order(create);
+        }
+    }
+}
+
+/// Takes the dashboard's tag and page responses out of a document whose router serves no
+/// page, so that it describes nothing the router does not serve.
+pub(crate) fn leave_out_dashboard(api: &mut Document) {
+    if let Some(tags) = api.tags.as_mut() {
+        tags.retain(|tag| tag.name != DASHBOARD);
+    }
+    if let Some(components) = api.components.as_mut() {
+        for page_response in ["DashboardPage", "PageNotModified"] {
+            components.responses.remove(page_response);
         }
     }
 }
@@ -275,37 +280,6 @@ fn metrics_events() -> Value {
         ],
     })
 }
-
-/// The `401` of every route but the probes and the page, when the server requires tokens.
-#[derive(ToResponse)]
-#[response(
-    description = "The server requires a bearer token (`API_TOKEN`), and the request has none or a wrong one.",
-    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"order-server\"`, with `error=\"invalid_token\"` for a wrong token."))
-)]
-// Only its documentation is used: the response itself is an `ApiError::Unauthorized`.
-#[allow(dead_code)]
-pub(crate) struct Unauthorized(ErrorBody);
-
-/// The `503` of every route that reads or writes storage, and, served by
-/// [`app`](crate::app), of every route.
-#[derive(ToResponse)]
-#[response(
-    description = "The storage cannot be reached, too many requests are in progress \
-        (`MAX_IN_FLIGHT`; never for the probes), or the request took longer than the request \
-        timeout; retrying later may work.",
-    headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
-)]
-// Only its documentation is used: the response itself is an `ApiError::Unavailable`,
-// `Overloaded` or `TimedOut`.
-#[allow(dead_code)]
-pub(crate) struct Unavailable(ErrorBody);
-
-/// The `500` of every route: a bug, a panic in a handler included.
-#[derive(ToResponse)]
-#[response(description = "Something failed on the server's side; the cause is logged, not shown.")]
-// Only its documentation is used: the response itself is an `ApiError::Internal`.
-#[allow(dead_code)]
-pub(crate) struct InternalError(ErrorBody);
 
 /// A router's document as JSON, serialised once when the router is built and shared by every
 /// request for it.

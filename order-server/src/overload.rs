@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::routes::PROBE_PATHS;
+use crate::paths::PROBE_PATHS;
 
 /// The permits of requests in progress.
 #[derive(Debug, Clone)]

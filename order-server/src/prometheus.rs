@@ -17,10 +17,15 @@
 //!
 //! # One recorder per process
 //!
-//! The `metrics` facade has one recorder per process. The first call of
-//! [`router`](crate::router) installs a Prometheus recorder, unless the process has one
-//! already: then a service that embeds the API keeps its own, the engine's metrics go to it,
-//! and this route answers `404 {"error": ...}` saying so. The gauges read at scrape time are
+//! The `metrics` facade has one recorder per process, and whoever composes the process
+//! chooses it: building a router installs nothing. [`install_recorder`] is the one function
+//! of this crate with a global effect; the binary calls it first thing, and passes the
+//! [`PrometheusExporter`] it returns in
+//! [`RouterOptions::prometheus`](crate::RouterOptions::prometheus). A service that embeds
+//! the API and keeps a recorder of its own passes none (or, if its recorder is a Prometheus
+//! one, its handle): the engine's metrics and the HTTP metrics of [`app`](crate::app) go to
+//! whatever recorder is installed, and without an exporter this route answers
+//! `404 {"error": ...}` saying that none was given. The gauges read at scrape time are
 //! process-wide too: where one process runs two processors, a scrape shows the one it went
 //! through.
 
@@ -28,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Extension, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -36,8 +41,8 @@ use metrics::{Label, Unit, counter, describe_counter, describe_gauge, describe_h
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use order_core::OrderProcessor;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::openapi::{InternalError, MONITORING, Unavailable};
+use crate::error::{ApiError, ErrorBody, InternalError, Unavailable};
+use crate::tags::MONITORING;
 
 /// Requests answered, by method, route template and status.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -70,15 +75,43 @@ const DEFAULT_BUCKETS: [f64; 16] = [
 /// recorder keeps every sample until then.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The Prometheus recorder of this process, installed by the first call; `None` when another
-/// recorder was installed first.
-pub(crate) fn exporter() -> Option<&'static PrometheusHandle> {
-    static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    EXPORTER.get_or_init(install).as_ref()
+/// What `GET /metrics/prometheus` renders: the handle of a Prometheus recorder. Cheap to
+/// clone; every clone reads the same recorder.
+#[derive(Debug, Clone)]
+pub struct PrometheusExporter(PrometheusHandle);
+
+impl PrometheusExporter {
+    /// Every metric the recorder holds, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.0.render()
+    }
 }
 
-fn install() -> Option<PrometheusHandle> {
-    let installed = PrometheusBuilder::new()
+impl From<PrometheusHandle> for PrometheusExporter {
+    /// The handle of a recorder that the caller built (with buckets of its own, say, or inside
+    /// a layered recorder) and installed, or not: the route renders whatever it holds.
+    fn from(handle: PrometheusHandle) -> Self {
+        Self(handle)
+    }
+}
+
+/// [`install_recorder`] could not install the Prometheus recorder: most often because the
+/// process has a metrics recorder already.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the Prometheus recorder")]
+pub struct InstallError(#[source] BuildError);
+
+/// Installs a Prometheus recorder as this process's metrics recorder, and returns what
+/// `GET /metrics/prometheus` renders it with: pass it in
+/// [`RouterOptions::prometheus`](crate::RouterOptions::prometheus).
+///
+/// The one function of this crate with a process-wide effect, for the composition root (a
+/// `main`) to call once, before the engine counts anything. It also describes every metric
+/// listed above, and starts a thread that folds histogram samples into their buckets every few
+/// seconds, so that a process nobody scrapes does not keep every sample. A second call, or a
+/// call in a process that has another recorder, fails and changes nothing.
+pub fn install_recorder() -> Result<PrometheusExporter, InstallError> {
+    let handle = PrometheusBuilder::new()
         .set_buckets(&DEFAULT_BUCKETS)
         .and_then(|builder| {
             builder.set_buckets_for_metric(
@@ -86,22 +119,10 @@ fn install() -> Option<PrometheusHandle> {
                 &HTTP_BUCKETS,
             )
         })
-        .and_then(PrometheusBuilder::install_recorder);
-    let handle = match installed {
-        Ok(handle) => handle,
-        Err(BuildError::FailedToSetGlobalRecorder(_)) => {
-            tracing::info!(
-                "another metrics recorder is installed; GET /metrics/prometheus is off and metrics go to that recorder"
-            );
-            return None;
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "cannot build the Prometheus recorder; GET /metrics/prometheus is off");
-            return None;
-        }
-    };
-    // Not a tokio task: the recorder is installed wherever `router` is first called, inside a
-    // runtime or not, and outlives any one runtime.
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(InstallError)?;
+    // Not a tokio task: the recorder may be installed before any runtime starts, and outlives
+    // any one runtime.
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()
         .name("metrics-upkeep".to_owned())
@@ -136,11 +157,11 @@ fn install() -> Option<PrometheusHandle> {
         Unit::Count,
         "Stored orders by status, at the last scrape."
     );
-    Some(handle)
+    Ok(PrometheusExporter(handle))
 }
 
 /// `GET /metrics/prometheus`: reads the queue depth and the order counts into their gauges,
-/// then renders every metric; `404` when another recorder collects this process's metrics,
+/// then renders every metric; `404` when the server was given no [`PrometheusExporter`],
 /// `503` when the storage cannot be read.
 #[utoipa::path(
     get,
@@ -150,15 +171,18 @@ fn install() -> Option<PrometheusHandle> {
     description = "Every metric of this process in the Prometheus text format (version 0.0.4): the engine's counters and histograms, HTTP requests by route template, and gauges read at the scrape (queue depth, orders by status, age of the oldest PENDING order).",
     responses(
         (status = 200, description = "The metrics.", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 404, description = "Another metrics recorder collects this process's metrics.", body = ErrorBody),
+        (status = 404, description = "This server was given no Prometheus recorder: the service that embeds the API collects its metrics its own way.", body = ErrorBody),
         (status = 500, response = InternalError),
         (status = 503, response = Unavailable),
     ),
 )]
-pub(crate) async fn scrape(State(processor): State<OrderProcessor>) -> Result<Response, ApiError> {
-    let exporter = exporter().ok_or_else(|| {
+pub(crate) async fn scrape(
+    State(processor): State<OrderProcessor>,
+    Extension(exporter): Extension<Option<PrometheusExporter>>,
+) -> Result<Response, ApiError> {
+    let exporter = exporter.ok_or_else(|| {
         ApiError::NotFound(
-            "Prometheus metrics are not exported here: this process has another metrics recorder"
+            "Prometheus metrics are not exported here: no Prometheus recorder was given to this server"
                 .to_owned(),
         )
     })?;
@@ -273,17 +297,18 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::RouterOptions;
 
-    /// Takes this test binary's one recorder slot: no other unit test of order-server may
-    /// build a router (this test would then fail at its first line).
-    #[tokio::test]
-    async fn with_another_recorder_installed_the_route_says_so_in_json() {
-        metrics::set_global_recorder(metrics::NoopRecorder).unwrap();
+    async fn scrape_with(exporter: Option<PrometheusExporter>) -> (StatusCode, String, String) {
         let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
             .in_memory()
             .build()
             .unwrap();
-        let response = crate::router(processor)
+        let options = RouterOptions {
+            prometheus: exporter,
+            ..RouterOptions::default()
+        };
+        let response = crate::router(processor, &options)
             .oneshot(
                 axum::http::Request::get("/metrics/prometheus")
                     .body(Body::empty())
@@ -291,16 +316,65 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let status = response.status();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn without_an_exporter_the_route_says_so_in_json() {
+        let (status, content_type, body) = scrape_with(None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(content_type, "application/json");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
             body["error"]
                 .as_str()
                 .unwrap()
-                .contains("another metrics recorder"),
+                .contains("no Prometheus recorder was given"),
             "{body}"
+        );
+    }
+
+    /// A recorder that is not installed: the route renders it, and the process's recorder
+    /// slot stays free.
+    #[tokio::test]
+    async fn with_an_exporter_the_route_renders_its_recorder() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let exporter = PrometheusExporter::from(recorder.handle());
+        metrics::with_local_recorder(&recorder, || {
+            counter!("order_server_test_total").increment(3);
+        });
+        let (status, content_type, body) = scrape_with(Some(exporter)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(body.contains("order_server_test_total 3"), "{body}");
+    }
+
+    /// Takes this test binary's one recorder slot: no other unit test of order-server may
+    /// install a recorder.
+    #[test]
+    fn the_recorder_is_installed_once_and_a_second_install_fails() {
+        let exporter = install_recorder().unwrap();
+        counter!("order_server_installed_total").increment(1);
+        assert!(
+            exporter.render().contains("order_server_installed_total 1"),
+            "{}",
+            exporter.render()
+        );
+        let err = install_recorder().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot install the Prometheus recorder"),
+            "{err}"
         );
     }
 }

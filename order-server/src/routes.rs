@@ -1,5 +1,6 @@
 //! The handlers: one function per route.
 
+use crate::closing::Closing;
 use std::convert::Infallible;
 
 use axum::Json;
@@ -18,8 +19,9 @@ use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::openapi::{ApiDocument, DOCUMENTATION, InternalError, MONITORING, ORDERS, Unavailable};
+use crate::error::{ApiError, ErrorBody, InternalError, Unavailable};
+use crate::openapi::ApiDocument;
+use crate::tags::{DOCUMENTATION, MONITORING, ORDERS};
 
 /// `axum::Json`, with its rejections answered as [`ApiError`]s.
 #[derive(Debug, FromRequest)]
@@ -36,17 +38,6 @@ pub(crate) struct AppPath<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct AppQuery<T>(pub T);
-
-/// The paths of the liveness and readiness probes: never behind a token (an orchestrator's
-/// probe carries none) and never shed (a probe that fails under load gets a busy server
-/// restarted).
-pub(crate) const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
-
-/// Whether `path` is served without a token: the probes, and the dashboard page, which holds
-/// no secret and asks for the token that the API needs.
-pub(crate) fn is_open(path: &str) -> bool {
-    PROBE_PATHS.contains(&path) || crate::dashboard::PAGE_PATHS.contains(&path)
-}
 
 /// The page size of `GET /orders` when none is asked for.
 pub const DEFAULT_PAGE: usize = 20;
@@ -422,6 +413,7 @@ pub(crate) async fn cancel_order(
 )]
 pub(crate) async fn order_events(
     State(processor): State<OrderProcessor>,
+    Extension(closing): Extension<Closing>,
     AppPath(path): AppPath<OrderPath>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = order_id(&path.id)?;
@@ -429,7 +421,9 @@ pub(crate) async fn order_events(
         .watch(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
-    let events = watch.map(|order| {
+    // Shutting down ends the stream, so that the connection can drain.
+    let closed = async move { closing.closed().await };
+    let events = watch.take_until(closed).map(|order| {
         let event = Event::default()
             .event("status")
             .id(format!("{}-{}", order.status, order.attempts));

@@ -13,8 +13,8 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
+use crate::child_process::{Server, spawn_server};
 use crate::outage::Cluster;
-use crate::process::{Server, spawn_server};
 
 /// How many clients send each key: all of them, released together.
 const CLIENTS: usize = 6;
@@ -208,7 +208,7 @@ async fn each_key_names_one_order_through_kills_and_a_database_crash() {
     // Every order reaches COMPLETED (orders the killed servers held are taken over when their
     // leases run out).
     let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
-    crate::postgres::wait_until_all_finished(&db, Duration::from_secs(60)).await;
+    crate::pg_helpers::wait_until_all_finished(&db, Duration::from_secs(60)).await;
 
     // In the database: each key's row names an order of that key, and no other order was
     // stored for it.

@@ -215,7 +215,16 @@ async fn sse_events(body: &mut Body, wanted: usize) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn the_stream_sends_the_history_then_a_sample_each_second_and_ends_at_shutdown() {
-    let (app, processor) = idle_app();
+    crate::helpers::init_logs();
+    let processor = order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::new(
+        Duration::ZERO,
+    ))
+    .in_memory()
+    .build()
+    .unwrap();
+    let options = crate::helpers::serve_options();
+    let closing = options.router.closing.clone();
+    let app = order_server::app(processor.clone(), &options);
     let running = processor.start();
     let mut body = open_stream(&app).await;
     let first = sse_events(&mut body, 1).await;
@@ -262,7 +271,7 @@ async fn the_stream_sends_the_history_then_a_sample_each_second_and_ends_at_shut
     assert_eq!(samples.last().unwrap()["statuses"]["completed"], 3);
 
     // Shutting down ends both streams, so that a draining server is not held open.
-    processor.close_watches();
+    closing.close();
     for stream in [&mut body, &mut later] {
         let end = tokio::time::timeout(Duration::from_secs(3), async {
             while let Some(frame) = stream.frame().await {
@@ -270,7 +279,7 @@ async fn the_stream_sends_the_history_then_a_sample_each_second_and_ends_at_shut
             }
         })
         .await;
-        assert!(end.is_ok(), "the stream ends after close_watches");
+        assert!(end.is_ok(), "the stream ends once closed");
     }
     running.shutdown(Duration::from_secs(5)).await;
 }
@@ -312,4 +321,66 @@ async fn when_storage_does_not_answer_the_stream_says_so_each_second() {
             "the counts cannot be read: storage unavailable"
         );
     }
+}
+
+#[tokio::test]
+async fn without_the_dashboard_neither_page_is_served_nor_documented() {
+    crate::helpers::init_logs();
+    let processor = order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::new(
+        Duration::ZERO,
+    ))
+    .in_memory()
+    .build()
+    .unwrap();
+    let mut options = crate::helpers::serve_options();
+    options.router.dashboard = false;
+    let app = order_server::app(processor, &options);
+    for page in ["/", "/dashboard"] {
+        let reply = crate::helpers::get(&app, page).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{page}");
+        assert_eq!(reply.error(), format!("no route for {page}"));
+    }
+    let stream = raw_head(&app, "/metrics/stream").await;
+    assert_eq!(stream, StatusCode::OK, "the stream stays for other clients");
+
+    let document = crate::helpers::get(&app, "/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let paths = document.body["paths"].as_object().unwrap();
+    assert!(!paths.contains_key("/"), "{:?}", paths.keys());
+    assert!(!paths.contains_key("/dashboard"), "{:?}", paths.keys());
+    assert!(paths.contains_key("/metrics/stream"));
+    let tags: Vec<&str> = document.body["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tag| tag["name"].as_str())
+        .collect();
+    assert_eq!(tags, ["orders", "monitoring", "documentation"]);
+    let responses = document.body["components"]["responses"]
+        .as_object()
+        .unwrap();
+    assert!(!responses.contains_key("DashboardPage"));
+    assert!(!responses.contains_key("PageNotModified"));
+}
+
+/// Without its page, the router has no `/`, so it merges into a service that has one.
+#[tokio::test]
+async fn without_the_dashboard_the_router_merges_beside_a_root_of_its_own() {
+    crate::helpers::init_logs();
+    let processor = order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::new(
+        Duration::ZERO,
+    ))
+    .in_memory()
+    .build()
+    .unwrap();
+    let mut options = order_server::RouterOptions::default();
+    options.dashboard = false;
+    let service = Router::new()
+        .route("/", axum::routing::get(|| async { "the shop's own page" }))
+        .merge(order_server::router(processor, &options));
+    let root = raw(&service, "/", &[]).await;
+    assert_eq!(root.status, StatusCode::OK);
+    assert_eq!(root.text(), "the shop's own page");
+    let created = post_json(&service, "/orders", VALID_ORDER).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
 }

@@ -66,13 +66,12 @@ pub(crate) fn app_with(repository: impl Repository + 'static) -> Router {
     init_logs();
     let processor = OrderProcessor::builder(SimulatedStep::new(Duration::ZERO))
         .repository(Arc::new(repository))
+        .queue(std::sync::Arc::new(order_core::memory::InMemoryQueue::new()))
         .build()
         .unwrap();
     // A mock answers only what its test expects: no background sampling of counts.
-    let options = order_server::ServeOptions {
-        sample_from_start: false,
-        ..serve_options()
-    };
+    let mut options = serve_options();
+    options.router.sample_from_start = false;
     order_server::app(processor, &options)
 }
 
@@ -122,10 +121,21 @@ pub(crate) async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) ->
 pub(crate) const VALID_ORDER: &str =
     r#"{"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99}"#;
 
-/// How the tests serve: open, with a 5 s request timeout.
+/// How the tests serve: open, with a 5 s request timeout, and with this process's Prometheus
+/// exporter, as the binary serves.
 pub(crate) fn serve_options() -> order_server::ServeOptions {
-    order_server::ServeOptions {
-        request_timeout: Duration::from_secs(5),
-        ..order_server::ServeOptions::default()
-    }
+    let mut options = order_server::ServeOptions::default();
+    options.request_timeout = Duration::from_secs(5);
+    options.router.prometheus = Some(exporter());
+    options
+}
+
+/// This test process's Prometheus recorder, installed by the first test that asks: a process
+/// has one recorder, and the tests build many apps.
+pub(crate) fn exporter() -> order_server::PrometheusExporter {
+    static EXPORTER: std::sync::OnceLock<order_server::PrometheusExporter> =
+        std::sync::OnceLock::new();
+    EXPORTER
+        .get_or_init(|| order_server::prometheus::install_recorder().unwrap())
+        .clone()
 }

@@ -224,6 +224,8 @@ pub(crate) struct Watch {
 
 enum WatchSource {
     Router(Body),
+    // Only the tests of several servers on one database watch over HTTP.
+    #[cfg(feature = "postgres")]
     Http(reqwest::Response),
 }
 
@@ -252,6 +254,7 @@ impl Watch {
     }
 
     /// Opens `url` over HTTP.
+    #[cfg(feature = "postgres")]
     pub(crate) async fn connect(url: &str) -> Self {
         let response = reqwest::Client::new().get(url).send().await.unwrap();
         let content_type = response.headers()[header::CONTENT_TYPE]
@@ -280,6 +283,7 @@ impl Watch {
                         }
                     }
                 },
+                #[cfg(feature = "postgres")]
                 WatchSource::Http(response) => response.chunk().await.unwrap().map(|b| b.to_vec()),
             }
         };

@@ -10,8 +10,8 @@ use order_core::testing::TestDatabase;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::postgres::{direct_counts, wait_until_all_finished};
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
+use crate::pg_helpers::{direct_counts, wait_until_all_finished};
 
 fn order(n: u64) -> Value {
     json!({"userId": format!("load-{n}"), "itemIds": ["item1", "item2"], "totalAmount": 12.5})

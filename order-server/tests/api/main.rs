@@ -9,23 +9,30 @@
     clippy::print_stdout
 )]
 
+mod binary_lifecycle;
+#[cfg(feature = "postgres")]
 mod chaos;
+mod child_process;
 mod dashboard;
 mod errors;
 mod failures;
 mod helpers;
 mod listing;
+#[cfg(feature = "postgres")]
 mod load;
 mod metrics;
 mod nest;
 mod observability;
 mod openapi;
 mod orders;
+#[cfg(feature = "postgres")]
 mod outage;
-mod pg_orders;
-mod postgres;
-mod process;
+#[cfg(feature = "postgres")]
+mod pg_durability;
+#[cfg(feature = "postgres")]
+mod pg_helpers;
+#[cfg(feature = "postgres")]
+mod pg_list_cancel_watch;
 mod properties;
 mod races;
 mod reliability;
-mod server;

@@ -36,7 +36,10 @@ fn shop() -> Router {
             get(|State(shop): State<Arc<Shop>>| async move { Json(json!({"shop": shop.name})) }),
         )
         .with_state(Arc::new(Shop { name: "corner" }))
-        .nest(PREFIX, order_server::router(processor))
+        .nest(
+            PREFIX,
+            order_server::router(processor, &order_server::RouterOptions::default()),
+        )
         .fallback(|uri: Uri| async move {
             (
                 StatusCode::NOT_FOUND,

@@ -21,8 +21,8 @@ use prom_text_format_parser::{Metric, Sample, Scrape, Type, ValueType};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::child_process::{Server, spawn_server};
 use crate::helpers::{VALID_ORDER, get, idle_app, post_json, send};
-use crate::process::{Server, spawn_server};
 
 const ENGINE_COUNTERS: [&str; 7] = [
     telemetry::ORDERS_CREATED,
@@ -458,6 +458,7 @@ async fn the_binary_exports_exactly_what_it_did_in_memory() {
     exports_exactly_what_it_did(&[]).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn the_binary_exports_exactly_what_it_did_on_postgres() {
     let db = order_core::testing::TestDatabase::create().await;

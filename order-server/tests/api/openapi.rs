@@ -234,7 +234,10 @@ async fn the_document_is_openapi_3_1_served_as_json() {
     // The API nested in another service serves its document under its prefix: the same
     // routes and schemas, without what order-server's own layers answer (a 503 from the time
     // limit on every route), which are the embedding service's to document.
-    let nested = Router::new().nest("/order-api", order_server::router(processor));
+    let nested = Router::new().nest(
+        "/order-api",
+        order_server::router(processor, &order_server::RouterOptions::default()),
+    );
     let under_prefix = get(&nested, "/order-api/openapi.json").await;
     assert_eq!(under_prefix.status, StatusCode::OK);
     assert_eq!(under_prefix.body["components"], reply.body["components"]);
@@ -883,11 +886,9 @@ async fn every_operation_documents_the_answers_of_the_layers_around_it_and_no_40
             .in_memory()
             .build()
             .unwrap();
-    let options = order_server::ServeOptions {
-        api_tokens: order_server::ApiTokens::new(["s3cret"]),
-        sample_from_start: false,
-        ..crate::helpers::serve_options()
-    };
+    let mut options = crate::helpers::serve_options();
+    options.api_tokens = order_server::ApiTokens::new(["s3cret"]);
+    options.router.sample_from_start = false;
     let secured_app = order_server::app(processor, &options);
     let reply = crate::helpers::send(
         &secured_app,
@@ -938,13 +939,12 @@ async fn a_request_over_the_time_limit_is_a_json_503_with_retry_after() {
     let processor =
         order_core::OrderProcessor::builder(order_core::handler::SimulatedStep::default())
             .repository(std::sync::Arc::new(repository))
+            .queue(std::sync::Arc::new(order_core::memory::InMemoryQueue::new()))
             .build()
             .unwrap();
-    let options = order_server::ServeOptions {
-        request_timeout: Duration::from_millis(50),
-        sample_from_start: false,
-        ..crate::helpers::serve_options()
-    };
+    let mut options = crate::helpers::serve_options();
+    options.request_timeout = Duration::from_millis(50);
+    options.router.sample_from_start = false;
     let app = order_server::app(processor, &options);
     let reply = post_json(&app, "/orders", VALID_ORDER).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

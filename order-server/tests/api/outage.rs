@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
 
 /// A PostgreSQL cluster in a temporary directory, on a free loopback port.
 pub(crate) struct Cluster {

@@ -6,11 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
 use order_core::testing::TestDatabase;
+#[cfg(feature = "postgres")]
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::process::{Server, spawn_server};
+#[cfg(feature = "postgres")]
+use crate::child_process::Server;
+use crate::child_process::spawn_server;
 
 /// Clients in each race.
 const RACERS: usize = 16;
@@ -111,6 +115,7 @@ async fn race_rounds(bases: &[String]) -> Vec<i64> {
 }
 
 /// `(orders, keys, keys naming an order)` as the database holds them.
+#[cfg(feature = "postgres")]
 async fn stored(db: &DatabaseConnection) -> (i64, i64, i64) {
     let row = db
         .query_one_raw(Statement::from_string(
@@ -145,10 +150,12 @@ async fn in_memory_racing_clients_with_one_key_make_one_order() {
     assert_eq!(metrics["totalOrders"], ROUNDS, "{metrics}");
 }
 
+#[cfg(feature = "postgres")]
 async fn pg_server(db: &TestDatabase) -> Server {
     spawn_server(&[("DATABASE_URL", db.url()), ("PROCESSING_DELAY_MS", "0")]).await
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_racing_clients_with_one_key_make_one_order() {
     let db = TestDatabase::create().await;
@@ -159,6 +166,7 @@ async fn on_postgres_racing_clients_with_one_key_make_one_order() {
     assert_eq!(stored(db.connection()).await, (rounds, rounds, rounds));
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_on_one_database_racing_one_key_make_one_order() {
     let db = TestDatabase::create().await;

@@ -7,12 +7,13 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use order_core::OrderProcessor;
 use order_core::handler::SimulatedStep;
+#[cfg(feature = "postgres")]
 use order_core::testing::TestDatabase;
-use order_server::{ApiTokens, ServeOptions};
+use order_server::{ApiTokens, RouterOptions, ServeOptions};
 use serde_json::{Value, json};
 
+use crate::child_process::spawn_server;
 use crate::helpers::{Reply, VALID_ORDER, get, idle_app, init_logs, send};
-use crate::process::spawn_server;
 
 fn create(key: Option<&str>, token: Option<&str>, body: &str) -> Request<Body> {
     let mut request = Request::builder()
@@ -137,6 +138,14 @@ async fn sixteen_concurrent_requests_with_one_key_create_one_order() {
     assert_eq!(total_orders(&app, None).await, 1);
 }
 
+/// The routes as the binary serves them: with the dashboard sampled from the start, and the
+/// Prometheus exporter.
+fn served_router() -> RouterOptions {
+    let mut router = ServeOptions::default().router;
+    router.prometheus = Some(crate::helpers::exporter());
+    router
+}
+
 /// An open app but for the bearer `tokens` (comma-separated).
 pub(crate) fn guarded_app(tokens: &str) -> Router {
     init_logs();
@@ -144,13 +153,10 @@ pub(crate) fn guarded_app(tokens: &str) -> Router {
         .in_memory()
         .build()
         .unwrap();
-    order_server::app(
-        processor,
-        &ServeOptions {
-            api_tokens: tokens.parse::<ApiTokens>().unwrap(),
-            ..ServeOptions::default()
-        },
-    )
+    let mut options = ServeOptions::default();
+    options.api_tokens = tokens.parse::<ApiTokens>().unwrap();
+    options.router = served_router();
+    order_server::app(processor, &options)
 }
 
 #[tokio::test]
@@ -233,13 +239,10 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_retry_after() {
         .in_memory()
         .build()
         .unwrap();
-    let app = order_server::app(
-        processor,
-        &ServeOptions {
-            max_in_flight: 1,
-            ..ServeOptions::default()
-        },
-    );
+    let mut options = ServeOptions::default();
+    options.max_in_flight = 1;
+    options.router = served_router();
+    let app = order_server::app(processor, &options);
     // A client that sends its body slowly holds the one slot. The handler reading the body
     // proves the request is in: the probe below goes out only after that.
     let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -306,6 +309,7 @@ fn tokio_stream_from(
 
 /// The binary on PostgreSQL, with tokens: a keyed create is replayed and a reused key refused
 /// (`races.rs` races clients for one key), and the token is never logged.
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn on_postgres_keys_replay_behind_tokens() {
     let db = TestDatabase::create().await;
@@ -345,7 +349,7 @@ async fn on_postgres_keys_replay_behind_tokens() {
     )
     .await;
     assert_eq!(status, 422, "{body}");
-    let counts = crate::postgres::direct_counts(db.connection()).await;
+    let counts = crate::pg_helpers::direct_counts(db.connection()).await;
     assert_eq!(counts.values().sum::<i64>(), 1, "{counts:?}");
 
     let unauthorized = client

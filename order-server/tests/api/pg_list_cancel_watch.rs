@@ -6,9 +6,9 @@ use std::time::Duration;
 use order_core::testing::TestDatabase;
 use serde_json::{Value, json};
 
+use crate::child_process::{Server, spawn_server};
 use crate::listing::{Watch, ids, status_events, statuses};
-use crate::postgres::{direct_counts, wait_until_all_finished};
-use crate::process::{Server, spawn_server};
+use crate::pg_helpers::{direct_counts, wait_until_all_finished};
 
 fn order(user: &str) -> Value {
     json!({"userId": user, "itemIds": ["item1"], "totalAmount": 12.5})

@@ -1,8 +1,9 @@
 //! The dashboard: one HTML page, served at `/` and `/dashboard`, that shows the system live.
 //!
 //! The page is plain HTML, CSS and JavaScript compiled into the binary (`index.html`,
-//! `dashboard.css`, `dashboard.js` beside this file, joined into one document at the first
-//! request): nothing is fetched from elsewhere, and it works offline. It reads the API like
+//! `dashboard.css` and `dashboard.js` in the `dashboard/` folder beside this file, joined
+//! into one document at the first request): nothing is fetched from elsewhere, and it works
+//! offline. It reads the API like
 //! any client: `GET /metrics/stream` for the counts and charts, `GET /orders` for the table
 //! (a page at a time, refreshed at most once a second and only when the counts move),
 //! `GET /orders/{id}/events` for the order it shows, and `POST /orders/{id}/cancel`.
@@ -24,14 +25,11 @@ use utoipa::ToResponse;
 use order_core::OrderProcessor;
 
 use crate::history::History;
-use crate::openapi::DASHBOARD;
+use crate::tags::DASHBOARD;
 
-/// The paths the page is served at: open without a token.
-pub(crate) const PAGE_PATHS: [&str; 2] = ["/", "/dashboard"];
-
-const TEMPLATE: &str = include_str!("index.html");
-const STYLE: &str = include_str!("dashboard.css");
-const SCRIPT: &str = include_str!("dashboard.js");
+const TEMPLATE: &str = include_str!("dashboard/index.html");
+const STYLE: &str = include_str!("dashboard/dashboard.css");
+const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 
 /// The page as served, with the headers that depend on its content.
 struct Page {

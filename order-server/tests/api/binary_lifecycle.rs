@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
 
 fn order() -> Value {
     json!({"userId": "user-123", "itemIds": ["item1", "item2"], "totalAmount": 59.99})
@@ -154,6 +154,7 @@ async fn sigterm_stops_claiming_at_once_while_a_request_is_still_in_progress() {
     assert_eq!(draining["fields"]["in_flight"], 1);
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
@@ -170,4 +171,27 @@ async fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PostgreSQL is not usable"), "{stderr}");
+}
+
+/// Built without PostgreSQL, the binary refuses a `DATABASE_URL` rather than keep in memory
+/// the orders its operator meant to be durable.
+#[cfg(not(feature = "postgres"))]
+#[tokio::test]
+async fn without_postgres_support_a_database_url_stops_the_start_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-server"))
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/orders")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "this build of order-server has no PostgreSQL support; rebuild with the `postgres` feature"
+        ),
+        "{stderr}"
+    );
 }

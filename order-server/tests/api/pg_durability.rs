@@ -1,37 +1,20 @@
-//! The real binary on PostgreSQL: the API, a SIGKILL mid-processing, and two servers sharing
-//! one database. Each test has a scratch database of its own.
+//! Durability of the real binary on PostgreSQL: orders kept across restarts, every
+//! acknowledged order completed exactly once after a SIGKILL mid-processing, and each order
+//! started once by two servers sharing one database. Each test has a scratch database of its
+//! own.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use order_core::testing::TestDatabase;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::process::{Server, spawn_server};
+use crate::child_process::{Server, spawn_server};
+use crate::pg_helpers::{direct_counts, wait_until_all_finished};
 
 fn order(user: &str) -> Value {
     json!({"userId": user, "itemIds": ["item1", "item2"], "totalAmount": 59.99})
-}
-
-/// `(status, count)` of every order in the database, counted directly (not from the
-/// counters the server keeps).
-pub(crate) async fn direct_counts(db: &DatabaseConnection) -> BTreeMap<String, i64> {
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT status, count(*) AS n FROM order_engine_orders GROUP BY status",
-        ))
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|row| {
-            (
-                row.try_get::<String>("", "status").unwrap(),
-                row.try_get::<i64>("", "n").unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// Every order's `(status, attempts)` by id.
@@ -54,24 +37,6 @@ async fn orders_by_id(db: &DatabaseConnection) -> HashMap<i64, (String, i32)> {
             )
         })
         .collect()
-}
-
-/// Waits until no order is PENDING or PROCESSING, failing after `limit`.
-pub(crate) async fn wait_until_all_finished(db: &DatabaseConnection, limit: Duration) {
-    let began = Instant::now();
-    loop {
-        let counts = direct_counts(db).await;
-        let unfinished =
-            counts.get("PENDING").unwrap_or(&0) + counts.get("PROCESSING").unwrap_or(&0);
-        if unfinished == 0 {
-            return;
-        }
-        assert!(
-            began.elapsed() < limit,
-            "still unfinished after {limit:?}: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until the sessions of a killed server are gone from this database: a backend runs

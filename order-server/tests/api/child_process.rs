@@ -134,6 +134,8 @@ impl Server {
     /// The HTTP client, for requests the helpers here do not make (headers of the test's own,
     /// bodies that are not JSON).
     /// The resident memory of the process, in KiB (`VmRSS`).
+    // Read only by the load tests, which run on PostgreSQL.
+    #[cfg(feature = "postgres")]
     pub(crate) fn rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("still running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
