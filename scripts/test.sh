@@ -180,12 +180,13 @@ CARGO_TARGET_DIR=$target_dir cargo package --locked -p order-core -p order-serve
 # release's, at the commit scripts/semver-baseline names. It builds the rustdoc JSON of both
 # in the workspace's target directory. Pinned: each version reads the rustdoc JSON of the
 # toolchains of its time (0.51 reads format 57, rustc 1.95's); a newer toolchain may need a
-# newer one. Installed when missing (about 12 CPU-minutes), built without LTO and with 16
-# codegen units: its own release profile (fat LTO, one unit) is the slowest way to build it.
+# newer one. Installed when missing, built at opt-level 1 without LTO and with 16 codegen
+# units: its own release profile (fat LTO, one unit) is the slowest way to build it, and what
+# it does here (rustdoc JSON of two small crates, a few hundred queries) needs no more.
 step "semver (cargo semver-checks against the last release)"
 semver_checks_version=0.51.0
 if [[ $(cargo semver-checks --version 2>/dev/null) != "cargo-semver-checks $semver_checks_version" ]]; then
-  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
     cargo install cargo-semver-checks --locked --version "$semver_checks_version"
 fi
 semver_baseline=$(grep -v '^#' scripts/semver-baseline)
@@ -213,6 +214,30 @@ for crate in order-core order-server; do
 done
 cargo test --locked -p order-core --no-default-features
 cargo test --locked -p order-server --no-default-features
+
+# A service that depends on order-core and order-server as a user's does (tests/downstream,
+# a workspace of its own, so that features unify over its tree alone): it installs its own
+# Prometheus recorder first, nests router() under a prefix, reads an untagged enum with
+# numbers (which serde_json's arbitrary_precision, turned on anywhere in its tree, breaks),
+# runs an OrderProcessor with its own handler, and checks its answers over loopback. Built
+# with the engine crates' default features and without them, on the workspace's Cargo.lock
+# (copied, then checked: every version it resolved is the workspace's) and target directory.
+step "downstream service (with and without default features)"
+cp Cargo.lock tests/downstream/Cargo.lock
+for features in "" "--no-default-features"; do
+  # shellcheck disable=SC2086 # an empty $features is no argument
+  (cd tests/downstream && CARGO_TARGET_DIR=$target_dir cargo run --quiet --offline $features)
+done
+python3 - <<'PY'
+import tomllib
+def packages(path):
+    with open(path, "rb") as lock:
+        return {(p["name"], p["version"]) for p in tomllib.load(lock)["package"]}
+extra = packages("tests/downstream/Cargo.lock") - packages("Cargo.lock")
+extra = {p for p in extra if p[0] != "order-downstream"}
+if extra:
+    raise SystemExit(f"error: the downstream service resolved versions the workspace does not lock: {sorted(extra)}")
+PY
 
 # The modules of each crate depend on one another without a cycle: scripts/module_cycles.py
 # fails on one, naming its modules.
