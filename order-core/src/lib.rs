@@ -90,6 +90,18 @@
 //!   [`StatusCounts`] and [`QueueDepth`], so an HTTP API can document them from the code;
 //!   `NewOrder`'s schema carries the limits [`NewOrder::validate`] enforces.
 //!
+//! # Other crates' types in this API, on purpose
+//!
+//! - rust_decimal 1 (`Decimal`: amounts) and chrono 0.4 (`DateTime<Utc>`: times), both
+//!   re-exported ([`rust_decimal`], [`chrono`]) so that a service uses the versions the engine
+//!   was built with.
+//! - tokio 1 (`broadcast::Receiver` from [`OrderProcessor::subscribe`] and the change feed),
+//!   futures 0.3 (`Stream`, which [`OrderWatch`] is), uuid 1 (a claim token's UUID), and the
+//!   `async_trait` attribute on the traits to implement.
+//! - With features: mockall 0.15 (`mock`), utoipa 5 (`openapi`).
+//!
+//! Nothing in the API names sea-orm or sqlx: `postgres` wraps its pool in its own type.
+//!
 //! # Stability
 //!
 //! Structs and enums that will grow are `#[non_exhaustive]`: build them with their
@@ -113,6 +125,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use chrono;
 pub use error::{CancelError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
@@ -127,6 +140,7 @@ pub use processor::{
 };
 pub use queue::{QueueDepth, QueueError};
 pub use repository::{OrderMetrics, OrderQuery, StatusCounts};
+pub use rust_decimal;
 
 /// Locks `mutex`, going on past poisoning: no critical section in this crate panics between
 /// two writes, so a poisoned lock still guards consistent state.

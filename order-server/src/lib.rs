@@ -57,6 +57,15 @@
 //!   order-core's `postgres` backend. Without it, nothing of sea-orm is built, orders are kept
 //!   in memory, and a `DATABASE_URL` is a startup error
 //!   ([`ConfigError::NoPostgresSupport`]) rather than a silent fall back to memory.
+//!
+//! # Other crates' types in this API, on purpose
+//!
+//! - axum 0.8: [`router`] and [`app`] return its `Router`, to nest or serve; [`ApiError`]
+//!   is its `IntoResponse`. An axum major version is a major version of this crate.
+//! - tokio 1: [`run`] takes its `TcpListener`.
+//! - metrics-exporter-prometheus 0.18: a [`PrometheusExporter`] can be made `From` its
+//!   `PrometheusHandle`, so that a service's own recorder backs `/metrics/prometheus`.
+//! - clap 4: [`Config`] is its `Parser`, for a binary of your own with the same settings.
 
 use std::future::Future;
 use std::time::Duration;

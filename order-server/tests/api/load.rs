@@ -232,7 +232,10 @@ async fn sigterm_under_load_exits_zero_and_leaves_nothing_processing() {
     let db = TestDatabase::create().await;
     let env = [
         ("DATABASE_URL", db.url()),
-        ("PROCESSING_DELAY_MS", "300"),
+        // Long enough that orders are still in the handler when the signal has been handled,
+        // however slowly a loaded machine schedules the server; short enough to drain well
+        // within the timeout.
+        ("PROCESSING_DELAY_MS", "1500"),
         ("WORKERS", "64"),
         ("SHUTDOWN_TIMEOUT_SECS", "10"),
     ];
