@@ -191,8 +191,13 @@ if [[ $(cargo semver-checks --version 2>/dev/null) != "cargo-semver-checks $semv
 fi
 semver_baseline=$(grep -v '^#' scripts/semver-baseline)
 if ! git cat-file -e "$semver_baseline^{commit}" 2>/dev/null; then
+  # A shallow clone: fetch the history it lacks (or just that commit) from where it came.
+  echo "fetching $semver_baseline, the last release's commit, which this clone lacks"
+  git fetch --quiet --unshallow 2>/dev/null || git fetch --quiet origin "$semver_baseline" || true
+fi
+if ! git cat-file -e "$semver_baseline^{commit}" 2>/dev/null; then
   echo "error: this clone lacks $semver_baseline, the last release's commit that" \
-    "scripts/semver-baseline names (a shallow clone?): run git fetch --unshallow" >&2
+    "scripts/semver-baseline names, and could not fetch it: run git fetch --unshallow" >&2
   exit 1
 fi
 CARGO_TARGET_DIR=$target_dir cargo semver-checks --baseline-rev "$semver_baseline" \
