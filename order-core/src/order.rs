@@ -263,16 +263,13 @@ pub const MAX_AMOUNT_SCALE: u32 = 2;
 /// use order_core::NewOrder;
 /// use rust_decimal::Decimal;
 ///
-/// let order = NewOrder {
-///     user_id: "user-123".into(),
-///     item_ids: vec!["item1".into(), "item2".into()],
-///     total_amount: Decimal::new(5999, 2),
-/// };
+/// let order = NewOrder::new("user-123", ["item1", "item2"], Decimal::new(5999, 2));
 /// let valid = order.validate().unwrap();
 /// assert_eq!(valid.total_amount().to_string(), "59.99");
 ///
-/// let err = NewOrder { user_id: String::new(), ..valid.into_inner() }.validate().unwrap_err();
-/// assert_eq!(err.field, "userId");
+/// let mut unnamed = valid.into_inner();
+/// unnamed.user_id = String::new();
+/// assert_eq!(unnamed.validate().unwrap_err().field, "userId");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
