@@ -282,19 +282,37 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_725f_656e;
 /// transaction each (PostgreSQL's DDL is transactional), and all but the first find nothing
 /// left to do.
 pub async fn migrate(pool: &PostgresPool) -> Result<(), StorageError> {
-    let db = pool.db();
-    let run = async {
-        let txn = db.begin().await?;
-        // Waiting for another server's migration is not a slow statement: no timeout here.
-        txn.execute_unprepared("SET LOCAL statement_timeout = 0")
-            .await?;
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
-            .await?;
-        Migrator::up(&txn, None).await?;
-        txn.commit().await
-    };
-    run.await
+    under_migration_lock(pool, None)
+        .await
         .map_err(|err| storage_error("could not migrate the database", err))
+}
+
+/// Undoes the `steps` most recently applied migrations, newest first, under the same lock as
+/// [`migrate`]: the way back to an earlier version of this crate (stop every server of the
+/// newer version first). Each migration's undo is tested with its upgrade.
+pub async fn revert(pool: &PostgresPool, steps: u32) -> Result<(), StorageError> {
+    under_migration_lock(pool, Some(steps))
+        .await
+        .map_err(|err| storage_error("could not revert the database's migrations", err))
+}
+
+/// Runs the migrations up (`revert: None`) or down by that many steps, in one transaction
+/// under [`MIGRATION_LOCK`].
+async fn under_migration_lock(
+    pool: &PostgresPool,
+    revert: Option<u32>,
+) -> Result<(), sea_orm::DbErr> {
+    let txn = pool.db().begin().await?;
+    // Waiting for another server's migration is not a slow statement: no timeout here.
+    txn.execute_unprepared("SET LOCAL statement_timeout = 0")
+        .await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    match revert {
+        None => Migrator::up(&txn, None).await?,
+        Some(steps) => Migrator::down(&txn, Some(steps)).await?,
+    }
+    txn.commit().await
 }
 
 /// Checks that the database answers and that every migration has been applied: what a

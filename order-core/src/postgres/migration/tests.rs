@@ -120,7 +120,7 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
         assert_eq!(fields[1], fields[2], "{row}");
     }
 
-    Migrator::down(pool, Some(1)).await.unwrap();
+    postgres::revert(db.pool(), 1).await.unwrap();
     assert_eq!(text_rows(pool, ORDERS).await, orders);
     assert_eq!(text_rows(pool, FIRST_QUEUE).await, queue);
     assert_eq!(text_rows(pool, KEYS).await, keys);
