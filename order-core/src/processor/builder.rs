@@ -71,16 +71,14 @@ pub struct OrderProcessorBuilder {
     settings: Settings,
 }
 
-/// Where orders live, as the builder was told: there is no default.
+/// Where orders live, as the builder was told: there is no default (`Parts` with neither).
 enum Storage {
-    /// Nothing chosen yet: `build` refuses.
-    Unset,
     /// A repository and its queue, set together by `backend` or `in_memory`.
     Backend {
         repository: Arc<dyn Repository>,
         queue: Arc<dyn Queue>,
     },
-    /// A repository and a queue set apart (either may be missing still).
+    /// A repository and a queue set apart (either may be missing still: `build` refuses).
     Parts {
         repository: Option<Arc<dyn Repository>>,
         queue: Option<Arc<dyn Queue>>,
@@ -94,10 +92,16 @@ enum Storage {
 type Halves = (Option<Arc<dyn Repository>>, Option<Arc<dyn Queue>>, bool);
 
 impl Storage {
+    /// Nothing chosen yet.
+    const NONE: Storage = Storage::Parts {
+        repository: None,
+        queue: None,
+        repository_keeps_a_queue: false,
+    };
+
     /// The two halves as they are now, and whether the repository keeps a queue of its own.
     fn into_parts(self) -> Halves {
         match self {
-            Storage::Unset => (None, None, false),
             Storage::Backend { repository, queue } => {
                 let keeps = queue.storage() == QueueStorage::Repository;
                 (Some(repository), Some(queue), keeps)
@@ -158,7 +162,7 @@ impl OrderProcessorBuilder {
     /// [`backend`](Self::backend)'s repository: then its queue must be one of its own
     /// ([`QueueStorage::Own`]), or be replaced too.
     pub fn repository(mut self, repository: Arc<dyn Repository>) -> Self {
-        let (_, queue, _) = std::mem::replace(&mut self.storage, Storage::Unset).into_parts();
+        let (_, queue, _) = std::mem::replace(&mut self.storage, Storage::NONE).into_parts();
         self.storage = Storage::Parts {
             repository: Some(repository),
             queue,
@@ -172,7 +176,7 @@ impl OrderProcessorBuilder {
     /// from [`backend`](Self::backend), and that repository goes with it (replace both).
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         let (repository, _, repository_keeps_a_queue) =
-            std::mem::replace(&mut self.storage, Storage::Unset).into_parts();
+            std::mem::replace(&mut self.storage, Storage::NONE).into_parts();
         self.storage = Storage::Parts {
             repository,
             queue: Some(queue),
@@ -298,7 +302,7 @@ impl OrderProcessor {
     /// [`queue`](OrderProcessorBuilder::queue).
     pub fn builder(handler: impl OrderHandler + 'static) -> OrderProcessorBuilder {
         OrderProcessorBuilder {
-            storage: Storage::Unset,
+            storage: Storage::NONE,
             change_feed: None,
             handler: Arc::new(handler),
             settings: Settings {
