@@ -96,6 +96,10 @@ impl From<TransitionError> for CancelError {
                 id,
                 status: current,
             },
+            TransitionError::CancelRequested(id) => CancelError::NotCancellable {
+                id,
+                status: crate::OrderStatus::Processing,
+            },
             TransitionError::Storage(err) => CancelError::Storage(err),
         }
     }
@@ -121,6 +125,12 @@ pub enum TransitionError {
         /// True when it is PROCESSING under a live lease of another claim.
         held_by_other: bool,
     },
+    /// The order is PROCESSING under the transition's claim, but a cancel was requested, which
+    /// refuses a completion and the start of a step
+    /// ([`Transition::refused_once_cancelling`](crate::backend::Transition::refused_once_cancelling)).
+    /// Nothing was written: the worker is to compensate the finished steps.
+    #[error("order {0} is being cancelled")]
+    CancelRequested(OrderId),
     /// The storage failed; the transition may or may not have been applied.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -121,6 +121,7 @@ pub mod postgres;
 mod processor;
 mod queue;
 mod repository;
+pub mod step;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -135,12 +136,13 @@ pub use order::{
     NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidationError,
 };
 pub use processor::{
-    BuildError, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch, ProcessorHandle,
-    RetryPolicy, ShutdownReport, Submission, Submitted,
+    BuildError, Cancellation, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch,
+    ProcessorHandle, RetryPolicy, ShutdownReport, Submission, Submitted,
 };
 pub use queue::{QueueDepth, QueueError};
 pub use repository::{OrderMetrics, OrderQuery, StatusCounts};
 pub use rust_decimal;
+pub use step::Pipeline;
 
 /// Locks `mutex`, going on past poisoning: no critical section in this crate panics between
 /// two writes, so a poisoned lock still guards consistent state.

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::step::StepRecord;
+
 /// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::backend::Repository).
 ///
 /// ```
@@ -77,7 +79,8 @@ impl FromStr for OrderId {
 ///  start │ retry (handler failed, attempts left)
 ///    ▼   │
 ///   PROCESSING ──────► COMPLETED
-///        │  └────────► FAILED (attempts used up, or a permanent error)
+///        │  ├────────► FAILED (attempts used up, or a permanent error)
+///        │  └────────► CANCELLED (a pipeline's cancel, once its steps are compensated)
 ///        └── start (the lease ran out: another worker takes over)
 /// ```
 ///
@@ -94,7 +97,8 @@ pub enum OrderStatus {
     Completed,
     /// The handler failed permanently or ran out of attempts; `last_error` says why.
     Failed,
-    /// Cancelled before any worker started it.
+    /// Cancelled before any worker started it, or, for an order processed in steps, cancelled
+    /// while PROCESSING and its finished steps compensated.
     Cancelled,
 }
 
@@ -240,9 +244,20 @@ pub struct Order {
     pub processing_end_time: Option<DateTime<Utc>>,
     /// How many times a worker has started it (1 in a run without failures or crashes).
     pub attempts: u32,
-    /// The handler's error from the latest failed attempt, if any.
+    /// The handler's error from the latest failed attempt, if any. For an order processed in
+    /// steps, prefixed with the step's name (`charge: card declined`).
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_error: Option<String>,
+    /// The steps of an order processed by a [`Pipeline`](crate::step::Pipeline), in order, as
+    /// far as they have started. Empty for an order processed by a plain
+    /// [`OrderHandler`](crate::OrderHandler): its one step is the order itself.
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+    /// When a client asked to cancel this order while it was PROCESSING: its running step
+    /// finishes, the finished steps are compensated, and it ends CANCELLED.
+    #[serde(default, serialize_with = "rfc3339::serialize_option")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 /// The most items one order may hold.
@@ -300,7 +315,7 @@ pub struct NewOrder {
 
 pub mod exact_amount;
 
-mod rfc3339;
+pub(crate) mod rfc3339;
 
 #[cfg(feature = "openapi")]
 mod schema;
@@ -487,11 +502,19 @@ pub enum TransitionKind {
     Release,
     /// [`Transition::Cancel`](crate::backend::Transition::Cancel): a client cancelled a PENDING order.
     Cancel,
+    /// [`Transition::Checkpoint`](crate::backend::Transition::Checkpoint): a step's outcome stored.
+    Checkpoint,
+    /// [`Transition::RequestCancel`](crate::backend::Transition::RequestCancel): a client asked to
+    /// cancel a PROCESSING order whose steps can be compensated.
+    RequestCancel,
+    /// [`Transition::FinishCancel`](crate::backend::Transition::FinishCancel): a requested cancel
+    /// done, every finished step compensated.
+    FinishCancel,
 }
 
 impl TransitionKind {
     /// Every kind of transition.
-    pub const ALL: [TransitionKind; 7] = [
+    pub const ALL: [TransitionKind; 10] = [
         TransitionKind::Start,
         TransitionKind::Renew,
         TransitionKind::Complete,
@@ -499,6 +522,9 @@ impl TransitionKind {
         TransitionKind::Fail,
         TransitionKind::Release,
         TransitionKind::Cancel,
+        TransitionKind::Checkpoint,
+        TransitionKind::RequestCancel,
+        TransitionKind::FinishCancel,
     ];
 
     /// The statuses a transition of this kind may leave from. A start leaves from PROCESSING
@@ -510,7 +536,10 @@ impl TransitionKind {
             | TransitionKind::Complete
             | TransitionKind::Retry
             | TransitionKind::Fail
-            | TransitionKind::Release => &[OrderStatus::Processing],
+            | TransitionKind::Release
+            | TransitionKind::Checkpoint
+            | TransitionKind::RequestCancel
+            | TransitionKind::FinishCancel => &[OrderStatus::Processing],
             TransitionKind::Cancel => &[OrderStatus::Pending],
         }
     }
@@ -518,11 +547,14 @@ impl TransitionKind {
     /// The status a transition of this kind leads to.
     pub fn target(self) -> OrderStatus {
         match self {
-            TransitionKind::Start | TransitionKind::Renew => OrderStatus::Processing,
+            TransitionKind::Start
+            | TransitionKind::Renew
+            | TransitionKind::Checkpoint
+            | TransitionKind::RequestCancel => OrderStatus::Processing,
             TransitionKind::Complete => OrderStatus::Completed,
             TransitionKind::Retry | TransitionKind::Release => OrderStatus::Pending,
             TransitionKind::Fail => OrderStatus::Failed,
-            TransitionKind::Cancel => OrderStatus::Cancelled,
+            TransitionKind::Cancel | TransitionKind::FinishCancel => OrderStatus::Cancelled,
         }
     }
 }

@@ -666,7 +666,10 @@ mod shared_database {
         repository
             .transition(
                 order.id,
-                crate::backend::Transition::Complete { claim: claim.token },
+                crate::backend::Transition::Complete {
+                    claim: claim.token,
+                    steps: None,
+                },
             )
             .await
             .unwrap();
@@ -717,7 +720,10 @@ mod shared_database {
                 claim: claim.token,
                 lease,
             },
-            crate::backend::Transition::Complete { claim: claim.token },
+            crate::backend::Transition::Complete {
+                claim: claim.token,
+                steps: None,
+            },
         ] {
             assert!(matches!(
                 repository.transition(order.id, transition).await,

@@ -28,6 +28,7 @@ use crate::telemetry::{self, count};
 mod builder;
 mod handle;
 mod lease;
+mod pipeline;
 mod retry;
 mod sweep;
 mod watch;
@@ -78,6 +79,33 @@ pub struct Submitted {
     pub replayed: bool,
 }
 
+/// What [`OrderProcessor::cancel`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Cancellation {
+    /// The order was PENDING and is CANCELLED now.
+    Cancelled(Order),
+    /// The order is PROCESSING in a pipeline and stays so, with the cancel recorded, until its
+    /// finished steps are compensated; then it is CANCELLED.
+    Requested(Order),
+}
+
+impl Cancellation {
+    /// The order as the cancel left it.
+    pub fn order(&self) -> &Order {
+        match self {
+            Cancellation::Cancelled(order) | Cancellation::Requested(order) => order,
+        }
+    }
+
+    /// The order as the cancel left it, owned.
+    pub fn into_order(self) -> Order {
+        match self {
+            Cancellation::Cancelled(order) | Cancellation::Requested(order) => order,
+        }
+    }
+}
+
 /// One page of [`OrderProcessor::list`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -107,6 +135,15 @@ impl std::fmt::Debug for OrderProcessor {
     }
 }
 
+/// What processing an order means: one opaque handler call, retried as a whole, or the steps
+/// of a pipeline, each checkpointed.
+pub(crate) enum Work {
+    /// A plain handler: a pipeline of one step whose record is the order itself.
+    Handler(Arc<dyn OrderHandler>),
+    /// Steps, checkpointed and compensated.
+    Pipeline(Arc<crate::step::Pipeline>),
+}
+
 /// What every clone of an [`OrderProcessor`] and every task it starts share.
 struct Engine {
     /// The source of truth: every status change is a compare-and-set here.
@@ -117,8 +154,8 @@ struct Engine {
     /// ([`QueueStorage::Repository`]): then the engine leaves out the calls the pair's own
     /// statements make unnecessary.
     shared_storage: bool,
-    /// The embedding service's processing step.
-    handler: Arc<dyn OrderHandler>,
+    /// The embedding service's processing: one handler, or a pipeline of steps.
+    work: Work,
     /// Fixed at build time, checked by the builder.
     settings: Settings,
     /// Snapshots of orders after each change this processor makes, for `subscribe`.
@@ -213,17 +250,60 @@ impl OrderProcessor {
         self.engine.repository.get(id).await
     }
 
-    /// Cancels a PENDING order; a worker never starts a cancelled order.
-    pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelError> {
-        let order = self
-            .engine
-            .repository
-            .transition(id, Transition::Cancel)
-            .await?;
-        count(telemetry::ORDERS_CANCELLED);
-        info!(order_id = %id, "order cancelled");
-        self.engine.publish(&order);
-        Ok(order)
+    /// Cancels an order, if it can still be undone.
+    ///
+    /// - A PENDING order is CANCELLED now ([`Cancellation::Cancelled`]); no worker starts it.
+    /// - A PROCESSING order of a [`Pipeline`](crate::step::Pipeline) whose finished steps, and
+    ///   the step running, can all be compensated has the cancel recorded
+    ///   ([`Cancellation::Requested`]: it stays PROCESSING, with `cancel_requested_at` set): the
+    ///   running step finishes, no further step starts, the finished steps are compensated in
+    ///   reverse, and the order ends CANCELLED. Asking again answers the same.
+    /// - Any other order is [`CancelError::NotCancellable`]: one processed by a plain
+    ///   [`OrderHandler`](crate::OrderHandler), whose work cannot be undone, while it is
+    ///   PROCESSING; a pipeline's whose steps cannot be; one that is finished.
+    pub async fn cancel(&self, id: OrderId) -> Result<Cancellation, CancelError> {
+        // The decision reads the order and the write compares what was read: a step that
+        // starts, or a status that moves, in between makes the write refuse, and the decision
+        // is made again on what is there now.
+        for _ in 0..16 {
+            let order = self.get(id).await?.ok_or(CancelError::NotFound(id))?;
+            let transition = match order.status {
+                OrderStatus::Pending => Transition::Cancel,
+                OrderStatus::Processing if order.cancel_requested_at.is_some() => {
+                    return Ok(Cancellation::Requested(order));
+                }
+                OrderStatus::Processing if self.undoable(&order) => Transition::RequestCancel {
+                    seen: order.updated_at,
+                },
+                status => return Err(CancelError::NotCancellable { id, status }),
+            };
+            let requested = matches!(transition, Transition::RequestCancel { .. });
+            match self.engine.repository.transition(id, transition).await {
+                Ok(order) => {
+                    self.engine.publish(&order);
+                    if requested {
+                        info!(order_id = %id, "cancel requested; compensating the finished steps");
+                        return Ok(Cancellation::Requested(order));
+                    }
+                    count(telemetry::ORDERS_CANCELLED);
+                    info!(order_id = %id, "order cancelled");
+                    return Ok(Cancellation::Cancelled(order));
+                }
+                Err(TransitionError::Conflict { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(CancelError::Storage(StorageError::unavailable(
+            "the order kept changing while it was being cancelled; try again",
+        )))
+    }
+
+    /// Whether this processor can undo what was done of `order` so far.
+    fn undoable(&self, order: &Order) -> bool {
+        match &self.engine.work {
+            Work::Handler(_) => false,
+            Work::Pipeline(pipeline) => pipeline.can_undo(&order.steps),
+        }
     }
 
     /// A page of orders that `query` selects, and the cursor of the next page: pass it as

@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{StorageError, TransitionError};
 use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, TransitionKind, ValidatedOrder};
 use crate::queue::ClaimToken;
+use crate::step::StepRecord;
 
 /// A change of status, applied by [`Repository::transition`] as one compare-and-set.
 ///
@@ -36,12 +38,19 @@ pub enum Transition {
         /// The new lease, from now.
         lease: Duration,
     },
-    /// PROCESSING under `claim` -> COMPLETED; sets `processing_end_time`.
+    /// PROCESSING under `claim` -> COMPLETED; sets `processing_end_time`. Refused with
+    /// [`TransitionError::CancelRequested`] once a cancel was requested: the finished steps
+    /// are to be compensated instead.
     Complete {
         /// The claim the order must still be held by.
         claim: ClaimToken,
+        /// The order's steps, the last one's outcome included; `None` keeps what is stored
+        /// (a plain handler's order records none).
+        steps: Option<Vec<StepRecord>>,
     },
-    /// PROCESSING under `claim` -> PENDING with `last_error`, to be tried again.
+    /// PROCESSING under `claim` -> PENDING with `last_error`, to be tried again. Only for an
+    /// order with no steps recorded: a pipeline retries a step while it holds the order, so
+    /// that a PENDING order never has finished steps that a cancel would have to undo.
     Retry {
         /// The claim the order must still be held by.
         claim: ClaimToken,
@@ -54,18 +63,49 @@ pub enum Transition {
         claim: ClaimToken,
         /// Why the order cannot be done.
         error: String,
+        /// The order's steps after compensation; `None` keeps what is stored.
+        steps: Option<Vec<StepRecord>>,
     },
     /// PROCESSING under `claim` -> PENDING, as if this attempt had never been made: `attempts`
     /// goes back down by one, and `processing_start_time` is cleared when it reaches 0. For
     /// work given back unfinished at shutdown, which should not use up one of the order's
     /// attempts (a crash does: a takeover counts, so an order that kills its worker every
-    /// time still fails in the end).
+    /// time still fails in the end). Only for an order with no steps recorded, as
+    /// [`Retry`](Self::Retry); a pipeline's order is handed back with a zero-length
+    /// [`Renew`](Self::Renew) instead, staying PROCESSING.
     Release {
         /// The claim the order must still be held by.
         claim: ClaimToken,
     },
     /// PENDING -> CANCELLED. Needs no claim: no worker holds a PENDING order.
     Cancel,
+    /// PROCESSING under `claim` -> PROCESSING with `steps` stored: a step's checkpoint.
+    Checkpoint {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+        /// Every step of the order as it is now.
+        steps: Vec<StepRecord>,
+        /// True when the write starts a new step: then it is refused with
+        /// [`TransitionError::CancelRequested`] once a cancel was requested, so that no step
+        /// starts after a cancel was accepted.
+        advancing: bool,
+    },
+    /// PROCESSING -> PROCESSING with `cancel_requested_at` set, if the order has not changed
+    /// since it was read at `seen` (its `updated_at`) and no cancel was requested before: the
+    /// caller decided from that read that every step that may finish can be compensated, and
+    /// a step that started since may not be. Needs no claim: the client is not a worker.
+    RequestCancel {
+        /// The order's `updated_at` when the caller read it.
+        seen: DateTime<Utc>,
+    },
+    /// PROCESSING under `claim` -> CANCELLED, once a requested cancel has compensated every
+    /// finished step; sets `processing_end_time`.
+    FinishCancel {
+        /// The claim the order must still be held by.
+        claim: ClaimToken,
+        /// The order's steps, compensated.
+        steps: Vec<StepRecord>,
+    },
 }
 
 impl Transition {
@@ -79,7 +119,40 @@ impl Transition {
             Transition::Fail { .. } => TransitionKind::Fail,
             Transition::Release { .. } => TransitionKind::Release,
             Transition::Cancel => TransitionKind::Cancel,
+            Transition::Checkpoint { .. } => TransitionKind::Checkpoint,
+            Transition::RequestCancel { .. } => TransitionKind::RequestCancel,
+            Transition::FinishCancel { .. } => TransitionKind::FinishCancel,
         }
+    }
+
+    /// The claim that fences this transition: every worker's transition has one; a start
+    /// brings a new one, and a client's cancel and cancel request have none.
+    pub fn claim(&self) -> Option<ClaimToken> {
+        match self {
+            Transition::Start { .. } | Transition::Cancel | Transition::RequestCancel { .. } => {
+                None
+            }
+            Transition::Renew { claim, .. }
+            | Transition::Complete { claim, .. }
+            | Transition::Retry { claim, .. }
+            | Transition::Fail { claim, .. }
+            | Transition::Release { claim }
+            | Transition::Checkpoint { claim, .. }
+            | Transition::FinishCancel { claim, .. } => Some(*claim),
+        }
+    }
+
+    /// Whether a requested cancel refuses this transition ([`TransitionError::CancelRequested`]):
+    /// a completion, and a checkpoint that starts a step.
+    pub fn refused_once_cancelling(&self) -> bool {
+        matches!(
+            self,
+            Transition::Complete { .. }
+                | Transition::Checkpoint {
+                    advancing: true,
+                    ..
+                }
+        )
     }
 
     /// The status this transition leads to.
@@ -331,7 +404,7 @@ mod tests {
         let transitions = [
             Transition::Start { claim, lease },
             Transition::Renew { claim, lease },
-            Transition::Complete { claim },
+            Transition::Complete { claim, steps: None },
             Transition::Retry {
                 claim,
                 error: "busy".to_owned(),
@@ -339,9 +412,22 @@ mod tests {
             Transition::Fail {
                 claim,
                 error: "declined".to_owned(),
+                steps: None,
             },
             Transition::Release { claim },
             Transition::Cancel,
+            Transition::Checkpoint {
+                claim,
+                steps: Vec::new(),
+                advancing: true,
+            },
+            Transition::RequestCancel {
+                seen: chrono::Utc::now(),
+            },
+            Transition::FinishCancel {
+                claim,
+                steps: Vec::new(),
+            },
         ];
         let kinds: Vec<_> = transitions.iter().map(Transition::kind).collect();
         assert_eq!(kinds, TransitionKind::ALL);
@@ -370,7 +456,12 @@ mod tests {
             .collect();
         assert_eq!(
             processing_to_processing,
-            [TransitionKind::Start, TransitionKind::Renew]
+            [
+                TransitionKind::Start,
+                TransitionKind::Renew,
+                TransitionKind::Checkpoint,
+                TransitionKind::RequestCancel
+            ]
         );
     }
 }

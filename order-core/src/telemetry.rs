@@ -16,6 +16,10 @@
 //! | `order_sweep_requeued_total` | counter | orders the recovery sweep put back in a queue that did not hold them (a queue lost in a crash, a push that failed at submit or had not happened yet) |
 //! | `order_processing_duration_seconds` | histogram | time in the handler, per attempt that reached an outcome (success, error or panic) |
 //! | `order_queue_wait_seconds` | histogram | from an order's creation to the start of its first attempt |
+//! | `order_step_duration_seconds{step}` | histogram | time in one run of a pipeline's step that reached an outcome |
+//! | `order_step_failures_total{step}` | counter | runs of a step that failed (transient or permanent) |
+//! | `order_step_compensations_total{step}` | counter | compensations of a step that succeeded |
+//! | `order_step_compensation_failures_total{step}` | counter | compensations of a step that failed and will be tried again |
 //!
 //! Counters count what this process did, so a fleet's total is the sum over its processes.
 //! The queue wait covers first attempts only: a retry waits out its backoff on purpose, and
@@ -50,6 +54,29 @@ pub const SWEEP_REQUEUED: &str = "order_sweep_requeued_total";
 pub const PROCESSING_DURATION: &str = "order_processing_duration_seconds";
 /// From creation to the start of the first attempt, in seconds.
 pub const QUEUE_WAIT: &str = "order_queue_wait_seconds";
+
+/// Time in one run of a pipeline's step, in seconds, labelled `step`.
+pub const STEP_DURATION: &str = "order_step_duration_seconds";
+/// Runs of a step that failed, labelled `step`.
+pub const STEP_FAILURES: &str = "order_step_failures_total";
+/// Compensations that succeeded, labelled `step`.
+pub const STEP_COMPENSATIONS: &str = "order_step_compensations_total";
+/// Compensations that failed and will be tried again, labelled `step`.
+pub const STEP_COMPENSATION_FAILURES: &str = "order_step_compensation_failures_total";
+
+/// The per-step series, for [`describe`]: they carry a `step` label, so they appear with the
+/// first step that records one.
+const STEP_COUNTERS: [(&str, &str); 3] = [
+    (STEP_FAILURES, "Runs of a pipeline's step that failed."),
+    (
+        STEP_COMPENSATIONS,
+        "Compensations of a step that succeeded.",
+    ),
+    (
+        STEP_COMPENSATION_FAILURES,
+        "Compensations of a step that failed and will be tried again.",
+    ),
+];
 
 /// Every counter above, for [`describe`].
 const COUNTERS: [(&str, &str); 7] = [
@@ -89,6 +116,14 @@ pub fn describe() {
         Unit::Seconds,
         "Time from an order's creation to the start of its first attempt."
     );
+    for (name, help) in STEP_COUNTERS {
+        describe_counter!(name, Unit::Count, help);
+    }
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "Time in one run of a pipeline's step that reached an outcome."
+    );
     // A histogram handle that has recorded nothing still shows up, with empty buckets.
     let _ = histogram!(PROCESSING_DURATION);
     let _ = histogram!(QUEUE_WAIT);
@@ -102,4 +137,14 @@ pub(crate) fn count(name: &'static str) {
 /// Records a duration in seconds.
 pub(crate) fn observe(name: &'static str, duration: Duration) {
     histogram!(name).record(duration.as_secs_f64());
+}
+
+/// Counts one event of the step named `step`.
+pub(crate) fn count_step(name: &'static str, step: &str) {
+    counter!(name, "step" => step.to_owned()).increment(1);
+}
+
+/// Records the duration of one run of the step named `step`.
+pub(crate) fn observe_step(step: &str, duration: Duration) {
+    histogram!(STEP_DURATION, "step" => step.to_owned()).record(duration.as_secs_f64());
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use order_core::order::MAX_ID_CHARS;
 use order_core::{
-    IdempotencyKey, NewOrder, Order, OrderId, OrderMetrics, OrderProcessor, OrderQuery,
-    OrderStatus, QueueDepth, StatusCounts, Submission,
+    Cancellation, IdempotencyKey, NewOrder, Order, OrderId, OrderMetrics, OrderProcessor,
+    OrderQuery, OrderStatus, QueueDepth, StatusCounts, Submission,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -365,8 +365,13 @@ pub(crate) async fn list_orders(
 
 /// Cancel an order.
 ///
-/// Only a PENDING order can be cancelled: `200` with the CANCELLED order; `409` naming the
-/// status of an order that is no longer PENDING; `404` for an unknown one.
+/// A PENDING order is cancelled at once: `200` with the CANCELLED order. A PROCESSING order
+/// processed in steps that can all be compensated (see `PROCESSING_STEPS`) has the cancel
+/// recorded: `202` with the order, still PROCESSING, its `cancelRequestedAt` set; its running
+/// step finishes, the finished steps are compensated in reverse, and it ends CANCELLED (watch
+/// it with `GET /orders/{id}/events`). `409` naming the status of an order that can no longer
+/// be cancelled (finished, or PROCESSING in a step that cannot be undone); `404` for an
+/// unknown one.
 #[utoipa::path(
     post,
     path = "/orders/{id}/cancel",
@@ -375,9 +380,10 @@ pub(crate) async fn list_orders(
     params(OrderPath),
     responses(
         (status = 200, description = "The order, CANCELLED; no worker will start it.", body = OrderBody),
+        (status = 202, description = "The order, still PROCESSING with the cancel recorded (`cancelRequestedAt`): its finished steps are being compensated, and it ends CANCELLED.", body = OrderBody),
         (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
         (status = 404, description = "No order has this id.", body = ErrorBody),
-        (status = 409, description = "The order is no longer PENDING; the message names its status.", body = ErrorBody),
+        (status = 409, description = "The order can no longer be cancelled: it is finished, or PROCESSING in steps that cannot be undone; the message names its status.", body = ErrorBody),
         (status = 500, response = InternalError),
         (status = 503, response = Unavailable),
     ),
@@ -385,9 +391,12 @@ pub(crate) async fn list_orders(
 pub(crate) async fn cancel_order(
     State(processor): State<OrderProcessor>,
     AppPath(path): AppPath<OrderPath>,
-) -> Result<Json<OrderBody>, ApiError> {
-    let order = processor.cancel(order_id(&path.id)?).await?;
-    Ok(Json(OrderBody { order }))
+) -> Result<(StatusCode, Json<OrderBody>), ApiError> {
+    let (status, order) = match processor.cancel(order_id(&path.id)?).await? {
+        Cancellation::Requested(order) => (StatusCode::ACCEPTED, order),
+        cancelled => (StatusCode::OK, cancelled.into_order()),
+    };
+    Ok((status, Json(OrderBody { order })))
 }
 
 /// Watch an order.

@@ -96,7 +96,7 @@ struct Work(Arc<Stores>);
 enum Follow {
     /// A renewal: the claim is held for the new lease.
     Extend(Claim, Duration),
-    /// Completed or failed under the claim: off the queue.
+    /// Completed, failed or cancelled under the claim: off the queue.
     Ack(Claim),
     /// Cancelled while PENDING: off the queue, whoever may hold its entry.
     Forget,
@@ -108,13 +108,15 @@ impl Follow {
     fn after(id: OrderId, transition: &Transition) -> Self {
         match transition {
             Transition::Renew { claim, lease } => Follow::Extend(Claim::new(id, *claim, 0), *lease),
-            Transition::Complete { claim } | Transition::Fail { claim, .. } => {
-                Follow::Ack(Claim::new(id, *claim, 0))
-            }
+            Transition::Complete { claim, .. }
+            | Transition::Fail { claim, .. }
+            | Transition::FinishCancel { claim, .. } => Follow::Ack(Claim::new(id, *claim, 0)),
             Transition::Cancel => Follow::Forget,
-            Transition::Start { .. } | Transition::Retry { .. } | Transition::Release { .. } => {
-                Follow::Stay
-            }
+            Transition::Start { .. }
+            | Transition::Retry { .. }
+            | Transition::Release { .. }
+            | Transition::Checkpoint { .. }
+            | Transition::RequestCancel { .. } => Follow::Stay,
         }
     }
 }

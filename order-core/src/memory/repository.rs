@@ -167,6 +167,8 @@ impl State {
             processing_end_time: None,
             attempts: 0,
             last_error: None,
+            steps: Vec::new(),
+            cancel_requested_at: None,
         };
         self.records.push(Record {
             order: stored.clone(),
@@ -206,28 +208,36 @@ impl State {
             from == OrderStatus::Processing && matches!(record.holder, Some((t, _)) if t == claim)
         };
         let lease_live = matches!(record.holder, Some((_, until)) if until > monotonic_now);
+        let no_steps = record.order.steps.is_empty();
         let allowed = match &transition {
             Transition::Start { .. } => {
                 from == OrderStatus::Pending || (from == OrderStatus::Processing && !lease_live)
             }
+            Transition::Retry { claim, .. } | Transition::Release { claim } => {
+                held_by(*claim) && no_steps
+            }
             Transition::Renew { claim, .. }
-            | Transition::Complete { claim }
-            | Transition::Retry { claim, .. }
-            | Transition::Release { claim }
-            | Transition::Fail { claim, .. } => held_by(*claim),
+            | Transition::Complete { claim, .. }
+            | Transition::Fail { claim, .. }
+            | Transition::Checkpoint { claim, .. }
+            | Transition::FinishCancel { claim, .. } => held_by(*claim),
             Transition::Cancel => from == OrderStatus::Pending,
+            Transition::RequestCancel { seen } => {
+                from == OrderStatus::Processing
+                    && record.order.cancel_requested_at.is_none()
+                    && record.order.updated_at == *seen
+            }
         };
+        if allowed
+            && transition.refused_once_cancelling()
+            && record.order.cancel_requested_at.is_some()
+        {
+            return Err(TransitionError::CancelRequested(id));
+        }
         if !allowed {
             let held_by_other = from == OrderStatus::Processing
                 && lease_live
-                && match &transition {
-                    Transition::Start { .. } | Transition::Cancel => true,
-                    Transition::Renew { claim, .. }
-                    | Transition::Complete { claim }
-                    | Transition::Retry { claim, .. }
-                    | Transition::Release { claim }
-                    | Transition::Fail { claim, .. } => !held_by(*claim),
-                };
+                && transition.claim().is_none_or(|claim| !held_by(claim));
             return Err(TransitionError::Conflict {
                 id,
                 current: from,
@@ -247,8 +257,11 @@ impl State {
             Transition::Renew { claim, lease } => {
                 record.holder = Some((claim, deadline(monotonic_now, lease)));
             }
-            Transition::Complete { .. } => {
+            Transition::Complete { steps, .. } => {
                 order.processing_end_time = Some(now);
+                if let Some(steps) = steps {
+                    order.steps = steps;
+                }
                 record.holder = None;
             }
             Transition::Retry { error, .. } => {
@@ -262,16 +275,28 @@ impl State {
                 }
                 record.holder = None;
             }
-            Transition::Fail { error, .. } => {
+            Transition::Fail { error, steps, .. } => {
                 order.processing_end_time = Some(now);
                 order.last_error = Some(error);
+                if let Some(steps) = steps {
+                    order.steps = steps;
+                }
                 record.holder = None;
             }
             Transition::Cancel => {}
+            Transition::Checkpoint { steps, .. } => order.steps = steps,
+            Transition::RequestCancel { .. } => order.cancel_requested_at = Some(now),
+            Transition::FinishCancel { steps, .. } => {
+                order.processing_end_time = Some(now);
+                order.steps = steps;
+                record.holder = None;
+            }
         }
-        // A renewal is bookkeeping, not news: it leaves `updated_at` alone.
+        // A renewal is bookkeeping, not news: it leaves `updated_at` alone. Every other write
+        // moves it forward, if only by a microsecond: a cancel request compares it to tell
+        // whether the order changed since it was read.
         if !renewal {
-            order.updated_at = now;
+            order.updated_at = now.max(order.updated_at + chrono::TimeDelta::microseconds(1));
         }
         order.status = target;
         let order = order.clone();

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, the longest written here.
 const LONGEST: usize = 30;
 
-pub(super) fn serialize<S: Serializer>(
+pub(crate) fn serialize<S: Serializer>(
     time: &DateTime<Utc>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -25,7 +25,7 @@ pub(super) fn serialize<S: Serializer>(
     }
 }
 
-pub(super) fn serialize_option<S: Serializer>(
+pub(crate) fn serialize_option<S: Serializer>(
     time: &Option<DateTime<Utc>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

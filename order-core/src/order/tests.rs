@@ -203,6 +203,7 @@ fn one_step_follows_the_transitions_and_nothing_leaves_a_terminal_status() {
             (Processing, Processing),
             (Processing, Completed),
             (Processing, Failed),
+            (Processing, Cancelled),
         ]
     );
     for terminal in OrderStatus::ALL.into_iter().filter(|s| s.is_terminal()) {

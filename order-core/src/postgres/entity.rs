@@ -9,6 +9,7 @@ use sea_orm::{FromQueryResult, QueryResult};
 use super::error::storage_error;
 use crate::error::StorageError;
 use crate::order::{Order, OrderId, OrderStatus};
+use crate::step::{StepRecord, decode_steps};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "order_engine_orders")]
@@ -29,6 +30,8 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub processing_start_time: Option<DateTimeUtc>,
     pub processing_end_time: Option<DateTimeUtc>,
+    pub steps: Option<String>,
+    pub cancel_requested_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -53,6 +56,8 @@ impl TryFrom<Model> for Order {
             processing_start_time: row.processing_start_time,
             processing_end_time: row.processing_end_time,
             last_error: row.last_error,
+            steps: steps(row.id, row.steps.as_deref())?,
+            cancel_requested_at: row.cancel_requested_at,
         })
     }
 }
@@ -73,6 +78,19 @@ fn checked(
             .map_err(|_| corrupt("status"))?,
         u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
     ))
+}
+
+/// The step records stored in the row of order `raw` (none when `NULL`).
+fn steps(raw: i64, text: Option<&str>) -> Result<Vec<StepRecord>, StorageError> {
+    text.map(decode_steps).transpose().map_or_else(
+        |err| {
+            Err(
+                StorageError::other(format!("order row {raw} holds unreadable steps"))
+                    .with_source(err),
+            )
+        },
+        |steps| Ok(steps.unwrap_or_default()),
+    )
 }
 
 /// The order in a row of `order_engine_orders` columns (and maybe more).
@@ -99,7 +117,8 @@ pub(super) fn start(claim: &str, lease: &str) -> String {
 
 /// The columns an [`Order`] is read from, in the order [`decode_order`] reads them.
 pub(super) const ORDER_COLUMNS: &str = "id, user_id, item_ids, total_amount, status, attempts, \
-     last_error, created_at, updated_at, processing_start_time, processing_end_time";
+     last_error, created_at, updated_at, processing_start_time, processing_end_time, steps, \
+     cancel_requested_at";
 
 /// An [`Order`] straight from a row of [`ORDER_COLUMNS`], as sqlx decodes it: no intermediate
 /// model on the hot read path.
@@ -107,8 +126,10 @@ pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order
     use sea_orm::sqlx::Row;
 
     let read = |err| super::error::sqlx_storage_error("could not read the order", err);
+    let raw: i64 = row.try_get(0).map_err(read)?;
+    let stored_steps: Option<&str> = row.try_get(11).map_err(read)?;
     let (id, status, attempts) = checked(
-        row.try_get(0).map_err(read)?,
+        raw,
         row.try_get(4).map_err(read)?,
         row.try_get(5).map_err(read)?,
     )?;
@@ -124,5 +145,7 @@ pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order
         updated_at: row.try_get(8).map_err(read)?,
         processing_start_time: row.try_get(9).map_err(read)?,
         processing_end_time: row.try_get(10).map_err(read)?,
+        steps: steps(raw, stored_steps)?,
+        cancel_requested_at: row.try_get(12).map_err(read)?,
     })
 }

@@ -4,6 +4,7 @@ mod m20261124_000001_create_orders_and_queue;
 mod m20261125_000001_list_and_watch_orders;
 mod m20261125_000002_idempotency_keys;
 mod m20261203_000001_queue_in_orders;
+mod m20261204_000001_order_steps;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_list_and_watch_orders::ListAndWatchOrders),
             Box::new(m20261125_000002_idempotency_keys::IdempotencyKeys),
             Box::new(m20261203_000001_queue_in_orders::QueueInOrders),
+            Box::new(m20261204_000001_order_steps::OrderSteps),
         ]
     }
 

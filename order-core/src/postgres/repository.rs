@@ -21,6 +21,7 @@ use crate::idempotency::{Insertion, KeyRecord};
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::repository::{OrderMetrics, OrderQuery, Repository, StatusCounts, Transition};
+use crate::step::encode_steps;
 
 /// Orders in PostgreSQL (`order_engine_orders`), see [the module](super).
 ///
@@ -60,8 +61,12 @@ struct Batches {
     reads: Batcher<OrderId, Reply<Option<Order>>>,
     /// `None`: the order was not in a state to start from (the caller finds out why).
     starts: Batcher<(OrderId, ClaimToken, i64), Reply<Option<Order>>>,
-    /// `None`: the order was no longer held by the claim.
-    completions: Batcher<(OrderId, ClaimToken), Reply<Option<Order>>>,
+    /// `None`: the order was no longer held by the claim, or a cancel was requested. Each
+    /// completion carries the order's steps as stored text, or `None` to keep them.
+    completions: Batcher<(OrderId, ClaimToken, Option<String>), Reply<Option<Order>>>,
+    /// Checkpoints: the order, the claim, its steps as stored text, and whether a requested
+    /// cancel refuses it. `None`: not written.
+    checkpoints: Batcher<(OrderId, ClaimToken, Option<String>, bool), Reply<Option<Order>>>,
 }
 
 impl PostgresRepository {
@@ -100,6 +105,10 @@ impl PostgresRepository {
             completions: Batcher::new(LIMITS, {
                 let db = db.clone();
                 move |completions| complete_batch(db.clone(), completions).boxed()
+            }),
+            checkpoints: Batcher::new(LIMITS, {
+                let db = db.clone();
+                move |checkpoints| checkpoint_batch(db.clone(), checkpoints).boxed()
             }),
         };
         Self {
@@ -532,17 +541,35 @@ static START_BATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `Transition::Complete` for many orders, each fenced by its claim (`$2`, in `$1`'s places).
-/// Completed, an order leaves the queue: the index of due orders holds only unfinished ones.
+/// `Transition::Complete` for many orders, each fenced by its claim (`$2`, in `$1`'s places)
+/// and refused once a cancel was requested; `$3` is each order's steps, or `NULL` to keep
+/// them. Completed, an order leaves the queue: the index of due orders holds only unfinished
+/// ones.
 static COMPLETE_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE order_engine_orders o
-            SET status = 'COMPLETED', processing_end_time = now(), {FINISH}
+            SET status = 'COMPLETED', processing_end_time = now(),
+                steps = coalesce(nullif(($3::text[])[array_position($1::bigint[], o.id)], ''), o.steps),
+                {FINISH}
           WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
             AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
+            AND o.cancel_requested_at IS NULL
       RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by"
     )
 });
+
+/// `Transition::Checkpoint` for many orders, each fenced by its claim (`$2`): `$3` is each
+/// order's steps, and where `$4` is true a requested cancel refuses the write. `updated_at`
+/// moves forward by at least a microsecond, so that a cancel request that compares it sees
+/// every checkpoint.
+const CHECKPOINT_BATCH: &str = "UPDATE order_engine_orders o
+    SET steps = nullif(($3::text[])[array_position($1::bigint[], o.id)], ''),
+        updated_at = greatest(now(), o.updated_at + interval '1 microsecond')
+  WHERE o.id = ANY($1::bigint[]) AND o.status = 'PROCESSING'
+    AND o.claim_token = ($2::uuid[])[array_position($1::bigint[], o.id)]
+    AND (o.cancel_requested_at IS NULL
+         OR NOT ($4::bool[])[array_position($1::bigint[], o.id)])
+RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by";
 
 async fn start_batch(
     db: DatabaseConnection,
@@ -580,28 +607,75 @@ async fn start_batch(
 
 async fn complete_batch(
     db: DatabaseConnection,
-    completions: Vec<(OrderId, ClaimToken)>,
+    completions: Vec<(OrderId, ClaimToken, Option<String>)>,
 ) -> Vec<Reply<Option<Order>>> {
-    let mut sorted = completions.clone();
-    sorted.sort();
+    let mut sorted: Vec<&(OrderId, ClaimToken, Option<String>)> = completions.iter().collect();
+    sorted.sort_by_key(|(id, claim, _)| (*id, *claim));
     let values = vec![
         sorted
             .iter()
-            .map(|(id, _)| id.get())
+            .map(|(id, _, _)| id.get())
             .collect::<Vec<_>>()
             .into(),
         sorted
             .iter()
-            .map(|(_, claim)| claim.as_uuid())
+            .map(|(_, claim, _)| claim.as_uuid())
             .collect::<Vec<_>>()
             .into(),
+        text_array(sorted.iter().map(|(_, _, steps)| steps.clone())),
     ];
+    let keys = completions.iter().map(|(id, claim, _)| (*id, *claim));
     fenced_batch(
         &db,
         "could not complete the orders",
         &COMPLETE_BATCH,
         values,
-        completions.into_iter(),
+        keys,
+    )
+    .await
+}
+
+/// A `text[]` parameter of texts that may be missing, each missing one as `''` (the driver
+/// binds no `NULL` element): the statements read the elements through `nullif(.., '')`.
+fn text_array(texts: impl Iterator<Item = Option<String>>) -> Value {
+    texts
+        .map(Option::unwrap_or_default)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+async fn checkpoint_batch(
+    db: DatabaseConnection,
+    checkpoints: Vec<(OrderId, ClaimToken, Option<String>, bool)>,
+) -> Vec<Reply<Option<Order>>> {
+    let mut sorted: Vec<&(OrderId, ClaimToken, Option<String>, bool)> =
+        checkpoints.iter().collect();
+    sorted.sort_by_key(|(id, claim, _, _)| (*id, *claim));
+    let values = vec![
+        sorted
+            .iter()
+            .map(|(id, ..)| id.get())
+            .collect::<Vec<_>>()
+            .into(),
+        sorted
+            .iter()
+            .map(|(_, claim, ..)| claim.as_uuid())
+            .collect::<Vec<_>>()
+            .into(),
+        text_array(sorted.iter().map(|(_, _, steps, _)| steps.clone())),
+        sorted
+            .iter()
+            .map(|(.., advancing)| *advancing)
+            .collect::<Vec<_>>()
+            .into(),
+    ];
+    let keys = checkpoints.iter().map(|(id, claim, ..)| (*id, *claim));
+    fenced_batch(
+        &db,
+        "could not record the steps",
+        CHECKPOINT_BATCH,
+        values,
+        keys,
     )
     .await
 }
@@ -637,9 +711,13 @@ async fn fenced_batch(
 /// Complete, whose statements are [`START_BATCH`] and [`COMPLETE_BATCH`].
 fn transition_statement(id: OrderId, transition: Transition) -> Option<(String, Vec<Value>)> {
     let held = "status = 'PROCESSING' AND claim_token = $2";
+    // An order with steps recorded never goes back to PENDING (see `Transition::Retry`).
+    let held_without_steps = "status = 'PROCESSING' AND claim_token = $2 AND steps IS NULL";
     let id = Value::from(id.get());
     let (set, condition, values) = match transition {
-        Transition::Start { .. } | Transition::Complete { .. } => return None,
+        Transition::Start { .. } | Transition::Complete { .. } | Transition::Checkpoint { .. } => {
+            return None;
+        }
         // The lease's end is when a PROCESSING order is due again: renewing moves it.
         Transition::Renew { claim, lease } => (
             "available_at = now() + $3 * interval '1 microsecond'".to_owned(),
@@ -649,26 +727,50 @@ fn transition_statement(id: OrderId, transition: Transition) -> Option<(String, 
         // Back to PENDING, and due when the queue's retry says (its lease's end until then).
         Transition::Retry { claim, error } => (
             "status = 'PENDING', last_error = $3, updated_at = now()".to_owned(),
-            held,
+            held_without_steps,
             vec![id, claim.as_uuid().into(), error.into()],
         ),
-        Transition::Fail { claim, error } => (
-            format!("status = 'FAILED', processing_end_time = now(), last_error = $3, {FINISH}"),
+        Transition::Fail {
+            claim,
+            error,
+            steps,
+        } => (
+            format!(
+                "status = 'FAILED', processing_end_time = now(), last_error = $3, \
+                 steps = coalesce($4, steps), {FINISH}"
+            ),
             held,
-            vec![id, claim.as_uuid().into(), error.into()],
+            vec![
+                id,
+                claim.as_uuid().into(),
+                error.into(),
+                steps.and_then(|steps| encode_steps(&steps)).into(),
+            ],
         ),
         Transition::Release { claim } => (
             "status = 'PENDING', attempts = greatest(attempts - 1, 0), \
              processing_start_time = CASE WHEN attempts <= 1 THEN NULL \
              ELSE processing_start_time END, updated_at = now()"
                 .to_owned(),
-            held,
+            held_without_steps,
             vec![id, claim.as_uuid().into()],
         ),
         Transition::Cancel => (
             format!("status = 'CANCELLED', {FINISH}"),
             "status = 'PENDING'",
             vec![id],
+        ),
+        Transition::RequestCancel { seen } => (
+            "cancel_requested_at = now(), \
+             updated_at = greatest(now(), updated_at + interval '1 microsecond')"
+                .to_owned(),
+            "status = 'PROCESSING' AND cancel_requested_at IS NULL AND updated_at = $2",
+            vec![id, seen.into()],
+        ),
+        Transition::FinishCancel { claim, steps } => (
+            format!("status = 'CANCELLED', processing_end_time = now(), steps = $3, {FINISH}"),
+            held,
+            vec![id, claim.as_uuid().into(), encode_steps(&steps).into()],
         ),
     };
     Some((
@@ -734,20 +836,24 @@ impl Repository for PostgresRepository {
         transition: Transition,
     ) -> Result<Order, TransitionError> {
         let target = transition.target();
-        let claim = match &transition {
-            Transition::Start { .. } | Transition::Cancel => None,
-            Transition::Renew { claim, .. }
-            | Transition::Complete { claim }
-            | Transition::Retry { claim, .. }
-            | Transition::Release { claim }
-            | Transition::Fail { claim, .. } => Some(*claim),
-        };
+        let claim = transition.claim();
+        let cancellable = transition.refused_once_cancelling();
         let batched = match &transition {
             Transition::Start { claim, lease } => {
                 Some(self.batches.starts.call((id, *claim, micros(*lease))).await)
             }
-            Transition::Complete { claim } => {
-                Some(self.batches.completions.call((id, *claim)).await)
+            Transition::Complete { claim, steps } => {
+                let steps = steps.as_deref().and_then(encode_steps);
+                Some(self.batches.completions.call((id, *claim, steps)).await)
+            }
+            Transition::Checkpoint {
+                claim,
+                steps,
+                advancing,
+            } => {
+                let steps = encode_steps(steps);
+                let call = (id, *claim, steps, *advancing);
+                Some(self.batches.checkpoints.call(call).await)
             }
             _ => None,
         };
@@ -780,7 +886,7 @@ impl Repository for PostgresRepository {
             .db
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT status, claim_token, \
+                "SELECT status, claim_token, cancel_requested_at IS NOT NULL AS cancelling, \
                         (status = 'PROCESSING' AND available_at > now()) AS lease_live \
                    FROM order_engine_orders WHERE id = $1",
                 [id.get().into()],
@@ -794,6 +900,15 @@ impl Repository for PostgresRepository {
             .map_err(|_| StorageError::other(format!("order row {id} holds an invalid status")))?;
         let holder: Option<uuid::Uuid> = row.try_get("", "claim_token").map_err(read)?;
         let lease_live: Option<bool> = row.try_get("", "lease_live").map_err(read)?;
+        let cancelling: bool = row.try_get("", "cancelling").map_err(read)?;
+        let holds = |claim: ClaimToken| holder == Some(claim.as_uuid());
+        if cancellable
+            && cancelling
+            && current == OrderStatus::Processing
+            && claim.is_some_and(holds)
+        {
+            return Err(TransitionError::CancelRequested(id));
+        }
         let held_by_other = lease_live.unwrap_or(false)
             && claim.is_none_or(|claim| holder != Some(claim.as_uuid()));
         Err(TransitionError::Conflict {

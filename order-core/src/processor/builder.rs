@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::retry::RetryPolicy;
-use super::{Engine, OrderProcessor};
+use super::{Engine, OrderProcessor, Work};
 use crate::backend::Backend;
 use crate::changes::ChangeFeed;
 use crate::handler::OrderHandler;
@@ -14,6 +14,7 @@ use crate::idempotency::DEFAULT_KEY_TTL;
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::queue::{Queue, QueueStorage};
 use crate::repository::Repository;
+use crate::step::{Pipeline, PipelineError};
 
 /// How many order snapshots a slow [`OrderProcessor::subscribe`] receiver may fall behind.
 const EVENT_BUFFER: usize = 1024;
@@ -52,6 +53,9 @@ pub enum BuildError {
         "this repository keeps its backend's queue in step: replace both with .repository(..) and .queue(..), not the queue alone"
     )]
     RepositoryWithoutItsQueue,
+    /// The pipeline's steps are not usable: none, or two with one name.
+    #[error("invalid pipeline: {0}")]
+    InvalidPipeline(#[from] PipelineError),
     /// A setting is out of range.
     #[error("{setting} {reason}")]
     InvalidSetting {
@@ -67,7 +71,7 @@ pub enum BuildError {
 pub struct OrderProcessorBuilder {
     storage: Storage,
     change_feed: Option<Arc<dyn ChangeFeed>>,
-    handler: Arc<dyn OrderHandler>,
+    work: Work,
     settings: Settings,
 }
 
@@ -265,6 +269,9 @@ impl OrderProcessorBuilder {
         if s.key_ttl < Duration::from_secs(1) {
             return invalid("idempotency_ttl", "must be at least 1 second");
         }
+        if let Work::Pipeline(pipeline) = &self.work {
+            pipeline.validate()?;
+        }
         let from_one_backend = matches!(self.storage, Storage::Backend { .. });
         let (Some(repository), Some(queue), repository_keeps_a_queue) = self.storage.into_parts()
         else {
@@ -283,7 +290,7 @@ impl OrderProcessorBuilder {
                 repository,
                 queue,
                 shared_storage,
-                handler: self.handler,
+                work: self.work,
                 settings: s,
                 events,
                 change_feed: self.change_feed,
@@ -301,10 +308,21 @@ impl OrderProcessor {
     /// [`repository`](OrderProcessorBuilder::repository) and
     /// [`queue`](OrderProcessorBuilder::queue).
     pub fn builder(handler: impl OrderHandler + 'static) -> OrderProcessorBuilder {
+        Self::builder_for(Work::Handler(Arc::new(handler)))
+    }
+
+    /// A builder that processes each order as the steps of `pipeline`, checkpointed and
+    /// compensated (see [`step`](crate::step)); otherwise as [`builder`](Self::builder). Each
+    /// step's attempts are capped by its own [`RetryPolicy`], or by the processor's.
+    pub fn pipeline_builder(pipeline: Pipeline) -> OrderProcessorBuilder {
+        Self::builder_for(Work::Pipeline(Arc::new(pipeline)))
+    }
+
+    fn builder_for(work: Work) -> OrderProcessorBuilder {
         OrderProcessorBuilder {
             storage: Storage::NONE,
             change_feed: None,
-            handler: Arc::new(handler),
+            work,
             settings: Settings {
                 concurrency: 64,
                 lease: Duration::from_secs(10),

@@ -38,7 +38,11 @@ pub(super) async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio
             return;
         };
         match renewed {
-            Err(TransitionError::Conflict { .. } | TransitionError::NotFound(_)) => return,
+            Err(
+                TransitionError::Conflict { .. }
+                | TransitionError::NotFound(_)
+                | TransitionError::CancelRequested(_),
+            ) => return,
             Err(TransitionError::Storage(err)) => {
                 if asked_at + period >= held_until {
                     warn!(error = %err, "could not renew the lease before it runs out; stopping");

@@ -13,9 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::lease::keep_lease;
-use super::{Engine, RetryPolicy};
+use super::{Engine, RetryPolicy, Work};
 use crate::error::{StorageError, TransitionError};
 use crate::handler::{HandlerError, error_chain};
+use crate::order::{Order, OrderStatus};
 use crate::queue::{Claim, QueueError};
 use crate::repository::Transition;
 use crate::telemetry::{self, count, observe};
@@ -183,6 +184,11 @@ async fn process(
             settle(engine.queue.ack(&claim).await);
             return;
         }
+        // A start is never refused for a cancel; were it, the order would come back later.
+        Err(TransitionError::CancelRequested(_)) => {
+            settle(engine.queue.retry(&claim, s.lease).await);
+            return;
+        }
         Err(TransitionError::Storage(err)) => {
             warn!(error = %err, "could not start the order; it will be tried again");
             settle(engine.queue.retry(&claim, Duration::from_secs(1)).await);
@@ -202,14 +208,20 @@ async fn process(
         }
     }
 
+    let handler = match &engine.work {
+        Work::Handler(handler) => handler,
+        Work::Pipeline(pipeline) => {
+            super::pipeline::drive(engine, pipeline, &claim, order, claimed_at, abandon).await;
+            return;
+        }
+    };
     let handler_began = tokio::time::Instant::now();
 
     if abandon.is_cancelled() {
         release_abandoned(engine, &claim).await;
         return;
     }
-    let mut handling =
-        std::pin::pin!(AssertUnwindSafe(engine.handler.process(&order)).catch_unwind());
+    let mut handling = std::pin::pin!(AssertUnwindSafe(handler.process(&order)).catch_unwind());
     // A handler that finishes on its first poll took no time, so its lease cannot need
     // renewing: the lease keeper (a timer registered and cancelled per order) and the
     // shutdown watch are set up only for a handler that waits.
@@ -231,20 +243,17 @@ async fn process(
         },
     };
     observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
-    let result = outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        Err(HandlerError::transient(format!(
-            "handler panicked: {message}"
-        )))
-    });
+    let result = outcome.unwrap_or_else(|panic| Err(panicked("handler", &*panic)));
 
     match result {
         Ok(()) => match engine
-            .record(id, Transition::Complete { claim: claim.token })
+            .record(
+                id,
+                Transition::Complete {
+                    claim: claim.token,
+                    steps: None,
+                },
+            )
             .await
         {
             Ok(_) => {
@@ -255,7 +264,7 @@ async fn process(
             Err(err) => warn!(error = %err, "could not record completion"),
         },
         Err(err) => {
-            let error: String = err.message.chars().take(MAX_ERROR_CHARS).collect();
+            let error = bounded(&err.message);
             // The whole chain of causes goes to the log; clients see the bounded message.
             let cause = std::error::Error::source(&err).map(error_chain);
             if err.permanent || order.attempts >= s.retry.max_attempts {
@@ -266,6 +275,7 @@ async fn process(
                         Transition::Fail {
                             claim: claim.token,
                             error,
+                            steps: None,
                         },
                     )
                     .await
@@ -300,13 +310,60 @@ async fn process(
     }
 }
 
+/// A panic caught in `what` (the handler, a step, a compensation), as the transient error it
+/// counts as.
+pub(super) fn panicked(what: &str, panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    HandlerError::transient(format!("{what} panicked: {message}"))
+}
+
+/// `error`'s message cut to [`MAX_ERROR_CHARS`], as it is stored.
+pub(super) fn bounded(message: &str) -> String {
+    message.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+/// Hands the claimed order back: PENDING without using up an attempt
+/// ([`Transition::Release`]), or, for an order with steps recorded (which never goes back to
+/// PENDING), PROCESSING with its lease ended now, so that the next worker takes it over at
+/// once.
+async fn release(engine: &Engine, claim: &Claim) -> Result<Order, TransitionError> {
+    let id = claim.order_id;
+    let token = claim.token;
+    match engine
+        .repository
+        .transition(id, Transition::Release { claim: token })
+        .await
+    {
+        Err(TransitionError::Conflict {
+            current: OrderStatus::Processing,
+            held_by_other: false,
+            ..
+        }) => {
+            let lease = Duration::ZERO;
+            engine
+                .repository
+                .transition(
+                    id,
+                    Transition::Renew {
+                        claim: token,
+                        lease,
+                    },
+                )
+                .await
+        }
+        released => released,
+    }
+}
+
 /// Hands an unfinished order back at shutdown, without using up an attempt, so the next run
 /// starts it at once rather than after its lease runs out.
-async fn release_abandoned(engine: &Engine, claim: &Claim) {
-    let released = engine
-        .record(claim.order_id, Transition::Release { claim: claim.token })
-        .await;
-    if released.is_ok() {
+pub(super) async fn release_abandoned(engine: &Engine, claim: &Claim) {
+    if let Ok(order) = release(engine, claim).await {
+        engine.publish(&order);
         settle(engine.queue.retry(claim, Duration::ZERO).await);
     }
 }
@@ -316,11 +373,7 @@ async fn release_abandoned(engine: &Engine, claim: &Claim) {
 /// so the order loses no attempt; for an order the claim did not start, the release finds
 /// nothing to undo.
 async fn release_untaken(engine: &Engine, claim: &Claim) {
-    let released = engine
-        .repository
-        .transition(claim.order_id, Transition::Release { claim: claim.token })
-        .await;
-    if let Ok(order) = released {
+    if let Ok(order) = release(engine, claim).await {
         engine.publish(&order);
     }
     settle(engine.queue.retry(claim, Duration::ZERO).await);

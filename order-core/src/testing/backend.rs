@@ -56,12 +56,24 @@ pub async fn an_insert_queues_and_a_claim_starts<B: Backend + ?Sized>(backend: A
     let other = crate::queue::ClaimToken::generate();
     assert!(matches!(
         repository
-            .transition(order.id, Transition::Complete { claim: other })
+            .transition(
+                order.id,
+                Transition::Complete {
+                    claim: other,
+                    steps: None
+                }
+            )
             .await,
         Err(TransitionError::Conflict { .. })
     ));
     repository
-        .transition(order.id, Transition::Complete { claim: claim.token })
+        .transition(
+            order.id,
+            Transition::Complete {
+                claim: claim.token,
+                steps: None,
+            },
+        )
         .await
         .unwrap();
 }
@@ -105,6 +117,7 @@ pub async fn finishing_takes_the_order_off_the_queue<B: Backend + ?Sized>(backen
             completed.id,
             Transition::Complete {
                 claim: claims[0].token,
+                steps: None,
             },
         )
         .await
@@ -115,6 +128,7 @@ pub async fn finishing_takes_the_order_off_the_queue<B: Backend + ?Sized>(backen
             Transition::Fail {
                 claim: claims[1].token,
                 error: "card declined".to_owned(),
+                steps: None,
             },
         )
         .await
@@ -181,7 +195,13 @@ pub async fn a_renewal_holds_the_claim<B: Backend + ?Sized>(backend: Arc<B>) {
     assert!(backend.queue().claim(10, LONG).await.unwrap().is_empty());
     assert_eq!(depth(&*backend).await.claimed, 1);
     repository
-        .transition(order.id, Transition::Complete { claim: claim.token })
+        .transition(
+            order.id,
+            Transition::Complete {
+                claim: claim.token,
+                steps: None,
+            },
+        )
         .await
         .unwrap();
 }
@@ -198,7 +218,13 @@ pub async fn a_lapsed_claim_is_taken_over<B: Backend + ?Sized>(backend: Arc<B>) 
     assert_eq!((started.attempts, second.deliveries), (2, 2));
     assert!(matches!(
         repository
-            .transition(order.id, Transition::Complete { claim: first.token })
+            .transition(
+                order.id,
+                Transition::Complete {
+                    claim: first.token,
+                    steps: None
+                }
+            )
             .await,
         Err(TransitionError::Conflict { .. })
     ));
@@ -207,6 +233,7 @@ pub async fn a_lapsed_claim_is_taken_over<B: Backend + ?Sized>(backend: Arc<B>) 
             order.id,
             Transition::Complete {
                 claim: second.token,
+                steps: None,
             },
         )
         .await
@@ -263,7 +290,13 @@ where
         );
         // Held by this claim: it, and only it, may complete the order.
         repository
-            .transition(claim.order_id, Transition::Complete { claim: claim.token })
+            .transition(
+                claim.order_id,
+                Transition::Complete {
+                    claim: claim.token,
+                    steps: None,
+                },
+            )
             .await
             .unwrap();
     }

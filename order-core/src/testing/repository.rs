@@ -93,7 +93,7 @@ pub async fn start_then_complete(repo: Arc<dyn Repository>) {
     assert!(started.updated_at >= order.updated_at);
 
     let done = repo
-        .transition(order.id, Transition::Complete { claim })
+        .transition(order.id, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
     assert_eq!(done.status, OrderStatus::Completed);
@@ -110,7 +110,10 @@ pub async fn changes_are_fenced_by_the_claim(repo: Arc<dyn Repository>) {
     let started = repo.transition(order.id, start).await.unwrap();
     let stranger = ClaimToken::generate();
     for t in [
-        Transition::Complete { claim: stranger },
+        Transition::Complete {
+            claim: stranger,
+            steps: None,
+        },
         Transition::Retry {
             claim: stranger,
             error: "x".into(),
@@ -118,6 +121,7 @@ pub async fn changes_are_fenced_by_the_claim(repo: Arc<dyn Repository>) {
         Transition::Fail {
             claim: stranger,
             error: "x".into(),
+            steps: None,
         },
         Transition::Renew {
             claim: stranger,
@@ -156,11 +160,25 @@ pub async fn a_lapsed_lease_is_taken_over_and_the_old_claim_fenced(repo: Arc<dyn
     );
 
     assert_eq!(
-        conflict(&*repo, order.id, Transition::Complete { claim: old }).await,
+        conflict(
+            &*repo,
+            order.id,
+            Transition::Complete {
+                claim: old,
+                steps: None
+            }
+        )
+        .await,
         (OrderStatus::Processing, true)
     );
     let done = repo
-        .transition(order.id, Transition::Complete { claim: new })
+        .transition(
+            order.id,
+            Transition::Complete {
+                claim: new,
+                steps: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(done.status, OrderStatus::Completed);
@@ -173,7 +191,7 @@ pub async fn a_lapsed_lease_not_taken_over_still_completes(repo: Arc<dyn Reposit
     repo.transition(order.id, start).await.unwrap();
     sleep(SHORT + SHORT / 2).await;
     let done = repo
-        .transition(order.id, Transition::Complete { claim })
+        .transition(order.id, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
     assert_eq!(done.status, OrderStatus::Completed);
@@ -236,7 +254,15 @@ pub async fn retry_then_fail(repo: Arc<dyn Repository>) {
     assert_eq!(pending.last_error.as_deref(), Some("warehouse busy"));
     assert_eq!(pending.processing_end_time, None);
     assert_eq!(
-        conflict(&*repo, order.id, Transition::Complete { claim: first }).await,
+        conflict(
+            &*repo,
+            order.id,
+            Transition::Complete {
+                claim: first,
+                steps: None
+            }
+        )
+        .await,
         (OrderStatus::Pending, false),
         "the retried claim no longer holds the order"
     );
@@ -250,6 +276,7 @@ pub async fn retry_then_fail(repo: Arc<dyn Repository>) {
             Transition::Fail {
                 claim: second,
                 error: "card declined".into(),
+                steps: None,
             },
         )
         .await
@@ -410,14 +437,14 @@ pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
     let order = insert(&*repo).await;
     let claim = started(&*repo, order.id).await;
     let done = repo
-        .transition(order.id, Transition::Complete { claim })
+        .transition(order.id, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
     let (_, restart) = start(LONG);
     for t in [
         restart,
         Transition::Cancel,
-        Transition::Complete { claim },
+        Transition::Complete { claim, steps: None },
         Transition::Retry {
             claim,
             error: "late".into(),
@@ -425,6 +452,7 @@ pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
         Transition::Fail {
             claim,
             error: "late".into(),
+            steps: None,
         },
         Transition::Renew { claim, lease: LONG },
         Transition::Release { claim },
@@ -510,7 +538,7 @@ pub async fn stranded_finds_what_a_lost_queue_held(repo: Arc<dyn Repository>) {
     repo.transition(lapsed, start(SHORT).1).await.unwrap();
     let completed = insert(&*repo).await.id;
     let claim = started(&*repo, completed).await;
-    repo.transition(completed, Transition::Complete { claim })
+    repo.transition(completed, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
     let cancelled = insert(&*repo).await.id;
@@ -558,7 +586,7 @@ pub async fn metrics_follow_every_change(repo: Arc<dyn Repository>) {
         let claim = started(&*repo, id).await;
         sleep(std::time::Duration::from_millis(20)).await;
         let done = repo
-            .transition(id, Transition::Complete { claim })
+            .transition(id, Transition::Complete { claim, steps: None })
             .await
             .unwrap();
         let took = done.processing_end_time.unwrap() - done.processing_start_time.unwrap();
@@ -570,6 +598,7 @@ pub async fn metrics_follow_every_change(repo: Arc<dyn Repository>) {
         Transition::Fail {
             claim,
             error: "no".into(),
+            steps: None,
         },
     )
     .await

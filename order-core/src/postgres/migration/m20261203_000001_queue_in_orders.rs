@@ -82,7 +82,7 @@ DROP FUNCTION order_engine_notify_changes();
 /// `NOTIFY`'s 8000-byte limit): a watcher may hear of an order that did not change (a lease
 /// taken over in the same claim), which the change feed allows. A statement that changed no
 /// count (a renewal) but did swap statuses between orders is found by the join it then runs.
-const UPDATE_TRIGGER: &str = r"
+pub(super) const UPDATE_TRIGGER: &str = r"
 CREATE FUNCTION order_engine_orders_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     moved bigint;

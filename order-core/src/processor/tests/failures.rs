@@ -32,7 +32,7 @@ async fn the_sweep_recovers_what_a_crashed_run_left_behind() {
         .await
         .unwrap();
     repository
-        .transition(finished, Transition::Complete { claim })
+        .transition(finished, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

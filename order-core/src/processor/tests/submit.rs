@@ -54,7 +54,7 @@ async fn a_cancelled_order_is_never_started() {
     let cancelled = processor.submit(new_order("u")).await.unwrap().id;
     let kept = processor.submit(new_order("v")).await.unwrap().id;
     assert_eq!(
-        processor.cancel(cancelled).await.unwrap().status,
+        processor.cancel(cancelled).await.unwrap().order().status,
         OrderStatus::Cancelled
     );
     let running = processor.start();

@@ -64,7 +64,7 @@ pub async fn a_key_creates_one_order(repo: Arc<dyn Repository>) {
         Insertion::Created(order) if order.id != created.id
     ));
     assert_eq!(repo.metrics().await.unwrap().total_orders, 2);
-    repo.transition(created.id, Transition::Complete { claim })
+    repo.transition(created.id, Transition::Complete { claim, steps: None })
         .await
         .unwrap();
 }

@@ -1,0 +1,399 @@
+//! A claimed order run through the steps of a [`Pipeline`]: each step's outcome checkpointed
+//! under the claim, transient errors retried step by step, and the finished steps compensated
+//! in reverse when a step fails for good or a cancel was requested.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lease::keep_lease;
+use super::worker::{bounded, panicked, release_abandoned};
+use super::{Engine, RetryPolicy};
+use crate::error::TransitionError;
+use crate::handler::HandlerError;
+use crate::order::Order;
+use crate::queue::Claim;
+use crate::repository::Transition;
+use crate::step::{Pipeline, Step, StepContext, StepOutput, StepRecord, StepStatus};
+use crate::telemetry::{self, count, count_step, observe, observe_step};
+
+/// How a pipeline's run ended short of COMPLETED: what the compensations lead to.
+enum Unwind {
+    /// A cancel was requested: the order ends CANCELLED.
+    Cancel,
+    /// A step failed for good: the order ends FAILED with this `last_error`.
+    Failure(String),
+}
+
+/// A run that ended before the pipeline's last step: the order was unwound (a cancel cut in),
+/// or the claim is gone (a lost lease, a write that failed for good; the lease brings the order
+/// back).
+struct Stopped;
+
+/// Runs the claimed `order` through `pipeline` while keeping its lease, until it is finished,
+/// the lease is lost, or shutdown abandons it (then it is handed back).
+pub(super) async fn drive(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    claim: &Claim,
+    order: Order,
+    claimed_at: tokio::time::Instant,
+    abandon: &CancellationToken,
+) {
+    if abandon.is_cancelled() {
+        release_abandoned(engine, claim).await;
+        return;
+    }
+    let began = tokio::time::Instant::now();
+    let run = Run {
+        engine,
+        pipeline,
+        claim,
+        order: Arc::new(order),
+    };
+    tokio::select! {
+        biased;
+        () = abandon.cancelled() => release_abandoned(engine, claim).await,
+        () = keep_lease(engine, claim, claimed_at) => {
+            count(telemetry::LEASES_LOST);
+            warn!("lease lost to another worker; abandoning this attempt");
+        }
+        _ = run.run() => observe(telemetry::PROCESSING_DURATION, began.elapsed()),
+    }
+}
+
+/// One worker's run of one order's pipeline.
+struct Run<'a> {
+    engine: &'a Engine,
+    pipeline: &'a Pipeline,
+    claim: &'a Claim,
+    /// The order as this worker started it.
+    order: Arc<Order>,
+}
+
+impl Run<'_> {
+    async fn run(&self) -> Result<(), Stopped> {
+        let mut steps = self.order.steps.clone();
+        if self.order.cancel_requested_at.is_some() {
+            return self.unwind(steps, Unwind::Cancel).await;
+        }
+        if let Some(failed) = steps.iter().find(|step| step.status == StepStatus::Failed) {
+            let error = failure(&failed.name, failed.error.as_deref().unwrap_or("failed"));
+            return self.unwind(steps, Unwind::Failure(error)).await;
+        }
+        let total = self.pipeline.steps.len();
+        let mut k = steps
+            .iter()
+            .take_while(|step| step.status == StepStatus::Succeeded)
+            .count();
+        if k >= total {
+            // Every step's success is stored, but not the completion: finish it.
+            return self.complete(steps).await;
+        }
+        // The step to run now: resumed (its earlier runs are recorded and this one counts),
+        // started (the step before it succeeded, and a cancel cut in before its checkpoint),
+        // or the first step of a fresh order, whose runs are the order's own attempts and need
+        // no write of their own.
+        if k < steps.len() {
+            steps[k].attempts = steps[k].attempts.saturating_add(1);
+            steps[k].status = StepStatus::Running;
+            steps.truncate(k + 1);
+            steps = self.advance(steps).await?;
+        } else if k == 0 {
+            steps.push(StepRecord::started(
+                self.pipeline.steps[0].name(),
+                self.order.attempts.max(1),
+            ));
+        } else {
+            steps.push(StepRecord::started(self.pipeline.steps[k].name(), 1));
+            steps = self.advance(steps).await?;
+        }
+        loop {
+            let step = &self.pipeline.steps[k];
+            let policy = self.policy(step);
+            let attempt = steps[k].attempts;
+            if attempt > policy.max_attempts {
+                let error = format!("gave up after {} attempts", policy.max_attempts);
+                let last = steps[k].error.clone().unwrap_or(error);
+                return self.fail_step(steps, k, last).await;
+            }
+            let cx = self.context(step, attempt, &steps[..k]);
+            let began = tokio::time::Instant::now();
+            let result = run_step(step, cx).await;
+            observe_step(step.name(), began.elapsed());
+            match result {
+                Ok(output) => {
+                    let record = &mut steps[k];
+                    record.status = StepStatus::Succeeded;
+                    record.output = Some(output);
+                    record.ended_at = Some(Utc::now());
+                    info!(step = step.name(), attempt, "step succeeded");
+                    if k + 1 == total {
+                        return self.complete(steps).await;
+                    }
+                    k += 1;
+                    steps.push(StepRecord::started(self.pipeline.steps[k].name(), 1));
+                    steps = self.advance(steps).await?;
+                }
+                Err(err) => {
+                    count_step(telemetry::STEP_FAILURES, step.name());
+                    let error = bounded(&err.message);
+                    if err.permanent || attempt >= policy.max_attempts {
+                        warn!(step = step.name(), attempt, error = %error, permanent = err.permanent, "step failed");
+                        return self.fail_step(steps, k, error).await;
+                    }
+                    let delay = policy.backoff(attempt);
+                    info!(step = step.name(), attempt, error = %error, retry_in_ms = delay.as_millis(), "step failed; retrying");
+                    steps[k].status = StepStatus::Retrying;
+                    steps[k].error = Some(error);
+                    steps = self.advance(steps).await?;
+                    count(telemetry::RETRIES);
+                    tokio::time::sleep(delay).await;
+                    steps[k].attempts = steps[k].attempts.saturating_add(1);
+                    steps[k].status = StepStatus::Running;
+                }
+            }
+        }
+    }
+
+    /// The step's own retry policy, or the processor's.
+    fn policy(&self, step: &Step) -> RetryPolicy {
+        step.retry.unwrap_or(self.engine.settings.retry)
+    }
+
+    /// The context of `step` on `attempt`, after the steps `before` it.
+    fn context(&self, step: &Step, attempt: u32, before: &[StepRecord]) -> StepContext {
+        let outputs = before
+            .iter()
+            .filter_map(|done| Some((done.name.clone(), done.output.clone()?)))
+            .collect();
+        StepContext::new(self.order.clone(), step.name(), attempt, outputs)
+    }
+
+    /// Stores `steps`, which start or retry a step: refused once a cancel was requested, and
+    /// then the run unwinds instead (the steps come back without the one not yet started).
+    async fn advance(&self, mut steps: Vec<StepRecord>) -> Result<Vec<StepRecord>, Stopped> {
+        let written = self
+            .engine
+            .record(
+                self.order.id,
+                Transition::Checkpoint {
+                    claim: self.claim.token,
+                    steps: steps.clone(),
+                    advancing: true,
+                },
+            )
+            .await;
+        match written {
+            Ok(_) => Ok(steps),
+            Err(TransitionError::CancelRequested(_)) => {
+                // The step last pushed or retried has not run since the cancel: the steps
+                // before it are what there is to undo. A step that was retrying stops.
+                if let Some(last) = steps.last_mut() {
+                    if last.status == StepStatus::Running && last.attempts == 1 {
+                        steps.pop();
+                    } else {
+                        last.status = StepStatus::Failed;
+                        last.error = Some("cancelled before it succeeded".to_owned());
+                        last.ended_at = Some(Utc::now());
+                    }
+                }
+                self.unwind(steps, Unwind::Cancel).await?;
+                Err(Stopped)
+            }
+            Err(err) => {
+                warn!(error = %err, "could not record the step; the lease will bring the order back");
+                Err(Stopped)
+            }
+        }
+    }
+
+    /// Stores `steps` whatever a cancel says (an outcome, a compensation's progress); returns
+    /// whether a cancel was requested.
+    async fn checkpoint(&self, steps: &[StepRecord]) -> Result<bool, Stopped> {
+        let written = self
+            .engine
+            .record(
+                self.order.id,
+                Transition::Checkpoint {
+                    claim: self.claim.token,
+                    steps: steps.to_vec(),
+                    advancing: false,
+                },
+            )
+            .await;
+        match written {
+            Ok(order) => Ok(order.cancel_requested_at.is_some()),
+            Err(err) => {
+                warn!(error = %err, "could not record the step; the lease will bring the order back");
+                Err(Stopped)
+            }
+        }
+    }
+
+    /// Every step succeeded: COMPLETED, with the last step's outcome in the same write, unless
+    /// a cancel was requested meanwhile.
+    async fn complete(&self, steps: Vec<StepRecord>) -> Result<(), Stopped> {
+        let written = self
+            .engine
+            .record(
+                self.order.id,
+                Transition::Complete {
+                    claim: self.claim.token,
+                    steps: Some(steps.clone()),
+                },
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                count(telemetry::ORDERS_COMPLETED);
+                info!(attempt = self.order.attempts, "order completed");
+                self.engine.dequeue_finished(self.claim).await;
+                Ok(())
+            }
+            Err(TransitionError::CancelRequested(_)) => {
+                self.checkpoint(&steps).await?;
+                self.unwind(steps, Unwind::Cancel).await
+            }
+            Err(err) => {
+                warn!(error = %err, "could not record completion");
+                Err(Stopped)
+            }
+        }
+    }
+
+    /// Step `k` failed for good with `error`: recorded, then the steps before it compensated.
+    async fn fail_step(
+        &self,
+        mut steps: Vec<StepRecord>,
+        k: usize,
+        error: String,
+    ) -> Result<(), Stopped> {
+        let record = &mut steps[k];
+        record.status = StepStatus::Failed;
+        record.error = Some(error.clone());
+        record.ended_at = Some(Utc::now());
+        let error = failure(&record.name, &error);
+        self.unwind(steps, Unwind::Failure(error)).await
+    }
+
+    /// Compensates every finished step that has a compensation, in reverse order, each until
+    /// it succeeds, then ends the order CANCELLED (a cancel was requested, or is found
+    /// requested on the way) or FAILED.
+    async fn unwind(&self, mut steps: Vec<StepRecord>, mut reason: Unwind) -> Result<(), Stopped> {
+        for j in (0..steps.len()).rev() {
+            // Found by name: a step the pipeline no longer has cannot be compensated.
+            let Some(step) = self
+                .pipeline
+                .steps
+                .iter()
+                .find(|step| step.name() == steps[j].name)
+            else {
+                continue;
+            };
+            if !steps[j].status.needs_undo() || !step.is_compensable() {
+                continue;
+            }
+            steps[j].status = StepStatus::Compensating;
+            if self.checkpoint(&steps).await? {
+                reason = Unwind::Cancel;
+            }
+            let output = steps[j].output.clone().unwrap_or_else(StepOutput::none);
+            loop {
+                steps[j].compensation_attempts = steps[j].compensation_attempts.saturating_add(1);
+                let cx = self.context(step, steps[j].attempts, &steps[..j]);
+                match compensate(step, cx, output.clone()).await {
+                    Ok(()) => {
+                        count_step(telemetry::STEP_COMPENSATIONS, step.name());
+                        info!(step = step.name(), "step compensated");
+                        steps[j].status = StepStatus::Compensated;
+                        steps[j].ended_at = Some(Utc::now());
+                        break;
+                    }
+                    Err(err) => {
+                        count_step(telemetry::STEP_COMPENSATION_FAILURES, step.name());
+                        let attempt = steps[j].compensation_attempts;
+                        // Never given up: backed off as the step's retries are, without a cap.
+                        let delay = self.policy(step).backoff(attempt);
+                        warn!(step = step.name(), attempt, error = %err.message, retry_in_ms = delay.as_millis(), "compensation failed; retrying");
+                        steps[j].error = Some(bounded(&format!("compensation: {}", err.message)));
+                        if self.checkpoint(&steps).await? {
+                            reason = Unwind::Cancel;
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        let claim = self.claim.token;
+        let (transition, counter) = match reason {
+            Unwind::Cancel => (
+                Transition::FinishCancel { claim, steps },
+                telemetry::ORDERS_CANCELLED,
+            ),
+            Unwind::Failure(error) => (
+                Transition::Fail {
+                    claim,
+                    error,
+                    steps: Some(steps),
+                },
+                telemetry::ORDERS_FAILED,
+            ),
+        };
+        match self.engine.record(self.order.id, transition).await {
+            Ok(order) => {
+                count(counter);
+                info!(status = %order.status, "order unwound");
+                self.engine.dequeue_finished(self.claim).await;
+                Ok(())
+            }
+            Err(err) => {
+                warn!(error = %err, "could not record the order's end");
+                Err(Stopped)
+            }
+        }
+    }
+}
+
+/// `last_error` of an order whose step `name` failed with `error`.
+fn failure(name: &str, error: &str) -> String {
+    bounded(&format!("{name}: {error}"))
+}
+
+/// One run of `step`: its timeout, and a panic caught as a transient error.
+async fn run_step(step: &Step, cx: StepContext) -> Result<StepOutput, HandlerError> {
+    let run = AssertUnwindSafe(step.action.run(cx)).catch_unwind();
+    let outcome = match step.timeout {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(timed_out(limit)),
+        },
+        None => run.await,
+    };
+    outcome.unwrap_or_else(|panic| Err(panicked("step", &*panic)))
+}
+
+/// One try of `step`'s compensation, bounded by the step's timeout.
+async fn compensate(step: &Step, cx: StepContext, output: StepOutput) -> Result<(), HandlerError> {
+    let Some(compensation) = &step.compensation else {
+        return Ok(());
+    };
+    let run = AssertUnwindSafe(compensation.compensate(cx, output)).catch_unwind();
+    let outcome = match step.timeout {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(timed_out(limit)),
+        },
+        None => run.await,
+    };
+    outcome.unwrap_or_else(|panic| Err(panicked("compensation", &*panic)))
+}
+
+fn timed_out(limit: Duration) -> HandlerError {
+    HandlerError::transient(format!("timed out after {limit:?}"))
+}

@@ -1,0 +1,655 @@
+//! Orders processed in steps: a [`Pipeline`] of named [`Step`]s, each checkpointed under the
+//! worker's claim, with compensation when a later step fails or the order is cancelled.
+//!
+//! A checkout reserves stock, charges a card, then ships. Run as one [`OrderHandler`]
+//! (crate::OrderHandler), a crash after the charge runs the whole handler again, and a
+//! permanent failure after it leaves the reservation and the charge in place. Run as a
+//! pipeline:
+//!
+//! - each step's outcome is stored with the order ([`StepRecord`]: status, attempts, output,
+//!   error, times), fenced by the worker's claim like every transition, so a worker that lost
+//!   its lease never records a step;
+//! - after a crash, the order resumes at the first step without a recorded success, with the
+//!   outputs of the steps before it;
+//! - a transient error retries that step alone, with its own [`RetryPolicy`] and attempts;
+//! - a permanent error, or a step's attempts used up, compensates the finished steps in
+//!   reverse order (each compensation retried until it succeeds), and the order ends FAILED
+//!   with `last_error` naming the step;
+//! - a cancel of a PROCESSING order whose finished and running steps can all be compensated
+//!   is recorded; the running step finishes, the finished steps are compensated in reverse,
+//!   and the order ends CANCELLED.
+//!
+//! # Exactly once, or at least once
+//!
+//! A step runs at least once: a worker that dies after a step's work is done but before its
+//! checkpoint is stored leaves no trace of the success, and the next worker runs the step
+//! again. Each run of a step gets the same [`StepContext::idempotency_key`] for that order and
+//! step; a step that passes it to the service it calls (a payment provider's idempotency key,
+//! an inventory reservation id) is done effectively once. Compensations likewise.
+//!
+//! # Cost
+//!
+//! A step boundary is one write to the order's row (the finished step's outcome and the next
+//! step's start), group-committed with other workers' writes on PostgreSQL; the last step's
+//! outcome rides the order's completion. A plain [`OrderHandler`](crate::OrderHandler) records
+//! no steps at all: its one step is the order itself.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use order_core::step::{Pipeline, Step, StepContext, StepOutput};
+//! use order_core::{HandlerError, NewOrder, OrderProcessor, OrderStatus};
+//! use rust_decimal::Decimal;
+//!
+//! let pipeline = Pipeline::new()
+//!     .then(
+//!         Step::new("reserve", |cx: StepContext| async move {
+//!             StepOutput::json(&format!("reservation-{}", cx.order().id))
+//!         })
+//!         .compensate(|_cx: StepContext, _output: StepOutput| async { Ok(()) }),
+//!     )
+//!     .then(Step::new("charge", |cx: StepContext| async move {
+//!         let reservation: String = cx.output("reserve").expect("reserve ran first").parse()?;
+//!         StepOutput::json(&format!("charged for {reservation}"))
+//!     }));
+//! let processor = OrderProcessor::pipeline_builder(pipeline).in_memory().build()?;
+//! let running = processor.start();
+//! let order = processor.submit(NewOrder::new("ann", ["book"], Decimal::TEN)).await?;
+//! let done = processor.wait_until_done(order.id).await?.expect("the order exists");
+//! assert_eq!(done.status, OrderStatus::Completed);
+//! assert_eq!(done.steps.len(), 2);
+//! assert_eq!(done.steps[1].output.as_ref().unwrap().as_json(), r#""charged for reservation-1""#);
+//! running.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::handler::HandlerError;
+use crate::order::Order;
+use crate::processor::RetryPolicy;
+
+/// Where one step of an order is.
+///
+/// A step's status only moves forward: RUNNING and RETRYING alternate while it is tried;
+/// then SUCCEEDED or FAILED; a SUCCEEDED step may become COMPENSATING, then COMPENSATED.
+///
+/// ```
+/// use order_core::step::StepStatus::{Compensated, Compensating, Failed, Retrying, Running, Succeeded};
+///
+/// assert!(Running.may_become(Retrying) && Retrying.may_become(Running));
+/// assert!(Running.may_become(Succeeded) && Succeeded.may_become(Compensating));
+/// assert!(Compensating.may_become(Compensated));
+/// assert!(!Succeeded.may_become(Running));
+/// assert!(!Failed.may_become(Compensating));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    /// A worker is running it.
+    Running,
+    /// An attempt failed with a transient error; it is run again after a backoff.
+    Retrying,
+    /// It finished; its output is stored.
+    Succeeded,
+    /// It failed for good (a permanent error, or its attempts used up).
+    Failed,
+    /// It finished, and its compensation is running or waiting to be tried again.
+    Compensating,
+    /// It finished and was compensated.
+    Compensated,
+}
+
+impl StepStatus {
+    /// Every status, in the order of a step's life.
+    pub const ALL: [StepStatus; 6] = [
+        StepStatus::Running,
+        StepStatus::Retrying,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+        StepStatus::Compensating,
+        StepStatus::Compensated,
+    ];
+
+    /// The name used in the API and in storage: `RUNNING`, `SUCCEEDED`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Running => "RUNNING",
+            StepStatus::Retrying => "RETRYING",
+            StepStatus::Succeeded => "SUCCEEDED",
+            StepStatus::Failed => "FAILED",
+            StepStatus::Compensating => "COMPENSATING",
+            StepStatus::Compensated => "COMPENSATED",
+        }
+    }
+
+    /// Whether a step's record may go from this status to `next` in one write, or stay.
+    pub fn may_become(self, next: StepStatus) -> bool {
+        use StepStatus::{Compensated, Compensating, Failed, Retrying, Running, Succeeded};
+        self == next
+            || matches!(
+                (self, next),
+                (Running | Retrying, Running | Retrying | Succeeded | Failed)
+                    | (Succeeded, Compensating | Compensated)
+                    | (Compensating, Compensated)
+            )
+    }
+
+    /// Whether a step in this status has work done that a compensation would undo.
+    pub fn needs_undo(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Compensating)
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a step returned, as JSON text kept exactly as the step wrote it: money in an output
+/// never passes through a float, and the key order and spacing stay the step's.
+///
+/// ```
+/// use order_core::step::StepOutput;
+///
+/// let output = StepOutput::from_json(r#"{"charge": "ch_1", "amount": 12.10}"#.to_owned()).unwrap();
+/// assert_eq!(output.as_json(), r#"{"charge": "ch_1", "amount": 12.10}"#);
+/// assert!(StepOutput::from_json("{not json".to_owned()).is_err());
+/// assert_eq!(StepOutput::none().as_json(), "null");
+/// ```
+#[derive(Clone)]
+pub struct StepOutput(Arc<RawValue>);
+
+impl StepOutput {
+    /// No output: JSON `null`.
+    pub fn none() -> Self {
+        // `null` is valid JSON: this cannot fail.
+        Self::from_json("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"))
+    }
+
+    /// `value` serialized as JSON. Serialize money as a string or with
+    /// [`exact_amount`](crate::order::exact_amount), never as a float.
+    pub fn json(value: &impl Serialize) -> Result<Self, HandlerError> {
+        serde_json::value::to_raw_value(value)
+            .map(|raw| Self(Arc::from(raw)))
+            .map_err(|err| HandlerError::permanent(format!("step output is not JSON: {err}")))
+    }
+
+    /// An output from JSON text, kept as written; an error if the text is not JSON.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(|raw| Self(Arc::from(raw)))
+    }
+
+    /// The JSON text, exactly as the step wrote it.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The output read into `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_str(self.0.get())
+            .map_err(|err| HandlerError::permanent(format!("a step's output did not read: {err}")))
+    }
+}
+
+impl fmt::Debug for StepOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_json())
+    }
+}
+
+/// Two outputs are equal when their JSON text is.
+impl PartialEq for StepOutput {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl Eq for StepOutput {}
+
+/// One step of an order as stored: the checkpoint a worker writes under its claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct StepRecord {
+    /// The step's name in its pipeline.
+    pub name: String,
+    /// Where the step is.
+    pub status: StepStatus,
+    /// How many times the step was started, crashes and retries included.
+    pub attempts: u32,
+    /// How many times its compensation was tried.
+    #[serde(default)]
+    pub compensation_attempts: u32,
+    /// When its first attempt began (this worker's clock).
+    #[serde(serialize_with = "crate::order::rfc3339::serialize")]
+    pub started_at: DateTime<Utc>,
+    /// When it reached SUCCEEDED, FAILED or COMPENSATED.
+    #[serde(serialize_with = "crate::order::rfc3339::serialize_option")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The latest error of an attempt or a compensation, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub error: Option<String>,
+    /// What the step returned, once SUCCEEDED. Not shown by the HTTP API: it is the steps' own
+    /// data, for the steps after it.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub output: Option<StepOutput>,
+}
+
+impl StepRecord {
+    /// A step started now, on its first attempt.
+    pub fn started(name: impl Into<String>, attempts: u32) -> Self {
+        Self {
+            name: name.into(),
+            status: StepStatus::Running,
+            attempts,
+            compensation_attempts: 0,
+            started_at: Utc::now(),
+            ended_at: None,
+            error: None,
+            output: None,
+        }
+    }
+}
+
+/// The stored form of a step: [`StepRecord`] with its output, as the JSON text a backend keeps.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredStep<'a> {
+    name: std::borrow::Cow<'a, str>,
+    status: StepStatus,
+    attempts: u32,
+    #[serde(default)]
+    compensation_attempts: u32,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    error: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    output: Option<&'a RawValue>,
+}
+
+/// An order's steps as the JSON text a backend stores; `None` when there are none.
+pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
+    if steps.is_empty() {
+        return None;
+    }
+    let stored: Vec<StoredStep<'_>> = steps
+        .iter()
+        .map(|step| StoredStep {
+            name: step.name.as_str().into(),
+            status: step.status,
+            attempts: step.attempts,
+            compensation_attempts: step.compensation_attempts,
+            started_at: step.started_at,
+            ended_at: step.ended_at,
+            error: step.error.as_deref().map(Into::into),
+            output: step.output.as_ref().map(|output| &*output.0),
+        })
+        .collect();
+    // Strings, numbers, times and raw JSON always serialize.
+    serde_json::to_string(&stored).ok()
+}
+
+/// The steps stored as `text` by [`encode_steps`].
+pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Error> {
+    let stored: Vec<StoredStep<'_>> = serde_json::from_str(text)?;
+    stored
+        .into_iter()
+        .map(|step| {
+            Ok(StepRecord {
+                name: step.name.into_owned(),
+                status: step.status,
+                attempts: step.attempts,
+                compensation_attempts: step.compensation_attempts,
+                started_at: step.started_at,
+                ended_at: step.ended_at,
+                error: step.error.map(std::borrow::Cow::into_owned),
+                output: step
+                    .output
+                    .map(|raw| StepOutput::from_json(raw.get().to_owned()))
+                    .transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// What a step sees: the order, the outputs of the steps before it, its attempt, and a key
+/// that is the same on every run of this step for this order. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    order: Arc<Order>,
+    step: Arc<str>,
+    attempt: u32,
+    outputs: Arc<Vec<(String, StepOutput)>>,
+}
+
+impl StepContext {
+    /// A context for `step` of `order` on `attempt`, after steps that returned `outputs`:
+    /// what the engine builds, and what a test of a step builds to call it.
+    pub fn new(
+        order: Arc<Order>,
+        step: &str,
+        attempt: u32,
+        outputs: Vec<(String, StepOutput)>,
+    ) -> Self {
+        Self {
+            order,
+            step: Arc::from(step),
+            attempt,
+            outputs: Arc::new(outputs),
+        }
+    }
+
+    /// The order, as it was when this worker started it.
+    pub fn order(&self) -> &Order {
+        &self.order
+    }
+
+    /// The step's name.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// Which run of this step this is (1 for the first), crashes and retries included.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The output of the earlier step named `step`, if it succeeded.
+    pub fn output(&self, step: &str) -> Option<&StepOutput> {
+        self.outputs
+            .iter()
+            .find(|(name, _)| name == step)
+            .map(|(_, output)| output)
+    }
+
+    /// `order-<id>/<step>`: the same on every run of this step for this order, different for
+    /// every other order and step. Pass it to the service the step calls (a payment
+    /// provider's idempotency key) so that a run repeated after a lost checkpoint does its
+    /// work once.
+    pub fn idempotency_key(&self) -> String {
+        format!("order-{}/{}", self.order.id, self.step)
+    }
+}
+
+/// A step's work. Implemented for closures `Fn(StepContext) -> impl Future<Output =
+/// Result<StepOutput, HandlerError>>`.
+///
+/// # Contract
+///
+/// - At least once: the step may run again after a crash or a lost checkpoint, with the same
+///   [`StepContext::idempotency_key`].
+/// - `Ok(output)` records the step SUCCEEDED with `output`; a transient error retries this
+///   step alone; a permanent one, or the step's last attempt's, fails the order after
+///   compensating the steps before it.
+/// - A panic is a transient error; the future may be dropped (shutdown, a lost lease, a
+///   timeout).
+#[async_trait]
+pub trait StepAction: Send + Sync {
+    /// Runs the step.
+    async fn run(&self, cx: StepContext) -> Result<StepOutput, HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> StepAction for F
+where
+    F: Fn(StepContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<StepOutput, HandlerError>> + Send,
+{
+    async fn run(&self, cx: StepContext) -> Result<StepOutput, HandlerError> {
+        self(cx).await
+    }
+}
+
+/// Undoes a step that succeeded, given its output: releases a reservation, refunds a charge.
+/// Implemented for closures `Fn(StepContext, StepOutput) -> impl Future<Output = Result<(),
+/// HandlerError>>`.
+///
+/// # Contract
+///
+/// - At least once, with the step's [`StepContext::idempotency_key`].
+/// - Any error is retried, with the step's backoff, until it succeeds: a compensation is never
+///   given up. Each failure is shown on the step and counted
+///   (`order_step_compensation_failures_total`).
+#[async_trait]
+pub trait StepCompensation: Send + Sync {
+    /// Undoes the step whose run returned `output`.
+    async fn compensate(&self, cx: StepContext, output: StepOutput) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> StepCompensation for F
+where
+    F: Fn(StepContext, StepOutput) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    async fn compensate(&self, cx: StepContext, output: StepOutput) -> Result<(), HandlerError> {
+        self(cx, output).await
+    }
+}
+
+/// One named step of a [`Pipeline`]: its work, and maybe its compensation, retry policy and
+/// timeout.
+#[derive(Clone)]
+pub struct Step {
+    pub(crate) name: Arc<str>,
+    pub(crate) action: Arc<dyn StepAction>,
+    pub(crate) compensation: Option<Arc<dyn StepCompensation>>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("compensable", &self.compensation.is_some())
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Step {
+    /// A step named `name` (unique in its pipeline) that runs `action`; no compensation, the
+    /// processor's retry policy, no timeout.
+    pub fn new(name: impl Into<String>, action: impl StepAction + 'static) -> Self {
+        Self {
+            name: Arc::from(name.into()),
+            action: Arc::new(action),
+            compensation: None,
+            retry: None,
+            timeout: None,
+        }
+    }
+
+    /// The same step, undone by `compensation` when a later step fails or the order is
+    /// cancelled.
+    #[must_use]
+    pub fn compensate(mut self, compensation: impl StepCompensation + 'static) -> Self {
+        self.compensation = Some(Arc::new(compensation));
+        self
+    }
+
+    /// The same step with its own retry policy: its attempts are counted and capped apart
+    /// from the other steps'.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The same step, each attempt stopped after `timeout` (a transient error).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The step's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it has a compensation.
+    pub fn is_compensable(&self) -> bool {
+        self.compensation.is_some()
+    }
+}
+
+/// Steps run in order for every order; see [the module](self).
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    pub(crate) steps: Vec<Step>,
+}
+
+/// Why a [`Pipeline`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A pipeline needs at least one step.
+    #[error("a pipeline needs at least one step")]
+    Empty,
+    /// Two steps share a name: checkpoints are found by name.
+    #[error("two steps are named {0:?}")]
+    DuplicateName(String),
+    /// A step's name is empty, or longer than 64 characters.
+    #[error("step name {0:?} must be 1 to 64 characters")]
+    InvalidName(String),
+}
+
+impl Pipeline {
+    /// No steps yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same pipeline with `step` after the others.
+    #[must_use]
+    pub fn then(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Checks the names: at least one step, each named once, 1 to 64 characters.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        if self.steps.is_empty() {
+            return Err(PipelineError::Empty);
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let chars = step.name.chars().count();
+            if chars == 0 || chars > 64 {
+                return Err(PipelineError::InvalidName(step.name.to_string()));
+            }
+            if self.steps[..i].iter().any(|s| s.name == step.name) {
+                return Err(PipelineError::DuplicateName(step.name.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a cancel may be accepted for an order whose steps are `recorded`: none has
+    /// failed (the order is being unwound already), and every step that has finished or may
+    /// still finish can be compensated. Those are the recorded ones, or the first step while
+    /// none is: once a cancel is recorded no further step starts.
+    pub fn can_undo(&self, recorded: &[StepRecord]) -> bool {
+        let failing = recorded.iter().any(|step| {
+            matches!(
+                step.status,
+                StepStatus::Failed | StepStatus::Compensating | StepStatus::Compensated
+            )
+        });
+        let reach = recorded.len().max(1).min(self.steps.len());
+        !failing && self.steps[..reach].iter().all(Step::is_compensable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_steps_keep_the_output_text_and_every_field() {
+        let mut step = StepRecord::started("charge", 2);
+        step.status = StepStatus::Succeeded;
+        step.ended_at = Some(Utc::now());
+        step.error = Some("gateway timed out".to_owned());
+        step.output = Some(
+            StepOutput::from_json(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#.to_owned())
+                .unwrap(),
+        );
+        let steps = vec![StepRecord::started("reserve", 1), step];
+        let text = encode_steps(&steps).unwrap();
+        assert!(
+            text.contains(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#),
+            "{text}"
+        );
+        assert_eq!(decode_steps(&text).unwrap(), steps);
+        assert_eq!(encode_steps(&[]), None);
+    }
+
+    #[test]
+    fn statuses_only_move_forward() {
+        use StepStatus::*;
+        for status in StepStatus::ALL {
+            assert!(status.may_become(status));
+        }
+        assert!(!Compensated.may_become(Compensating));
+        assert!(!Failed.may_become(Running));
+        assert!(!Succeeded.may_become(Failed));
+        assert!(!Running.may_become(Compensating));
+    }
+
+    #[test]
+    fn a_cancel_needs_every_step_that_may_have_finished_to_be_undoable() {
+        let undoable = |name: &str| {
+            Step::new(name, |_cx: StepContext| async { Ok(StepOutput::none()) })
+                .compensate(|_cx: StepContext, _o: StepOutput| async { Ok(()) })
+        };
+        let plain =
+            |name: &str| Step::new(name, |_cx: StepContext| async { Ok(StepOutput::none()) });
+        let pipeline = Pipeline::new()
+            .then(undoable("reserve"))
+            .then(undoable("charge"))
+            .then(plain("ship"));
+        let mut reserved = StepRecord::started("reserve", 1);
+        assert!(pipeline.can_undo(&[]), "reserve is running");
+        assert!(pipeline.can_undo(std::slice::from_ref(&reserved)));
+        reserved.status = StepStatus::Succeeded;
+        let charging = vec![reserved.clone(), StepRecord::started("charge", 1)];
+        assert!(
+            pipeline.can_undo(&charging),
+            "charge is running; it can be undone"
+        );
+        let mut shipping = charging.clone();
+        shipping.push(StepRecord::started("ship", 1));
+        assert!(!pipeline.can_undo(&shipping), "ship cannot be undone");
+        let mut failed = charging;
+        failed[1].status = StepStatus::Failed;
+        assert!(!pipeline.can_undo(&failed), "already being unwound");
+        assert_eq!(pipeline.validate(), Ok(()));
+        assert_eq!(
+            Pipeline::new().then(plain("a")).then(plain("a")).validate(),
+            Err(PipelineError::DuplicateName("a".to_owned()))
+        );
+        assert_eq!(Pipeline::new().validate(), Err(PipelineError::Empty));
+    }
+}
