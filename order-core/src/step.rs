@@ -73,7 +73,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::handler::HandlerError;
+use crate::handler::{HandlerError, SimulatedStep};
 use crate::order::Order;
 use crate::processor::RetryPolicy;
 
@@ -579,6 +579,48 @@ impl Pipeline {
         });
         let reach = recorded.len().max(1).min(self.steps.len());
         !failing && self.steps[..reach].iter().all(Step::is_compensable)
+    }
+}
+
+/// The stand-in step as a pipeline's step: takes its delay and succeeds, with no output.
+#[async_trait]
+impl StepAction for SimulatedStep {
+    async fn run(&self, _cx: StepContext) -> Result<StepOutput, HandlerError> {
+        if !self.delay().is_zero() {
+            tokio::time::sleep(self.delay()).await;
+        }
+        Ok(StepOutput::none())
+    }
+}
+
+/// The stand-in step's compensation: takes its delay and succeeds.
+#[async_trait]
+impl StepCompensation for SimulatedStep {
+    async fn compensate(&self, _cx: StepContext, _output: StepOutput) -> Result<(), HandlerError> {
+        if !self.delay().is_zero() {
+            tokio::time::sleep(self.delay()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Pipeline {
+    /// A pipeline of [`SimulatedStep`]s named `names`, each taking `delay` to run and as long
+    /// to compensate: for demos, benchmarks and watching a multi-step order.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use order_core::Pipeline;
+    ///
+    /// let pipeline = Pipeline::simulated(["reserve", "charge", "ship"], Duration::ZERO);
+    /// assert_eq!(pipeline.steps().len(), 3);
+    /// assert!(pipeline.steps().iter().all(|step| step.is_compensable()));
+    /// ```
+    pub fn simulated(names: impl IntoIterator<Item = impl Into<String>>, delay: Duration) -> Self {
+        let step = SimulatedStep::new(delay);
+        names.into_iter().fold(Pipeline::new(), |pipeline, name| {
+            pipeline.then(Step::new(name, step).compensate(step))
+        })
     }
 }
 

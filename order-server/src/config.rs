@@ -10,7 +10,7 @@ use order_core::handler::SimulatedStep;
 use order_core::memory::{InMemoryQueue, InMemoryRepository};
 #[cfg(feature = "postgres")]
 use order_core::postgres::{self, PoolOptions, PostgresBackend};
-use order_core::{BuildError, OrderProcessor, RetryPolicy, StorageError};
+use order_core::{BuildError, OrderProcessor, Pipeline, RetryPolicy, StorageError};
 #[cfg(feature = "postgres")]
 use tracing::{info, warn};
 
@@ -40,6 +40,13 @@ pub struct Config {
     /// How long the simulated processing step takes per order, in milliseconds.
     #[arg(long, env = "PROCESSING_DELAY_MS", default_value_t = 2000)]
     pub processing_delay_ms: u64,
+
+    /// Process each order in simulated steps with these names, comma-separated
+    /// (`reserve,charge,ship`): each takes `PROCESSING_DELAY_MS`, is checkpointed, and can be
+    /// compensated, so that a PROCESSING order can be cancelled. Unset: one step, as the
+    /// service this replaces.
+    #[arg(long, env = "PROCESSING_STEPS", value_parser = parse_steps)]
+    pub processing_steps: Option<StepNames>,
 
     /// Attempts per order before it is FAILED.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -186,8 +193,14 @@ impl Config {
     /// when `DATABASE_URL` is set. Built without the `postgres` feature, a `DATABASE_URL` is
     /// [`ConfigError::NoPostgresSupport`].
     pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
-        let step = SimulatedStep::new(Duration::from_millis(self.processing_delay_ms));
-        let mut builder = OrderProcessor::builder(step)
+        let delay = Duration::from_millis(self.processing_delay_ms);
+        let builder = match &self.processing_steps {
+            None => OrderProcessor::builder(SimulatedStep::new(delay)),
+            Some(names) => {
+                OrderProcessor::pipeline_builder(Pipeline::simulated(names.0.clone(), delay))
+            }
+        };
+        let mut builder = builder
             .concurrency(self.workers.max(1) as usize)
             .lease(Duration::from_millis(self.lease_ms))
             .poll_interval(Duration::from_millis(self.poll_interval_ms))
@@ -232,6 +245,19 @@ impl Config {
         info!("PostgreSQL schema is up to date");
         Ok(db)
     }
+}
+
+/// The names of `PROCESSING_STEPS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepNames(pub Vec<String>);
+
+/// `PROCESSING_STEPS`: names separated by commas, each 1 to 64 characters, none twice.
+fn parse_steps(text: &str) -> Result<StepNames, String> {
+    let names: Vec<String> = text.split(',').map(|name| name.trim().to_owned()).collect();
+    Pipeline::simulated(names.clone(), Duration::ZERO)
+        .validate()
+        .map_err(|err| err.to_string())?;
+    Ok(StepNames(names))
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `give_up` would pass during the next
@@ -309,6 +335,14 @@ mod tests {
         let config =
             Config::try_parse_from(["order-server", "--host", "::1", "--port", "0"]).unwrap();
         assert_eq!(config.listen_address().to_string(), "[::1]:0");
+        let steps = ["order-server", "--processing-steps", "reserve, charge,ship"];
+        let config = Config::try_parse_from(steps).unwrap();
+        let names = config.processing_steps.unwrap().0;
+        assert_eq!(names, ["reserve", "charge", "ship"]);
+        for bad in ["a,a", "a,,b", ""] {
+            let refused = Config::try_parse_from(["order-server", "--processing-steps", bad]);
+            assert!(refused.is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[cfg(feature = "postgres")]

@@ -66,8 +66,12 @@ struct Batches {
     completions: Batcher<(OrderId, ClaimToken, Option<String>), Reply<Option<Order>>>,
     /// Checkpoints: the order, the claim, its steps as stored text, and whether a requested
     /// cancel refuses it. `None`: not written.
-    checkpoints: Batcher<(OrderId, ClaimToken, Option<String>, bool), Reply<Option<Order>>>,
+    checkpoints: Batcher<CheckpointCall, Reply<Option<Order>>>,
 }
+
+/// A checkpoint in a batch: the order, the claim, the steps as stored text, and whether a
+/// requested cancel refuses it.
+type CheckpointCall = (OrderId, ClaimToken, Option<String>, bool);
 
 impl PostgresRepository {
     /// Orders in the database behind `db`, whose schema [`migrate`](super::migrate) has set up,
@@ -646,10 +650,9 @@ fn text_array(texts: impl Iterator<Item = Option<String>>) -> Value {
 
 async fn checkpoint_batch(
     db: DatabaseConnection,
-    checkpoints: Vec<(OrderId, ClaimToken, Option<String>, bool)>,
+    checkpoints: Vec<CheckpointCall>,
 ) -> Vec<Reply<Option<Order>>> {
-    let mut sorted: Vec<&(OrderId, ClaimToken, Option<String>, bool)> =
-        checkpoints.iter().collect();
+    let mut sorted: Vec<&CheckpointCall> = checkpoints.iter().collect();
     sorted.sort_by_key(|(id, claim, _, _)| (*id, *claim));
     let values = vec![
         sorted
