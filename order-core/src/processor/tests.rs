@@ -20,6 +20,7 @@ mod queries;
 mod retries;
 mod shared_backend;
 mod shutdown;
+mod steps;
 mod submit;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -3,11 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod keys;
+mod steps;
 
 pub use keys::{
     a_burst_through_one_handle_makes_one_order_per_key, a_key_creates_one_order,
     concurrent_submissions_with_one_key_create_one_order,
     concurrent_takeovers_of_an_expired_key_create_one_order, expired_keys_are_forgotten,
+};
+pub use steps::{
+    a_cancel_request_stops_the_steps, a_checkpoint_is_fenced_by_the_claim,
+    a_failure_keeps_its_compensated_steps, an_order_with_steps_stays_processing,
+    checkpoints_are_stored_with_the_order,
 };
 
 use std::collections::HashSet;
@@ -643,7 +649,12 @@ macro_rules! repository_contract_tests {
             a_burst_through_one_handle_makes_one_order_per_key,
             expired_keys_are_forgotten,
             stranded_finds_what_a_lost_queue_held,
-            metrics_follow_every_change;
+            metrics_follow_every_change,
+            checkpoints_are_stored_with_the_order,
+            a_checkpoint_is_fenced_by_the_claim,
+            an_order_with_steps_stays_processing,
+            a_cancel_request_stops_the_steps,
+            a_failure_keeps_its_compensated_steps;
             racing:
             concurrent_submissions_with_one_key_create_one_order,
             concurrent_takeovers_of_an_expired_key_create_one_order,
