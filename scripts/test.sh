@@ -61,6 +61,9 @@ cargo run --quiet -p examples --example embedded
 step "example: retries"
 cargo run --quiet -p examples --example retries
 
+step "example: checkout (steps, a worker killed mid-pipeline, compensations; checks its books)"
+cargo run --quiet -p examples --example checkout
+
 step "example: nest_in_axum (serves on 127.0.0.1 and checks itself over HTTP)"
 cargo run --quiet -p examples --example nest_in_axum
 
