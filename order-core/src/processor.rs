@@ -353,8 +353,9 @@ impl OrderProcessor {
         }))
     }
 
-    /// The order's current state, then each change of its status, until it is COMPLETED,
-    /// FAILED or CANCELLED (the stream then ends); `None` if there is no such order.
+    /// The order's current state, then each change of its status (and, for an order processed
+    /// in steps, of its steps and cancel request), until it is COMPLETED, FAILED or CANCELLED
+    /// (the stream then ends); `None` if there is no such order.
     ///
     /// Changes this processor makes arrive at once; changes other processes make arrive
     /// through the [change feed](OrderProcessorBuilder::change_feed), or, without one, within

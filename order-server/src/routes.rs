@@ -402,8 +402,8 @@ pub(crate) async fn cancel_order(
 /// Watch an order.
 ///
 /// Server-Sent Events: one `status` event with the order (as in `{"order": ...}`) now and
-/// after each change of its status; the stream ends after a terminal one. `404` for an
-/// unknown order.
+/// after each change of its status or, for an order processed in steps, of its steps; the
+/// stream ends after a terminal one. `404` for an unknown order.
 #[utoipa::path(
     get,
     path = "/orders/{id}/events",

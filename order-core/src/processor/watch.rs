@@ -31,7 +31,7 @@ const WATCH_BUFFER: usize = 8;
 const SNAPSHOT_BACKLOG: usize = 16;
 
 /// The stream of [`OrderProcessor::watch`](super::OrderProcessor::watch): the order as it is,
-/// then a snapshot after each change of its status, ending after a terminal one.
+/// then a snapshot after each change of its status or steps, ending after a terminal one.
 ///
 /// Dropping it stops the watcher behind it.
 #[derive(Debug)]
@@ -247,9 +247,12 @@ async fn run(
     }
 }
 
-/// Whether `order` is a newer status than `last`: a snapshot that arrives after a fresher
-/// read, or a renewal, is not.
+/// Whether `order` is news after `last`: a newer status, attempt, step or cancel request. A
+/// snapshot that arrives after a fresher read, or a renewal, is not.
 fn is_news(last: &Order, order: &Order) -> bool {
     order.updated_at >= last.updated_at
-        && (order.status != last.status || order.attempts != last.attempts)
+        && (order.status != last.status
+            || order.attempts != last.attempts
+            || order.cancel_requested_at != last.cancel_requested_at
+            || order.steps != last.steps)
 }

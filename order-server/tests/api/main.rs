@@ -36,3 +36,4 @@ mod pg_list_cancel_watch;
 mod properties;
 mod races;
 mod reliability;
+mod steps;

@@ -28,8 +28,15 @@ async fn creating_an_order_returns_it_as_stored() {
         .keys()
         .map(String::as_str)
         .collect();
+    assert_eq!(
+        order["steps"],
+        json!([]),
+        "a plain handler records no steps"
+    );
+    assert_eq!(order["cancelRequestedAt"], json!(null));
     let mut expected = [
         "attempts",
+        "cancelRequestedAt",
         "createdAt",
         "id",
         "itemIds",
@@ -37,6 +44,7 @@ async fn creating_an_order_returns_it_as_stored() {
         "processingEndTime",
         "processingStartTime",
         "status",
+        "steps",
         "totalAmount",
         "updatedAt",
         "userId",
