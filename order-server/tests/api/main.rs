@@ -33,6 +33,8 @@ mod pg_durability;
 mod pg_helpers;
 #[cfg(feature = "postgres")]
 mod pg_list_cancel_watch;
+#[cfg(feature = "postgres")]
+mod pg_steps;
 mod properties;
 mod races;
 mod reliability;

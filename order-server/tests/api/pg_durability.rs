@@ -42,7 +42,7 @@ async fn orders_by_id(db: &DatabaseConnection) -> HashMap<i64, (String, i32)> {
 /// Waits until the sessions of a killed server are gone from this database: a backend runs
 /// the statement it was given to the end, commit included, and only then notices that its
 /// client is gone. Then the rows are as the server left them.
-async fn killed_server_sessions_gone(db: &DatabaseConnection) {
+pub(crate) async fn killed_server_sessions_gone(db: &DatabaseConnection) {
     let began = Instant::now();
     loop {
         let sessions: i64 = db
@@ -79,7 +79,7 @@ async fn queue_length(db: &DatabaseConnection) -> i64 {
     .unwrap()
 }
 
-async fn pg_server(db: &TestDatabase, env: &[(&str, &str)]) -> Server {
+pub(crate) async fn pg_server(db: &TestDatabase, env: &[(&str, &str)]) -> Server {
     let mut all = vec![("DATABASE_URL", db.url())];
     all.extend_from_slice(env);
     spawn_server(&all).await
