@@ -40,17 +40,20 @@ cargo test --workspace --all-features
 # tests above built (same flags, so nothing is rebuilt), then checks everything they saw; a
 # violation fails the run. In memory without kills: a killed in-memory server loses its orders
 # by design. On PostgreSQL with server kills and an immediate restart of the database, on a
-# private cluster the checker starts itself from PG_BINDIR, so that it may restart it. The seed
-# changes from run to run (CHECKER_SEED fixes it) and is printed.
+# private cluster the checker starts itself from PG_BINDIR, so that it may restart it; there
+# each order runs as three simulated steps (PROCESSING_STEPS), so that kills and cancels land
+# between checkpoints and mid-step. The seed changes from run to run (CHECKER_SEED fixes it)
+# and is printed.
 checker="${CARGO_TARGET_DIR:-target}/debug/order-checker"
 checker_seed=${CHECKER_SEED:-$RANDOM}
 
 step "history checker (in memory)"
 "$checker" --backend memory --clients 8 --duration 20 --seed "$checker_seed"
 
-step "history checker (PostgreSQL, with faults)"
+step "history checker (PostgreSQL, with faults, orders in steps)"
 "$checker" --backend postgres --clients 8 --duration 30 --faults --kills 2 \
-  --database-restarts 1 --seed "$checker_seed"
+  --database-restarts 1 --processing-steps reserve,charge,ship --processing-delay-ms 40 \
+  --seed "$checker_seed"
 
 step "docs (cargo doc, warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features

@@ -8,19 +8,26 @@
 //!
 //! How an order's status may change is not written here: it is asked of the engine,
 //! [`OrderStatus::may_reach`] and [`TransitionKind`], so that the checker follows the rules
-//! the engine enforces.
+//! the engine enforces; likewise a step's, [`StepStatus::may_become`] (see [`steps()`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use order_core::OrderStatus;
 use order_core::backend::TransitionKind;
+#[cfg(doc)]
+use order_core::step::StepStatus;
 use serde_json::Value;
 
-use crate::history::{Action, History, ListPage, Micros, Op, OrderFields, Reply, Snapshot};
+use crate::history::{
+    Action, History, ListPage, Micros, Op, OrderFields, Reply, Snapshot, StepSnapshot,
+};
 
+mod steps;
 #[cfg(test)]
 mod tests;
+
+pub use steps::{cancel_requests, steps};
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,8 +43,17 @@ pub enum Rule {
     Acknowledged,
     /// Two observations of an order's status that no sequence of transitions connects.
     Transition,
-    /// A cancelled order moved on, or a `409` named a status the order could not have had.
+    /// A cancelled order moved on, a `409` named a status the order could not have had, an
+    /// order was CANCELLED without a cancel that could have done it, or a cancel accepted
+    /// while PROCESSING (`202`) was not carried out: the order did not end CANCELLED with its
+    /// finished steps compensated.
     Cancel,
+    /// An order's steps went back: a step's status against [`StepStatus::may_become`], its
+    /// attempts down, a step run again after its checkpoint was acknowledged, steps reordered
+    /// or gone, or steps that the server does not run; or a finished order's steps do not
+    /// match its end (a COMPLETED order with a step not SUCCEEDED, a finished one with a step
+    /// still RUNNING, a CANCELLED one with a step not compensated).
+    Step,
     /// A listing walk repeated, misordered or skipped an order.
     Walk,
     /// An event stream broke the order rules or did not end where the order did.
@@ -57,6 +73,7 @@ impl fmt::Display for Rule {
             Rule::Acknowledged => "acknowledged order",
             Rule::Transition => "status transition",
             Rule::Cancel => "cancel",
+            Rule::Step => "step",
             Rule::Walk => "listing walk",
             Rule::Stream => "event stream",
             Rule::Metrics => "metrics",
@@ -130,6 +147,8 @@ pub fn check(history: &History) -> Report {
     violations.extend(acknowledged_in(history, &seen));
     violations.extend(transitions_in(history, &seen));
     violations.extend(cancels_in(history, &seen));
+    violations.extend(steps::steps_in(history, &seen));
+    violations.extend(steps::cancel_requests_in(history, &seen));
     for rule in [walks, streams, metrics, unexpected_answers] {
         violations.extend(rule(history));
     }
@@ -422,6 +441,10 @@ struct Observation {
     /// `None` when the answer did not show it (a `409`).
     attempts: Option<u64>,
     fields: Option<OrderFields>,
+    /// `None` when the answer did not show them (a `409`).
+    steps: Option<Vec<StepSnapshot>>,
+    /// Whether `cancelRequestedAt` was set; `None` when the answer did not show it (a `409`).
+    cancel_requested: Option<bool>,
 }
 
 impl Observation {
@@ -435,6 +458,8 @@ impl Observation {
                 status: order.status,
                 attempts: Some(order.attempts),
                 fields: Some(order.fields),
+                steps: Some(order.steps),
+                cancel_requested: Some(order.cancel_requested_at.is_some()),
             },
         )
     }
@@ -481,6 +506,12 @@ fn observations(history: &History) -> Vec<(i64, Observation)> {
                         seen.push(Observation::of(op, op.invoked, op.completed, order));
                     }
                 }
+                // A cancel accepted while PROCESSING answers the order as it left it.
+                Some((202, _)) => {
+                    if let Some(order) = reply.order() {
+                        seen.push(Observation::of(op, op.invoked, op.completed, order));
+                    }
+                }
                 Some((409, body)) => {
                     if let Some(status) = named_status(body) {
                         seen.push((
@@ -492,6 +523,8 @@ fn observations(history: &History) -> Vec<(i64, Observation)> {
                                 status,
                                 attempts: None,
                                 fields: None,
+                                steps: None,
+                                cancel_requested: None,
                             },
                         ));
                     }
@@ -612,9 +645,10 @@ fn transitions_in(history: &History, seen: &Sightings) -> Vec<Violation> {
     sorted(violations)
 }
 
-/// A `200` to a cancel: the order stays CANCELLED with the attempts it had, so no worker
-/// started it after. A `409`: it names a status the cancel does not leave from (the other
-/// sights of the order are held to it by [`transitions`]).
+/// A `200` to a cancel: it shows the order CANCELLED, and the order stays so with the
+/// attempts it had, so no worker started it after. A `409`: it names a status the cancel does
+/// not leave from (the other sights of the order are held to it by [`transitions`]). A `202`
+/// is held to its promise by [`cancel_requests`].
 pub fn cancels(history: &History) -> Vec<Violation> {
     cancels_in(history, &by_order(history))
 }
@@ -635,6 +669,17 @@ fn cancels_in(history: &History, orders: &Sightings) -> Vec<Violation> {
                     ));
                     continue;
                 };
+                if cancelled.status != OrderStatus::Cancelled {
+                    violations.push(Violation::new(
+                        Rule::Cancel,
+                        format!(
+                            "cancel of order {id} answered 200 with the order {}, not CANCELLED",
+                            cancelled.status
+                        ),
+                        &[op],
+                    ));
+                    continue;
+                }
                 let later = orders
                     .get(id)
                     .into_iter()
@@ -918,9 +963,15 @@ pub fn unexpected_answers(history: &History) -> Vec<Violation> {
             Action::Get { reply, .. } => reply
                 .decided()
                 .filter(|(status, _)| ![200, 404].contains(status)),
-            Action::Cancel { reply, .. } => reply
-                .decided()
-                .filter(|(status, _)| ![200, 404, 409].contains(status)),
+            // A 202 only from a server that runs steps, which can cancel a PROCESSING order.
+            Action::Cancel { reply, .. } => reply.decided().filter(|(status, _)| {
+                let accepted = if history.pipeline.is_some() {
+                    &[200, 202, 404, 409][..]
+                } else {
+                    &[200, 404, 409]
+                };
+                !accepted.contains(status)
+            }),
             Action::Walk { pages, .. } => pages
                 .iter()
                 .filter_map(|page| page.reply.decided())

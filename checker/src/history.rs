@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use order_core::OrderStatus;
+use order_core::step::StepStatus;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,11 @@ pub struct History {
     /// had one to count in.
     #[serde(default)]
     pub database_counts: Option<BTreeMap<String, u64>>,
+    /// The steps every order runs, by name and in order (the server's `PROCESSING_STEPS`):
+    /// simulated steps, each of which can be compensated. `None` when orders run one plain
+    /// step, which shows no steps and cannot be cancelled once PROCESSING.
+    #[serde(default)]
+    pub pipeline: Option<Vec<String>>,
 }
 
 impl History {
@@ -245,6 +251,23 @@ pub struct Snapshot {
     pub attempts: u64,
     /// What it was created with.
     pub fields: OrderFields,
+    /// Its `steps`, in order: empty for an order of a plain handler, and for a pipeline's
+    /// order until its first step's outcome is stored.
+    pub steps: Vec<StepSnapshot>,
+    /// Its `cancelRequestedAt`, as the server wrote it: set once a cancel of the order was
+    /// accepted while it was PROCESSING.
+    pub cancel_requested_at: Option<String>,
+}
+
+/// One step of an order as one answer showed it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StepSnapshot {
+    /// Its name in the pipeline.
+    pub name: String,
+    /// Where it was.
+    pub status: StepStatus,
+    /// How many times it had been started.
+    pub attempts: u32,
 }
 
 impl Snapshot {
@@ -273,6 +296,11 @@ struct RawOrder {
     item_ids: Vec<String>,
     /// The number's own text, as the server wrote it.
     total_amount: Box<serde_json::value::RawValue>,
+    // Absent from the answers of a server older than steps: read as none.
+    #[serde(default)]
+    steps: Vec<StepSnapshot>,
+    #[serde(default)]
+    cancel_requested_at: Option<String>,
 }
 
 impl From<RawOrder> for Snapshot {
@@ -286,6 +314,8 @@ impl From<RawOrder> for Snapshot {
                 item_ids: raw.item_ids,
                 total_amount: raw.total_amount.get().to_owned(),
             },
+            steps: raw.steps,
+            cancel_requested_at: raw.cancel_requested_at,
         }
     }
 }

@@ -9,7 +9,12 @@
 //! - an order's status, as seen by any client over time, follows the engine's own
 //!   transitions ([`order_core::OrderStatus::may_reach`]);
 //! - a cancelled order stays CANCELLED and is never started; a `409` names a status the order
-//!   was in;
+//!   was in; an order is CANCELLED only by a cancel that may have done it;
+//! - of an order processed in steps, each step's status only moves forward
+//!   ([`order_core::step::StepStatus::may_become`]), its attempts never go down, a step seen
+//!   finished is never run again, and steps keep their places; a cancel accepted while the
+//!   order was PROCESSING (`202`) ends it CANCELLED with its finished steps compensated, and a
+//!   COMPLETED order shows every step SUCCEEDED;
 //! - listing walks never repeat nor skip an order acknowledged before they began;
 //! - event streams follow the same rules and end where the order is;
 //! - `/metrics` equals a direct count once all is quiet.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use order_checker::history::FaultKind;
+use order_checker::history::{Action, FaultKind};
 use order_checker::{History, check};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -68,9 +68,17 @@ struct Args {
     #[arg(long)]
     server: Option<PathBuf>,
 
-    /// How long the server's simulated processing step takes, in milliseconds.
+    /// How long the server's simulated processing step takes, in milliseconds (each step,
+    /// with `--processing-steps`).
     #[arg(long, default_value_t = 50)]
     processing_delay_ms: u64,
+
+    /// Process every order in simulated steps with these names, comma-separated
+    /// (`reserve,charge,ship`; the server's `PROCESSING_STEPS`): each is checkpointed and can be
+    /// compensated, so that a PROCESSING order can be cancelled, and the history is checked
+    /// against the steps' rules too. Unset: one plain step, as the server's default.
+    #[arg(long, value_delimiter = ',')]
+    processing_steps: Option<Vec<String>>,
 
     /// Write the history, as JSON, to this file.
     #[arg(long)]
@@ -122,14 +130,27 @@ async fn main() -> Result<ExitCode> {
     if let Some(cluster) = &cluster {
         env.push(("DATABASE_URL", cluster.url()));
     }
+    // Named as the server reads them, spaces around the commas trimmed.
+    let pipeline: Option<Vec<String>> = args
+        .processing_steps
+        .as_ref()
+        .map(|names| names.iter().map(|name| name.trim().to_owned()).collect());
+    if let Some(steps) = &pipeline {
+        env.push(("PROCESSING_STEPS", steps.join(",")));
+    }
     let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let mut server = ServerProcess::new(binary, env, args.server_log.clone())?;
     server.start().await?;
 
+    // How long an order is processed: each of its steps takes the delay.
+    let steps = pipeline.as_ref().map_or(1, Vec::len).max(1);
+    let processing = Duration::from_millis(args.processing_delay_ms)
+        .saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX));
     let workload = Arc::new(Workload::new(
         server.base(),
         args.seed,
         Duration::from_secs(10),
+        processing,
     )?);
     let duration = Duration::from_secs(args.duration);
     let deadline = Instant::now() + duration;
@@ -165,14 +186,19 @@ async fn main() -> Result<ExitCode> {
     server.kill().await?;
     drop(cluster);
 
-    let history = workload.take_history();
+    let mut history = workload.take_history();
+    history.pipeline = pipeline.clone();
     let checking = Instant::now();
     let report = check(&history);
     let checked_in = checking.elapsed();
     let mut out = std::io::stdout().lock();
+    let processed_in = match &pipeline {
+        Some(steps) => format!("steps {}", steps.join(",")),
+        None => "one plain step".to_owned(),
+    };
     writeln!(
         out,
-        "order-checker: {:?} backend, {} clients, {} s, seed {}",
+        "order-checker: {:?} backend, {processed_in}, {} clients, {} s, seed {}",
         args.backend, args.clients, args.duration, args.seed
     )?;
     let kills = count(&history, FaultKind::ServerKill);
@@ -183,6 +209,7 @@ async fn main() -> Result<ExitCode> {
          {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts)",
         report.ops, report.creates, report.acknowledged, report.indeterminate, report.faults,
     )?;
+    writeln!(out, "cancels answered {}", cancels_by_answer(&history))?;
     writeln!(
         out,
         "{:.1} s in all: quiet {:.1} s after the clients stopped, checked in {:.1} s",
@@ -210,6 +237,25 @@ async fn main() -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// How many cancels got each answer: `200: 12, 202: 30, 409: 40, lost or 5xx: 1`.
+fn cancels_by_answer(history: &History) -> String {
+    let mut by_answer: std::collections::BTreeMap<String, usize> = Default::default();
+    for op in &history.ops {
+        if let Action::Cancel { reply, .. } = &op.action {
+            let answer = match reply.decided() {
+                Some((status, _)) => status.to_string(),
+                None => "lost or 5xx".to_owned(),
+            };
+            *by_answer.entry(answer).or_default() += 1;
+        }
+    }
+    let counts: Vec<String> = by_answer
+        .iter()
+        .map(|(answer, n)| format!("{answer}: {n}"))
+        .collect();
+    counts.join(", ")
 }
 
 fn count(history: &History, kind: FaultKind) -> usize {

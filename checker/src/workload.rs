@@ -28,6 +28,9 @@ pub(crate) struct Workload {
     seed: u64,
     /// How long a client watches an event stream at most.
     watch_for: Duration,
+    /// How long a worker takes to process an order, every step of it: clients cancel orders
+    /// at some point within it, so that cancels land while orders are PROCESSING.
+    processing: Duration,
     history: Mutex<History>,
     pools: Mutex<Pools>,
 }
@@ -43,7 +46,12 @@ struct Pools {
 const POOL: usize = 200;
 
 impl Workload {
-    pub(crate) fn new(base: String, seed: u64, request_timeout: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        base: String,
+        seed: u64,
+        request_timeout: Duration,
+        processing: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             base,
             http: reqwest::Client::builder()
@@ -52,6 +60,7 @@ impl Workload {
             started: Instant::now(),
             seed,
             watch_for: Duration::from_secs(3),
+            processing,
             history: Mutex::new(History::default()),
             pools: Mutex::new(Pools::default()),
         })
@@ -157,17 +166,20 @@ impl Workload {
                     Some(id) => self.cancel(client, id).await,
                     None => true,
                 },
-                72..77 => {
-                    // Cancel an order at once after its 201, racing the worker that starts
-                    // it: orders stay PENDING for milliseconds only.
+                72..80 => {
                     let order = random_order(&mut rng);
                     match self.create_order(client, None, order).await {
-                        Created::Order(id) => self.cancel(client, id).await,
+                        // Cancel an order at once after its 201, racing the worker that
+                        // starts it: orders stay PENDING for milliseconds only.
+                        Created::Order(id) if rng.random_bool(0.5) => self.cancel(client, id).await,
+                        Created::Order(id) => {
+                            self.cancel_while_processing(client, &mut rng, id).await
+                        }
                         Created::Refused => true,
                         Created::Unknown => false,
                     }
                 }
-                77..87 => {
+                80..87 => {
                     let user = format!("user-{}", rng.random_range(0..USERS));
                     let limit = [3, 10, 25][rng.random_range(0..3)];
                     self.walk(client, Some(user), limit).await
@@ -185,6 +197,20 @@ impl Workload {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Cancels order `id` at a random point of its processing, in whichever step it is; then,
+    /// when the cancel was accepted (`202`), reads it while its steps are compensated.
+    async fn cancel_while_processing(&self, client: usize, rng: &mut StdRng, id: i64) -> bool {
+        tokio::time::sleep(self.processing.mul_f64(rng.random_range(0.0..1.1))).await;
+        let answer = self.cancel_answered(client, id).await;
+        if answer == Some(202) {
+            for _ in 0..2 {
+                tokio::time::sleep(self.processing.mul_f64(rng.random_range(0.1..0.5))).await;
+                self.get(client, id).await;
+            }
+        }
+        answer.is_some()
     }
 
     fn pick_id(&self, rng: &mut StdRng, recent: usize) -> Option<i64> {
@@ -276,13 +302,18 @@ impl Workload {
     }
 
     async fn cancel(&self, client: usize, id: i64) -> bool {
+        self.cancel_answered(client, id).await.is_some()
+    }
+
+    /// Cancels order `id`; the status of a decided answer.
+    async fn cancel_answered(&self, client: usize, id: i64) -> Option<u16> {
         let invoked = self.now();
         let reply = self
             .send(self.http.post(format!("{}/orders/{id}/cancel", self.base)))
             .await;
-        let decided = !reply.is_indeterminate();
+        let answer = reply.decided().map(|(status, _)| status);
         self.record(client, invoked, Action::Cancel { id, reply });
-        decided
+        answer
     }
 
     /// Walks every page of a listing; whether every page was answered.

@@ -48,7 +48,7 @@ fn lost() -> Reply {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Recorder(History);
 
 impl Recorder {
@@ -414,4 +414,445 @@ fn answers_outside_the_contract_are_reported() {
     let mut h = Recorder::default();
     h.create(0, None, "ann", answer(400, "{}".to_owned()));
     assert_eq!(h.rules(), [Rule::UnexpectedAnswer]);
+}
+
+/// A step as an answer shows it: `(name, status, attempts)`.
+type StepShown<'a> = (&'a str, &'a str, u32);
+
+/// An order of a pipeline: its steps, and whether a cancel was requested while it was
+/// PROCESSING.
+fn stepped(id: i64, status: &str, steps: &[StepShown<'_>], cancel_requested: bool) -> Value {
+    let mut order = order(id, "ann", status, 1);
+    order["steps"] = steps
+        .iter()
+        .map(|(name, status, attempts)| {
+            json!({ "name": name, "status": status, "attempts": attempts,
+                "compensationAttempts": 0, "startedAt": "2026-12-01T10:00:00.000001Z",
+                "endedAt": null, "error": null })
+        })
+        .collect();
+    order["cancelRequestedAt"] = if cancel_requested {
+        json!("2026-12-01T10:00:00.5Z")
+    } else {
+        Value::Null
+    };
+    order
+}
+
+fn stepped_body(id: i64, status: &str, steps: &[StepShown<'_>], requested: bool) -> String {
+    json!({ "order": stepped(id, status, steps, requested) }).to_string()
+}
+
+/// A recorder for a server that runs every order in the steps reserve, charge and ship.
+fn pipeline() -> Recorder {
+    let mut h = Recorder::default();
+    h.0.pipeline = Some(["reserve", "charge", "ship"].map(str::to_owned).to_vec());
+    h
+}
+
+fn messages(h: &Recorder) -> Vec<String> {
+    let report = check(&h.0);
+    report
+        .violations
+        .iter()
+        .map(|v| v.message.clone())
+        .collect()
+}
+
+/// Reads of order 1 at 20, 40, 60, ..., each showing `status` and these steps.
+fn reads(h: &mut Recorder, reads: &[(&str, &[StepShown<'_>])]) {
+    for (i, (status, steps)) in reads.iter().enumerate() {
+        let at = 20 * (i as u64 + 1);
+        h.get(at, 1, answer(200, stepped_body(1, status, steps, false)));
+    }
+}
+
+#[test]
+fn a_step_only_moves_forward_and_its_attempts_never_go_down() {
+    let mut h = pipeline();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)));
+    // Retried, then succeeded; the next step started; all done.
+    reads(
+        &mut h,
+        &[
+            ("PROCESSING", &[]),
+            ("PROCESSING", &[("reserve", "RETRYING", 1)]),
+            ("PROCESSING", &[("reserve", "RUNNING", 2)]),
+            (
+                "PROCESSING",
+                &[("reserve", "SUCCEEDED", 2), ("charge", "RUNNING", 1)],
+            ),
+            (
+                "COMPLETED",
+                &[
+                    ("reserve", "SUCCEEDED", 2),
+                    ("charge", "SUCCEEDED", 1),
+                    ("ship", "SUCCEEDED", 1),
+                ],
+            ),
+        ],
+    );
+    // A read that overlaps another may see the order earlier.
+    h.get(
+        55,
+        1,
+        answer(
+            200,
+            stepped_body(1, "PROCESSING", &[("reserve", "RETRYING", 1)], false),
+        ),
+    );
+    assert_eq!(h.rules(), []);
+
+    let mut forward = h.clone();
+    forward.get(
+        200,
+        1,
+        answer(
+            200,
+            stepped_body(
+                1,
+                "FAILED",
+                &[
+                    ("reserve", "FAILED", 2),
+                    ("charge", "COMPENSATED", 1),
+                    ("ship", "COMPENSATED", 1),
+                ],
+                false,
+            ),
+        ),
+    );
+    assert_eq!(forward.rules(), [Rule::Transition, Rule::Step]);
+    assert!(
+        messages(&forward)[1].contains("step reserve was seen SUCCEEDED, then FAILED"),
+        "{:?}",
+        messages(&forward)
+    );
+
+    let mut attempts = pipeline();
+    reads(
+        &mut attempts,
+        &[
+            ("PROCESSING", &[("reserve", "RUNNING", 2)]),
+            ("PROCESSING", &[("reserve", "RUNNING", 1)]),
+        ],
+    );
+    assert_eq!(attempts.rules(), [Rule::Step]);
+    assert!(messages(&attempts)[0].contains("after 2 attempts, then after 1"));
+}
+
+#[test]
+fn a_step_seen_succeeded_is_never_run_again() {
+    let done = [("reserve", "SUCCEEDED", 1), ("charge", "RUNNING", 1)];
+    let mut h = pipeline();
+    // Taken over after a crash: the next worker resumes at charge.
+    reads(
+        &mut h,
+        &[
+            ("PROCESSING", &done),
+            (
+                "PROCESSING",
+                &[("reserve", "SUCCEEDED", 1), ("charge", "RUNNING", 2)],
+            ),
+        ],
+    );
+    assert_eq!(h.rules(), []);
+
+    let mut rerun = pipeline();
+    reads(
+        &mut rerun,
+        &[
+            ("PROCESSING", &done),
+            (
+                "PROCESSING",
+                &[("reserve", "RUNNING", 2), ("charge", "RUNNING", 1)],
+            ),
+        ],
+    );
+    assert_eq!(rerun.rules(), [Rule::Step]);
+    assert!(
+        messages(&rerun).iter().any(|m| m.contains(
+            "step reserve was seen SUCCEEDED after 1 attempts, then RUNNING after 2: run again"
+        )),
+        "{:?}",
+        messages(&rerun)
+    );
+    let mut again = pipeline();
+    reads(
+        &mut again,
+        &[
+            ("PROCESSING", &done),
+            (
+                "PROCESSING",
+                &[("reserve", "SUCCEEDED", 2), ("charge", "RUNNING", 1)],
+            ),
+        ],
+    );
+    assert_eq!(again.rules(), [Rule::Step]);
+    assert!(messages(&again)[0].contains("run again after its outcome was stored"));
+}
+
+#[test]
+fn steps_keep_their_places_and_never_disappear() {
+    let mut gone = pipeline();
+    reads(
+        &mut gone,
+        &[
+            (
+                "PROCESSING",
+                &[("reserve", "SUCCEEDED", 1), ("charge", "RUNNING", 1)],
+            ),
+            ("PROCESSING", &[("reserve", "SUCCEEDED", 1)]),
+        ],
+    );
+    assert_eq!(gone.rules(), [Rule::Step]);
+    assert!(messages(&gone)[0].contains("step charge was seen, then gone"));
+
+    // Of a server whose steps are not known to the history, places still hold.
+    let mut moved = Recorder::default();
+    reads(
+        &mut moved,
+        &[
+            ("PROCESSING", &[("reserve", "SUCCEEDED", 1)]),
+            ("PROCESSING", &[("charge", "SUCCEEDED", 1)]),
+        ],
+    );
+    assert!(
+        messages(&moved)
+            .iter()
+            .any(|m| m.contains("step 1 was reserve, then charge")),
+        "{:?}",
+        messages(&moved)
+    );
+}
+
+#[test]
+fn steps_are_the_servers_and_a_finished_order_shows_them_finished() {
+    let succeeded = [
+        ("reserve", "SUCCEEDED", 1),
+        ("charge", "SUCCEEDED", 1),
+        ("ship", "SUCCEEDED", 1),
+    ];
+    let mut h = pipeline();
+    reads(&mut h, &[("COMPLETED", &succeeded)]);
+    assert_eq!(h.rules(), []);
+
+    let broken: [(&str, &[StepShown<'_>], &str); 6] = [
+        (
+            "COMPLETED",
+            &succeeded[..2],
+            "COMPLETED after 2 of its 3 steps",
+        ),
+        (
+            "COMPLETED",
+            &[("reserve", "SUCCEEDED", 1), ("charge", "RUNNING", 1)],
+            "COMPLETED with step charge RUNNING",
+        ),
+        (
+            "PROCESSING",
+            &[("reserve", "SUCCEEDED", 1), ("ship", "RUNNING", 1)],
+            "shows steps reserve,ship, but the server runs reserve,charge,ship",
+        ),
+        // A step a worker was running when it died, left as it was.
+        (
+            "CANCELLED",
+            &[
+                ("reserve", "COMPENSATED", 1),
+                ("charge", "COMPENSATED", 1),
+                ("ship", "RUNNING", 1),
+            ],
+            "CANCELLED with step ship still RUNNING",
+        ),
+        (
+            "CANCELLED",
+            &[("reserve", "COMPENSATED", 1), ("charge", "SUCCEEDED", 1)],
+            "CANCELLED with step charge still SUCCEEDED: never compensated",
+        ),
+        (
+            "FAILED",
+            &[("reserve", "COMPENSATING", 1), ("charge", "FAILED", 5)],
+            "FAILED with step reserve still COMPENSATING",
+        ),
+    ];
+    for (status, steps, expected) in broken {
+        let mut h = pipeline();
+        h.cancel(0, 1, lost());
+        reads(&mut h, &[(status, steps)]);
+        assert_eq!(h.rules(), [Rule::Step], "{expected}");
+        assert!(
+            messages(&h)[0].contains(expected),
+            "{expected}: {:?}",
+            messages(&h)
+        );
+    }
+    // A plain handler's orders show no steps.
+    let mut plain = Recorder::default();
+    reads(&mut plain, &[("COMPLETED", &succeeded)]);
+    assert_eq!(plain.rules(), [Rule::Step]);
+    assert!(messages(&plain)[0].contains("the server runs a plain handler"));
+}
+
+#[test]
+fn a_cancel_accepted_while_processing_ends_cancelled_with_its_steps_compensated() {
+    let running = [("reserve", "SUCCEEDED", 1), ("charge", "RUNNING", 1)];
+    let accepted = |h: &mut Recorder| {
+        h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+            .get(
+                20,
+                1,
+                answer(200, stepped_body(1, "PROCESSING", &running, false)),
+            )
+            .cancel(
+                40,
+                1,
+                answer(202, stepped_body(1, "PROCESSING", &running, true)),
+            );
+    };
+    let mut h = pipeline();
+    accepted(&mut h);
+    // Charge finishes; both are compensated in reverse; the order ends CANCELLED.
+    let compensating = [("reserve", "COMPENSATING", 1), ("charge", "COMPENSATED", 1)];
+    let compensated = [("reserve", "COMPENSATED", 1), ("charge", "COMPENSATED", 1)];
+    h.get(
+        60,
+        1,
+        answer(200, stepped_body(1, "PROCESSING", &compensating, true)),
+    )
+    // Asked again, it answers the same.
+    .cancel(
+        70,
+        1,
+        answer(202, stepped_body(1, "PROCESSING", &compensating, true)),
+    )
+    .get(
+        80,
+        1,
+        answer(200, stepped_body(1, "CANCELLED", &compensated, true)),
+    );
+    assert_eq!(h.rules(), []);
+    assert_eq!(check(&h.0).violations, []);
+
+    let mut completed = pipeline();
+    accepted(&mut completed);
+    let all = [
+        ("reserve", "SUCCEEDED", 1),
+        ("charge", "SUCCEEDED", 1),
+        ("ship", "SUCCEEDED", 1),
+    ];
+    completed.get(80, 1, answer(200, stepped_body(1, "COMPLETED", &all, true)));
+    assert_eq!(completed.rules(), [Rule::Cancel]);
+    assert!(messages(&completed)[0].contains("(202), then ended COMPLETED"));
+
+    let mut uncompensated = pipeline();
+    accepted(&mut uncompensated);
+    let left = [("reserve", "SUCCEEDED", 1), ("charge", "COMPENSATED", 1)];
+    uncompensated.get(
+        80,
+        1,
+        answer(200, stepped_body(1, "CANCELLED", &left, true)),
+    );
+    assert!(
+        messages(&uncompensated)
+            .iter()
+            .any(|m| m
+                .contains("ended CANCELLED with step reserve, seen SUCCEEDED before, SUCCEEDED")),
+        "{:?}",
+        messages(&uncompensated)
+    );
+    assert!(uncompensated.rules().contains(&Rule::Cancel));
+
+    let mut forgotten = pipeline();
+    accepted(&mut forgotten);
+    forgotten.get(
+        80,
+        1,
+        answer(200, stepped_body(1, "PROCESSING", &running, false)),
+    );
+    assert_eq!(forgotten.rules(), [Rule::Cancel]);
+    assert!(messages(&forgotten)[0].contains("then showed no cancelRequestedAt"));
+
+    // The 202 itself shows the order PROCESSING with the request.
+    for (status, requested, expected) in [
+        (
+            "PROCESSING",
+            false,
+            "answered 202 without cancelRequestedAt",
+        ),
+        ("CANCELLED", true, "answered 202 with the order CANCELLED"),
+    ] {
+        let mut h = pipeline();
+        h.cancel(0, 1, answer(202, stepped_body(1, status, &[], requested)));
+        assert!(
+            messages(&h).iter().any(|m| m.contains(expected)),
+            "{expected}: {:?}",
+            messages(&h)
+        );
+    }
+    // A server of plain handlers never answers 202.
+    let mut plain = Recorder::default();
+    plain.cancel(0, 1, answer(202, stepped_body(1, "PROCESSING", &[], true)));
+    assert_eq!(plain.rules(), [Rule::UnexpectedAnswer]);
+}
+
+#[test]
+fn an_order_is_cancelled_only_by_a_cancel_that_may_have_done_it() {
+    let cancelled = |h: &mut Recorder| {
+        h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+            .get(20, 1, answer(200, body(1, "PROCESSING", 1)))
+            .get(60, 1, answer(200, body(1, "CANCELLED", 1)));
+    };
+    // A cancel whose answer was lost may have been accepted.
+    let mut h = Recorder::default();
+    cancelled(&mut h);
+    h.cancel(40, 1, lost());
+    assert_eq!(h.rules(), []);
+    // A 200: the order went back to PENDING (a retry) before it was cancelled.
+    let mut h = Recorder::default();
+    cancelled(&mut h);
+    h.cancel(40, 1, answer(200, body(1, "CANCELLED", 1)));
+    assert_eq!(h.rules(), []);
+
+    let mut none = Recorder::default();
+    cancelled(&mut none);
+    assert_eq!(none.rules(), [Rule::Cancel]);
+    assert!(messages(&none)[0].contains("seen CANCELLED with no cancel before"));
+    // A 409 cancels nothing; a 200 before the order was PROCESSING does not explain it.
+    let mut refused = Recorder::default();
+    cancelled(&mut refused);
+    refused.cancel(
+        40,
+        1,
+        answer(
+            409,
+            json!({"error": "order 1 is PROCESSING and can no longer be cancelled"}).to_string(),
+        ),
+    );
+    assert_eq!(refused.rules(), [Rule::Cancel]);
+    let mut early = Recorder::default();
+    early
+        .create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .cancel(5, 1, answer(200, body(1, "CANCELLED", 0)))
+        .get(20, 1, answer(200, body(1, "PROCESSING", 1)))
+        .get(60, 1, answer(200, body(1, "CANCELLED", 1)));
+    assert!(
+        messages(&early)
+            .iter()
+            .any(|m| m.contains("seen PROCESSING, then CANCELLED, with no cancel answered 202")),
+        "{:?}",
+        messages(&early)
+    );
+
+    // A cancel request shown follows a cancel that may have made it.
+    let mut requested = pipeline();
+    requested.get(20, 1, answer(200, stepped_body(1, "PROCESSING", &[], true)));
+    assert_eq!(requested.rules(), [Rule::Cancel]);
+    assert!(messages(&requested)[0].contains("shows cancelRequestedAt, with no cancel before"));
+}
+
+#[test]
+fn a_200_to_a_cancel_shows_the_order_cancelled() {
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .cancel(20, 1, answer(200, body(1, "PENDING", 0)));
+    assert_eq!(h.rules(), [Rule::Cancel]);
+    assert!(messages(&h)[0].contains("answered 200 with the order PENDING, not CANCELLED"));
 }
