@@ -1,9 +1,11 @@
 // The dashboard (GET / and GET /dashboard) in headless Chromium, against a real order-server:
 // live counts and rows, an order opened and cancelled from the page, the filters, the page's
-// weight and origins, the token prompt, and no script errors anywhere.
+// weight and origins, the token prompt, orders processed in steps (their timeline, and a cancel
+// that compensates them), and no script errors anywhere.
 //
 // Run: npm ci --prefix e2e && npm test --prefix e2e (after cargo build -p order-server).
-// Screenshots: target/dashboard.png (laptop) and target/dashboard-phone.png (phone).
+// Screenshots: target/dashboard.png (laptop), target/dashboard-phone.png (phone) and
+// target/dashboard-steps.png (the dialog of an order in steps).
 
 import assert from 'node:assert/strict';
 import { mkdir, readdir, rm } from 'node:fs/promises';
@@ -57,6 +59,30 @@ async function rows(table) {
 async function rowStatus(table, id) {
   return textOf(table.locator(`tr[data-order-id="${id}"] [data-col="status"]`));
 }
+
+/** The step the row of order `id` shows (`charge · RUNNING`), or null when it has no row. */
+async function rowStep(table, id) {
+  return textOf(table.locator(`tr[data-order-id="${id}"] [data-col="step"]`));
+}
+
+/**
+ * The steps the order dialog lists, as `{ name, status, times, error, visible }`, in order: read
+ * from the list in one go (items found first and read after could be read once changed).
+ */
+async function detailSteps(detail) {
+  return detail.getByTestId('detail-steps').evaluate((list) =>
+    [...list.children].map((item) => ({
+      name: item.querySelector('.step-name')?.textContent.trim() ?? '',
+      status: item.querySelector('.badge')?.textContent.trim() ?? '',
+      times: item.querySelector('.step-times')?.textContent.trim() ?? '',
+      error: item.querySelector('.step-error')?.textContent.trim() ?? '',
+      visible: item.offsetParent !== null,
+    })),
+  );
+}
+
+/** `reserve SUCCEEDED, charge RUNNING`: the dialog's steps in a line. */
+const stepLine = (steps) => steps.map((s) => `${s.name} ${s.status}`).join(', ');
 
 /**
  * Runs `body`; when it fails, prints the server's last log lines and saves a screenshot of the
@@ -190,10 +216,14 @@ describe('dashboard, live', () => {
       const detail = page.getByTestId('order-detail');
       await detail.waitFor({ state: 'visible' });
       assert.equal(await textOf(detail.getByTestId('detail-status')), 'PENDING');
+      assert.equal(await rowStep(table, 3), '—', 'an order without steps shows none in the table');
+      assert.equal(await detail.getByTestId('detail-steps').isVisible(), false, 'no steps timeline without steps');
+      assert.equal(await detail.getByTestId('detail-cancel-requested').isVisible(), false);
       await detail.getByRole('button', { name: 'Cancel order' }).click();
       await eventually('the dialog to show CANCELLED', async () =>
         (await textOf(detail.getByTestId('detail-status'))) === 'CANCELLED',
       );
+      assert.equal(await textOf(detail.getByRole('status')), 'Cancelled.');
       await eventually('the Cancel order button to go', async () =>
         !(await detail.getByRole('button', { name: 'Cancel order' }).isVisible()),
       );
@@ -375,6 +405,122 @@ describe('dashboard, behind a token', () => {
       // The browser logs each 401 of the wrong token as a failed resource load: expected here.
       const unexpected = errors.filter((error) => !/status of 401/.test(error));
       assertNoErrors(unexpected);
+    });
+  });
+});
+
+describe('dashboard, orders in steps', () => {
+  // Two workers, three steps of 2 s each (and as long to compensate each): order 1 runs
+  // through, order 2 is cancelled while its steps run.
+  const running = serverAndBrowser({ WORKERS: '2', PROCESSING_STEPS: 'reserve,charge,ship', PROCESSING_DELAY_MS: '2000' });
+
+  test('shows the steps advancing, and a cancel that compensates them', { timeout: 60_000 }, async () => {
+    const { server, browser } = running;
+    await reportingFailure('steps', server, browser, async () => {
+      const { page, errors } = browser;
+      await page.goto(`${server.base}/dashboard`);
+      await eventually('the live indicator to say Live', async () => (await textOf(page.getByTestId('live'))) === 'Live');
+      const table = page.getByRole('table', { name: 'Latest orders' });
+      const detail = page.getByTestId('order-detail');
+      const status = () => textOf(detail.getByTestId('detail-status'));
+
+      step('create order 1 and open it');
+      await api(server, 'POST', '/orders', { body: { userId: 'ann', itemIds: ['book'], totalAmount: 12.5 }, expect: 201 });
+      await eventually('the row of order 1', async () => (await rowStatus(table, 1)) !== null);
+      await table.locator('tr[data-order-id="1"] [data-col="status"]').click();
+      await detail.waitFor({ state: 'visible' });
+
+      step('the dialog lists the steps as they start and end');
+      // Every list of steps the dialog showed, in turn.
+      const seen = [];
+      const look = async () => {
+        const steps = await detailSteps(detail);
+        const line = stepLine(steps);
+        if (line && seen.at(-1) !== line) seen.push(line);
+        return steps;
+      };
+      const midway = await eventually(
+        'a step RUNNING after reserve SUCCEEDED',
+        async () => {
+          const steps = await look();
+          return steps.length >= 2 && steps[0].status === 'SUCCEEDED' && steps.at(-1).status === 'RUNNING' && steps;
+        },
+        { timeout: 15_000 },
+      );
+      assert.equal(midway[0].name, 'reserve');
+      assert.ok(midway.every((s) => s.visible), 'every step is shown');
+      assert.match(midway[0].times, /^1 attempt · started \d\d:\d\d:\d\d · ended \d\d:\d\d:\d\d \([\d.,]+ s\)$/);
+      assert.match(midway.at(-1).times, /^1 attempt · started \d\d:\d\d:\d\d · running for /);
+      assert.equal(await status(), 'PROCESSING');
+
+      step(`the table shows the current step (${midway.at(-1).name} · RUNNING, or a later one)`);
+      await eventually('the row of order 1 to show a running step', async () => {
+        await look();
+        return /^(charge|ship) · RUNNING$/.test((await rowStep(table, 1)) ?? '');
+      });
+
+      await eventually('the dialog to show COMPLETED with its three steps SUCCEEDED', async () =>
+        stepLine(await look()) === 'reserve SUCCEEDED, charge SUCCEEDED, ship SUCCEEDED' && (await status()) === 'COMPLETED',
+      { timeout: 15_000 });
+      step(`  the dialog showed, in turn: ${seen.join(' | ')}`);
+      for (const line of seen) {
+        assert.ok(
+          'reserve SUCCEEDED, charge SUCCEEDED, ship SUCCEEDED'.startsWith(line.replace(/ RUNNING$/, ' SUCCEEDED')),
+          `the steps only moved forward: ${seen.join(' | ')}`,
+        );
+      }
+      assert.ok(seen.length >= 2, `the timeline advanced while the dialog was open: ${seen.join(' | ')}`);
+      await eventually('the row of order 1 to show ship · SUCCEEDED', async () => (await rowStep(table, 1)) === 'ship · SUCCEEDED');
+      await detail.getByRole('button', { name: 'Close' }).click();
+      await detail.waitFor({ state: 'hidden' });
+
+      step('create order 2, open it, and cancel it while its steps run');
+      await api(server, 'POST', '/orders', { body: { userId: 'bob', itemIds: ['lamp'], totalAmount: 30 }, expect: 201 });
+      await eventually('the row of order 2', async () => (await rowStatus(table, 2)) !== null);
+      await table.locator('tr[data-order-id="2"] [data-col="status"]').click();
+      await detail.waitFor({ state: 'visible' });
+      const cancel = detail.getByRole('button', { name: 'Cancel order' });
+      await eventually('a step of order 2 RUNNING, and Cancel order offered', async () => {
+        const steps = await detailSteps(detail);
+        return steps.at(-1)?.status === 'RUNNING' && (await cancel.isVisible());
+      }, { timeout: 15_000 });
+      await cancel.click();
+      const message = detail.getByRole('status');
+      await eventually('the dialog to say the cancel was requested', async () =>
+        /^Cancel requested: .*compensated/.test((await textOf(message)) ?? ''),
+      );
+      assert.equal(await message.getAttribute('class'), 'message', 'a cancel requested is no error');
+      const requested = detail.getByTestId('detail-cancel-requested');
+      assert.match((await textOf(requested)) ?? '', /^Cancel requested at .+; the finished steps are being compensated\.$/);
+      assert.equal(await cancel.isVisible(), false, 'no second cancel');
+      assert.equal(await status(), 'PROCESSING', 'the order stays PROCESSING while its steps are undone');
+
+      await eventually('a step COMPENSATING', async () =>
+        (await detailSteps(detail)).some((s) => s.status === 'COMPENSATING'),
+      { timeout: 10_000 });
+      step('  a step is COMPENSATING; screenshot of the dialog');
+      const shot = path.join(SHOTS, 'dashboard-steps.png');
+      await detail.screenshot({ path: shot });
+
+      await eventually('the dialog to show CANCELLED', async () => (await status()) === 'CANCELLED', { timeout: 20_000 });
+      const undone = await eventually('every step COMPENSATED', async () => {
+        const steps = await detailSteps(detail);
+        return steps.length >= 2 && steps.every((s) => s.status === 'COMPENSATED') && steps;
+      });
+      step(`  ended CANCELLED: ${stepLine(undone)}`);
+      for (const s of undone) {
+        assert.match(s.times, /· 1 compensation attempt · started .* · compensated \d\d:\d\d:\d\d$/);
+      }
+      assert.match((await textOf(requested)) ?? '', /^Cancel requested at [^;]+\.$/);
+      assert.equal(await textOf(message), 'Cancelled; the finished steps were compensated.');
+      await eventually('the row of order 2 to show its last step COMPENSATED', async () =>
+        (await rowStep(table, 2)) === `${undone.at(-1).name} · COMPENSATED`,
+      );
+      const order = (await api(server, 'GET', '/orders/2', { expect: 200 })).body.order;
+      assert.equal(order.status, 'CANCELLED', 'the API agrees that order 2 is CANCELLED');
+      assert.deepEqual(order.steps.map((s) => `${s.name} ${s.status}`), undone.map((s) => `${s.name} ${s.status}`));
+
+      assertNoErrors(errors);
     });
   });
 });

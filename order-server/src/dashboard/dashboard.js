@@ -176,6 +176,16 @@
     return order.status === 'PROCESSING' ? `running ${duration((Date.now() - start) / 1000)}` : '–';
   }
 
+  // Times as the API writes them (RFC 3339, UTC, 0 to 9 digits of fraction), made comparable
+  // as text: the fraction padded to nanoseconds.
+  function stamp(iso) {
+    const [whole, fraction = ''] = iso.replace(/Z$/, '').split('.');
+    return `${whole}.${fraction.padEnd(9, '0')}`;
+  }
+  // Whether `order` is an older snapshot of the order than `than`.
+  const older = (order, than) => order.id === than.id && stamp(order.updatedAt) < stamp(than.updatedAt);
+  const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
   function setText(element, text) {
     if (element.textContent !== text) element.textContent = text;
   }
@@ -271,6 +281,10 @@
 
   let countsSeen = '';
   let tableReadAt = 0;
+  // Whether this server runs orders in steps (some order had one): their steps move while the
+  // counts stand still.
+  let pipelines = false;
+  const stepsMoving = () => pipelines && [...rows.values()].some((row) => row.order.status === 'PROCESSING');
   function onMetrics(name, data) {
     lastEventAt = Date.now();
     if (name === 'unavailable') {
@@ -291,9 +305,11 @@
     showSample(latest, completed);
     drawCharts(completed);
     // The table is read again when some order has moved, and every few seconds anyway (a
-    // retry and a start at once leave the counts as they were).
+    // retry and a start at once leave the counts as they were); every second while orders
+    // are in their steps.
     const counts = JSON.stringify([latest.totalOrders, latest.statuses]);
-    if (counts !== countsSeen || Date.now() - tableReadAt > 5000) {
+    const every = stepsMoving() ? 1000 : 5000;
+    if (counts !== countsSeen || Date.now() - tableReadAt >= every) {
       countsSeen = counts;
       refreshTable();
     }
@@ -355,12 +371,12 @@
     if (!row) {
       row = document.createElement('tr');
       row.dataset.orderId = String(order.id);
-      const cells = ['id', 'user', 'status', 'amount', 'attempts', 'created', 'processing', 'updated'];
+      const cells = ['id', 'user', 'status', 'step', 'amount', 'attempts', 'created', 'processing', 'updated'];
       for (const name of cells) {
         const cell = document.createElement('td');
         cell.dataset.col = name;
         // Narrow screens keep the id, user, status and amount.
-        if (['attempts', 'created', 'processing', 'updated'].includes(name)) cell.classList.add('wide');
+        if (['step', 'attempts', 'created', 'processing', 'updated'].includes(name)) cell.classList.add('wide');
         if (name === 'amount' || name === 'attempts') cell.classList.add('num');
         if (name === 'user') cell.classList.add('user');
         row.append(cell);
@@ -373,14 +389,25 @@
       row.cells[0].append(open);
       const status = document.createElement('span');
       row.cells[2].append(status);
+      // The step: its name, then its status.
+      row.cells[3].append(document.createElement('span'), document.createElement('span'));
       row.addEventListener('click', () => openOrder(order.id));
       rows.set(order.id, row);
     }
     const cell = (name) => row.querySelector(`[data-col="${name}"]`);
+    // A read that started before a newer snapshot (the dialog's) does not take the row back.
+    if (row.order && older(order, row.order)) order = row.order;
     row.order = order;
+    if (order.steps.length) pipelines = true;
     setText(cell('user'), order.userId);
     cell('user').title = order.userId;
     badge(cell('status').firstChild, order.status);
+    const step = order.steps[order.steps.length - 1];
+    const stepCell = cell('step');
+    setText(stepCell.firstChild, step ? `${step.name} · ` : '—');
+    setText(stepCell.lastChild, step ? step.status : '');
+    stepCell.lastChild.className = step ? `st-${step.status}` : '';
+    stepCell.title = step ? `${step.name} · ${step.status}` : '';
     setText(cell('amount'), amount(order.totalAmount));
     setText(cell('attempts'), String(order.attempts));
     setText(cell('created'), time(order.createdAt));
@@ -504,19 +531,71 @@
     cursors.length = 0;
     askTable();
   });
-  // Running processing times tick on between reads.
+  // Running processing times tick on between reads, in the table and the dialog.
   setInterval(() => {
     for (const row of rows.values()) {
       if (row.order.status === 'PROCESSING') setText(row.querySelector('[data-col="processing"]'), processingTime(row.order));
     }
+    if (shownOrder?.status === 'PROCESSING') showSteps(shownOrder);
   }, 1000);
 
   // ---- One order: its details, live, and cancelling it ---------------------------------
 
   let watching = null;
   let shownId = null;
+  let shownOrder = null;
+  // The order whose cancel was accepted with 202: its end is told when it comes.
+  let cancelAsked = null;
+  const TERMINAL = ['COMPLETED', 'FAILED', 'CANCELLED'];
+  const STEP_ICONS = { RUNNING: '●', RETRYING: '↻', SUCCEEDED: '✓', FAILED: '✕', COMPENSATING: '↺', COMPENSATED: '↩' };
+  const UNDONE = ['FAILED', 'COMPENSATING', 'COMPENSATED'];
+
+  function stepTimes(step, order) {
+    const parts = [plural(step.attempts, 'attempt')];
+    if (step.compensationAttempts > 0) parts.push(plural(step.compensationAttempts, 'compensation attempt'));
+    const start = Date.parse(step.startedAt);
+    parts.push(`started ${time(step.startedAt)}`);
+    if (step.endedAt) {
+      parts.push(step.status === 'COMPENSATED'
+        ? `compensated ${time(step.endedAt)}`
+        : `ended ${time(step.endedAt)} (${duration((Date.parse(step.endedAt) - start) / 1000)})`);
+    } else if (order.status === 'PROCESSING' && ['RUNNING', 'RETRYING'].includes(step.status)) {
+      parts.push(`running for ${duration(Math.max(0, Date.now() - start) / 1000)}`);
+    }
+    return parts.join(' · ');
+  }
+
+  // The steps as a timeline, one item each, kept in place as they change.
+  function showSteps(order) {
+    const list = $('detail-steps');
+    $('detail-steps-box').hidden = order.steps.length === 0;
+    while (list.children.length > order.steps.length) list.lastChild.remove();
+    order.steps.forEach((step, i) => {
+      let item = list.children[i];
+      if (!item) {
+        item = document.createElement('li');
+        item.innerHTML = '<span class="step-icon" aria-hidden="true"></span><div><p class="step-head"><span class="step-name"></span> <span class="badge"></span></p><p class="step-times"></p><p class="step-error"></p></div>';
+        list.append(item);
+      }
+      item.dataset.status = step.status;
+      const icon = item.querySelector('.step-icon');
+      setText(icon, STEP_ICONS[step.status] || '•');
+      icon.className = `step-icon st-${step.status}`;
+      setText(item.querySelector('.step-name'), step.name);
+      badge(item.querySelector('.badge'), step.status);
+      const times = item.querySelector('.step-times');
+      setText(times, stepTimes(step, order));
+      times.title = step.endedAt ? `${dateTime(step.startedAt)} – ${dateTime(step.endedAt)}` : dateTime(step.startedAt);
+      const error = item.querySelector('.step-error');
+      setText(error, step.error || '');
+      error.hidden = !step.error;
+    });
+  }
 
   function showDetail(order) {
+    // A snapshot older than the one shown (a read overtaken by the stream's) is dropped.
+    if (shownOrder && older(order, shownOrder)) return;
+    shownOrder = order;
     setText($('detail-id'), `#${order.id}`);
     badge($('detail-status'), order.status);
     setText($('detail-user'), order.userId);
@@ -528,8 +607,21 @@
     setText($('detail-ended'), order.processingEndTime ? `${dateTime(order.processingEndTime)} (${processingTime(order)})` : '–');
     setText($('detail-items'), order.itemIds.join(', '));
     setText($('detail-error'), order.lastError || '–');
+    const requested = $('detail-cancel-requested');
+    requested.hidden = !order.cancelRequestedAt;
+    setText(requested, order.cancelRequestedAt
+      ? `Cancel requested at ${dateTime(order.cancelRequestedAt)}${order.status === 'PROCESSING' ? '; the finished steps are being compensated.' : '.'}`
+      : '');
+    showSteps(order);
+    if (cancelAsked === order.id && TERMINAL.includes(order.status)) {
+      cancelAsked = null;
+      say(order.status === 'CANCELLED' ? 'Cancelled; the finished steps were compensated.' : `The order ended ${order.status}.`);
+    }
     const cancel = $('detail-cancel');
-    const hide = order.status !== 'PENDING';
+    // A PENDING order, or one PROCESSING in steps with none undone yet and no cancel asked
+    // for (the server refuses with 409 when a step cannot be undone).
+    const hide = !(order.status === 'PENDING' || (order.status === 'PROCESSING' && order.steps.length > 0
+      && !order.cancelRequestedAt && !order.steps.some((step) => UNDONE.includes(step.status))));
     if (hide && document.activeElement === cancel) $('detail-close').focus();
     cancel.hidden = hide;
     const row = rows.get(order.id);
@@ -538,6 +630,26 @@
 
   const detailConnection = (state, text) => setConnection($('detail-live'), $('detail-live-text'), state, text);
 
+  function say(text, error = false) {
+    setText($('detail-message'), text);
+    $('detail-message').className = error ? 'message error' : 'message';
+  }
+
+  // The stream tells of each change of status; the steps of a PROCESSING order and a cancel
+  // request move without one: while the order is PROCESSING it is read again every second.
+  async function pollOrder(id, signal) {
+    while (!signal.aborted && shownId === id) {
+      await sleep(1000);
+      if (signal.aborted || shownId !== id || !shownOrder) return;
+      if (TERMINAL.includes(shownOrder.status)) return;
+      if (shownOrder.status !== 'PROCESSING') continue;
+      try {
+        const body = await apiJson(`/orders/${id}`, { signal });
+        if (shownId === id && !signal.aborted) showDetail(body.order);
+      } catch { /* the stream tells whether the server is there */ }
+    }
+  }
+
   async function watchOrder(id, signal) {
     let backoff = 1000;
     while (!signal.aborted) {
@@ -545,13 +657,13 @@
       try {
         detailConnection('connecting', 'Connecting…');
         await stream(`/orders/${id}/events`, (name, data) => {
-          if (name !== 'status' || shownId !== id) return;
+          if (name !== 'status' || shownId !== id || signal.aborted) return;
           last = data.order;
           backoff = 1000;
           showDetail(last);
           detailConnection('live', 'Live');
         }, signal);
-        if (last && ['COMPLETED', 'FAILED', 'CANCELLED'].includes(last.status)) {
+        if (last && TERMINAL.includes(last.status)) {
           detailConnection('done', 'Final');
           return;
         }
@@ -571,18 +683,21 @@
   function openOrder(id) {
     const row = rows.get(id);
     shownId = id;
-    setText($('detail-message'), '');
-    $('detail-message').className = 'message';
+    shownOrder = null;
+    cancelAsked = null;
+    say('');
     if (row) showDetail(row.order);
     if (watching) watching.abort();
     watching = new AbortController();
     watchOrder(id, watching.signal);
+    pollOrder(id, watching.signal);
     const dialog = $('detail');
     if (!dialog.open) dialog.showModal();
   }
 
   $('detail').addEventListener('close', () => {
     shownId = null;
+    shownOrder = null;
     if (watching) watching.abort();
     watching = null;
   });
@@ -592,20 +707,22 @@
     const button = $('detail-cancel');
     button.disabled = true;
     try {
-      const body = await apiJson(`/orders/${id}/cancel`, { method: 'POST' });
+      const response = await api(`/orders/${id}/cancel`, { method: 'POST' });
+      if (!response.ok) throw await errorOf(response);
+      const body = await response.json();
       if (shownId === id) {
+        // 202: the order is PROCESSING in steps; it ends CANCELLED once they are undone.
+        const requested = response.status === 202;
+        say(requested ? 'Cancel requested: the running step finishes, then the finished steps are compensated and the order ends CANCELLED.' : 'Cancelled.');
+        cancelAsked = requested ? id : null;
         showDetail(body.order);
-        setText($('detail-message'), 'Cancelled.');
       }
       refreshTable();
     } catch (error) {
-      if (shownId === id) {
-        setText($('detail-message'), error.message);
-        $('detail-message').className = 'message error';
-      }
+      if (shownId === id) say(error.message, true);
     } finally {
       button.disabled = false;
-      // The button hides once the order is no longer PENDING: focus stays in the dialog.
+      // The button hides once the order can no longer be cancelled: focus stays in the dialog.
       if (button.hidden && $('detail').open) $('detail-close').focus();
     }
   });

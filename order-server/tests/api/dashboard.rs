@@ -154,6 +154,45 @@ async fn the_page_is_one_self_contained_document_under_budget() {
     assert!(csp.contains("connect-src 'self'"), "{csp}");
 }
 
+/// What the page shows of orders processed in steps, in its markup: the table's Step column, the
+/// dialog's timeline (a list) and its cancel request. How they behave is driven in `e2e/`.
+#[tokio::test]
+async fn the_page_has_a_step_column_and_a_steps_timeline() {
+    let (app, _) = idle_app();
+    let page = raw(&app, "/dashboard", &[]).await;
+    let html = page.text();
+    let head = between(html, "<thead>", "</thead>");
+    let columns: Vec<&str> = head
+        .split("</th>")
+        .filter_map(|cell| cell.rsplit_once('>').map(|(_, name)| name))
+        .filter(|name| !name.trim().is_empty())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "ID",
+            "User",
+            "Status",
+            "Step",
+            "Amount",
+            "Attempts",
+            "Created",
+            "Processing",
+            "Updated"
+        ]
+    );
+    let dialog = between(html, "<dialog id=\"detail\"", "</dialog>");
+    assert!(
+        dialog.contains("<ol id=\"detail-steps\" data-testid=\"detail-steps\""),
+        "the steps are an ordered list"
+    );
+    assert!(dialog.contains("data-testid=\"detail-cancel-requested\""));
+    let script = between(html, "<script>", "</script>");
+    for field in ["steps", "cancelRequestedAt", "compensationAttempts", "202"] {
+        assert!(script.contains(field), "the script reads {field}");
+    }
+}
+
 #[tokio::test]
 async fn a_browser_revalidates_the_page_and_gets_304_while_it_is_unchanged() {
     let (app, _) = idle_app();
