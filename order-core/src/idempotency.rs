@@ -170,6 +170,8 @@ impl Order {
             processing_end_time: None,
             attempts: 0,
             last_error: None,
+            steps: Vec::new(),
+            cancel_requested_at: None,
             ..self.clone()
         }
     }

@@ -23,6 +23,7 @@ use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
+use crate::step::StepRecord;
 use crate::telemetry::{self, count};
 
 mod builder;
@@ -247,7 +248,7 @@ impl OrderProcessor {
 
     /// The order with this id, or `None`.
     pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
-        self.engine.repository.get(id).await
+        self.engine.read(id).await
     }
 
     /// Cancels an order, if it can still be undone.
@@ -283,7 +284,7 @@ impl OrderProcessor {
                     self.engine.publish(&order);
                     if requested {
                         info!(order_id = %id, "cancel requested; compensating the finished steps");
-                        return Ok(Cancellation::Requested(order));
+                        return Ok(Cancellation::Requested(self.engine.present(order)));
                     }
                     count(telemetry::ORDERS_CANCELLED);
                     info!(order_id = %id, "order cancelled");
@@ -330,7 +331,10 @@ impl OrderProcessor {
     pub async fn list(&self, query: &OrderQuery) -> Result<OrderPage, StorageError> {
         let mut one_more = query.clone();
         one_more.limit = query.limit.saturating_add(1);
-        let mut orders = self.engine.repository.list(&one_more).await?;
+        let mut orders: Vec<Order> = (self.engine.repository.list(&one_more).await?)
+            .into_iter()
+            .map(|order| self.engine.present(order))
+            .collect();
         let next = if orders.len() > query.limit {
             orders.truncate(query.limit);
             orders.last().map(|order| order.id)
@@ -460,11 +464,47 @@ impl Engine {
     }
 
     fn publish(&self, order: &Order) {
+        let presented = self.first_step_of(order).map(|first| {
+            let mut order = order.clone();
+            order.steps.push(first);
+            order
+        });
+        let order = presented.as_ref().unwrap_or(order);
         // Cloning an order (with up to 1000 item ids) is not free: skip it when nobody listens.
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(order.clone());
         }
         self.watchers.publish(order);
+    }
+
+    /// The order as its clients see it: see [`first_step_of`](Self::first_step_of).
+    fn present(&self, mut order: Order) -> Order {
+        if let Some(first) = self.first_step_of(&order) {
+            order.steps.push(first);
+        }
+        order
+    }
+
+    /// The first step of a pipeline's order that is PROCESSING with no step stored: RUNNING,
+    /// its record the order's own start and attempts until the step stores an outcome (which
+    /// spares every order a write at its first step's start).
+    fn first_step_of(&self, order: &Order) -> Option<StepRecord> {
+        let Work::Pipeline(pipeline) = &self.work else {
+            return None;
+        };
+        if order.status != OrderStatus::Processing || !order.steps.is_empty() {
+            return None;
+        }
+        let mut first =
+            StepRecord::started(pipeline.steps().first()?.name(), order.attempts.max(1));
+        first.started_at = order.processing_start_time.unwrap_or(order.updated_at);
+        Some(first)
+    }
+
+    /// The order with this id, as its clients see it.
+    async fn read(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        let order = self.repository.get(id).await?;
+        Ok(order.map(|order| self.present(order)))
     }
 
     /// Applies a worker's transition, retrying a storage failure a few times: the handler's
@@ -481,9 +521,12 @@ impl Engine {
                     tokio::time::sleep(delay).await;
                 }
                 // A write that failed may have landed all the same: finding the order already
-                // where this transition leads, after a failure, means it did.
+                // where this transition leads, after a failure, means it did. Not for a change
+                // that stays PROCESSING: a takeover by another worker looks the same.
                 Err(TransitionError::Conflict { current, .. })
-                    if tries > 0 && current == transition.target() =>
+                    if tries > 0
+                        && current == transition.target()
+                        && current != OrderStatus::Processing =>
                 {
                     return match self.repository.get(id).await? {
                         Some(order) => Ok(order),

@@ -58,6 +58,8 @@ pub enum Transition {
         error: String,
     },
     /// PROCESSING under `claim` -> FAILED with `last_error`; sets `processing_end_time`.
+    /// Refused with [`TransitionError::CancelRequested`] once a cancel was requested: the order
+    /// ends CANCELLED instead.
     Fail {
         /// The claim the order must still be held by.
         claim: ClaimToken,
@@ -143,11 +145,13 @@ impl Transition {
     }
 
     /// Whether a requested cancel refuses this transition ([`TransitionError::CancelRequested`]):
-    /// a completion, and a checkpoint that starts a step.
+    /// a completion, a failure (an order whose cancel was accepted ends CANCELLED), and a
+    /// checkpoint that starts a step.
     pub fn refused_once_cancelling(&self) -> bool {
         matches!(
             self,
             Transition::Complete { .. }
+                | Transition::Fail { .. }
                 | Transition::Checkpoint {
                     advancing: true,
                     ..

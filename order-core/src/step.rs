@@ -235,10 +235,14 @@ pub struct StepRecord {
     /// When its first attempt began (this worker's clock).
     #[serde(serialize_with = "crate::order::rfc3339::serialize")]
     pub started_at: DateTime<Utc>,
-    /// When it reached SUCCEEDED, FAILED or COMPENSATED.
+    /// When it reached SUCCEEDED or FAILED.
     #[serde(serialize_with = "crate::order::rfc3339::serialize_option")]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub ended_at: Option<DateTime<Utc>>,
+    /// When its compensation succeeded (it is COMPENSATED).
+    #[serde(default, serialize_with = "crate::order::rfc3339::serialize_option")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub compensated_at: Option<DateTime<Utc>>,
     /// The latest error of an attempt or a compensation, if any.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
@@ -250,22 +254,31 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// A step started now, on its first attempt.
+    /// A step started now, its `attempts`-th run.
     pub fn started(name: impl Into<String>, attempts: u32) -> Self {
         Self {
             name: name.into(),
             status: StepStatus::Running,
             attempts,
             compensation_attempts: 0,
-            started_at: Utc::now(),
+            started_at: now(),
             ended_at: None,
+            compensated_at: None,
             error: None,
             output: None,
         }
     }
 }
 
+/// The worker's clock to the microsecond, as the backends keep the order's own times.
+pub(crate) fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// The stored form of a step: [`StepRecord`] with its output, as the JSON text a backend keeps.
+// Only the PostgreSQL backend stores steps as text; the in-memory one keeps the records.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredStep<'a> {
@@ -276,12 +289,15 @@ struct StoredStep<'a> {
     compensation_attempts: u32,
     started_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    compensated_at: Option<DateTime<Utc>>,
     error: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     output: Option<&'a RawValue>,
 }
 
 /// An order's steps as the JSON text a backend stores; `None` when there are none.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
     if steps.is_empty() {
         return None;
@@ -295,6 +311,7 @@ pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
             compensation_attempts: step.compensation_attempts,
             started_at: step.started_at,
             ended_at: step.ended_at,
+            compensated_at: step.compensated_at,
             error: step.error.as_deref().map(Into::into),
             output: step.output.as_ref().map(|output| &*output.0),
         })
@@ -304,6 +321,7 @@ pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
 }
 
 /// The steps stored as `text` by [`encode_steps`].
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Error> {
     let stored: Vec<StoredStep<'_>> = serde_json::from_str(text)?;
     stored
@@ -316,6 +334,7 @@ pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Er
                 compensation_attempts: step.compensation_attempts,
                 started_at: step.started_at,
                 ended_at: step.ended_at,
+                compensated_at: step.compensated_at,
                 error: step.error.map(std::borrow::Cow::into_owned),
                 output: step
                     .output
@@ -633,6 +652,7 @@ mod tests {
         let mut step = StepRecord::started("charge", 2);
         step.status = StepStatus::Succeeded;
         step.ended_at = Some(Utc::now());
+        step.compensated_at = Some(Utc::now());
         step.error = Some("gateway timed out".to_owned());
         step.output = Some(
             StepOutput::from_json(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#.to_owned())

@@ -742,7 +742,7 @@ fn transition_statement(id: OrderId, transition: Transition) -> Option<(String, 
                 "status = 'FAILED', processing_end_time = now(), last_error = $3, \
                  steps = coalesce($4, steps), {FINISH}"
             ),
-            held,
+            "status = 'PROCESSING' AND claim_token = $2 AND cancel_requested_at IS NULL",
             vec![
                 id,
                 claim.as_uuid().into(),

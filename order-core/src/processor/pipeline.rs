@@ -6,7 +6,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,7 +18,7 @@ use crate::handler::HandlerError;
 use crate::order::Order;
 use crate::queue::Claim;
 use crate::repository::Transition;
-use crate::step::{Pipeline, Step, StepContext, StepOutput, StepRecord, StepStatus};
+use crate::step::{Pipeline, Step, StepContext, StepOutput, StepRecord, StepStatus, now};
 use crate::telemetry::{self, count, count_step, observe, observe_step};
 
 /// How a pipeline's run ended short of COMPLETED: what the compensations lead to.
@@ -79,12 +78,25 @@ struct Run<'a> {
 impl Run<'_> {
     async fn run(&self) -> Result<(), Stopped> {
         let mut steps = self.order.steps.clone();
-        if self.order.cancel_requested_at.is_some() {
-            return self.unwind(steps, Unwind::Cancel).await;
-        }
-        if let Some(failed) = steps.iter().find(|step| step.status == StepStatus::Failed) {
-            let error = failure(&failed.name, failed.error.as_deref().unwrap_or("failed"));
-            return self.unwind(steps, Unwind::Failure(error)).await;
+        let cancelled = self.order.cancel_requested_at.is_some();
+        let unwinding = steps.iter().any(|step| {
+            matches!(
+                step.status,
+                StepStatus::Failed | StepStatus::Compensating | StepStatus::Compensated
+            )
+        });
+        if unwinding {
+            // A worker died while compensating: go on where it stopped.
+            let reason = if cancelled {
+                Unwind::Cancel
+            } else {
+                let failed = steps.iter().find(|step| step.status == StepStatus::Failed);
+                Unwind::Failure(failed.map_or_else(
+                    || "failed".to_owned(),
+                    |step| failure(&step.name, step.error.as_deref().unwrap_or("failed")),
+                ))
+            };
+            return self.unwind(steps, reason).await;
         }
         let total = self.pipeline.steps.len();
         let mut k = steps
@@ -95,20 +107,26 @@ impl Run<'_> {
             // Every step's success is stored, but not the completion: finish it.
             return self.complete(steps).await;
         }
-        // The step to run now: resumed (its earlier runs are recorded and this one counts),
-        // started (the step before it succeeded, and a cancel cut in before its checkpoint),
-        // or the first step of a fresh order, whose runs are the order's own attempts and need
-        // no write of their own.
+        // The step to run now: resumed (its earlier runs are recorded and this one counts; it
+        // had started, so it runs to its end even if a cancel was requested meanwhile: its
+        // work may be done already, and is compensated with the rest), started (the step
+        // before it succeeded, and a cancel cut in before its checkpoint), or the first step
+        // of a fresh order, whose record is the order's own start and attempts until it has
+        // an outcome to store.
         if k < steps.len() {
             steps[k].attempts = steps[k].attempts.saturating_add(1);
             steps[k].status = StepStatus::Running;
             steps.truncate(k + 1);
-            steps = self.advance(steps).await?;
+            self.checkpoint(&steps).await?;
+        } else if cancelled {
+            return self.unwind(steps, Unwind::Cancel).await;
         } else if k == 0 {
-            steps.push(StepRecord::started(
-                self.pipeline.steps[0].name(),
-                self.order.attempts.max(1),
-            ));
+            let mut first =
+                StepRecord::started(self.pipeline.steps[0].name(), self.order.attempts.max(1));
+            if let Some(started) = self.order.processing_start_time {
+                first.started_at = started;
+            }
+            steps.push(first);
         } else {
             steps.push(StepRecord::started(self.pipeline.steps[k].name(), 1));
             steps = self.advance(steps).await?;
@@ -131,7 +149,7 @@ impl Run<'_> {
                     let record = &mut steps[k];
                     record.status = StepStatus::Succeeded;
                     record.output = Some(output);
-                    record.ended_at = Some(Utc::now());
+                    record.ended_at = Some(now());
                     info!(step = step.name(), attempt, "step succeeded");
                     if k + 1 == total {
                         return self.complete(steps).await;
@@ -193,16 +211,18 @@ impl Run<'_> {
             Ok(_) => Ok(steps),
             Err(TransitionError::CancelRequested(_)) => {
                 // The step last pushed or retried has not run since the cancel: the steps
-                // before it are what there is to undo. A step that was retrying stops.
+                // before it are what there is to undo. A step that was retrying stops. The
+                // outcome that came with the refused write is stored on its own.
                 if let Some(last) = steps.last_mut() {
                     if last.status == StepStatus::Running && last.attempts == 1 {
                         steps.pop();
                     } else {
                         last.status = StepStatus::Failed;
                         last.error = Some("cancelled before it succeeded".to_owned());
-                        last.ended_at = Some(Utc::now());
+                        last.ended_at = Some(now());
                     }
                 }
+                self.checkpoint(&steps).await?;
                 self.unwind(steps, Unwind::Cancel).await?;
                 Err(Stopped)
             }
@@ -277,7 +297,7 @@ impl Run<'_> {
         let record = &mut steps[k];
         record.status = StepStatus::Failed;
         record.error = Some(error.clone());
-        record.ended_at = Some(Utc::now());
+        record.ended_at = Some(now());
         let error = failure(&record.name, &error);
         self.unwind(steps, Unwind::Failure(error)).await
     }
@@ -300,19 +320,19 @@ impl Run<'_> {
                 continue;
             }
             steps[j].status = StepStatus::Compensating;
+            steps[j].compensation_attempts = steps[j].compensation_attempts.saturating_add(1);
             if self.checkpoint(&steps).await? {
                 reason = Unwind::Cancel;
             }
             let output = steps[j].output.clone().unwrap_or_else(StepOutput::none);
             loop {
-                steps[j].compensation_attempts = steps[j].compensation_attempts.saturating_add(1);
                 let cx = self.context(step, steps[j].attempts, &steps[..j]);
                 match compensate(step, cx, output.clone()).await {
                     Ok(()) => {
                         count_step(telemetry::STEP_COMPENSATIONS, step.name());
                         info!(step = step.name(), "step compensated");
                         steps[j].status = StepStatus::Compensated;
-                        steps[j].ended_at = Some(Utc::now());
+                        steps[j].compensated_at = Some(now());
                         break;
                     }
                     Err(err) => {
@@ -326,12 +346,15 @@ impl Run<'_> {
                             reason = Unwind::Cancel;
                         }
                         tokio::time::sleep(delay).await;
+                        steps[j].compensation_attempts =
+                            steps[j].compensation_attempts.saturating_add(1);
                     }
                 }
             }
         }
         let claim = self.claim.token;
-        let (transition, counter) = match reason {
+        let ended = steps.clone();
+        let (transition, mut counter) = match reason {
             Unwind::Cancel => (
                 Transition::FinishCancel { claim, steps },
                 telemetry::ORDERS_CANCELLED,
@@ -345,7 +368,19 @@ impl Run<'_> {
                 telemetry::ORDERS_FAILED,
             ),
         };
-        match self.engine.record(self.order.id, transition).await {
+        let failing = matches!(transition, Transition::Fail { .. });
+        let mut written = self.engine.record(self.order.id, transition).await;
+        if failing && matches!(written, Err(TransitionError::CancelRequested(_))) {
+            // A cancel was accepted while the step failed: the order ends as its client was
+            // told, with the same steps.
+            let cancel = Transition::FinishCancel {
+                claim,
+                steps: ended,
+            };
+            counter = telemetry::ORDERS_CANCELLED;
+            written = self.engine.record(self.order.id, cancel).await;
+        }
+        match written {
             Ok(order) => {
                 count(counter);
                 info!(status = %order.status, "order unwound");

@@ -189,7 +189,7 @@ pub(super) async fn watch(
     }
     // Register before reading, so that a change between the two is not missed.
     let registration = engine.watchers.register(id);
-    let Some(current) = engine.repository.get(id).await? else {
+    let Some(current) = engine.read(id).await? else {
         return Ok(None);
     };
     let (sender, snapshots) = mpsc::channel(WATCH_BUFFER);
@@ -229,7 +229,7 @@ async fn run(
         let mut candidates: Vec<Order> = lock(&slot.snapshots).drain(..).collect();
         let reread = slot.reread.swap(false, Ordering::AcqRel) || polled;
         if reread {
-            match engine.repository.get(id).await {
+            match engine.read(id).await {
                 Ok(Some(order)) => candidates.push(order),
                 Ok(None) => return,
                 // A storage hiccup: the next wake-up reads again.

@@ -507,3 +507,126 @@ async fn a_plain_handlers_processing_order_cannot_be_cancelled() {
     assert!(order.steps.is_empty() && order.cancel_requested_at.is_none());
     running.shutdown(Duration::from_millis(10)).await;
 }
+
+/// A worker died while charge ran; a cancel was accepted before the next worker took over.
+/// The charge may have gone through: the next worker runs it to its end, then compensates it
+/// and reserve, and the order ends CANCELLED with nothing left RUNNING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_after_a_cancel_finishes_the_running_step_and_undoes_it() {
+    for store in Store::all().await {
+        let books = Arc::new(Books::default());
+        let backend = store.backend();
+        let repository = backend.repository();
+        let order = repository.insert(&sample_order("u", 1)).await.unwrap();
+        let claim = ClaimToken::generate();
+        let lease = Duration::from_millis(300);
+        repository
+            .transition(order.id, Transition::Start { claim, lease })
+            .await
+            .unwrap();
+        let mut reserve = StepRecord::started("reserve", 1);
+        reserve.status = StepStatus::Succeeded;
+        reserve.output = Some(StepOutput::from_json(r#""r-1""#.into()).unwrap());
+        let steps = vec![reserve, StepRecord::started("charge", 1)];
+        let written = repository
+            .transition(
+                order.id,
+                Transition::Checkpoint {
+                    claim,
+                    steps,
+                    advancing: true,
+                },
+            )
+            .await
+            .unwrap();
+        repository
+            .transition(
+                order.id,
+                Transition::RequestCancel {
+                    seen: written.updated_at,
+                },
+            )
+            .await
+            .unwrap();
+
+        let processor = store.processor(checkout(&books));
+        let running = processor.start();
+        let order = done(&processor, order.id).await;
+        running.shutdown(WAIT).await;
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(
+            statuses(&order),
+            [
+                ("reserve".to_owned(), StepStatus::Compensated),
+                ("charge".to_owned(), StepStatus::Compensated),
+            ]
+        );
+        assert_eq!(books.runs("charge"), 1, "charge ran to its end");
+        assert_eq!(books.runs("ship"), 0);
+    }
+}
+
+/// A cancel accepted while the running step then fails for good: the order still ends
+/// CANCELLED, as its client was told, with the steps before it compensated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_failing_after_a_cancel_ends_cancelled() {
+    for store in Store::all().await {
+        let books = Arc::new(Books::default());
+        books.gated.lock().unwrap().push("charge".into());
+        books.permanent.lock().unwrap().push("charge".into());
+        let processor = store.processor(checkout(&books));
+        let running = processor.start();
+        let order = processor.submit(new_order("u")).await.unwrap();
+        tokio::time::timeout(WAIT, books.waiting.notified())
+            .await
+            .expect("charge started");
+        assert!(matches!(
+            processor.cancel(order.id).await.unwrap(),
+            Cancellation::Requested(_)
+        ));
+        books.gate.notify_one();
+        let order = done(&processor, order.id).await;
+        running.shutdown(WAIT).await;
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(
+            statuses(&order),
+            [
+                ("reserve".to_owned(), StepStatus::Compensated),
+                ("charge".to_owned(), StepStatus::Failed),
+            ]
+        );
+    }
+}
+
+/// While the first step of a fresh order runs, nothing is stored for it, yet clients see it
+/// RUNNING: its record is the order's own start.
+#[tokio::test]
+async fn the_first_step_shows_while_it_runs() {
+    let books = Arc::new(Books::default());
+    books.gated.lock().unwrap().push("reserve".into());
+    let store = Store::Memory(InMemoryBackend::new());
+    let processor = store.processor(checkout(&books));
+    let running = processor.start();
+    let order = processor.submit(new_order("u")).await.unwrap();
+    tokio::time::timeout(WAIT, books.waiting.notified())
+        .await
+        .expect("reserve started");
+    let seen = processor.get(order.id).await.unwrap().unwrap();
+    assert_eq!(
+        statuses(&seen),
+        [("reserve".to_owned(), StepStatus::Running)]
+    );
+    assert_eq!(Some(seen.steps[0].started_at), seen.processing_start_time);
+    let stored = store
+        .backend()
+        .repository()
+        .get(order.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.steps.is_empty(), "no write for it");
+    books.gate.notify_one();
+    let order = done(&processor, order.id).await;
+    assert_eq!(order.steps[0].started_at, seen.steps[0].started_at);
+    running.shutdown(WAIT).await;
+}

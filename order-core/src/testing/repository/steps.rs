@@ -227,6 +227,18 @@ pub async fn a_cancel_request_stops_the_steps(repo: Arc<dyn Repository>) {
         repo.transition(order.id, complete).await,
         Err(TransitionError::CancelRequested(_))
     ));
+    let fail = Transition::Fail {
+        claim,
+        error: "charge: declined".to_owned(),
+        steps: None,
+    };
+    assert!(
+        matches!(
+            repo.transition(order.id, fail).await,
+            Err(TransitionError::CancelRequested(_))
+        ),
+        "an order whose cancel was accepted ends CANCELLED, not FAILED"
+    );
     let mut compensating = succeeded("reserve");
     compensating.status = StepStatus::Compensating;
     repo.transition(
