@@ -24,6 +24,7 @@
 #   BENCH_CONNECTIONS=32          wrk connections and pgbench clients
 #   BENCH_GET_ORDERS=1000         orders created on each server for the GET runs to read
 #   BENCH_BURNDOWN_ORDERS=100000  backlog size of each burn-down run
+#   BENCH_STEPS_ORDERS=50000      backlog size of each run of the steps phase
 #   BENCH_METRICS_ORDERS=1000000  orders stored for the large /metrics measurement
 #   BENCH_METRICS_SECONDS=3       length of each /metrics wrk run
 #   BENCH_CRITERION_SECONDS=5     criterion's --measurement-time (warm-up is 1 s)
@@ -31,7 +32,8 @@
 #   BENCH_OUTPUT=BENCHMARKS.md    where the table is written
 #   BENCH_PHASES=all              the phases to run, comma-separated: http (POST and GET on
 #                                 both backends), metrics (/metrics and the dashboard's reads
-#                                 at 1,000,000 orders), burndown, cost (PostgreSQL's work per
+#                                 at 1,000,000 orders), burndown, steps (three-step pipelines
+#                                 against one-step ones), cost (PostgreSQL's work per
 #                                 order), migration (from the first design, at
 #                                 BENCH_METRICS_ORDERS orders), criterion. A run of some
 #                                 phases only prints its table, unless BENCH_OUTPUT is set.
@@ -88,8 +90,8 @@ die() {
 # wants PHASE: whether BENCH_PHASES asks for it.
 wants() { [[ $PHASES == all || ,$PHASES, == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
-  [[ $phase =~ ^(all|http|metrics|burndown|cost|migration|criterion)$ ]] ||
-    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, cost, migration, criterion)"
+  [[ $phase =~ ^(all|http|metrics|burndown|steps|cost|migration|criterion)$ ]] ||
+    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, steps, cost, migration, criterion)"
 done
 
 for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
@@ -982,6 +984,44 @@ row "burn-down of $(commas "$BURN_ORDERS") PENDING orders to COMPLETED, zero-del
   "$(ratio "$m_engine" "$m_burn")" "— (reference only)" "—"
 say "($((SECONDS - phase_started)) s)"
 
+fi
+
+if wants steps; then
+# ---------------------------------------------------------------------------------------------
+# Orders in steps: the same burn-down with a plain handler (one step, whose record is the order
+# itself), a one-step pipeline and a three-step pipeline (PROCESSING_STEPS), all zero-delay,
+# taken in turn within each run so that the machine's state is shared. Each step boundary is a
+# checkpoint write, group-committed on PostgreSQL with the other workers' writes.
+phase_started=$SECONDS
+STEPS_ORDERS=${BENCH_STEPS_ORDERS:-50000}
+burn_with() { # BACKEND [PROCESSING_STEPS]: prints the orders per second
+  local backend=$1 steps=${2:-} out rate
+  if [[ $backend == postgres ]]; then
+    out=$(PROCESSING_STEPS=$steps DATABASE_URL="$BENCH_URL" "$BURNDOWN_BIN" --backend postgres --orders "$STEPS_ORDERS")
+  else
+    out=$(PROCESSING_STEPS=$steps "$BURNDOWN_BIN" --backend memory --orders "$STEPS_ORDERS")
+  fi || die "bench-burndown ($backend, steps '${steps:-none}') failed (its output is above)"
+  rate=$(printf '%s\n' "$out" | sed -n 's/^orders_per_sec=\([0-9.]*\) .*/\1/p')
+  [[ -n $rate ]] || die "bench-burndown printed no orders_per_sec: $out"
+  printf '%s\n' "$rate"
+}
+for backend in postgres memory; do
+  plain=() one=() three=()
+  for ((run = 1; run <= RUNS; run++)); do
+    step "steps on $backend, run $run/$RUNS: burn-down of $(commas "$STEPS_ORDERS") orders, plain handler, then 1 and 3 steps"
+    plain+=("$(burn_with "$backend")")
+    one+=("$(burn_with "$backend" process)")
+    three+=("$(burn_with "$backend" reserve,charge,ship)")
+    say "plain $(commas "${plain[-1]}")/s, one step $(commas "${one[-1]}")/s, three steps $(commas "${three[-1]}")/s"
+  done
+  m_plain=$(median "${plain[@]}") m_one=$(median "${one[@]}") m_three=$(median "${three[@]}")
+  row "burn-down of $(commas "$STEPS_ORDERS") orders through a three-step zero-delay pipeline, $backend" \
+    "$(commas "$m_three") orders/s" \
+    "a one-step pipeline in the same run: $(commas "$m_one")/s (plain handler $(commas "$m_plain")/s)" \
+    "$(ratio "$m_three" "$m_one")" "ratio ≥ 0.5" \
+    "$(verdict "$m_three / $m_one >= 0.5")"
+done
+say "($((SECONDS - phase_started)) s)"
 fi
 
 # ---------------------------------------------------------------------------------------------

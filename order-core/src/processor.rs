@@ -23,7 +23,7 @@ use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
 use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
-use crate::step::StepRecord;
+use crate::step::{StepRecord, StepStatus};
 use crate::telemetry::{self, count};
 
 mod builder;
@@ -485,19 +485,31 @@ impl Engine {
         order
     }
 
-    /// The first step of a pipeline's order that is PROCESSING with no step stored: RUNNING,
-    /// its record the order's own start and attempts until the step stores an outcome (which
-    /// spares every order a write at its first step's start).
+    /// The first step of a pipeline's order whose row holds it: a PROCESSING order with no
+    /// step stored is in its first step, RUNNING, its record the order's own start and
+    /// attempts until the step stores an outcome (sparing every order a write at the first
+    /// step's start); a COMPLETED order of a one-step pipeline with no step stored completed
+    /// that step with no output to keep (sparing it the bytes of a record the row already
+    /// says).
     fn first_step_of(&self, order: &Order) -> Option<StepRecord> {
         let Work::Pipeline(pipeline) = &self.work else {
             return None;
         };
-        if order.status != OrderStatus::Processing || !order.steps.is_empty() {
+        if !order.steps.is_empty() {
             return None;
         }
         let mut first =
             StepRecord::started(pipeline.steps().first()?.name(), order.attempts.max(1));
         first.started_at = order.processing_start_time.unwrap_or(order.updated_at);
+        match order.status {
+            OrderStatus::Processing => {}
+            OrderStatus::Completed if pipeline.steps().len() == 1 => {
+                first.status = StepStatus::Succeeded;
+                first.ended_at = order.processing_end_time;
+                first.output = Some(crate::step::StepOutput::none());
+            }
+            _ => return None,
+        }
         Some(first)
     }
 

@@ -277,23 +277,44 @@ pub(crate) fn now() -> DateTime<Utc> {
 }
 
 /// The stored form of a step: [`StepRecord`] with its output, as the JSON text a backend keeps.
+///
+/// Compact, because every checkpoint rewrites it and a commit waits for its bytes to reach the
+/// write-ahead log: one-letter keys, times as microseconds since the epoch, and fields at their
+/// default left out. A three-step order's steps take about 250 bytes rather than 650.
 // Only the PostgreSQL backend stores steps as text; the in-memory one keeps the records.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 #[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct StoredStep<'a> {
+    #[serde(rename = "n", borrow)]
     name: std::borrow::Cow<'a, str>,
+    #[serde(rename = "s")]
     status: StepStatus,
+    #[serde(rename = "a")]
     attempts: u32,
-    #[serde(default)]
+    #[serde(rename = "c", default, skip_serializing_if = "is_zero")]
     compensation_attempts: u32,
-    started_at: DateTime<Utc>,
-    ended_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    compensated_at: Option<DateTime<Utc>>,
+    #[serde(rename = "t")]
+    started_at: i64,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    ended_at: Option<i64>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    compensated_at: Option<i64>,
+    #[serde(rename = "x", default, borrow, skip_serializing_if = "Option::is_none")]
     error: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(rename = "o", default, borrow, skip_serializing_if = "Option::is_none")]
     output: Option<&'a RawValue>,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A stored time back as a time; a value out of chrono's range (written by hand) is an error.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn time(micros: i64) -> Result<DateTime<Utc>, serde_json::Error> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| serde::de::Error::custom(format!("time {micros} is out of range")))
 }
 
 /// An order's steps as the JSON text a backend stores; `None` when there are none.
@@ -309,14 +330,14 @@ pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
             status: step.status,
             attempts: step.attempts,
             compensation_attempts: step.compensation_attempts,
-            started_at: step.started_at,
-            ended_at: step.ended_at,
-            compensated_at: step.compensated_at,
+            started_at: step.started_at.timestamp_micros(),
+            ended_at: step.ended_at.map(|at| at.timestamp_micros()),
+            compensated_at: step.compensated_at.map(|at| at.timestamp_micros()),
             error: step.error.as_deref().map(Into::into),
             output: step.output.as_ref().map(|output| &*output.0),
         })
         .collect();
-    // Strings, numbers, times and raw JSON always serialize.
+    // Strings, numbers and raw JSON always serialize.
     serde_json::to_string(&stored).ok()
 }
 
@@ -332,9 +353,9 @@ pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Er
                 status: step.status,
                 attempts: step.attempts,
                 compensation_attempts: step.compensation_attempts,
-                started_at: step.started_at,
-                ended_at: step.ended_at,
-                compensated_at: step.compensated_at,
+                started_at: time(step.started_at)?,
+                ended_at: step.ended_at.map(time).transpose()?,
+                compensated_at: step.compensated_at.map(time).transpose()?,
                 error: step.error.map(std::borrow::Cow::into_owned),
                 output: step
                     .output
@@ -651,8 +672,8 @@ mod tests {
     fn stored_steps_keep_the_output_text_and_every_field() {
         let mut step = StepRecord::started("charge", 2);
         step.status = StepStatus::Succeeded;
-        step.ended_at = Some(Utc::now());
-        step.compensated_at = Some(Utc::now());
+        step.ended_at = Some(now());
+        step.compensated_at = Some(now());
         step.error = Some("gateway timed out".to_owned());
         step.output = Some(
             StepOutput::from_json(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#.to_owned())

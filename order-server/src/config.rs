@@ -195,10 +195,10 @@ impl Config {
     pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
         let delay = Duration::from_millis(self.processing_delay_ms);
         let builder = match &self.processing_steps {
-            None => OrderProcessor::builder(SimulatedStep::new(delay)),
-            Some(names) => {
+            Some(names) if !names.0.is_empty() => {
                 OrderProcessor::pipeline_builder(Pipeline::simulated(names.0.clone(), delay))
             }
+            _ => OrderProcessor::builder(SimulatedStep::new(delay)),
         };
         let mut builder = builder
             .concurrency(self.workers.max(1) as usize)
@@ -251,8 +251,12 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepNames(pub Vec<String>);
 
-/// `PROCESSING_STEPS`: names separated by commas, each 1 to 64 characters, none twice.
+/// `PROCESSING_STEPS`: names separated by commas, each 1 to 64 characters, none twice; empty
+/// (as a compose file's `PROCESSING_STEPS:` leaves it) is one plain step, as unset.
 fn parse_steps(text: &str) -> Result<StepNames, String> {
+    if text.trim().is_empty() {
+        return Ok(StepNames(Vec::new()));
+    }
     let names: Vec<String> = text.split(',').map(|name| name.trim().to_owned()).collect();
     Pipeline::simulated(names.clone(), Duration::ZERO)
         .validate()
@@ -339,7 +343,9 @@ mod tests {
         let config = Config::try_parse_from(steps).unwrap();
         let names = config.processing_steps.unwrap().0;
         assert_eq!(names, ["reserve", "charge", "ship"]);
-        for bad in ["a,a", "a,,b", ""] {
+        let empty = Config::try_parse_from(["order-server", "--processing-steps", " "]).unwrap();
+        assert_eq!(empty.processing_steps, Some(StepNames(Vec::new())), "one plain step");
+        for bad in ["a,a", "a,,b", ","] {
             let refused = Config::try_parse_from(["order-server", "--processing-steps", bad]);
             assert!(refused.is_err(), "{bad:?} was accepted");
         }

@@ -257,15 +257,27 @@ impl Run<'_> {
     }
 
     /// Every step succeeded: COMPLETED, with the last step's outcome in the same write, unless
-    /// a cancel was requested meanwhile.
+    /// a cancel was requested meanwhile. The one step of a one-step pipeline that returned no
+    /// output and ran once per attempt of the order stores nothing: the order's row says it
+    /// all (the engine shows it from there), as for a plain handler.
     async fn complete(&self, steps: Vec<StepRecord>) -> Result<(), Stopped> {
+        let said_by_the_row = match steps.as_slice() {
+            [only] => {
+                self.pipeline.steps.len() == 1
+                    && only.attempts == self.order.attempts.max(1)
+                    && only.error.is_none()
+                    && only.output.as_ref().is_none_or(|out| out.as_json() == "null")
+            }
+            _ => false,
+        };
+        let stored = (!said_by_the_row).then(|| steps.clone());
         let written = self
             .engine
             .record(
                 self.order.id,
                 Transition::Complete {
                     claim: self.claim.token,
-                    steps: Some(steps.clone()),
+                    steps: stored,
                 },
             )
             .await;

@@ -17,7 +17,7 @@ use crate::testing::{LONG, SHORT, sleep};
 fn succeeded(name: &str) -> StepRecord {
     let mut step = StepRecord::started(name, 1);
     step.status = StepStatus::Succeeded;
-    step.ended_at = Some(chrono::Utc::now());
+    step.ended_at = Some(crate::step::now());
     let output = format!(r#"{{"step": "{name}",  "amount": 12345678.91, "fee": 0.10}}"#);
     step.output = Some(StepOutput::from_json(output).unwrap());
     step
