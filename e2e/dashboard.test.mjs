@@ -509,7 +509,7 @@ describe('dashboard, orders in steps', () => {
       });
       step(`  ended CANCELLED: ${stepLine(undone)}`);
       for (const s of undone) {
-        assert.match(s.times, /· 1 compensation attempt · started .* · compensated \d\d:\d\d:\d\d$/);
+        assert.match(s.times, /· 1 compensation attempt · started .* · ended .* · compensated \d\d:\d\d:\d\d$/);
       }
       assert.match((await textOf(requested)) ?? '', /^Cancel requested at [^;]+\.$/);
       assert.equal(await textOf(message), 'Cancelled; the finished steps were compensated.');

@@ -344,7 +344,11 @@ mod tests {
         let names = config.processing_steps.unwrap().0;
         assert_eq!(names, ["reserve", "charge", "ship"]);
         let empty = Config::try_parse_from(["order-server", "--processing-steps", " "]).unwrap();
-        assert_eq!(empty.processing_steps, Some(StepNames(Vec::new())), "one plain step");
+        assert_eq!(
+            empty.processing_steps,
+            Some(StepNames(Vec::new())),
+            "one plain step"
+        );
         for bad in ["a,a", "a,,b", ","] {
             let refused = Config::try_parse_from(["order-server", "--processing-steps", bad]);
             assert!(refused.is_err(), "{bad:?} was accepted");

@@ -609,7 +609,65 @@ async fn start_batch(
     .await
 }
 
+/// The most bytes of step records one statement carries. The driver's TCP socket has no
+/// `TCP_NODELAY`: a statement larger than the kernel's first send buffer (16 KiB by default)
+/// leaves in two writes, and Nagle's algorithm holds the second until the server's delayed
+/// acknowledgement, 40 ms later. Measured on a three-step burn-down over TCP: 1,350 orders/s
+/// with batches of up to 512 orders' steps in one statement, against 6,000/s over a Unix
+/// socket, which has no such delay.
+const MAX_STEPS_BYTES: usize = 12 * 1024;
+
+/// `calls` in consecutive runs whose steps (`steps` of each) add up to at most
+/// [`MAX_STEPS_BYTES`] (a run holds at least one call).
+fn by_steps_bytes<T>(calls: Vec<T>, steps: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for call in calls {
+        let size = steps(&call);
+        match runs.last_mut() {
+            Some(run) if bytes + size <= MAX_STEPS_BYTES => {
+                bytes += size;
+                run.push(call);
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![call]);
+            }
+        }
+    }
+    runs
+}
+
+/// A batch whose steps would make one statement too large for one write
+/// ([`MAX_STEPS_BYTES`]), written as several statements at once, each on its own connection,
+/// answered in the batch's order. The runs hold different orders, so they cannot deadlock.
+async fn in_runs<T, F, Fut>(
+    calls: Vec<T>,
+    steps: impl Fn(&T) -> usize,
+    write: F,
+) -> Vec<Reply<Option<Order>>>
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Vec<Reply<Option<Order>>>>,
+{
+    let runs = by_steps_bytes(calls, steps);
+    futures::future::join_all(runs.into_iter().map(write))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 async fn complete_batch(
+    db: DatabaseConnection,
+    completions: Vec<(OrderId, ClaimToken, Option<String>)>,
+) -> Vec<Reply<Option<Order>>> {
+    let size =
+        |call: &(OrderId, ClaimToken, Option<String>)| call.2.as_ref().map_or(0, String::len);
+    in_runs(completions, size, |run| complete_run(db.clone(), run)).await
+}
+
+async fn complete_run(
     db: DatabaseConnection,
     completions: Vec<(OrderId, ClaimToken, Option<String>)>,
 ) -> Vec<Reply<Option<Order>>> {
@@ -649,6 +707,14 @@ fn text_array(texts: impl Iterator<Item = Option<String>>) -> Value {
 }
 
 async fn checkpoint_batch(
+    db: DatabaseConnection,
+    checkpoints: Vec<CheckpointCall>,
+) -> Vec<Reply<Option<Order>>> {
+    let size = |call: &CheckpointCall| call.2.as_ref().map_or(0, String::len);
+    in_runs(checkpoints, size, |run| checkpoint_run(db.clone(), run)).await
+}
+
+async fn checkpoint_run(
     db: DatabaseConnection,
     checkpoints: Vec<CheckpointCall>,
 ) -> Vec<Reply<Option<Order>>> {

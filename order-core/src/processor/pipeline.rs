@@ -266,7 +266,10 @@ impl Run<'_> {
                 self.pipeline.steps.len() == 1
                     && only.attempts == self.order.attempts.max(1)
                     && only.error.is_none()
-                    && only.output.as_ref().is_none_or(|out| out.as_json() == "null")
+                    && only
+                        .output
+                        .as_ref()
+                        .is_none_or(|out| out.as_json() == "null")
             }
             _ => false,
         };

@@ -556,9 +556,8 @@
     const start = Date.parse(step.startedAt);
     parts.push(`started ${time(step.startedAt)}`);
     if (step.endedAt) {
-      parts.push(step.status === 'COMPENSATED'
-        ? `compensated ${time(step.endedAt)}`
-        : `ended ${time(step.endedAt)} (${duration((Date.parse(step.endedAt) - start) / 1000)})`);
+      parts.push(`ended ${time(step.endedAt)} (${duration((Date.parse(step.endedAt) - start) / 1000)})`);
+      if (step.compensatedAt) parts.push(`compensated ${time(step.compensatedAt)}`);
     } else if (order.status === 'PROCESSING' && ['RUNNING', 'RETRYING'].includes(step.status)) {
       parts.push(`running for ${duration(Math.max(0, Date.now() - start) / 1000)}`);
     }
