@@ -31,7 +31,9 @@
 //!   [`OrderStatus::may_reach`], from the [`TransitionKind`](backend::TransitionKind)s the
 //!   engine applies), and [`order::exact_amount`] for money as exact JSON numbers.
 //! - What processing an order means to you, in [`handler`]: [`OrderHandler`] and
-//!   [`HandlerError`] (and [`SimulatedStep`](handler::SimulatedStep), a stand-in).
+//!   [`HandlerError`] (and [`SimulatedStep`](handler::SimulatedStep), a stand-in); or, in
+//!   [`step`], a [`Pipeline`] of named steps, each checkpointed under the worker's claim and
+//!   compensated in reverse when a later one fails or the order is cancelled mid-way.
 //! - The engine, [`OrderProcessor`]: built by [`OrderProcessorBuilder`] with its storage
 //!   chosen explicitly; submit, get, cancel, list, watch, metrics; [`start`](OrderProcessor::start)
 //!   runs a claim loop that keeps up to `concurrency` orders in the handler, until its

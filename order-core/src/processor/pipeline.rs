@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -55,6 +56,15 @@ pub(super) async fn drive(
         claim,
         order: Arc::new(order),
     };
+    let mut running = std::pin::pin!(run.run());
+    // A run that ends on its first poll (steps that take no time, on a backend that answers
+    // at once) took no time, so its lease cannot need renewing: as for a plain handler, the
+    // lease keeper and the shutdown watch are set up only for a run that waits.
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
+    if first_poll.is_ready() {
+        observe(telemetry::PROCESSING_DURATION, began.elapsed());
+        return;
+    }
     tokio::select! {
         biased;
         () = abandon.cancelled() => release_abandoned(engine, claim).await,
@@ -62,7 +72,7 @@ pub(super) async fn drive(
             count(telemetry::LEASES_LOST);
             warn!("lease lost to another worker; abandoning this attempt");
         }
-        _ = run.run() => observe(telemetry::PROCESSING_DURATION, began.elapsed()),
+        _ = running.as_mut() => observe(telemetry::PROCESSING_DURATION, began.elapsed()),
     }
 }
 
