@@ -305,6 +305,15 @@ struct StoredStep<'a> {
     output: Option<&'a RawValue>,
 }
 
+/// Whether a step in `status` has succeeded, and so has an output.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn finished(status: StepStatus) -> bool {
+    matches!(
+        status,
+        StepStatus::Succeeded | StepStatus::Compensating | StepStatus::Compensated
+    )
+}
+
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -334,7 +343,12 @@ pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
             ended_at: step.ended_at.map(|at| at.timestamp_micros()),
             compensated_at: step.compensated_at.map(|at| at.timestamp_micros()),
             error: step.error.as_deref().map(Into::into),
-            output: step.output.as_ref().map(|output| &*output.0),
+            // A finished step's `null` output is left out, and read back as `null`.
+            output: step
+                .output
+                .as_ref()
+                .filter(|output| output.as_json() != "null")
+                .map(|output| &*output.0),
         })
         .collect();
     // Strings, numbers and raw JSON always serialize.
@@ -357,10 +371,11 @@ pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Er
                 ended_at: step.ended_at.map(time).transpose()?,
                 compensated_at: step.compensated_at.map(time).transpose()?,
                 error: step.error.map(std::borrow::Cow::into_owned),
-                output: step
-                    .output
-                    .map(|raw| StepOutput::from_json(raw.get().to_owned()))
-                    .transpose()?,
+                output: match step.output {
+                    Some(raw) => Some(StepOutput::from_json(raw.get().to_owned())?),
+                    None if finished(step.status) => Some(StepOutput::none()),
+                    None => None,
+                },
             })
         })
         .collect()
@@ -679,13 +694,17 @@ mod tests {
             StepOutput::from_json(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#.to_owned())
                 .unwrap(),
         );
-        let steps = vec![StepRecord::started("reserve", 1), step];
+        let mut quiet = StepRecord::started("reserve", 1);
+        quiet.status = StepStatus::Succeeded;
+        quiet.output = Some(StepOutput::none());
+        let steps = vec![quiet, step, StepRecord::started("ship", 1)];
         let text = encode_steps(&steps).unwrap();
         assert!(
             text.contains(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#),
             "{text}"
         );
         assert_eq!(decode_steps(&text).unwrap(), steps);
+        assert!(text.len() < 330, "compact: {} bytes, {text}", text.len());
         assert_eq!(encode_steps(&[]), None);
     }
 

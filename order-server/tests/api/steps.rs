@@ -80,7 +80,7 @@ async fn an_order_shows_its_steps_and_a_cancel_mid_way_undoes_them() {
     assert_eq!(step["error"], json!(null));
     assert_eq!(step["output"], json!(null), "outputs are not shown");
 
-    let mut watch = Watch::open(&app, &format!("/orders/{id}/events")).await;
+    let watch = Watch::open(&app, &format!("/orders/{id}/events")).await;
     let cancel = post_json(&app, &format!("/orders/{id}/cancel"), "").await;
     assert_eq!(cancel.status, StatusCode::ACCEPTED, "{:?}", cancel.body);
     assert_eq!(cancel.body["order"]["status"], "PROCESSING");
@@ -173,6 +173,7 @@ async fn the_document_describes_steps_and_the_accepted_cancel() {
         properties,
         [
             "attempts",
+            "compensatedAt",
             "compensationAttempts",
             "endedAt",
             "error",
