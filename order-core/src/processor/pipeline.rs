@@ -117,18 +117,18 @@ impl Run<'_> {
             // Every step's success is stored, but not the completion: finish it.
             return self.complete(steps).await;
         }
-        // The step to run now: resumed (its earlier runs are recorded and this one counts; it
-        // had started, so it runs to its end even if a cancel was requested meanwhile: its
-        // work may be done already, and is compensated with the rest), started (the step
-        // before it succeeded, and a cancel cut in before its checkpoint), or the first step
-        // of a fresh order, whose record is the order's own start and attempts until it has
-        // an outcome to store.
+        // The step to run now: resumed (its earlier runs are recorded and this one counts), the
+        // first step (whose record is the order's own start and attempts until it has an
+        // outcome to store), or the next one after a success whose checkpoint a cancel cut
+        // short. A step that had started runs to its end even if a cancel was requested
+        // meanwhile: an earlier run may have done its work, which is compensated with the
+        // rest. The next step does not start once a cancel was requested.
         if k < steps.len() {
             steps[k].attempts = steps[k].attempts.saturating_add(1);
             steps[k].status = StepStatus::Running;
             steps.truncate(k + 1);
             self.checkpoint(&steps).await?;
-        } else if cancelled {
+        } else if k > 0 && cancelled {
             return self.unwind(steps, Unwind::Cancel).await;
         } else if k == 0 {
             let mut first =

@@ -630,3 +630,38 @@ async fn the_first_step_shows_while_it_runs() {
     assert_eq!(order.steps[0].started_at, seen.steps[0].started_at);
     running.shutdown(WAIT).await;
 }
+
+/// A worker died in the first step, which records nothing until it ends, and a cancel was
+/// accepted then: the next worker runs the first step to its end and undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_after_a_cancel_in_the_first_step_undoes_it() {
+    for store in Store::all().await {
+        let books = Arc::new(Books::default());
+        let backend = store.backend();
+        let repository = backend.repository();
+        let order = repository.insert(&sample_order("u", 1)).await.unwrap();
+        let claim = ClaimToken::generate();
+        let lease = Duration::from_millis(300);
+        let started = repository
+            .transition(order.id, Transition::Start { claim, lease })
+            .await
+            .unwrap();
+        let seen = started.updated_at;
+        repository
+            .transition(order.id, Transition::RequestCancel { seen })
+            .await
+            .unwrap();
+
+        let processor = store.processor(checkout(&books));
+        let running = processor.start();
+        let order = done(&processor, order.id).await;
+        running.shutdown(WAIT).await;
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(
+            statuses(&order),
+            [("reserve".to_owned(), StepStatus::Compensated)]
+        );
+        assert_eq!((books.runs("reserve"), books.runs("charge")), (1, 0));
+        assert_eq!(order.steps[0].attempts, 2, "the dead worker's run counts");
+    }
+}
