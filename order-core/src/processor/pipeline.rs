@@ -427,33 +427,38 @@ fn failure(name: &str, error: &str) -> String {
 
 /// One run of `step`: its timeout, and a panic caught as a transient error.
 async fn run_step(step: &Step, cx: StepContext) -> Result<StepOutput, HandlerError> {
-    let run = AssertUnwindSafe(step.action.run(cx)).catch_unwind();
-    let outcome = match step.timeout {
-        Some(limit) => match tokio::time::timeout(limit, run).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(timed_out(limit)),
-        },
-        None => run.await,
-    };
-    outcome.unwrap_or_else(|panic| Err(panicked("step", &*panic)))
+    guarded(step.timeout, "step", step.action.run(cx)).await
 }
 
 /// One try of `step`'s compensation, bounded by the step's timeout.
 async fn compensate(step: &Step, cx: StepContext, output: StepOutput) -> Result<(), HandlerError> {
-    let Some(compensation) = &step.compensation else {
-        return Ok(());
-    };
-    let run = AssertUnwindSafe(compensation.compensate(cx, output)).catch_unwind();
-    let outcome = match step.timeout {
-        Some(limit) => match tokio::time::timeout(limit, run).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(timed_out(limit)),
-        },
-        None => run.await,
-    };
-    outcome.unwrap_or_else(|panic| Err(panicked("compensation", &*panic)))
+    match &step.compensation {
+        Some(compensation) => {
+            let undo = compensation.compensate(cx, output);
+            guarded(step.timeout, "compensation", undo).await
+        }
+        None => Ok(()),
+    }
 }
 
-fn timed_out(limit: Duration) -> HandlerError {
-    HandlerError::transient(format!("timed out after {limit:?}"))
+/// `work` (what a step supplied, named `what`) stopped after `limit` if there is one, with a
+/// timeout or a panic as a transient error.
+async fn guarded<T>(
+    limit: Option<Duration>,
+    what: &str,
+    work: impl Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
+    let work = AssertUnwindSafe(work).catch_unwind();
+    let outcome = match limit {
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(HandlerError::transient(format!(
+                    "timed out after {limit:?}"
+                )));
+            }
+        },
+        None => work.await,
+    };
+    outcome.unwrap_or_else(|panic| Err(panicked(what, &*panic)))
 }

@@ -156,6 +156,53 @@ fn statuses(order: &Order) -> Vec<(String, StepStatus)> {
         .collect()
 }
 
+/// reserve, SUCCEEDED with `output`.
+fn reserved(output: &str) -> StepRecord {
+    let mut reserve = StepRecord::started("reserve", 1);
+    reserve.status = StepStatus::Succeeded;
+    reserve.output = Some(StepOutput::from_json(output.to_owned()).unwrap());
+    reserve
+}
+
+/// An order that a worker started under a short lease, recorded `steps` for (none: it was in
+/// its first step) and died holding; returns the order as that worker left it.
+async fn died_holding(store: &Store, steps: Vec<StepRecord>) -> Order {
+    let repository = store.backend().repository();
+    let order = repository.insert(&sample_order("u", 1)).await.unwrap();
+    let claim = ClaimToken::generate();
+    let lease = Duration::from_millis(300);
+    let started = repository
+        .transition(order.id, Transition::Start { claim, lease })
+        .await
+        .unwrap();
+    if steps.is_empty() {
+        return started;
+    }
+    let advancing = true;
+    repository
+        .transition(
+            order.id,
+            Transition::Checkpoint {
+                claim,
+                steps,
+                advancing,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Asks for a cancel of `order`, PROCESSING as read.
+async fn request_cancel(store: &Store, order: &Order) {
+    let seen = order.updated_at;
+    store
+        .backend()
+        .repository()
+        .transition(order.id, Transition::RequestCancel { seen })
+        .await
+        .unwrap();
+}
+
 async fn finished(processor: &OrderProcessor) -> Order {
     let order = processor.submit(new_order("u")).await.unwrap();
     done(processor, order.id).await
@@ -288,34 +335,12 @@ async fn a_step_out_of_attempts_fails_the_order() {
 async fn a_crash_resumes_at_the_first_step_without_a_recorded_success() {
     for store in Store::all().await {
         let books = Arc::new(Books::default());
-        let backend = store.backend();
-        let repository = backend.repository();
-        let order = repository
-            .insert(&sample_order("crashed", 1))
-            .await
-            .unwrap();
-        // The dead worker: it started the order, ran reserve, recorded it and began charge.
-        let claim = ClaimToken::generate();
-        let lease = Duration::from_millis(200);
-        repository
-            .transition(order.id, Transition::Start { claim, lease })
-            .await
-            .unwrap();
-        let mut reserve = StepRecord::started("reserve", 1);
-        reserve.status = StepStatus::Succeeded;
-        reserve.output = Some(StepOutput::from_json(r#"{"reserve": "r-1"}"#.into()).unwrap());
-        let steps = vec![reserve, StepRecord::started("charge", 1)];
-        repository
-            .transition(
-                order.id,
-                Transition::Checkpoint {
-                    claim,
-                    steps,
-                    advancing: true,
-                },
-            )
-            .await
-            .unwrap();
+        // The dead worker ran reserve, recorded it and began charge.
+        let steps = vec![
+            reserved(r#"{"reserve": "r-1"}"#),
+            StepRecord::started("charge", 1),
+        ];
+        let order = died_holding(&store, steps).await;
 
         let processor = store.processor(checkout(&books));
         let running = processor.start();
@@ -515,39 +540,9 @@ async fn a_plain_handlers_processing_order_cannot_be_cancelled() {
 async fn a_takeover_after_a_cancel_finishes_the_running_step_and_undoes_it() {
     for store in Store::all().await {
         let books = Arc::new(Books::default());
-        let backend = store.backend();
-        let repository = backend.repository();
-        let order = repository.insert(&sample_order("u", 1)).await.unwrap();
-        let claim = ClaimToken::generate();
-        let lease = Duration::from_millis(300);
-        repository
-            .transition(order.id, Transition::Start { claim, lease })
-            .await
-            .unwrap();
-        let mut reserve = StepRecord::started("reserve", 1);
-        reserve.status = StepStatus::Succeeded;
-        reserve.output = Some(StepOutput::from_json(r#""r-1""#.into()).unwrap());
-        let steps = vec![reserve, StepRecord::started("charge", 1)];
-        let written = repository
-            .transition(
-                order.id,
-                Transition::Checkpoint {
-                    claim,
-                    steps,
-                    advancing: true,
-                },
-            )
-            .await
-            .unwrap();
-        repository
-            .transition(
-                order.id,
-                Transition::RequestCancel {
-                    seen: written.updated_at,
-                },
-            )
-            .await
-            .unwrap();
+        let steps = vec![reserved(r#""r-1""#), StepRecord::started("charge", 1)];
+        let order = died_holding(&store, steps).await;
+        request_cancel(&store, &order).await;
 
         let processor = store.processor(checkout(&books));
         let running = processor.start();
@@ -637,20 +632,8 @@ async fn the_first_step_shows_while_it_runs() {
 async fn a_takeover_after_a_cancel_in_the_first_step_undoes_it() {
     for store in Store::all().await {
         let books = Arc::new(Books::default());
-        let backend = store.backend();
-        let repository = backend.repository();
-        let order = repository.insert(&sample_order("u", 1)).await.unwrap();
-        let claim = ClaimToken::generate();
-        let lease = Duration::from_millis(300);
-        let started = repository
-            .transition(order.id, Transition::Start { claim, lease })
-            .await
-            .unwrap();
-        let seen = started.updated_at;
-        repository
-            .transition(order.id, Transition::RequestCancel { seen })
-            .await
-            .unwrap();
+        let order = died_holding(&store, Vec::new()).await;
+        request_cancel(&store, &order).await;
 
         let processor = store.processor(checkout(&books));
         let running = processor.start();
