@@ -1,9 +1,9 @@
 //! Orders processed in steps: a [`Pipeline`] of named [`Step`]s, each checkpointed under the
 //! worker's claim, with compensation when a later step fails or the order is cancelled.
 //!
-//! A checkout reserves stock, charges a card, then ships. Run as one [`OrderHandler`]
-//! (crate::OrderHandler), a crash after the charge runs the whole handler again, and a
-//! permanent failure after it leaves the reservation and the charge in place. Run as a
+//! A checkout reserves stock, charges a card, then ships. Run as one
+//! [`OrderHandler`](crate::OrderHandler), a crash after the charge runs the whole handler
+//! again, and a permanent failure after it leaves the reservation and the charge in place. Run as a
 //! pipeline:
 //!
 //! - each step's outcome is stored with the order ([`StepRecord`]: status, attempts, output,
