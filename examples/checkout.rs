@@ -153,7 +153,7 @@ fn checkout(books: &Arc<Books>, doomed: bool) -> Pipeline {
         let books = b1.clone();
         async move {
             books.reserve(&cx.idempotency_key(), &cx.order().item_ids)?;
-            StepOutput::json(&cx.idempotency_key())
+            Ok(StepOutput::json(&cx.idempotency_key())?)
         }
     })
     .compensate(move |_cx: StepContext, reservation: StepOutput| {
@@ -174,9 +174,9 @@ fn checkout(books: &Arc<Books>, doomed: bool) -> Pipeline {
                 std::future::pending::<()>().await;
             }
             // The amount as text: money in an output never passes through a float.
-            StepOutput::json(
-                &serde_json::json!({"charge": id, "amount": order.total_amount.to_string()}),
-            )
+            let charge =
+                serde_json::json!({"charge": id, "amount": order.total_amount.to_string()});
+            Ok(StepOutput::json(&charge)?)
         }
     })
     .compensate(move |cx: StepContext, _charge: StepOutput| {

@@ -78,6 +78,14 @@ impl std::error::Error for HandlerError {
     }
 }
 
+/// A value that would not serialize or deserialize (a step's output, say) is a permanent
+/// failure: trying again reads the same bytes.
+impl From<serde_json::Error> for HandlerError {
+    fn from(err: serde_json::Error) -> Self {
+        HandlerError::permanent(format!("JSON: {err}")).with_source(err)
+    }
+}
+
 /// Two handler errors are equal when they say the same to the order: the same message and
 /// permanence. Their sources are for the logs only.
 impl PartialEq for HandlerError {

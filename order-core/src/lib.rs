@@ -123,6 +123,7 @@ pub mod postgres;
 mod processor;
 mod queue;
 mod repository;
+mod retry;
 pub mod step;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -7,8 +7,6 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::step::StepRecord;
-
 /// The identity of an order: a positive 64-bit integer assigned by the [`Repository`](crate::backend::Repository).
 ///
 /// ```
@@ -316,6 +314,9 @@ pub struct NewOrder {
 pub mod exact_amount;
 
 pub(crate) mod rfc3339;
+pub(crate) mod steps;
+
+use steps::StepRecord;
 
 #[cfg(feature = "openapi")]
 mod schema;

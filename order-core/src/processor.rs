@@ -7,7 +7,6 @@
 //! - [`worker`]: the claim loop and each order's attempt;
 //! - [`lease`]: renewing a claim while the handler runs;
 //! - [`sweep`]: the recovery sweep;
-//! - [`retry`]: [`RetryPolicy`], the one backoff every loop waits with;
 //! - [`watch`]: one order's changes as a stream.
 
 use std::sync::Arc;
@@ -30,15 +29,14 @@ mod builder;
 mod handle;
 mod lease;
 mod pipeline;
-mod retry;
 mod sweep;
 mod watch;
 mod worker;
 
+pub use crate::retry::RetryPolicy;
 use builder::Settings;
 pub use builder::{BuildError, OrderProcessorBuilder};
 pub use handle::{ProcessorHandle, ShutdownReport};
-pub use retry::RetryPolicy;
 pub use watch::OrderWatch;
 use worker::settle;
 

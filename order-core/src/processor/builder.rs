@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::retry::RetryPolicy;
 use super::{Engine, OrderProcessor, Work};
 use crate::backend::Backend;
 use crate::changes::ChangeFeed;
@@ -14,6 +13,7 @@ use crate::idempotency::DEFAULT_KEY_TTL;
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::queue::{Queue, QueueStorage};
 use crate::repository::Repository;
+use crate::retry::RetryPolicy;
 use crate::step::{Pipeline, PipelineError};
 
 /// How many order snapshots a slow [`OrderProcessor::subscribe`] receiver may fall behind.
