@@ -71,8 +71,10 @@ use async_trait::async_trait;
 
 use crate::handler::{HandlerError, SimulatedStep};
 use crate::order::Order;
+pub(crate) use crate::order::steps::now;
 pub use crate::order::steps::{StepOutput, StepRecord, StepStatus};
-pub(crate) use crate::order::steps::{decode_steps, encode_steps, now};
+#[cfg(feature = "postgres")]
+pub(crate) use crate::order::steps::{decode_steps, encode_steps};
 use crate::retry::RetryPolicy;
 
 /// What a step sees: the order, the outputs of the steps before it, its attempt, and a key
