@@ -203,20 +203,25 @@ impl Run<'_> {
         StepContext::new(self.order.clone(), step.name(), attempt, outputs)
     }
 
+    /// Writes `steps` under the claim, `advancing` as [`Transition::Checkpoint`] says.
+    async fn store(
+        &self,
+        steps: Vec<StepRecord>,
+        advancing: bool,
+    ) -> Result<Order, TransitionError> {
+        let claim = self.claim.token;
+        let checkpoint = Transition::Checkpoint {
+            claim,
+            steps,
+            advancing,
+        };
+        self.engine.record(self.order.id, checkpoint).await
+    }
+
     /// Stores `steps`, which start or retry a step: refused once a cancel was requested, and
     /// then the run unwinds instead (the steps come back without the one not yet started).
     async fn advance(&self, mut steps: Vec<StepRecord>) -> Result<Vec<StepRecord>, Stopped> {
-        let written = self
-            .engine
-            .record(
-                self.order.id,
-                Transition::Checkpoint {
-                    claim: self.claim.token,
-                    steps: steps.clone(),
-                    advancing: true,
-                },
-            )
-            .await;
+        let written = self.store(steps.clone(), true).await;
         match written {
             Ok(_) => Ok(steps),
             Err(TransitionError::CancelRequested(_)) => {
@@ -246,17 +251,7 @@ impl Run<'_> {
     /// Stores `steps` whatever a cancel says (an outcome, a compensation's progress); returns
     /// whether a cancel was requested.
     async fn checkpoint(&self, steps: &[StepRecord]) -> Result<bool, Stopped> {
-        let written = self
-            .engine
-            .record(
-                self.order.id,
-                Transition::Checkpoint {
-                    claim: self.claim.token,
-                    steps: steps.to_vec(),
-                    advancing: false,
-                },
-            )
-            .await;
+        let written = self.store(steps.to_vec(), false).await;
         match written {
             Ok(order) => Ok(order.cancel_requested_at.is_some()),
             Err(err) => {
