@@ -105,6 +105,43 @@ impl From<TransitionError> for CancelError {
     }
 }
 
+/// Why [`OrderProcessor::retry`](crate::OrderProcessor::retry) did not retry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryError {
+    /// No order has this id.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// Only a FAILED order can be retried.
+    #[error("order {id} is {status}; only a FAILED order can be retried")]
+    NotFailed {
+        /// The order.
+        id: OrderId,
+        /// Its status now.
+        status: crate::OrderStatus,
+    },
+    /// The repository failed; the order may or may not have been retried.
+    #[error("could not retry the order")]
+    Storage(#[from] StorageError),
+}
+
+impl From<TransitionError> for RetryError {
+    fn from(err: TransitionError) -> Self {
+        match err {
+            TransitionError::NotFound(id) => RetryError::NotFound(id),
+            TransitionError::Conflict { id, current, .. } => RetryError::NotFailed {
+                id,
+                status: current,
+            },
+            TransitionError::CancelRequested(id) => RetryError::NotFailed {
+                id,
+                status: crate::OrderStatus::Processing,
+            },
+            TransitionError::Storage(err) => RetryError::Storage(err),
+        }
+    }
+}
+
 /// Why a [`Transition`](crate::backend::Transition) was not applied.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -160,22 +160,80 @@ impl<T: OrderHandler + ?Sized> OrderHandler for Box<T> {
     }
 }
 
-/// A stand-in processing step that takes a fixed time and always succeeds: what the service
-/// this engine replaces did (2 s), and a zero-delay handler for benchmarks.
+/// A stand-in processing step that takes a fixed time and succeeds: what the service this
+/// engine replaces did (2 s), and a zero-delay handler for benchmarks. It can be made to fail
+/// a share of its runs ([`failing`](Self::failing)), to watch failures, retries and
+/// compensations without writing a handler.
+///
+/// ```
+/// use std::time::Duration;
+/// use order_core::handler::SimulatedStep;
+///
+/// let step = SimulatedStep::new(Duration::ZERO).failing(0.1, true);
+/// assert_eq!((step.failure_share(), step.fails_transiently()), (0.1, true));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct SimulatedStep {
     delay: Duration,
+    /// The share of runs that fail, from 0 to 1.
+    failure_share: f64,
+    /// Whether a failure is transient (tried again) rather than permanent.
+    transient: bool,
 }
 
 impl SimulatedStep {
-    /// A step that takes `delay`.
+    /// A step that takes `delay` and always succeeds.
     pub fn new(delay: Duration) -> Self {
-        Self { delay }
+        Self {
+            delay,
+            failure_share: 0.0,
+            transient: false,
+        }
+    }
+
+    /// The same step failing `share` of its runs (0 to 1, clamped), each drawn at random: with
+    /// a [`HandlerError::transient`] error if `transient`, which the engine tries again, else
+    /// a permanent one, which fails the order.
+    #[must_use]
+    pub fn failing(mut self, share: f64, transient: bool) -> Self {
+        self.failure_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self.transient = transient;
+        self
     }
 
     /// How long each order takes.
     pub fn delay(&self) -> Duration {
         self.delay
+    }
+
+    /// The share of runs that fail.
+    pub fn failure_share(&self) -> f64 {
+        self.failure_share
+    }
+
+    /// Whether its failures are transient.
+    pub fn fails_transiently(&self) -> bool {
+        self.transient
+    }
+
+    /// Takes the delay, then succeeds, or fails as drawn.
+    pub(crate) async fn perform(&self, what: &str) -> Result<(), HandlerError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.failure_share > 0.0 && rand::random::<f64>() < self.failure_share {
+            let message = format!("{what} failed (simulated)");
+            return Err(if self.transient {
+                HandlerError::transient(message)
+            } else {
+                HandlerError::permanent(message)
+            });
+        }
+        Ok(())
     }
 }
 
@@ -189,10 +247,7 @@ impl Default for SimulatedStep {
 #[async_trait]
 impl OrderHandler for SimulatedStep {
     async fn process(&self, _order: &Order) -> Result<(), HandlerError> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        Ok(())
+        self.perform("processing").await
     }
 }
 

@@ -172,6 +172,7 @@ impl Order {
             last_error: None,
             steps: Vec::new(),
             cancel_requested_at: None,
+            failures: Vec::new(),
             ..self.clone()
         }
     }

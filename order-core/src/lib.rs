@@ -130,13 +130,14 @@ pub mod telemetry;
 pub mod testing;
 
 pub use chrono;
-pub use error::{CancelError, StorageError, SubmitError};
+pub use error::{CancelError, RetryError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
 pub use handler::{HandlerError, OrderHandler};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 pub use order::{
-    NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus, ValidationError,
+    FailureRecord, NewOrder, Order, OrderId, OrderStatus, ParseOrderIdError, UnknownStatus,
+    ValidationError,
 };
 pub use processor::{
     BuildError, Cancellation, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch,

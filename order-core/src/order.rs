@@ -80,9 +80,12 @@ impl FromStr for OrderId {
 ///        │  ├────────► FAILED (attempts used up, or a permanent error)
 ///        │  └────────► CANCELLED (a pipeline's cancel, once its steps are compensated)
 ///        └── start (the lease ran out: another worker takes over)
+///
+///   FAILED ──────────► PENDING (requeue: an operator retries it)
 /// ```
 ///
-/// COMPLETED, FAILED and CANCELLED are terminal: nothing moves an order out of them.
+/// COMPLETED, FAILED and CANCELLED are terminal: no worker moves an order out of them, and
+/// the only way out of any of them is an operator's retry of a FAILED order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -93,7 +96,8 @@ pub enum OrderStatus {
     Processing,
     /// The handler succeeded.
     Completed,
-    /// The handler failed permanently or ran out of attempts; `last_error` says why.
+    /// The handler failed permanently or ran out of attempts; `last_error` says why. An
+    /// operator may retry it ([`OrderProcessor::retry`](crate::OrderProcessor::retry)).
     Failed,
     /// Cancelled before any worker started it, or, for an order processed in steps, cancelled
     /// while PROCESSING and its finished steps compensated.
@@ -110,7 +114,8 @@ impl OrderStatus {
         OrderStatus::Cancelled,
     ];
 
-    /// True for the statuses nothing leaves: COMPLETED, FAILED, CANCELLED.
+    /// True for the statuses no worker leaves: COMPLETED, FAILED, CANCELLED. (A FAILED order
+    /// leaves only when an operator retries it.)
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -150,7 +155,7 @@ impl OrderStatus {
     /// assert!(Processing.may_reach(Cancelled)); // retried, then cancelled while PENDING
     /// assert!(Completed.may_reach(Completed));
     /// assert!(!Completed.may_reach(Pending));
-    /// assert!(!Failed.may_reach(Completed));
+    /// assert!(Failed.may_reach(Completed)); // retried by an operator
     /// ```
     pub fn may_reach(self, later: OrderStatus) -> bool {
         // A walk over five statuses: each is visited at most once.
@@ -256,6 +261,31 @@ pub struct Order {
     #[serde(default, serialize_with = "rfc3339::serialize_option")]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The times this order ended FAILED and was retried, oldest first; empty for an order
+    /// never retried.
+    #[serde(default)]
+    pub failures: Vec<FailureRecord>,
+}
+
+impl Order {
+    /// The attempts made since the order was last retried (all of them if it never was):
+    /// what its retry policy's limit counts, so that a retried order gets a full set.
+    ///
+    /// ```
+    /// # use order_core::Order;
+    /// # fn check(order: &Order) {
+    /// assert!(order.attempts_since_retry() <= order.attempts);
+    /// # }
+    /// ```
+    pub fn attempts_since_retry(&self) -> u32 {
+        let before = self.failures.last().map_or(0, |failure| failure.attempts);
+        self.attempts.saturating_sub(before)
+    }
+
+    /// How many times the order was retried after it FAILED.
+    pub fn retries(&self) -> u32 {
+        u32::try_from(self.failures.len()).unwrap_or(u32::MAX)
+    }
 }
 
 /// The most items one order may hold.
@@ -313,9 +343,11 @@ pub struct NewOrder {
 
 pub mod exact_amount;
 
+pub(crate) mod failures;
 pub(crate) mod rfc3339;
 pub(crate) mod steps;
 
+pub use failures::FailureRecord;
 use steps::StepRecord;
 
 #[cfg(feature = "openapi")]
@@ -511,11 +543,14 @@ pub enum TransitionKind {
     /// [`Transition::FinishCancel`](crate::backend::Transition::FinishCancel): a requested cancel
     /// done, every finished step compensated.
     FinishCancel,
+    /// [`Transition::Requeue`](crate::backend::Transition::Requeue): an operator retried a
+    /// FAILED order.
+    Requeue,
 }
 
 impl TransitionKind {
     /// Every kind of transition.
-    pub const ALL: [TransitionKind; 10] = [
+    pub const ALL: [TransitionKind; 11] = [
         TransitionKind::Start,
         TransitionKind::Renew,
         TransitionKind::Complete,
@@ -526,6 +561,7 @@ impl TransitionKind {
         TransitionKind::Checkpoint,
         TransitionKind::RequestCancel,
         TransitionKind::FinishCancel,
+        TransitionKind::Requeue,
     ];
 
     /// The statuses a transition of this kind may leave from. A start leaves from PROCESSING
@@ -542,6 +578,7 @@ impl TransitionKind {
             | TransitionKind::RequestCancel
             | TransitionKind::FinishCancel => &[OrderStatus::Processing],
             TransitionKind::Cancel => &[OrderStatus::Pending],
+            TransitionKind::Requeue => &[OrderStatus::Failed],
         }
     }
 
@@ -553,7 +590,9 @@ impl TransitionKind {
             | TransitionKind::Checkpoint
             | TransitionKind::RequestCancel => OrderStatus::Processing,
             TransitionKind::Complete => OrderStatus::Completed,
-            TransitionKind::Retry | TransitionKind::Release => OrderStatus::Pending,
+            TransitionKind::Retry | TransitionKind::Release | TransitionKind::Requeue => {
+                OrderStatus::Pending
+            }
             TransitionKind::Fail => OrderStatus::Failed,
             TransitionKind::Cancel | TransitionKind::FinishCancel => OrderStatus::Cancelled,
         }

@@ -16,10 +16,10 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use crate::changes::ChangeFeed;
-use crate::error::{CancelError, StorageError, SubmitError, TransitionError};
+use crate::error::{CancelError, RetryError, StorageError, SubmitError, TransitionError};
 use crate::handler::OrderHandler;
 use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
-use crate::order::{NewOrder, Order, OrderId, OrderStatus};
+use crate::order::{FailureRecord, NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 use crate::step::{StepRecord, StepStatus};
@@ -297,6 +297,95 @@ impl OrderProcessor {
         )))
     }
 
+    /// Puts a FAILED order back in the queue: PENDING again, to be processed as if new, but
+    /// with `attempts` counting on and its failure kept in [`Order::failures`] (when, which
+    /// step, what error). It gets a full set of attempts.
+    ///
+    /// An order processed in steps keeps the steps whose work stands (the leading SUCCEEDED
+    /// ones) and resumes after them: at the step that failed, or at the first step whose work
+    /// its failure compensated. A step that runs again gets a new
+    /// [`idempotency_key`](crate::step::StepContext::idempotency_key), so that a payment
+    /// provider does not hand back a charge that was refunded.
+    ///
+    /// Any other status is [`RetryError::NotFailed`]. Of two retries of one failure, one
+    /// applies and the other finds the order PENDING: each failure is retried once.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use order_core::{HandlerError, NewOrder, Order, OrderHandler, OrderProcessor, OrderStatus};
+    /// use rust_decimal::Decimal;
+    ///
+    /// /// Declines every order's first attempt for good, then accepts.
+    /// struct DeclinesFirst;
+    ///
+    /// #[async_trait::async_trait]
+    /// impl OrderHandler for DeclinesFirst {
+    ///     async fn process(&self, order: &Order) -> Result<(), HandlerError> {
+    ///         match order.attempts {
+    ///             1 => Err(HandlerError::permanent("card declined")),
+    ///             _ => Ok(()),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let processor = OrderProcessor::builder(DeclinesFirst).in_memory().build()?;
+    /// let running = processor.start();
+    /// let order = processor.submit(NewOrder::new("ann", ["book"], Decimal::TEN)).await?;
+    /// let failed = processor.wait_until_done(order.id).await?.unwrap();
+    /// assert_eq!(failed.status, OrderStatus::Failed);
+    ///
+    /// let retried = processor.retry(order.id).await?;
+    /// assert_eq!(retried.status, OrderStatus::Pending);
+    /// let done = processor.wait_until_done(order.id).await?.unwrap();
+    /// assert_eq!((done.status, done.attempts), (OrderStatus::Completed, 2));
+    /// assert_eq!(done.failures[0].error, "card declined");
+    /// running.shutdown(std::time::Duration::from_secs(5)).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn retry(&self, id: OrderId) -> Result<Order, RetryError> {
+        // As for a cancel: the write compares the `updated_at` that was read, and a retry
+        // that lost the race reads again and finds the order PENDING.
+        for _ in 0..16 {
+            let order = self
+                .engine
+                .repository
+                .get(id)
+                .await?
+                .ok_or(RetryError::NotFound(id))?;
+            if order.status != OrderStatus::Failed {
+                return Err(RetryError::NotFailed {
+                    id,
+                    status: order.status,
+                });
+            }
+            let kept = order
+                .steps
+                .iter()
+                .take_while(|step| step.status == StepStatus::Succeeded)
+                .cloned()
+                .collect();
+            let requeue = Transition::Requeue {
+                seen: order.updated_at,
+                failure: FailureRecord::of(&order),
+                steps: kept,
+            };
+            match self.engine.repository.transition(id, requeue).await {
+                Ok(order) => {
+                    count(telemetry::ORDERS_RETRIED);
+                    info!(order_id = %id, retry = order.retries(), "failed order retried");
+                    self.engine.publish(&order);
+                    self.engine.queue_stored(id).await;
+                    return Ok(self.engine.present(order));
+                }
+                Err(TransitionError::Conflict { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RetryError::Storage(StorageError::unavailable(
+            "the order kept changing while it was being retried; try again",
+        )))
+    }
+
     /// Whether this processor can undo what was done of `order` so far.
     fn undoable(&self, order: &Order) -> bool {
         match &self.engine.work {
@@ -496,9 +585,16 @@ impl Engine {
         if !order.steps.is_empty() {
             return None;
         }
-        let mut first =
-            StepRecord::started(pipeline.steps().first()?.name(), order.attempts.max(1));
-        first.started_at = order.processing_start_time.unwrap_or(order.updated_at);
+        let mut first = StepRecord::started(
+            pipeline.steps().first()?.name(),
+            order.attempts_since_retry().max(1),
+        )
+        .in_retry(order.retries());
+        // A retried order's start was its first run's; this run's is its latest write.
+        first.started_at = match order.processing_start_time {
+            Some(started) if order.failures.is_empty() => started,
+            _ => order.updated_at,
+        };
         match order.status {
             OrderStatus::Processing => {}
             OrderStatus::Completed if pipeline.steps().len() == 1 => {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{StorageError, TransitionError};
 use crate::idempotency::{Insertion, KeyRecord};
-use crate::order::{Order, OrderId, OrderStatus, TransitionKind, ValidatedOrder};
+use crate::order::{FailureRecord, Order, OrderId, OrderStatus, TransitionKind, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::step::StepRecord;
 
@@ -108,6 +108,20 @@ pub enum Transition {
         /// The order's steps, compensated.
         steps: Vec<StepRecord>,
     },
+    /// FAILED -> PENDING, queued again: an operator retried the order. Applies only if the
+    /// order has not changed since it was read at `seen` (its `updated_at`), so that two
+    /// retries of one failure make one. Appends `failure` to the order's failures, stores
+    /// `steps` (the steps whose work stands, which will not run again), clears
+    /// `processing_end_time`, and leaves `attempts` and `last_error` as they are. Needs no
+    /// claim: no worker holds a FAILED order.
+    Requeue {
+        /// The order's `updated_at` when the caller read it.
+        seen: DateTime<Utc>,
+        /// The failure being retried, as [`FailureRecord::of`] reads it.
+        failure: FailureRecord,
+        /// The steps kept: those before the first one that runs again.
+        steps: Vec<StepRecord>,
+    },
 }
 
 impl Transition {
@@ -124,16 +138,18 @@ impl Transition {
             Transition::Checkpoint { .. } => TransitionKind::Checkpoint,
             Transition::RequestCancel { .. } => TransitionKind::RequestCancel,
             Transition::FinishCancel { .. } => TransitionKind::FinishCancel,
+            Transition::Requeue { .. } => TransitionKind::Requeue,
         }
     }
 
     /// The claim that fences this transition: every worker's transition has one; a start
-    /// brings a new one, and a client's cancel and cancel request have none.
+    /// brings a new one, and a client's cancel, cancel request and retry have none.
     pub fn claim(&self) -> Option<ClaimToken> {
         match self {
-            Transition::Start { .. } | Transition::Cancel | Transition::RequestCancel { .. } => {
-                None
-            }
+            Transition::Start { .. }
+            | Transition::Cancel
+            | Transition::RequestCancel { .. }
+            | Transition::Requeue { .. } => None,
             Transition::Renew { claim, .. }
             | Transition::Complete { claim, .. }
             | Transition::Retry { claim, .. }
@@ -332,6 +348,9 @@ impl StatusCounts {
 /// - [`transition`](Repository::transition) is an atomic compare-and-set: it checks the
 ///   current status (and, for a worker's transitions, the claim and its lease) and writes the
 ///   new state in one step, or writes nothing and says why.
+/// - A [`Requeue`](Transition::Requeue) that applies leaves the order due at once: a queue
+///   that shares the repository's storage hands it out next, and the engine pushes it onto a
+///   queue of its own. Of two requeues of one failure, one applies.
 /// - [`stranded`](Repository::stranded) finds what a lost queue would have held: PENDING
 ///   orders, and PROCESSING orders whose lease has run out.
 /// - [`list`](Repository::list) pages through orders by id, filtered by status and user, from
@@ -430,6 +449,16 @@ mod tests {
             },
             Transition::FinishCancel {
                 claim,
+                steps: Vec::new(),
+            },
+            Transition::Requeue {
+                seen: chrono::Utc::now(),
+                failure: crate::order::FailureRecord {
+                    failed_at: chrono::Utc::now(),
+                    step: None,
+                    error: "declined".to_owned(),
+                    attempts: 1,
+                },
                 steps: Vec::new(),
             },
         ];

@@ -84,6 +84,7 @@ pub struct StepContext {
     order: Arc<Order>,
     step: Arc<str>,
     attempt: u32,
+    retry: u32,
     outputs: Arc<Vec<(String, StepOutput)>>,
 }
 
@@ -97,11 +98,21 @@ impl StepContext {
         outputs: Vec<(String, StepOutput)>,
     ) -> Self {
         Self {
+            retry: order.retries(),
             order,
             step: Arc::from(step),
             attempt,
             outputs: Arc::new(outputs),
         }
+    }
+
+    /// The same context for the step's work in the order's `retry`-th run (by default, the
+    /// order's current one): to compensate a step that ran before the order was retried,
+    /// with the key it ran with.
+    #[must_use]
+    pub fn in_retry(mut self, retry: u32) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The order, as it was when this worker started it.
@@ -131,8 +142,22 @@ impl StepContext {
     /// every other order and step. Pass it to the service the step calls (a payment
     /// provider's idempotency key) so that a run repeated after a lost checkpoint does its
     /// work once.
+    ///
+    /// Once an operator has retried the order after it FAILED, a step that runs again does
+    /// new work (its earlier work was compensated, or failed): its key is
+    /// `order-<id>/<step>/retry-<n>` in the `n`-th retry, so that a payment provider does not
+    /// hand back the charge that was refunded. Its compensation gets the key its work ran with.
     pub fn idempotency_key(&self) -> String {
-        format!("order-{}/{}", self.order.id, self.step)
+        match self.retry {
+            0 => format!("order-{}/{}", self.order.id, self.step),
+            n => format!("order-{}/{}/retry-{n}", self.order.id, self.step),
+        }
+    }
+
+    /// Which run of the order this step's work belongs to: 0 before any retry, `n` after the
+    /// order's `n`-th.
+    pub fn retry(&self) -> u32 {
+        self.retry
     }
 }
 
@@ -333,14 +358,12 @@ impl Pipeline {
     }
 }
 
-/// The stand-in step as a pipeline's step: takes its delay and succeeds, with no output.
+/// The stand-in step as a pipeline's step: takes its delay and succeeds with no output, or
+/// fails as [`SimulatedStep::failing`] says.
 #[async_trait]
 impl StepAction for SimulatedStep {
-    async fn run(&self, _cx: StepContext) -> Result<StepOutput, HandlerError> {
-        if !self.delay().is_zero() {
-            tokio::time::sleep(self.delay()).await;
-        }
-        Ok(StepOutput::none())
+    async fn run(&self, cx: StepContext) -> Result<StepOutput, HandlerError> {
+        self.perform(cx.step()).await.map(|()| StepOutput::none())
     }
 }
 
@@ -368,9 +391,32 @@ impl Pipeline {
     /// assert!(pipeline.steps().iter().all(|step| step.is_compensable()));
     /// ```
     pub fn simulated(names: impl IntoIterator<Item = impl Into<String>>, delay: Duration) -> Self {
-        let step = SimulatedStep::new(delay);
+        Self::simulated_from(names, SimulatedStep::new(delay))
+    }
+
+    /// A pipeline of copies of `step` named `names`, among which `step`'s failure share is
+    /// spread: a run of the whole pipeline fails with that share, at a step drawn at random.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use order_core::Pipeline;
+    /// use order_core::handler::SimulatedStep;
+    ///
+    /// let failing = SimulatedStep::new(Duration::ZERO).failing(0.1, false);
+    /// let pipeline = Pipeline::simulated_from(["reserve", "charge", "ship"], failing);
+    /// assert_eq!(pipeline.steps().len(), 3);
+    /// ```
+    pub fn simulated_from(
+        names: impl IntoIterator<Item = impl Into<String>>,
+        step: SimulatedStep,
+    ) -> Self {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        // Each of n steps fails with p, so that all succeed with (1 - p)^n = 1 - share.
+        let steps = i32::try_from(names.len().max(1)).unwrap_or(i32::MAX);
+        let share = 1.0 - (1.0 - step.failure_share()).powf(1.0 / f64::from(steps));
+        let each = step.failing(share, step.fails_transiently());
         names.into_iter().fold(Pipeline::new(), |pipeline, name| {
-            pipeline.then(Step::new(name, step).compensate(step))
+            pipeline.then(Step::new(name, each).compensate(each))
         })
     }
 }

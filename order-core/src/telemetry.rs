@@ -12,6 +12,7 @@
 //! | `order_failed_total` | counter | orders this process failed: a permanent error, or the last attempt's |
 //! | `order_cancelled_total` | counter | orders cancelled through [`OrderProcessor::cancel`] |
 //! | `order_retries_total` | counter | failed attempts that were given another try |
+//! | `order_retried_total` | counter | FAILED orders put back in the queue through [`OrderProcessor::retry`] |
 //! | `order_leases_lost_total` | counter | attempts abandoned because their lease was lost, or would have run out before it could be renewed; the order comes back when the lease ends |
 //! | `order_sweep_requeued_total` | counter | orders the recovery sweep put back in a queue that did not hold them (a queue lost in a crash, a push that failed at submit or had not happened yet) |
 //! | `order_processing_duration_seconds` | histogram | time in the handler, per attempt that reached an outcome (success, error or panic) |
@@ -31,6 +32,7 @@
 //!
 //! [`OrderProcessor::submit`]: crate::OrderProcessor::submit
 //! [`OrderProcessor::cancel`]: crate::OrderProcessor::cancel
+//! [`OrderProcessor::retry`]: crate::OrderProcessor::retry
 
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ pub const ORDERS_FAILED: &str = "order_failed_total";
 pub const ORDERS_CANCELLED: &str = "order_cancelled_total";
 /// Failed attempts given another try.
 pub const RETRIES: &str = "order_retries_total";
+/// FAILED orders put back in the queue by an operator.
+pub const ORDERS_RETRIED: &str = "order_retried_total";
 /// Attempts abandoned because their lease was lost or about to run out.
 pub const LEASES_LOST: &str = "order_leases_lost_total";
 /// Orders the recovery sweep re-queued.
@@ -79,7 +83,7 @@ const STEP_COUNTERS: [(&str, &str); 3] = [
 ];
 
 /// Every counter above, for [`describe`].
-const COUNTERS: [(&str, &str); 7] = [
+const COUNTERS: [(&str, &str); 8] = [
     (ORDERS_CREATED, "Orders accepted."),
     (ORDERS_COMPLETED, "Orders completed."),
     (
@@ -88,6 +92,10 @@ const COUNTERS: [(&str, &str); 7] = [
     ),
     (ORDERS_CANCELLED, "Orders cancelled before they started."),
     (RETRIES, "Failed attempts given another try."),
+    (
+        ORDERS_RETRIED,
+        "FAILED orders put back in the queue by an operator.",
+    ),
     (
         LEASES_LOST,
         "Attempts abandoned because their lease was lost or about to run out.",

@@ -48,6 +48,17 @@ pub struct Config {
     #[arg(long, env = "PROCESSING_STEPS", value_parser = parse_steps)]
     pub processing_steps: Option<StepNames>,
 
+    /// The share of orders whose simulated processing fails, from 0 to 1 (0.1: one in ten),
+    /// drawn at random for each attempt; processed in steps, at a step drawn at random. To try
+    /// failures, retries and compensations without writing a handler.
+    #[arg(long, env = "SIMULATED_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_share)]
+    pub simulated_failure_rate: f64,
+
+    /// What kind of failure the simulated processing makes: `permanent` (the order is FAILED
+    /// at once) or `transient` (it is tried again, up to `MAX_ATTEMPTS`).
+    #[arg(long, env = "SIMULATED_FAILURE", value_enum, default_value_t = SimulatedFailure::Permanent)]
+    pub simulated_failure: SimulatedFailure,
+
     /// Attempts per order before it is FAILED.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: u32,
@@ -194,11 +205,15 @@ impl Config {
     /// [`ConfigError::NoPostgresSupport`].
     pub async fn processor(&self) -> Result<OrderProcessor, ConfigError> {
         let delay = Duration::from_millis(self.processing_delay_ms);
+        let step = SimulatedStep::new(delay).failing(
+            self.simulated_failure_rate,
+            self.simulated_failure == SimulatedFailure::Transient,
+        );
         let builder = match &self.processing_steps {
             Some(names) if !names.0.is_empty() => {
-                OrderProcessor::pipeline_builder(Pipeline::simulated(names.0.clone(), delay))
+                OrderProcessor::pipeline_builder(Pipeline::simulated_from(names.0.clone(), step))
             }
-            _ => OrderProcessor::builder(SimulatedStep::new(delay)),
+            _ => OrderProcessor::builder(step),
         };
         let mut builder = builder
             .concurrency(self.workers.max(1) as usize)
@@ -244,6 +259,23 @@ impl Config {
         .await?;
         info!("PostgreSQL schema is up to date");
         Ok(db)
+    }
+}
+
+/// `SIMULATED_FAILURE`: how the simulated processing fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimulatedFailure {
+    /// The order is FAILED at once.
+    Permanent,
+    /// The attempt is tried again, up to `MAX_ATTEMPTS`.
+    Transient,
+}
+
+/// `SIMULATED_FAILURE_RATE`: a number from 0 to 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("must be a number from 0 to 1, got {text:?}")),
     }
 }
 
@@ -353,6 +385,21 @@ mod tests {
             let refused = Config::try_parse_from(["order-server", "--processing-steps", bad]);
             assert!(refused.is_err(), "{bad:?} was accepted");
         }
+        let failing = ["order-server", "--simulated-failure-rate", "0.25"];
+        let config = Config::try_parse_from(failing).unwrap();
+        assert_eq!(
+            (config.simulated_failure_rate, config.simulated_failure),
+            (0.25, SimulatedFailure::Permanent)
+        );
+        let transient = ["order-server", "--simulated-failure", "transient"];
+        let config = Config::try_parse_from(transient).unwrap();
+        assert_eq!(config.simulated_failure, SimulatedFailure::Transient);
+        for bad in ["-0.1", "1.5", "NaN", "half"] {
+            let refused = Config::try_parse_from(["order-server", "--simulated-failure-rate", bad]);
+            assert!(refused.is_err(), "{bad:?} was accepted");
+        }
+        let refused = Config::try_parse_from(["order-server", "--simulated-failure", "sometimes"]);
+        assert!(refused.is_err());
     }
 
     #[cfg(feature = "postgres")]

@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use order_core::{CancelError, QueueError, StorageError, SubmitError, ValidationError};
+use order_core::{CancelError, QueueError, RetryError, StorageError, SubmitError, ValidationError};
 use serde::Serialize;
 use utoipa::ToResponse;
 
@@ -94,6 +94,19 @@ impl From<SubmitError> for ApiError {
             SubmitError::Invalid(err) => err.into(),
             reused @ SubmitError::KeyReused { .. } => ApiError::KeyReused(reused.to_string()),
             SubmitError::Storage(err) => err.into(),
+            other => ApiError::Internal {
+                cause: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(err: RetryError) -> Self {
+        match err {
+            RetryError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            RetryError::NotFailed { .. } => ApiError::Conflict(err.to_string()),
+            RetryError::Storage(err) => err.into(),
             other => ApiError::Internal {
                 cause: other.to_string(),
             },

@@ -196,6 +196,7 @@ fn documented_router(
         .routes(routes!(routes::create_order, routes::list_orders))
         .routes(routes!(routes::get_order))
         .routes(routes!(routes::cancel_order))
+        .routes(routes!(routes::retry_order))
         .routes(routes!(routes::order_events))
         .routes(routes!(routes::metrics))
         .routes(routes!(history::metrics_stream))

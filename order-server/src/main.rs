@@ -45,6 +45,13 @@ async fn main() -> anyhow::Result<()> {
         processing_delay_ms = config.processing_delay_ms,
         "listening"
     );
+    if config.simulated_failure_rate > 0.0 {
+        warn!(
+            share = config.simulated_failure_rate,
+            kind = ?config.simulated_failure,
+            "SIMULATED_FAILURE_RATE is set: the simulated processing fails that share of orders on purpose"
+        );
+    }
     if config.open_beyond_loopback() {
         warn!(
             address = %config.listen_address(),

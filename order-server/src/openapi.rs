@@ -49,7 +49,7 @@ use crate::tags::{DASHBOARD, DOCUMENTATION, MONITORING, ORDERS};
             document says so. Paths are relative to where the API is mounted.",
     ),
     tags(
-        (name = ORDERS, description = "Create, list, read, cancel and watch orders."),
+        (name = ORDERS, description = "Create, list, read, cancel, retry and watch orders."),
         (name = MONITORING, description = "Counts, liveness and readiness."),
         (name = DOCUMENTATION, description = "This document."),
         (name = DASHBOARD, description = "The live dashboard page, open without a token."),
@@ -152,7 +152,7 @@ fn is_operation(operation: &Operation, id: &str) -> bool {
 }
 
 /// Links the `201` of `createOrder` to the operations on the order it created, so that a
-/// client (or a fuzzer) that follows links reads, watches and cancels real orders.
+/// client (or a fuzzer) that follows links reads, watches, cancels and retries real orders.
 fn link_created_order(create: &mut Operation) {
     use utoipa::openapi::link::LinkBuilder;
 
@@ -165,6 +165,11 @@ fn link_created_order(create: &mut Operation) {
             "CancelOrder",
             "cancelOrder",
             "Cancel the order just created.",
+        ),
+        (
+            "RetryOrder",
+            "retryOrder",
+            "Retry the order just created, once it has FAILED.",
         ),
         (
             "WatchOrder",

@@ -399,6 +399,38 @@ pub(crate) async fn cancel_order(
     Ok((status, Json(OrderBody { order })))
 }
 
+/// Retry a failed order.
+///
+/// Puts a FAILED order back in the queue: `200` with the order, PENDING again. Its
+/// `attempts` keep counting, its failure (time, step, error) is kept in `failures`, and it
+/// gets a full set of attempts. An order processed in steps resumes at the first step whose
+/// work does not stand: the step that failed, or an earlier one that the failure compensated;
+/// each step that runs again gets a new idempotency key. `409` naming the status of an order
+/// that is not FAILED (a second retry of one failure finds it PENDING); `404` for an unknown
+/// one.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/retry",
+    operation_id = "retryOrder",
+    tag = ORDERS,
+    params(OrderPath),
+    responses(
+        (status = 200, description = "The order, PENDING again, its earlier failure in `failures`.", body = OrderBody),
+        (status = 400, description = "The id is not a positive 64-bit integer.", body = ErrorBody),
+        (status = 404, description = "No order has this id.", body = ErrorBody),
+        (status = 409, description = "The order is not FAILED; the message names its status.", body = ErrorBody),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub(crate) async fn retry_order(
+    State(processor): State<OrderProcessor>,
+    AppPath(path): AppPath<OrderPath>,
+) -> Result<Json<OrderBody>, ApiError> {
+    let order = processor.retry(order_id(&path.id)?).await?;
+    Ok(Json(OrderBody { order }))
+}
+
 /// Watch an order.
 ///
 /// Server-Sent Events: one `status` event with the order (as in `{"order": ...}`) now and

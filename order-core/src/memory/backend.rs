@@ -100,6 +100,8 @@ enum Follow {
     Ack(Claim),
     /// Cancelled while PENDING: off the queue, whoever may hold its entry.
     Forget,
+    /// Retried after it FAILED: queued again.
+    Queue,
     /// Started, retried or released: the engine's own queue calls follow.
     Stay,
 }
@@ -112,6 +114,7 @@ impl Follow {
             | Transition::Fail { claim, .. }
             | Transition::FinishCancel { claim, .. } => Follow::Ack(Claim::new(id, *claim, 0)),
             Transition::Cancel => Follow::Forget,
+            Transition::Requeue { .. } => Follow::Queue,
             Transition::Start { .. }
             | Transition::Retry { .. }
             | Transition::Release { .. }
@@ -167,6 +170,7 @@ impl Repository for Orders {
                 let _ = self.0.queue.ack(&claim).await;
             }
             Follow::Forget => self.0.queue.forget(id),
+            Follow::Queue => queue(&self.0.queue, id).await?,
             Follow::Stay => {}
         }
         Ok(order)

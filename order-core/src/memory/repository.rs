@@ -169,6 +169,7 @@ impl State {
             last_error: None,
             steps: Vec::new(),
             cancel_requested_at: None,
+            failures: Vec::new(),
         };
         self.records.push(Record {
             order: stored.clone(),
@@ -226,6 +227,9 @@ impl State {
                 from == OrderStatus::Processing
                     && record.order.cancel_requested_at.is_none()
                     && record.order.updated_at == *seen
+            }
+            Transition::Requeue { seen, .. } => {
+                from == OrderStatus::Failed && record.order.updated_at == *seen
             }
         };
         if allowed
@@ -290,6 +294,11 @@ impl State {
                 order.processing_end_time = Some(now);
                 order.steps = steps;
                 record.holder = None;
+            }
+            Transition::Requeue { failure, steps, .. } => {
+                order.processing_end_time = None;
+                order.failures.push(failure);
+                order.steps = steps;
             }
         }
         // A renewal is bookkeeping, not news: it leaves `updated_at` alone. Every other write

@@ -177,6 +177,11 @@ pub struct StepRecord {
     /// The latest error of an attempt or a compensation, if any.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
+    /// Which run of the order this step's work belongs to: 0 before any retry, `n` once an
+    /// operator has retried the order `n` times. A step run again after a retry gets a new
+    /// [`idempotency_key`](crate::step::StepContext::idempotency_key).
+    #[serde(default)]
+    pub retry: u32,
     /// What the step returned, once SUCCEEDED. Not shown by the HTTP API: it is the steps' own
     /// data, for the steps after it.
     #[serde(skip)]
@@ -196,8 +201,16 @@ impl StepRecord {
             ended_at: None,
             compensated_at: None,
             error: None,
+            retry: 0,
             output: None,
         }
+    }
+
+    /// The same record, its work that of the order's `retry`-th run.
+    #[must_use]
+    pub fn in_retry(mut self, retry: u32) -> Self {
+        self.retry = retry;
+        self
     }
 }
 
@@ -232,6 +245,8 @@ struct StoredStep<'a> {
     compensated_at: Option<i64>,
     #[serde(rename = "x", default, borrow, skip_serializing_if = "Option::is_none")]
     error: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "r", default, skip_serializing_if = "is_zero")]
+    retry: u32,
     #[serde(rename = "o", default, borrow, skip_serializing_if = "Option::is_none")]
     output: Option<&'a RawValue>,
 }
@@ -274,6 +289,7 @@ pub(crate) fn encode_steps(steps: &[StepRecord]) -> Option<String> {
             ended_at: step.ended_at.map(|at| at.timestamp_micros()),
             compensated_at: step.compensated_at.map(|at| at.timestamp_micros()),
             error: step.error.as_deref().map(Into::into),
+            retry: step.retry,
             // A finished step's `null` output is left out, and read back as `null`.
             output: step
                 .output
@@ -302,6 +318,7 @@ pub(crate) fn decode_steps(text: &str) -> Result<Vec<StepRecord>, serde_json::Er
                 ended_at: step.ended_at.map(time).transpose()?,
                 compensated_at: step.compensated_at.map(time).transpose()?,
                 error: step.error.map(std::borrow::Cow::into_owned),
+                retry: step.retry,
                 output: match step.output {
                     Some(raw) => Some(StepOutput::from_json(raw.get().to_owned())?),
                     None if finished(step.status) => Some(StepOutput::none()),
@@ -330,7 +347,7 @@ mod tests {
         let mut quiet = StepRecord::started("reserve", 1);
         quiet.status = StepStatus::Succeeded;
         quiet.output = Some(StepOutput::none());
-        let steps = vec![quiet, step, StepRecord::started("ship", 1)];
+        let steps = vec![quiet, step, StepRecord::started("ship", 1).in_retry(2)];
         let text = encode_steps(&steps).unwrap();
         assert!(
             text.contains(r#"{"amount": 12345678.91, "z": 1, "a": 0.10}"#),

@@ -8,6 +8,8 @@ use sea_orm::{FromQueryResult, QueryResult};
 
 use super::error::storage_error;
 use crate::error::StorageError;
+use crate::order::FailureRecord;
+use crate::order::failures::decode_failures;
 use crate::order::{Order, OrderId, OrderStatus};
 use crate::step::{StepRecord, decode_steps};
 
@@ -32,6 +34,7 @@ pub struct Model {
     pub processing_end_time: Option<DateTimeUtc>,
     pub steps: Option<String>,
     pub cancel_requested_at: Option<DateTimeUtc>,
+    pub failures: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -58,6 +61,7 @@ impl TryFrom<Model> for Order {
             last_error: row.last_error,
             steps: steps(row.id, row.steps.as_deref())?,
             cancel_requested_at: row.cancel_requested_at,
+            failures: failures(row.id, row.failures.as_deref())?,
         })
     }
 }
@@ -93,6 +97,19 @@ fn steps(raw: i64, text: Option<&str>) -> Result<Vec<StepRecord>, StorageError> 
     )
 }
 
+/// The earlier failures stored in the row of order `raw` (none when `NULL`).
+fn failures(raw: i64, text: Option<&str>) -> Result<Vec<FailureRecord>, StorageError> {
+    text.map(decode_failures).transpose().map_or_else(
+        |err| {
+            Err(
+                StorageError::other(format!("order row {raw} holds unreadable failures"))
+                    .with_source(err),
+            )
+        },
+        |failures| Ok(failures.unwrap_or_default()),
+    )
+}
+
 /// The order in a row of `order_engine_orders` columns (and maybe more).
 pub(super) fn order_row(row: &QueryResult) -> Result<Order, StorageError> {
     let model = Model::from_query_result(row, "")
@@ -118,7 +135,7 @@ pub(super) fn start(claim: &str, lease: &str) -> String {
 /// The columns an [`Order`] is read from, in the order [`decode_order`] reads them.
 pub(super) const ORDER_COLUMNS: &str = "id, user_id, item_ids, total_amount, status, attempts, \
      last_error, created_at, updated_at, processing_start_time, processing_end_time, steps, \
-     cancel_requested_at";
+     cancel_requested_at, failures";
 
 /// An [`Order`] straight from a row of [`ORDER_COLUMNS`], as sqlx decodes it: no intermediate
 /// model on the hot read path.
@@ -128,6 +145,7 @@ pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order
     let read = |err| super::error::sqlx_storage_error("could not read the order", err);
     let raw: i64 = row.try_get(0).map_err(read)?;
     let stored_steps: Option<&str> = row.try_get(11).map_err(read)?;
+    let stored_failures: Option<&str> = row.try_get(13).map_err(read)?;
     let (id, status, attempts) = checked(
         raw,
         row.try_get(4).map_err(read)?,
@@ -147,5 +165,6 @@ pub(super) fn decode_order(row: &sea_orm::sqlx::postgres::PgRow) -> Result<Order
         processing_end_time: row.try_get(10).map_err(read)?,
         steps: steps(raw, stored_steps)?,
         cancel_requested_at: row.try_get(12).map_err(read)?,
+        failures: failures(raw, stored_failures)?,
     })
 }

@@ -18,6 +18,7 @@ use super::wakeups::Wakeups;
 use crate::error::StorageError;
 use crate::error::TransitionError;
 use crate::idempotency::{Insertion, KeyRecord};
+use crate::order::failures::encode_failures;
 use crate::order::{Order, OrderId, OrderStatus, ValidatedOrder};
 use crate::queue::ClaimToken;
 use crate::repository::{OrderMetrics, OrderQuery, Repository, StatusCounts, Transition};
@@ -47,6 +48,8 @@ use crate::step::encode_steps;
 pub struct PostgresRepository {
     db: DatabaseConnection,
     batches: Arc<Batches>,
+    /// A backend's wake-ups: an order retried after it FAILED is new work, as an insert is.
+    wakeups: Option<Arc<Wakeups>>,
 }
 
 /// A response to one caller of a batch.
@@ -95,7 +98,7 @@ impl PostgresRepository {
                 move |orders| insert_orders(db.clone(), wakeups.clone(), orders).boxed()
             }),
             keyed: Batcher::new(LIMITS, {
-                let db = db.clone();
+                let (db, wakeups) = (db.clone(), wakeups.clone());
                 move |requests| keyed_batch(db.clone(), wakeups.clone(), requests).boxed()
             }),
             reads: Batcher::new(LIMITS, {
@@ -118,6 +121,7 @@ impl PostgresRepository {
         Self {
             db,
             batches: Arc::new(batches),
+            wakeups,
         }
     }
 }
@@ -841,6 +845,25 @@ fn transition_statement(id: OrderId, transition: Transition) -> Option<(String, 
             held,
             vec![id, claim.as_uuid().into(), encode_steps(&steps).into()],
         ),
+        // Due at once, as a new order is; the failure appended to the earlier ones.
+        Transition::Requeue {
+            seen,
+            failure,
+            steps,
+        } => (
+            "status = 'PENDING', claim_token = NULL, available_at = now(), \
+             processing_end_time = NULL, steps = $3, \
+             failures = (coalesce(failures::jsonb, '[]'::jsonb) || $4::jsonb)::text, \
+             updated_at = greatest(now(), updated_at + interval '1 microsecond')"
+                .to_owned(),
+            "status = 'FAILED' AND updated_at = $2",
+            vec![
+                id,
+                seen.into(),
+                encode_steps(&steps).into(),
+                encode_failures(std::slice::from_ref(&failure)).into(),
+            ],
+        ),
     };
     Some((
         format!("UPDATE order_engine_orders SET {set} WHERE id = $1 AND {condition} RETURNING *"),
@@ -907,6 +930,7 @@ impl Repository for PostgresRepository {
         let target = transition.target();
         let claim = transition.claim();
         let cancellable = transition.refused_once_cancelling();
+        let requeue = matches!(transition, Transition::Requeue { .. });
         let batched = match &transition {
             Transition::Start { claim, lease } => {
                 Some(self.batches.starts.call((id, *claim, micros(*lease))).await)
@@ -944,6 +968,9 @@ impl Repository for PostgresRepository {
                     .await
                     .map_err(|err| storage_error("could not update the order", err))?;
                 if let Some(row) = written {
+                    if requeue && let Some(wakeups) = &self.wakeups {
+                        wakeups.announce();
+                    }
                     return Ok(Order::try_from(row)?);
                 }
             }

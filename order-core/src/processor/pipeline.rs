@@ -131,14 +131,17 @@ impl Run<'_> {
         } else if k > 0 && cancelled {
             return self.unwind(steps, Unwind::Cancel).await;
         } else if k == 0 {
-            let mut first =
-                StepRecord::started(self.pipeline.steps[0].name(), self.order.attempts.max(1));
-            if let Some(started) = self.order.processing_start_time {
+            let mut first = self.started(0, self.order.attempts_since_retry().max(1));
+            // The order's start is the first step's until the step stores its outcome; a
+            // retried order's start was its first run's.
+            if let Some(started) = self.order.processing_start_time
+                && self.order.failures.is_empty()
+            {
                 first.started_at = started;
             }
             steps.push(first);
         } else {
-            steps.push(StepRecord::started(self.pipeline.steps[k].name(), 1));
+            steps.push(self.started(k, 1));
             steps = self.advance(steps).await?;
         }
         loop {
@@ -150,7 +153,7 @@ impl Run<'_> {
                 let last = steps[k].error.clone().unwrap_or(error);
                 return self.fail_step(steps, k, last).await;
             }
-            let cx = self.context(step, attempt, &steps[..k]);
+            let cx = self.context(step, &steps[k], &steps[..k]);
             let began = tokio::time::Instant::now();
             let result = run_step(step, cx).await;
             observe_step(step.name(), began.elapsed());
@@ -165,7 +168,7 @@ impl Run<'_> {
                         return self.complete(steps).await;
                     }
                     k += 1;
-                    steps.push(StepRecord::started(self.pipeline.steps[k].name(), 1));
+                    steps.push(self.started(k, 1));
                     steps = self.advance(steps).await?;
                 }
                 Err(err) => {
@@ -194,13 +197,20 @@ impl Run<'_> {
         step.retry.unwrap_or(self.engine.settings.retry)
     }
 
-    /// The context of `step` on `attempt`, after the steps `before` it.
-    fn context(&self, step: &Step, attempt: u32, before: &[StepRecord]) -> StepContext {
+    /// The record of step `k` started now, its `attempts`-th run, in the order's current run.
+    fn started(&self, k: usize, attempts: u32) -> StepRecord {
+        StepRecord::started(self.pipeline.steps[k].name(), attempts).in_retry(self.order.retries())
+    }
+
+    /// The context of `step`, whose record is `record`, after the steps `before` it: its
+    /// attempt and the run of the order its work belongs to are the record's.
+    fn context(&self, step: &Step, record: &StepRecord, before: &[StepRecord]) -> StepContext {
         let outputs = before
             .iter()
             .filter_map(|done| Some((done.name.clone(), done.output.clone()?)))
             .collect();
-        StepContext::new(self.order.clone(), step.name(), attempt, outputs)
+        StepContext::new(self.order.clone(), step.name(), record.attempts, outputs)
+            .in_retry(record.retry)
     }
 
     /// Writes `steps` under the claim, `advancing` as [`Transition::Checkpoint`] says.
@@ -269,7 +279,8 @@ impl Run<'_> {
         let said_by_the_row = match steps.as_slice() {
             [only] => {
                 self.pipeline.steps.len() == 1
-                    && only.attempts == self.order.attempts.max(1)
+                    && only.attempts == self.order.attempts_since_retry().max(1)
+                    && only.retry == 0
                     && only.error.is_none()
                     && only
                         .output
@@ -346,7 +357,7 @@ impl Run<'_> {
             }
             let output = steps[j].output.clone().unwrap_or_else(StepOutput::none);
             loop {
-                let cx = self.context(step, steps[j].attempts, &steps[..j]);
+                let cx = self.context(step, &steps[j], &steps[..j]);
                 match compensate(step, cx, output.clone()).await {
                     Ok(()) => {
                         count_step(telemetry::STEP_COMPENSATIONS, step.name());

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 
 use super::*;
+use crate::error::RetryError;
 use crate::handler::{HandlerError, MockOrderHandler, SimulatedStep};
 use crate::memory::{InMemoryQueue, InMemoryRepository};
 use crate::order::OrderStatus;

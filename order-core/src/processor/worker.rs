@@ -267,7 +267,9 @@ async fn process(
             let error = bounded(&err.message);
             // The whole chain of causes goes to the log; clients see the bounded message.
             let cause = std::error::Error::source(&err).map(error_chain);
-            if err.permanent || order.attempts >= s.retry.max_attempts {
+            // A retried order gets a full set of attempts: those before its retry do not count.
+            let attempt = order.attempts_since_retry();
+            if err.permanent || attempt >= s.retry.max_attempts {
                 warn!(attempt = order.attempts, error = %error, cause, permanent = err.permanent, "order failed");
                 match engine
                     .record(
@@ -287,7 +289,7 @@ async fn process(
                     Err(err) => warn!(error = %err, "could not record the failure"),
                 }
             } else {
-                let delay = s.retry.backoff(order.attempts);
+                let delay = s.retry.backoff(attempt);
                 info!(attempt = order.attempts, error = %error, cause, retry_in_ms = delay.as_millis(), "attempt failed; retrying");
                 match engine
                     .record(

@@ -174,6 +174,59 @@ pub async fn retry_and_release_wait_for_the_queue<B: Backend + ?Sized>(backend: 
     assert_eq!(started.attempts, 2, "a release costs no attempt");
 }
 
+/// A FAILED order that is requeued is queued by the requeue itself: the next claim takes it
+/// at once and starts it as a new attempt; finishing it takes it off the queue again.
+pub async fn a_requeued_order_is_claimed_again<B: Backend + ?Sized>(backend: Arc<B>) {
+    let repository = backend.repository();
+    let order = repository.insert(&sample_order("a", 1)).await.unwrap();
+    let (claim, _) = claim_one(&*backend, LONG).await;
+    let failed = repository
+        .transition(
+            order.id,
+            Transition::Fail {
+                claim: claim.token,
+                error: "card declined".to_owned(),
+                steps: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(depth(&*backend).await, QueueDepth::default());
+    repository
+        .transition(
+            order.id,
+            Transition::Requeue {
+                seen: failed.updated_at,
+                failure: crate::order::FailureRecord::of(&failed),
+                steps: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(depth(&*backend).await.ready, 1);
+    let (again, started) = claim_one(&*backend, LONG).await;
+    assert_eq!(again.order_id, order.id);
+    assert_eq!(
+        (
+            started.status,
+            started.attempts,
+            started.attempts_since_retry()
+        ),
+        (OrderStatus::Processing, 2, 1)
+    );
+    repository
+        .transition(
+            order.id,
+            Transition::Complete {
+                claim: again.token,
+                steps: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(depth(&*backend).await, QueueDepth::default());
+}
+
 /// A renewal holds the queue's claim too: no other claim takes the order while the
 /// renewed lease runs, though the first one has run out.
 pub async fn a_renewal_holds_the_claim<B: Backend + ?Sized>(backend: Arc<B>) {
@@ -315,6 +368,7 @@ macro_rules! backend_contract_tests {
             finishing_takes_the_order_off_the_queue,
             retry_and_release_wait_for_the_queue,
             a_renewal_holds_the_claim,
+            a_requeued_order_is_claimed_again,
             a_lapsed_claim_is_taken_over;
             racing:
             concurrent_claimers_start_each_order_once,

@@ -3,12 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod keys;
+mod retries;
 mod steps;
 
 pub use keys::{
     a_burst_through_one_handle_makes_one_order_per_key, a_key_creates_one_order,
     concurrent_submissions_with_one_key_create_one_order,
     concurrent_takeovers_of_an_expired_key_create_one_order, expired_keys_are_forgotten,
+};
+pub use retries::{
+    a_failed_order_is_requeued_with_its_failure_kept, concurrent_requeues_of_one_failure_make_one,
 };
 pub use steps::{
     a_cancel_request_stops_the_steps, a_checkpoint_is_fenced_by_the_claim,
@@ -438,7 +442,8 @@ pub async fn list_filters_and_pages(repo: Arc<dyn Repository>) {
     );
 }
 
-/// Nothing moves an order out of COMPLETED, FAILED or CANCELLED.
+/// Nothing moves an order out of COMPLETED, CANCELLED, or FAILED but a requeue (see
+/// [`a_failed_order_is_requeued_with_its_failure_kept`]).
 pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
     let order = insert(&*repo).await;
     let claim = started(&*repo, order.id).await;
@@ -462,6 +467,11 @@ pub async fn finished_orders_never_change(repo: Arc<dyn Repository>) {
         },
         Transition::Renew { claim, lease: LONG },
         Transition::Release { claim },
+        Transition::Requeue {
+            seen: done.updated_at,
+            failure: crate::order::FailureRecord::of(&done),
+            steps: Vec::new(),
+        },
     ] {
         let (current, _) = conflict(&*repo, order.id, t).await;
         assert_eq!(current, OrderStatus::Completed);
@@ -654,8 +664,10 @@ macro_rules! repository_contract_tests {
             a_checkpoint_is_fenced_by_the_claim,
             an_order_with_steps_stays_processing,
             a_cancel_request_stops_the_steps,
-            a_failure_keeps_its_compensated_steps;
+            a_failure_keeps_its_compensated_steps,
+            a_failed_order_is_requeued_with_its_failure_kept;
             racing:
+            concurrent_requeues_of_one_failure_make_one,
             concurrent_submissions_with_one_key_create_one_order,
             concurrent_takeovers_of_an_expired_key_create_one_order,
             concurrent_starts_have_one_winner,

@@ -38,4 +38,5 @@ mod pg_steps;
 mod properties;
 mod races;
 mod reliability;
+mod retries;
 mod steps;

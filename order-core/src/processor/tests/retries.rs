@@ -134,3 +134,102 @@ fn backoff_doubles_up_to_its_cap_and_jitter_stays_in_the_upper_half() {
     }
     assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
 }
+
+/// An operator's retry of a FAILED order gives it a full set of attempts: those before the
+/// retry do not count against the limit. Its failures are kept, oldest first.
+#[tokio::test]
+async fn a_retried_order_gets_a_full_set_of_attempts_and_keeps_its_failures() {
+    let mut handler = MockOrderHandler::new();
+    handler
+        .expect_process()
+        .times(6)
+        .returning(|order| match order.attempts {
+            1..=5 => Err(HandlerError::transient(format!("down #{}", order.attempts))),
+            _ => Ok(()),
+        });
+    let processor = OrderProcessor::builder(handler)
+        .in_memory()
+        .retry_policy(quick_retries(3))
+        .build()
+        .unwrap();
+    let running = processor.start();
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let failed = done(&processor, id).await;
+    assert_eq!((failed.status, failed.attempts), (OrderStatus::Failed, 3));
+
+    let retried = processor.retry(id).await.unwrap();
+    assert_eq!(retried.status, OrderStatus::Pending);
+    assert_eq!(retried.attempts, 3, "attempts keep counting");
+    assert_eq!(retried.last_error.as_deref(), Some("down #3"));
+    assert_eq!(retried.processing_end_time, None);
+    let order = done(&processor, id).await;
+    running.shutdown(WAIT).await;
+
+    // Attempts 4 and 5 failed as the first two did, and were tried again: the third after the
+    // retry succeeded.
+    assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 6));
+    assert_eq!(order.last_error.as_deref(), Some("down #5"));
+    assert_eq!(order.failures.len(), 1);
+    let failure = &order.failures[0];
+    assert_eq!(
+        (
+            failure.step.as_deref(),
+            failure.error.as_str(),
+            failure.attempts
+        ),
+        (None, "down #3", 3)
+    );
+    assert_eq!(Some(failure.failed_at), failed.processing_end_time);
+}
+
+/// Only a FAILED order is retried; of many retries of one failure at once, one applies and
+/// the others find it PENDING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_failed_order_is_retried_and_only_once_per_failure() {
+    let mut handler = MockOrderHandler::new();
+    handler
+        .expect_process()
+        .returning(|_| Err(HandlerError::permanent("card declined")));
+    let processor = OrderProcessor::builder(handler)
+        .in_memory()
+        .retry_policy(quick_retries(3))
+        .build()
+        .unwrap();
+    let unknown = OrderId::new(999).unwrap();
+    assert!(matches!(
+        processor.retry(unknown).await,
+        Err(RetryError::NotFound(id)) if id == unknown
+    ));
+    let pending = processor.submit(new_order("u")).await.unwrap().id;
+    assert!(matches!(
+        processor.retry(pending).await,
+        Err(RetryError::NotFailed {
+            status: OrderStatus::Pending,
+            ..
+        })
+    ));
+
+    let running = processor.start();
+    assert_eq!(done(&processor, pending).await.status, OrderStatus::Failed);
+    running.shutdown(WAIT).await;
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let processor = processor.clone();
+            tokio::spawn(async move { processor.retry(pending).await })
+        })
+        .collect();
+    let mut retried = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => retried += 1,
+            Err(RetryError::NotFailed { status, .. }) => assert_eq!(status, OrderStatus::Pending),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(retried, 1);
+    let order = processor.get(pending).await.unwrap().unwrap();
+    assert_eq!(
+        (order.status, order.failures.len()),
+        (OrderStatus::Pending, 1)
+    );
+}

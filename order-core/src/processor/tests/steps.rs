@@ -648,3 +648,131 @@ async fn a_takeover_after_a_cancel_in_the_first_step_undoes_it() {
         assert_eq!(order.steps[0].attempts, 2, "the dead worker's run counts");
     }
 }
+
+/// reserve (not undoable), charge (undoable), ship (not), all recorded in `books`.
+fn reserve_once(books: &Arc<Books>) -> Pipeline {
+    let step = |name: &str| {
+        let runner = books.clone();
+        Step::new(name, move |cx: StepContext| {
+            let books = runner.clone();
+            async move { books.run(cx).await }
+        })
+    };
+    let undoer = books.clone();
+    Pipeline::new()
+        .then(step("reserve"))
+        .then(
+            step("charge").compensate(move |cx: StepContext, output: StepOutput| {
+                let books = undoer.clone();
+                async move { books.compensate(cx, output).await }
+            }),
+        )
+        .then(step("ship"))
+}
+
+/// A retried pipeline runs again what its failure undid: the steps its failure compensated and
+/// the one that failed, each with a new key; the order COMPLETES with its failure kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_order_runs_again_what_its_failure_undid_with_new_keys() {
+    for store in Store::all().await {
+        let books = Arc::new(Books::default());
+        books.permanent.lock().unwrap().push("ship".into());
+        let processor = store.processor(checkout(&books));
+        let running = processor.start();
+        let failed = finished(&processor).await;
+        assert_eq!(failed.status, OrderStatus::Failed);
+        let id = failed.id;
+
+        books.permanent.lock().unwrap().clear();
+        books.calls.lock().unwrap().clear();
+        let retried = processor.retry(id).await.unwrap();
+        assert_eq!(retried.status, OrderStatus::Pending);
+        assert!(retried.steps.is_empty(), "reserve and charge were undone");
+        let order = done(&processor, id).await;
+        running.shutdown(WAIT).await;
+
+        assert_eq!(order.status, OrderStatus::Completed);
+        assert_eq!(order.attempts, 2);
+        assert!(
+            order
+                .steps
+                .iter()
+                .all(|step| step.status == StepStatus::Succeeded && step.retry == 1),
+            "{:?}",
+            order.steps
+        );
+        assert_eq!(order.failures.len(), 1);
+        assert_eq!(order.failures[0].step.as_deref(), Some("ship"));
+        assert_eq!(order.failures[0].error, "ship: ship refused");
+        assert_eq!(
+            books.calls(),
+            [
+                format!(r#"run reserve #1 key=order-{id}/reserve/retry-1 after=None"#),
+                format!(
+                    r#"run charge #1 key=order-{id}/charge/retry-1 after=Some("{{\"reserve\": 12.10}}")"#
+                ),
+                format!(
+                    r#"run ship #1 key=order-{id}/ship/retry-1 after=Some("{{\"reserve\": 12.10}}")"#
+                ),
+            ]
+        );
+    }
+}
+
+/// A retried pipeline resumes at the step that failed when the steps before it stand (they
+/// could not be undone): they do not run again, and their outputs reach the steps after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_order_resumes_at_the_step_that_failed() {
+    for store in Store::all().await {
+        let books = Arc::new(Books::default());
+        books.permanent.lock().unwrap().push("charge".into());
+        let processor = store.processor(reserve_once(&books));
+        let running = processor.start();
+        let failed = finished(&processor).await;
+        assert_eq!(
+            statuses(&failed),
+            [
+                ("reserve".to_owned(), StepStatus::Succeeded),
+                ("charge".to_owned(), StepStatus::Failed),
+            ]
+        );
+        let id = failed.id;
+
+        books.permanent.lock().unwrap().clear();
+        let retried = processor.retry(id).await.unwrap();
+        assert_eq!(
+            statuses(&retried),
+            [("reserve".to_owned(), StepStatus::Succeeded)]
+        );
+        let order = done(&processor, id).await;
+        running.shutdown(WAIT).await;
+
+        assert_eq!(order.status, OrderStatus::Completed);
+        assert_eq!(books.runs("reserve"), 1, "reserve's work stood");
+        assert_eq!(books.runs("charge"), 2);
+        assert_eq!(
+            order
+                .steps
+                .iter()
+                .map(|step| step.retry)
+                .collect::<Vec<_>>(),
+            [0, 1, 1]
+        );
+        let charges: Vec<String> = books
+            .calls()
+            .into_iter()
+            .filter(|call| call.starts_with("run charge"))
+            .collect();
+        assert_eq!(
+            charges,
+            [
+                format!(
+                    r#"run charge #1 key=order-{id}/charge after=Some("{{\"reserve\": 12.10}}")"#
+                ),
+                format!(
+                    r#"run charge #1 key=order-{id}/charge/retry-1 after=Some("{{\"reserve\": 12.10}}")"#
+                ),
+            ]
+        );
+    }
+}
