@@ -526,3 +526,58 @@ describe('dashboard, orders in steps', () => {
     });
   });
 });
+
+describe('dashboard, a failed order retried', () => {
+  // Every run of every order fails for good: a retry runs the order again, and it fails
+  // again, with its first failure kept.
+  const running = serverAndBrowser({ WORKERS: '2', PROCESSING_DELAY_MS: '300', SIMULATED_FAILURE_RATE: '1' });
+
+  test('retries a FAILED order from its dialog and shows its earlier failure', { timeout: 60_000 }, async () => {
+    const { server, browser } = running;
+    await reportingFailure('retry', server, browser, async () => {
+      const { page, errors } = browser;
+      await page.goto(`${server.base}/dashboard`);
+      await eventually('the live indicator to say Live', async () => (await textOf(page.getByTestId('live'))) === 'Live');
+      const table = page.getByRole('table', { name: 'Latest orders' });
+      const detail = page.getByTestId('order-detail');
+      const status = () => textOf(detail.getByTestId('detail-status'));
+
+      step('create order 1; it fails; open it');
+      await api(server, 'POST', '/orders', { body: { userId: 'ann', itemIds: ['book'], totalAmount: 12.5 }, expect: 201 });
+      await eventually('the row of order 1 to say FAILED', async () => (await rowStatus(table, 1)) === 'FAILED', { timeout: 15_000 });
+      await table.locator('tr[data-order-id="1"] [data-col="status"]').click();
+      await detail.waitFor({ state: 'visible' });
+      const retry = detail.getByRole('button', { name: 'Retry order' });
+      await eventually('Retry order offered for the FAILED order', async () => (await status()) === 'FAILED' && retry.isVisible());
+      assert.equal(await detail.getByRole('button', { name: 'Cancel order' }).isVisible(), false, 'a FAILED order cannot be cancelled');
+      assert.equal(await detail.getByTestId('detail-failures').isVisible(), false, 'no earlier failure yet');
+
+      step('retry it: PENDING again, its failure kept; it runs and fails again');
+      await retry.click();
+      const message = detail.getByRole('status');
+      await eventually('the dialog to say the order was retried', async () => /^Retried: /.test((await textOf(message)) ?? ''));
+      assert.equal(await message.getAttribute('class'), 'message', 'a retry is no error');
+      const failures = detail.getByTestId('detail-failures');
+      await eventually('the earlier failure listed', async () => (await failures.locator('li').count()) === 1);
+      assert.match(
+        (await textOf(failures.locator('li').first())) ?? '',
+        /^.+, after 1 attempt: processing failed \(simulated\)$/,
+      );
+      // The dialog follows the new run to its end.
+      await eventually('the dialog to show FAILED after a second attempt', async () =>
+        (await status()) === 'FAILED' && (await textOf(detail.locator('#detail-attempts'))) === '2',
+      { timeout: 15_000 });
+      await eventually('Retry order offered again', async () => retry.isVisible());
+      const order = (await api(server, 'GET', '/orders/1', { expect: 200 })).body.order;
+      assert.equal(order.attempts, 2);
+      assert.equal(order.failures.length, 1, 'the API keeps the first failure');
+
+      step('a second retry of the same failure is refused by the API');
+      await api(server, 'POST', '/orders/1/retry', { expect: 200 });
+      const again = await api(server, 'POST', '/orders/1/retry', { expect: 409 });
+      // 300 ms of processing lie between the two: the second finds the order still running.
+      assert.match(again.body.error, /^order 1 is (PENDING|PROCESSING); only a FAILED order can be retried$/);
+      assertNoErrors(errors);
+    });
+  });
+});

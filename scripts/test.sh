@@ -42,18 +42,19 @@ cargo test --workspace --all-features
 # by design. On PostgreSQL with server kills and an immediate restart of the database, on a
 # private cluster the checker starts itself from PG_BINDIR, so that it may restart it; there
 # each order runs as three simulated steps (PROCESSING_STEPS), so that kills and cancels land
-# between checkpoints and mid-step. The seed changes from run to run (CHECKER_SEED fixes it)
-# and is printed.
+# between checkpoints and mid-step. In both, a tenth of the orders fail for good
+# (--failure-rate), and the clients retry the ones they see FAILED. The seed changes from run
+# to run (CHECKER_SEED fixes it) and is printed.
 checker="${CARGO_TARGET_DIR:-target}/debug/order-checker"
 checker_seed=${CHECKER_SEED:-$RANDOM}
 
 step "history checker (in memory)"
-"$checker" --backend memory --clients 8 --duration 20 --seed "$checker_seed"
+"$checker" --backend memory --clients 8 --duration 20 --failure-rate 0.1 --seed "$checker_seed"
 
 step "history checker (PostgreSQL, with faults, orders in steps)"
 "$checker" --backend postgres --clients 8 --duration 30 --faults --kills 2 \
   --database-restarts 1 --processing-steps reserve,charge,ship --processing-delay-ms 40 \
-  --seed "$checker_seed"
+  --failure-rate 0.1 --seed "$checker_seed"
 
 step "docs (cargo doc, warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features

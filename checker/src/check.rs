@@ -20,13 +20,16 @@ use order_core::step::StepStatus;
 use serde_json::Value;
 
 use crate::history::{
-    Action, History, ListPage, Micros, Op, OrderFields, Reply, Snapshot, StepSnapshot,
+    Action, FailureSnapshot, History, ListPage, Micros, Op, OrderFields, Reply, Snapshot,
+    StepSnapshot,
 };
 
+mod retries;
 mod steps;
 #[cfg(test)]
 mod tests;
 
+pub use retries::retries;
 pub use steps::{cancel_requests, steps};
 
 /// Which promise a violation breaks.
@@ -58,6 +61,11 @@ pub enum Rule {
     Walk,
     /// An event stream broke the order rules or did not end where the order did.
     Stream,
+    /// A FAILED order moved on without a retry that could have done it, a retry's answer
+    /// broke its promise (a `200` without the order PENDING, a `409` naming FAILED), an
+    /// order's failures were lost or rewritten, or it shows more or fewer failures than the
+    /// retries that succeeded: each failure is retried once.
+    Retry,
     /// `/metrics` disagreed with a direct count.
     Metrics,
     /// An answer the API never gives to what was asked.
@@ -73,6 +81,7 @@ impl fmt::Display for Rule {
             Rule::Acknowledged => "acknowledged order",
             Rule::Transition => "status transition",
             Rule::Cancel => "cancel",
+            Rule::Retry => "retry",
             Rule::Step => "step",
             Rule::Walk => "listing walk",
             Rule::Stream => "event stream",
@@ -149,6 +158,7 @@ pub fn check(history: &History) -> Report {
     violations.extend(cancels_in(history, &seen));
     violations.extend(steps::steps_in(history, &seen));
     violations.extend(steps::cancel_requests_in(history, &seen));
+    violations.extend(retries::retries_in(history, &seen));
     for rule in [walks, streams, metrics, unexpected_answers] {
         violations.extend(rule(history));
     }
@@ -181,6 +191,7 @@ fn indeterminate(op: &Op) -> bool {
         Action::Create { reply, .. }
         | Action::Get { reply, .. }
         | Action::Cancel { reply, .. }
+        | Action::Retry { reply, .. }
         | Action::Metrics { reply } => reply.is_indeterminate(),
         Action::Walk { pages, .. } => pages.iter().any(|page| page.reply.is_indeterminate()),
         Action::Watch { status, .. } => status.is_none_or(|status| status >= 500),
@@ -389,9 +400,9 @@ fn acknowledged_in(history: &History, seen: &Sightings) -> Vec<Violation> {
     }
     for op in &history.ops {
         let (id, status) = match &op.action {
-            Action::Get { id, reply } | Action::Cancel { id, reply } => {
-                (*id, reply.decided().map(|(status, _)| status))
-            }
+            Action::Get { id, reply }
+            | Action::Cancel { id, reply }
+            | Action::Retry { id, reply } => (*id, reply.decided().map(|(status, _)| status)),
             Action::Watch { id, status, .. } => (*id, *status),
             _ => continue,
         };
@@ -445,6 +456,8 @@ struct Observation {
     steps: Option<Vec<StepSnapshot>>,
     /// Whether `cancelRequestedAt` was set; `None` when the answer did not show it (a `409`).
     cancel_requested: Option<bool>,
+    /// Its earlier failures; `None` when the answer did not show them (a `409`).
+    failures: Option<Vec<FailureSnapshot>>,
 }
 
 impl Observation {
@@ -460,8 +473,29 @@ impl Observation {
                 fields: Some(order.fields),
                 steps: Some(order.steps),
                 cancel_requested: Some(order.cancel_requested_at.is_some()),
+                failures: Some(order.failures),
             },
         )
+    }
+
+    /// A sight of only a status, as a `409` names it.
+    fn named(op: &Op, status: OrderStatus) -> Self {
+        Self {
+            op: op.index,
+            from: op.invoked,
+            to: op.completed,
+            status,
+            attempts: None,
+            fields: None,
+            steps: None,
+            cancel_requested: None,
+            failures: None,
+        }
+    }
+
+    /// How many times the order had been retried, when the answer showed it.
+    fn retries(&self) -> Option<usize> {
+        self.failures.as_ref().map(Vec::len)
     }
 }
 
@@ -514,19 +548,30 @@ fn observations(history: &History) -> Vec<(i64, Observation)> {
                 }
                 Some((409, body)) => {
                     if let Some(status) = named_status(body) {
-                        seen.push((
-                            *id,
-                            Observation {
-                                op: op.index,
-                                from: op.invoked,
-                                to: op.completed,
-                                status,
-                                attempts: None,
-                                fields: None,
-                                steps: None,
-                                cancel_requested: None,
-                            },
-                        ));
+                        seen.push((*id, Observation::named(op, status)));
+                    }
+                }
+                _ => {}
+            },
+            Action::Retry { id, reply } => match reply.decided() {
+                Some((200, _)) => {
+                    if let Some(order) = reply.order() {
+                        // A retry that succeeded saw the order FAILED, with one failure fewer
+                        // than it answers, then made it PENDING, both within the request.
+                        let (id, mut before) =
+                            Observation::of(op, op.invoked, op.completed, order.clone());
+                        before.status = OrderStatus::Failed;
+                        before.steps = None;
+                        if let Some(failures) = &mut before.failures {
+                            failures.pop();
+                        }
+                        seen.push((id, before));
+                        seen.push(Observation::of(op, op.invoked, op.completed, order));
+                    }
+                }
+                Some((409, body)) => {
+                    if let Some(status) = named_status(body) {
+                        seen.push((*id, Observation::named(op, status)));
                     }
                 }
                 _ => {}
@@ -786,12 +831,13 @@ pub fn walks(history: &History) -> Vec<Violation> {
 }
 
 /// An event stream's statuses follow one another as the engine's transitions allow; one the
-/// server ended, ends at a terminal status, the one the order has once all is quiet.
+/// server ended, ends at a terminal status, the one the order has once all is quiet (unless
+/// it ended FAILED and the order was retried since: it shows more failures at the end).
 pub fn streams(history: &History) -> Vec<Violation> {
     let last = final_walk(history).map(|(walk, orders)| {
-        let statuses: HashMap<i64, OrderStatus> = orders
+        let statuses: HashMap<i64, (OrderStatus, usize)> = orders
             .iter()
-            .map(|order| (order.id, order.status))
+            .map(|order| (order.id, (order.status, order.failures.len())))
             .collect();
         (walk, statuses)
     });
@@ -806,11 +852,12 @@ pub fn streams(history: &History) -> Vec<Violation> {
         else {
             continue;
         };
-        let statuses: Vec<OrderStatus> = events
+        let orders: Vec<Snapshot> = events
             .iter()
             .filter_map(|event| event_order(&event.data))
-            .map(|order| order.status)
             .collect();
+        let statuses: Vec<OrderStatus> = orders.iter().map(|order| order.status).collect();
+        let retries = orders.last().map_or(0, |order| order.failures.len());
         if statuses.len() != events.len() {
             violations.push(Violation::new(
                 Rule::Stream,
@@ -846,8 +893,9 @@ pub fn streams(history: &History) -> Vec<Violation> {
             )),
             Some(status) => {
                 if let Some((walk, finals)) = &last
-                    && let Some(now) = finals.get(id)
+                    && let Some((now, retried)) = finals.get(id)
                     && now != status
+                    && !(*status == OrderStatus::Failed && *retried > retries)
                 {
                     violations.push(Violation::new(
                         Rule::Stream,
@@ -964,6 +1012,9 @@ pub fn unexpected_answers(history: &History) -> Vec<Violation> {
                 .decided()
                 .filter(|(status, _)| ![200, 404].contains(status)),
             // A 202 only from a server that runs steps, which can cancel a PROCESSING order.
+            Action::Retry { reply, .. } => reply
+                .decided()
+                .filter(|(status, _)| ![200, 404, 409].contains(status)),
             Action::Cancel { reply, .. } => reply.decided().filter(|(status, _)| {
                 let accepted = if history.pipeline.is_some() {
                     &[200, 202, 404, 409][..]

@@ -116,6 +116,13 @@ pub enum Action {
         /// The answer.
         reply: Reply,
     },
+    /// `POST /orders/{id}/retry`.
+    Retry {
+        /// The order to retry.
+        id: i64,
+        /// The answer.
+        reply: Reply,
+    },
     /// `GET /orders`, page after page following `nextCursor`.
     Walk {
         /// The `userId` filter, if any.
@@ -257,6 +264,22 @@ pub struct Snapshot {
     /// Its `cancelRequestedAt`, as the server wrote it: set once a cancel of the order was
     /// accepted while it was PROCESSING.
     pub cancel_requested_at: Option<String>,
+    /// Its `failures`: one for each time it was retried after it FAILED, oldest first.
+    pub failures: Vec<FailureSnapshot>,
+}
+
+/// One earlier failure of a retried order, as one answer showed it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureSnapshot {
+    /// When it ended FAILED, as the server wrote it.
+    pub failed_at: String,
+    /// The step that failed, for an order in steps.
+    pub step: Option<String>,
+    /// Its `lastError` then.
+    pub error: String,
+    /// Its `attempts` then.
+    pub attempts: u64,
 }
 
 /// One step of an order as one answer showed it.
@@ -301,6 +324,9 @@ struct RawOrder {
     steps: Vec<StepSnapshot>,
     #[serde(default)]
     cancel_requested_at: Option<String>,
+    // Absent from the answers of a server older than retries: read as none.
+    #[serde(default)]
+    failures: Vec<FailureSnapshot>,
 }
 
 impl From<RawOrder> for Snapshot {
@@ -316,6 +342,7 @@ impl From<RawOrder> for Snapshot {
             },
             steps: raw.steps,
             cancel_requested_at: raw.cancel_requested_at,
+            failures: raw.failures,
         }
     }
 }

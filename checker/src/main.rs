@@ -80,6 +80,11 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     processing_steps: Option<Vec<String>>,
 
+    /// The share of orders whose simulated processing fails for good (the server's
+    /// `SIMULATED_FAILURE_RATE`), for the clients to retry: 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+
     /// Write the history, as JSON, to this file.
     #[arg(long)]
     history: Option<PathBuf>,
@@ -137,6 +142,9 @@ async fn main() -> Result<ExitCode> {
         .map(|names| names.iter().map(|name| name.trim().to_owned()).collect());
     if let Some(steps) = &pipeline {
         env.push(("PROCESSING_STEPS", steps.join(",")));
+    }
+    if args.failure_rate > 0.0 {
+        env.push(("SIMULATED_FAILURE_RATE", args.failure_rate.to_string()));
     }
     let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let mut server = ServerProcess::new(binary, env, args.server_log.clone())?;
@@ -209,7 +217,18 @@ async fn main() -> Result<ExitCode> {
          {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts)",
         report.ops, report.creates, report.acknowledged, report.indeterminate, report.faults,
     )?;
-    writeln!(out, "cancels answered {}", cancels_by_answer(&history))?;
+    writeln!(
+        out,
+        "cancels answered {}; retries answered {}",
+        answers(&history, |action| match action {
+            Action::Cancel { reply, .. } => Some(reply),
+            _ => None,
+        }),
+        answers(&history, |action| match action {
+            Action::Retry { reply, .. } => Some(reply),
+            _ => None,
+        })
+    )?;
     writeln!(
         out,
         "{:.1} s in all: quiet {:.1} s after the clients stopped, checked in {:.1} s",
@@ -239,17 +258,24 @@ async fn main() -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// How many cancels got each answer: `200: 12, 202: 30, 409: 40, lost or 5xx: 1`.
-fn cancels_by_answer(history: &History) -> String {
+/// How many requests of the kind `reply_of` picks got each answer: `200: 12, 202: 30, 409:
+/// 40, lost or 5xx: 1`.
+fn answers(
+    history: &History,
+    reply_of: impl Fn(&Action) -> Option<&order_checker::history::Reply>,
+) -> String {
     let mut by_answer: std::collections::BTreeMap<String, usize> = Default::default();
     for op in &history.ops {
-        if let Action::Cancel { reply, .. } = &op.action {
+        if let Some(reply) = reply_of(&op.action) {
             let answer = match reply.decided() {
                 Some((status, _)) => status.to_string(),
                 None => "lost or 5xx".to_owned(),
             };
             *by_answer.entry(answer).or_default() += 1;
         }
+    }
+    if by_answer.is_empty() {
+        return "none".to_owned();
     }
     let counts: Vec<String> = by_answer
         .iter()

@@ -40,6 +40,8 @@ pub(crate) struct Workload {
 struct Pools {
     ids: Vec<i64>,
     keys: Vec<(String, OrderFields)>,
+    /// Orders a read showed FAILED, for retries.
+    failed: Vec<i64>,
 }
 
 /// The most recent entries a pool keeps: recent orders are the ones still moving.
@@ -186,10 +188,11 @@ impl Workload {
                 }
                 // Rarer: each lists every order, and each order it lists is checked.
                 87..88 => self.walk(client, None, 100).await,
-                88..95 => match self.pick_id(&mut rng, 20) {
+                88..94 => match self.pick_id(&mut rng, 20) {
                     Some(id) => self.watch(client, id).await,
                     None => true,
                 },
+                94..97 => self.retry_failed(client, &mut rng).await,
                 _ => self.metrics(client).await.is_some(),
             };
             if !answered {
@@ -211,6 +214,43 @@ impl Workload {
             }
         }
         answer.is_some()
+    }
+
+    /// Retries an order a read showed FAILED (taken from the pool: retried once, unless it is
+    /// seen FAILED again), or a recent one, which may not be FAILED; now and then as several
+    /// copies at once, racing as an operator's double click does.
+    async fn retry_failed(self: &Arc<Self>, client: usize, rng: &mut StdRng) -> bool {
+        let failed = {
+            let mut pools = self.pools();
+            (!pools.failed.is_empty()).then(|| {
+                let at = rng.random_range(0..pools.failed.len());
+                pools.failed.swap_remove(at)
+            })
+        };
+        let Some(id) = failed.or_else(|| self.pick_id(rng, 20)) else {
+            return true;
+        };
+        let copies = if rng.random_bool(0.3) { 3 } else { 1 };
+        let mut racers = JoinSet::new();
+        for _ in 0..copies {
+            let workload = self.clone();
+            racers.spawn(async move { workload.retry(client, id).await });
+        }
+        let mut all = true;
+        while let Some(answered) = racers.join_next().await {
+            all &= answered.unwrap_or(false);
+        }
+        all
+    }
+
+    async fn retry(&self, client: usize, id: i64) -> bool {
+        let invoked = self.now();
+        let reply = self
+            .send(self.http.post(format!("{}/orders/{id}/retry", self.base)))
+            .await;
+        let decided = !reply.is_indeterminate();
+        self.record(client, invoked, Action::Retry { id, reply });
+        decided
     }
 
     fn pick_id(&self, rng: &mut StdRng, recent: usize) -> Option<i64> {
@@ -297,6 +337,16 @@ impl Workload {
             .send(self.http.get(format!("{}/orders/{id}", self.base)))
             .await;
         let decided = !reply.is_indeterminate();
+        if reply
+            .order()
+            .is_some_and(|order| order.status == order_core::OrderStatus::Failed)
+        {
+            let mut pools = self.pools();
+            if !pools.failed.contains(&id) {
+                pools.failed.push(id);
+                trim(&mut pools.failed);
+            }
+        }
         self.record(client, invoked, Action::Get { id, reply });
         decided
     }

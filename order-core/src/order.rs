@@ -373,7 +373,8 @@ impl ValidationError {
     }
 }
 
-fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError> {
+/// Whether `value` may be a user or item id, named `field` in the error.
+pub(crate) fn check_id(field: impl Into<String>, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }

@@ -19,7 +19,7 @@ use crate::changes::ChangeFeed;
 use crate::error::{CancelError, RetryError, StorageError, SubmitError, TransitionError};
 use crate::handler::OrderHandler;
 use crate::idempotency::{Fingerprint, IdempotencyKey, Insertion, KeyRecord};
-use crate::order::{FailureRecord, NewOrder, Order, OrderId, OrderStatus};
+use crate::order::{NewOrder, Order, OrderId, OrderStatus};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 use crate::step::{StepRecord, StepStatus};
@@ -358,17 +358,7 @@ impl OrderProcessor {
                     status: order.status,
                 });
             }
-            let kept = order
-                .steps
-                .iter()
-                .take_while(|step| step.status == StepStatus::Succeeded)
-                .cloned()
-                .collect();
-            let requeue = Transition::Requeue {
-                seen: order.updated_at,
-                failure: FailureRecord::of(&order),
-                steps: kept,
-            };
+            let requeue = Transition::requeue(&order);
             match self.engine.repository.transition(id, requeue).await {
                 Ok(order) => {
                     count(telemetry::ORDERS_RETRIED);

@@ -179,6 +179,23 @@ impl Transition {
     pub fn target(&self) -> OrderStatus {
         self.kind().target()
     }
+
+    /// The [`Requeue`](Self::Requeue) that retries `order`, FAILED as read: its failure as
+    /// [`FailureRecord::of`] reads it, and the steps whose work stands (the leading SUCCEEDED
+    /// ones: a failure compensates every finished step that can be, so those left SUCCEEDED
+    /// could not be undone) kept, so that it resumes after them.
+    pub fn requeue(order: &Order) -> Self {
+        Transition::Requeue {
+            seen: order.updated_at,
+            failure: FailureRecord::of(order),
+            steps: order
+                .steps
+                .iter()
+                .take_while(|step| step.status == crate::step::StepStatus::Succeeded)
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// Which orders [`Repository::list`] returns, in what order, and from where.

@@ -32,12 +32,18 @@ pub(super) fn steps_in(history: &History, seen: &Sightings) -> Vec<Violation> {
     let reach = StepReach::new();
     let mut violations = Vec::new();
     for (id, observations) in seen {
-        let sights: Vec<&Observation> = observations
-            .iter()
-            .filter(|seen| seen.steps.is_some())
-            .collect();
-        violations.extend(shown(history, *id, &sights));
-        violations.extend(over_time(history, &reach, *id, &sights));
+        // Each run of the order apart: a retry after it FAILED runs its steps again, as new
+        // records, and every sight says which run it saw by the failures it shows.
+        let mut runs: BTreeMap<usize, Vec<&Observation>> = BTreeMap::new();
+        for seen in observations.iter().filter(|seen| seen.steps.is_some()) {
+            runs.entry(seen.retries().unwrap_or(0))
+                .or_default()
+                .push(seen);
+        }
+        for sights in runs.values() {
+            violations.extend(shown(history, *id, sights));
+            violations.extend(over_time(history, &reach, *id, sights));
+        }
     }
     sorted(violations)
 }
@@ -397,9 +403,19 @@ fn after_acceptance(
         .iter()
         .filter(|op| answered(op) == Some(202))
         .min_by_key(|op| op.completed)?;
+    // The run of the order the cancel was accepted in: steps of an earlier run, which failed,
+    // were compensated then and ran again in this one.
+    let run = match &accepted.action {
+        Action::Cancel { reply, .. } => reply.order().map(|order| order.failures.len()),
+        _ => None,
+    };
+    let sights: Vec<&Observation> = sights
+        .iter()
+        .filter(|seen| run.is_none() || seen.retries().is_none() || seen.retries() == run)
+        .collect();
     // Each step seen SUCCEEDED, and when that sight ended at the earliest.
     let mut succeeded: BTreeMap<&str, (Micros, &Observation)> = BTreeMap::new();
-    for seen in sights {
+    for seen in sights.iter().copied() {
         for step in steps_of(seen) {
             if step.status == StepStatus::Succeeded {
                 let entry = succeeded.entry(&step.name).or_insert((seen.to, seen));
@@ -411,6 +427,7 @@ fn after_acceptance(
     }
     let mut after: Vec<&Observation> = sights
         .iter()
+        .copied()
         .filter(|seen| seen.from > accepted.completed)
         .collect();
     after.sort_by_key(|seen| seen.to);

@@ -856,3 +856,98 @@ fn a_200_to_a_cancel_shows_the_order_cancelled() {
     assert_eq!(h.rules(), [Rule::Cancel]);
     assert!(messages(&h)[0].contains("answered 200 with the order PENDING, not CANCELLED"));
 }
+
+/// An order with `failures` earlier failures, each of the `charge` step.
+fn retried(id: i64, status: &str, attempts: u64, failures: usize) -> Value {
+    let mut order = order(id, "ann", status, attempts);
+    order["failures"] = (0..failures)
+        .map(|n| {
+            json!({"failedAt": format!("2026-12-03T10:00:0{n}Z"), "step": "charge",
+                "error": "charge: declined", "attempts": n + 1})
+        })
+        .collect();
+    order
+}
+
+fn retried_body(id: i64, status: &str, attempts: u64, failures: usize) -> String {
+    json!({ "order": retried(id, status, attempts, failures) }).to_string()
+}
+
+impl Recorder {
+    fn retry(&mut self, at: Micros, id: i64, reply: Reply) -> &mut Self {
+        self.op(at, at + 10, Action::Retry { id, reply })
+    }
+}
+
+#[test]
+fn a_failed_order_moves_on_only_through_a_retry_once_per_failure() {
+    let conflict = |status: &str| {
+        answer(
+            409,
+            json!({"error": format!("order 1 is {status}; only a FAILED order can be retried")})
+                .to_string(),
+        )
+    };
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .get(20, 1, answer(200, retried_body(1, "FAILED", 1, 0)))
+        .retry(40, 1, answer(200, retried_body(1, "PENDING", 1, 1)))
+        .retry(41, 1, conflict("PENDING"))
+        .get(60, 1, answer(200, retried_body(1, "COMPLETED", 2, 1)))
+        .quiet(100)
+        .walk(100, None, &[(&[retried(1, "COMPLETED", 2, 1)], None)]);
+    assert_eq!(h.rules(), []);
+
+    // Seen FAILED, then PROCESSING in the same run: no retry moved it.
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .get(20, 1, answer(200, retried_body(1, "FAILED", 1, 0)))
+        .get(40, 1, answer(200, retried_body(1, "PROCESSING", 2, 0)));
+    assert_eq!(h.rules(), [Rule::Retry]);
+
+    // A failure shown with no retry that could have made it.
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .get(40, 1, answer(200, retried_body(1, "PENDING", 1, 1)));
+    assert_eq!(h.rules(), [Rule::Retry]);
+
+    // Two retries answered 200 for one failure kept, and a 409 naming FAILED.
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .retry(40, 1, answer(200, retried_body(1, "PENDING", 1, 1)))
+        .retry(41, 1, answer(200, retried_body(1, "PENDING", 1, 1)))
+        .retry(42, 1, conflict("FAILED"))
+        .quiet(100)
+        .walk(100, None, &[(&[retried(1, "COMPLETED", 2, 1)], None)]);
+    assert_eq!(h.rules(), [Rule::Retry, Rule::Retry]);
+
+    // A failure forgotten.
+    let mut h = Recorder::default();
+    h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+        .retry(40, 1, answer(200, retried_body(1, "PENDING", 1, 1)))
+        .get(60, 1, answer(200, retried_body(1, "COMPLETED", 2, 0)));
+    assert_eq!(h.rules(), [Rule::Retry]);
+
+    // An unanswered retry may have retried it, or not.
+    for kept in [0, 1] {
+        let mut h = Recorder::default();
+        h.create(0, None, "ann", answer(201, body(1, "PENDING", 0)))
+            .get(20, 1, answer(200, retried_body(1, "FAILED", 1, 0)))
+            .retry(40, 1, lost())
+            .quiet(100)
+            .walk(
+                100,
+                None,
+                &[(
+                    &[retried(
+                        1,
+                        ["FAILED", "COMPLETED"][kept],
+                        1 + kept as u64,
+                        kept,
+                    )],
+                    None,
+                )],
+            );
+        assert_eq!(h.rules(), [], "{kept} kept");
+    }
+}

@@ -539,7 +539,7 @@
     if (shownOrder?.status === 'PROCESSING') showSteps(shownOrder);
   }, 1000);
 
-  // ---- One order: its details, live, and cancelling it ---------------------------------
+  // ---- One order: its details, live, and cancelling or retrying it ----------------------
 
   let watching = null;
   let shownId = null;
@@ -591,6 +591,23 @@
     });
   }
 
+  // The failures a retried order keeps, oldest first.
+  function showFailures(order) {
+    const failures = order.failures || [];
+    $('detail-failures-box').hidden = failures.length === 0;
+    const list = $('detail-failures');
+    while (list.children.length > failures.length) list.lastChild.remove();
+    failures.forEach((failure, i) => {
+      let item = list.children[i];
+      if (!item) {
+        item = document.createElement('li');
+        list.append(item);
+      }
+      const step = failure.step ? ` in ${failure.step}` : '';
+      setText(item, `${dateTime(failure.failedAt)}${step}, after ${plural(failure.attempts, 'attempt')}: ${failure.error}`);
+    });
+  }
+
   function showDetail(order) {
     // A snapshot older than the one shown (a read overtaken by the stream's) is dropped.
     if (shownOrder && older(order, shownOrder)) return;
@@ -612,6 +629,7 @@
       ? `Cancel requested at ${dateTime(order.cancelRequestedAt)}${order.status === 'PROCESSING' ? '; the finished steps are being compensated.' : '.'}`
       : '');
     showSteps(order);
+    showFailures(order);
     if (cancelAsked === order.id && TERMINAL.includes(order.status)) {
       cancelAsked = null;
       say(order.status === 'CANCELLED' ? 'Cancelled; the finished steps were compensated.' : `The order ended ${order.status}.`);
@@ -623,6 +641,10 @@
       && !order.cancelRequestedAt && !order.steps.some((step) => UNDONE.includes(step.status))));
     if (hide && document.activeElement === cancel) $('detail-close').focus();
     cancel.hidden = hide;
+    const retry = $('detail-retry');
+    const noRetry = order.status !== 'FAILED';
+    if (noRetry && document.activeElement === retry) $('detail-close').focus();
+    retry.hidden = noRetry;
     const row = rows.get(order.id);
     if (row) rowFor(order);
   }
@@ -679,6 +701,14 @@
     }
   }
 
+  // Follows the order shown: its stream, and its reads while PROCESSING.
+  function follow(id) {
+    if (watching) watching.abort();
+    watching = new AbortController();
+    watchOrder(id, watching.signal);
+    pollOrder(id, watching.signal);
+  }
+
   function openOrder(id) {
     const row = rows.get(id);
     shownId = id;
@@ -686,10 +716,7 @@
     cancelAsked = null;
     say('');
     if (row) showDetail(row.order);
-    if (watching) watching.abort();
-    watching = new AbortController();
-    watchOrder(id, watching.signal);
-    pollOrder(id, watching.signal);
+    follow(id);
     const dialog = $('detail');
     if (!dialog.open) dialog.showModal();
   }
@@ -722,6 +749,29 @@
     } finally {
       button.disabled = false;
       // The button hides once the order can no longer be cancelled: focus stays in the dialog.
+      if (button.hidden && $('detail').open) $('detail-close').focus();
+    }
+  });
+
+  $('detail-retry').addEventListener('click', async () => {
+    const id = shownId;
+    const button = $('detail-retry');
+    button.disabled = true;
+    try {
+      const response = await api(`/orders/${id}/retry`, { method: 'POST' });
+      if (!response.ok) throw await errorOf(response);
+      const body = await response.json();
+      if (shownId === id) {
+        say('Retried: the order is PENDING again; its failure is kept below.');
+        showDetail(body.order);
+        // The stream ended at FAILED: follow the order's new run.
+        follow(id);
+      }
+      refreshTable();
+    } catch (error) {
+      if (shownId === id) say(error.message, true);
+    } finally {
+      button.disabled = false;
       if (button.hidden && $('detail').open) $('detail-close').focus();
     }
   });

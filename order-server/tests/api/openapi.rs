@@ -17,14 +17,18 @@ use order_server::{DEFAULT_PAGE, MAX_PAGE};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::helpers::{VALID_ORDER, get, idle_app, post_json};
+use order_core::OrderProcessor;
+use order_core::handler::SimulatedStep;
+
+use crate::helpers::{VALID_ORDER, get, idle_app, post_json, serve_options};
 
 /// Every route the API serves: the document must describe these, no more and no fewer.
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 14] = [
     ("POST", "/orders"),
     ("GET", "/orders"),
     ("GET", "/orders/{id}"),
     ("POST", "/orders/{id}/cancel"),
+    ("POST", "/orders/{id}/retry"),
     ("GET", "/orders/{id}/events"),
     ("GET", "/metrics"),
     ("GET", "/metrics/stream"),
@@ -215,6 +219,27 @@ async fn app_with_an_order() -> (Router, String) {
     (app, id)
 }
 
+/// An API whose one order has FAILED, for the route that only takes a FAILED order.
+async fn app_with_a_failed_order() -> (Router, String) {
+    let failing = SimulatedStep::new(Duration::ZERO).failing(1.0, false);
+    let processor = OrderProcessor::builder(failing)
+        .in_memory()
+        .build()
+        .unwrap();
+    let app = order_server::app(processor.clone(), &serve_options());
+    let created = post_json(&app, "/orders", VALID_ORDER).await;
+    let id = created.body["order"]["id"].as_i64().unwrap();
+    let running = processor.start();
+    let failed = processor
+        .wait_until_done(order_core::OrderId::new(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, order_core::OrderStatus::Failed);
+    running.shutdown(Duration::from_secs(5)).await;
+    (app, id.to_string())
+}
+
 #[tokio::test]
 async fn the_document_is_openapi_3_1_served_as_json() {
     let (app, processor) = idle_app();
@@ -374,7 +399,11 @@ async fn every_example_in_the_document_is_accepted() {
                 op.path
             );
             for example in examples {
-                let (app, id) = app_with_an_order().await;
+                let (app, id) = if op.path.ends_with("/retry") {
+                    app_with_a_failed_order().await
+                } else {
+                    app_with_an_order().await
+                };
                 let mut uri = op.path.to_owned();
                 let mut header = None;
                 match parameter["in"].as_str().unwrap() {
@@ -397,9 +426,9 @@ async fn every_example_in_the_document_is_accepted() {
             }
         }
     }
-    // The NewOrder example and its three fields, one id example on each of three routes, and
+    // The NewOrder example and its three fields, one id example on each of four routes, and
     // the four parameters of the listing.
-    assert!(tried >= 11, "only {tried} examples found");
+    assert!(tried >= 12, "only {tried} examples found");
 }
 
 #[tokio::test]
@@ -780,7 +809,7 @@ async fn integers_are_taken_only_as_the_document_writes_them_and_within_its_rang
 }
 
 #[tokio::test]
-async fn a_created_order_links_to_reading_cancelling_and_watching_it() {
+async fn a_created_order_links_to_reading_cancelling_retrying_and_watching_it() {
     let (app, _) = idle_app();
     let doc = document(&app).await;
     let ids: BTreeSet<&str> = operations(&doc)
@@ -809,7 +838,7 @@ async fn a_created_order_links_to_reading_cancelling_and_watching_it() {
     }
     assert_eq!(
         targets,
-        BTreeSet::from(["cancelOrder", "getOrder", "watchOrder"])
+        BTreeSet::from(["cancelOrder", "getOrder", "retryOrder", "watchOrder"])
     );
 
     // Followed, as a client would: the expression names the created order's id.
@@ -830,6 +859,13 @@ async fn a_created_order_links_to_reading_cancelling_and_watching_it() {
             .await
             .0,
         StatusCode::OK
+    );
+    // A retry of the new order, which has not FAILED, names its status.
+    assert_eq!(
+        answer(&app, &Method::POST, &format!("/orders/{id}/retry"), None)
+            .await
+            .0,
+        StatusCode::CONFLICT
     );
     assert_eq!(
         answer(&app, &Method::POST, &format!("/orders/{id}/cancel"), None)

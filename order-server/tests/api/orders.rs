@@ -34,10 +34,12 @@ async fn creating_an_order_returns_it_as_stored() {
         "a plain handler records no steps"
     );
     assert_eq!(order["cancelRequestedAt"], json!(null));
+    assert_eq!(order["failures"], json!([]), "never retried");
     let mut expected = [
         "attempts",
         "cancelRequestedAt",
         "createdAt",
+        "failures",
         "id",
         "itemIds",
         "lastError",

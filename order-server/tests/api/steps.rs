@@ -178,6 +178,7 @@ async fn the_document_describes_steps_and_the_accepted_cancel() {
             "endedAt",
             "error",
             "name",
+            "retry",
             "startedAt",
             "status"
         ]
