@@ -35,6 +35,7 @@
 
 use std::sync::Arc;
 
+pub use crate::bulk::BulkActions;
 pub use crate::changes::{Change, ChangeFeed};
 pub use crate::error::TransitionError;
 pub use crate::idempotency::{Fingerprint, Insertion, KeyRecord};
@@ -79,6 +80,13 @@ pub trait Backend: Send + Sync {
     /// How watchers hear of changes made by other processes on this storage; `None` (the
     /// default) when only this process writes to it.
     fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        None
+    }
+
+    /// Where bulk actions on this storage's orders live; `None` (the default) keeps them in
+    /// this process's memory ([`InMemoryBulkActions`](crate::memory::InMemoryBulkActions)),
+    /// right for a storage only this process uses.
+    fn bulk_actions(&self) -> Option<Arc<dyn BulkActions>> {
         None
     }
 }

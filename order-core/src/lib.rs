@@ -112,6 +112,7 @@
 //! promise. Breaking changes are recorded in CHANGELOG.md and checked by cargo-semver-checks.
 
 pub mod backend;
+pub mod bulk;
 mod changes;
 mod error;
 pub mod handler;
@@ -130,7 +131,7 @@ pub mod telemetry;
 pub mod testing;
 
 pub use chrono;
-pub use error::{CancelError, RetryError, StorageError, SubmitError};
+pub use error::{BulkError, CancelError, RetryError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
 pub use handler::{HandlerError, OrderHandler};
@@ -140,8 +141,8 @@ pub use order::{
     ValidationError,
 };
 pub use processor::{
-    BuildError, Cancellation, OrderPage, OrderProcessor, OrderProcessorBuilder, OrderWatch,
-    ProcessorHandle, RetryPolicy, ShutdownReport, Submission, Submitted,
+    BuildError, BulkAccepted, Cancellation, OrderPage, OrderProcessor, OrderProcessorBuilder,
+    OrderWatch, ProcessorHandle, RetryPolicy, ShutdownReport, Submission, Submitted,
 };
 pub use queue::{QueueDepth, QueueError};
 pub use repository::{OrderMetrics, OrderQuery, StatusCounts};

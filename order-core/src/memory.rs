@@ -3,10 +3,12 @@
 //! checked against.
 
 mod backend;
+mod bulk;
 mod queue;
 mod repository;
 
 pub use backend::InMemoryBackend;
+pub use bulk::InMemoryBulkActions;
 pub use queue::InMemoryQueue;
 pub use repository::InMemoryRepository;
 

@@ -365,7 +365,8 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// The rule `reason` that `field` (as the API names it) broke.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),

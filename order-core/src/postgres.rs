@@ -44,6 +44,7 @@
 //! ```
 
 mod batch;
+mod bulk;
 mod changes;
 mod entity;
 mod error;
@@ -59,13 +60,14 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
+pub use bulk::PostgresBulkActions;
 pub use changes::PostgresChangeFeed;
 pub(crate) use migration::Migrator;
 pub use queue::PostgresQueue;
 pub use repository::PostgresRepository;
 use sea_orm::DatabaseConnection;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BulkActions};
 use crate::changes::ChangeFeed;
 use crate::error::StorageError;
 use crate::queue::Queue;
@@ -111,6 +113,7 @@ pub struct PostgresBackend {
     repository: Arc<PostgresRepository>,
     queue: Arc<PostgresQueue>,
     changes: Arc<PostgresChangeFeed>,
+    bulk: Arc<PostgresBulkActions>,
 }
 
 impl PostgresBackend {
@@ -128,6 +131,7 @@ impl PostgresBackend {
         let wakeups = wakeups::Wakeups::new(db.clone());
         Self {
             repository: Arc::new(PostgresRepository::announcing(db.clone(), wakeups.clone())),
+            bulk: Arc::new(PostgresBulkActions::new(db.clone(), Some(wakeups.clone()))),
             queue: Arc::new(PostgresQueue::new(db.clone(), wakeups)),
             changes: Arc::new(PostgresChangeFeed::new(pool)),
             pool: pool.clone(),
@@ -151,6 +155,10 @@ impl Backend for PostgresBackend {
 
     fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
         Some(self.changes.clone())
+    }
+
+    fn bulk_actions(&self) -> Option<Arc<dyn BulkActions>> {
+        Some(self.bulk.clone())
     }
 }
 

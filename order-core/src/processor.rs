@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
+use crate::bulk::BulkActions;
 use crate::changes::ChangeFeed;
 use crate::error::{CancelError, RetryError, StorageError, SubmitError, TransitionError};
 use crate::handler::OrderHandler;
@@ -26,6 +27,7 @@ use crate::step::{StepRecord, StepStatus};
 use crate::telemetry::{self, count};
 
 mod builder;
+mod bulk;
 mod handle;
 mod lease;
 mod pipeline;
@@ -147,6 +149,10 @@ pub(crate) enum Work {
 struct Engine {
     /// The source of truth: every status change is a compare-and-set here.
     repository: Arc<dyn Repository>,
+    /// Bulk actions, and the orders each selected.
+    bulk: Arc<dyn BulkActions>,
+    /// Signalled when this process accepts a bulk action, so that its runner starts at once.
+    bulk_accepted: tokio::sync::Notify,
     /// Which orders wait for a worker; rebuilt from the repository by the sweep if lost.
     queue: Arc<dyn Queue>,
     /// Whether the queue keeps its state in the repository's storage
@@ -638,6 +644,8 @@ impl Engine {
         }
     }
 }
+
+pub use bulk::BulkAccepted;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@
 //! | `order_sweep_requeued_total` | counter | orders the recovery sweep put back in a queue that did not hold them (a queue lost in a crash, a push that failed at submit or had not happened yet) |
 //! | `order_processing_duration_seconds` | histogram | time in the handler, per attempt that reached an outcome (success, error or panic) |
 //! | `order_queue_wait_seconds` | histogram | from an order's creation to the start of its first attempt |
+//! | `order_bulk_page_duration_seconds` | histogram | one page of a bulk action: one transaction, with the page's orders locked |
 //! | `order_step_duration_seconds{step}` | histogram | time in one run of a pipeline's step that reached an outcome |
 //! | `order_step_failures_total{step}` | counter | runs of a step that failed (transient or permanent) |
 //! | `order_step_compensations_total{step}` | counter | compensations of a step that succeeded |
@@ -58,6 +59,9 @@ pub const SWEEP_REQUEUED: &str = "order_sweep_requeued_total";
 pub const PROCESSING_DURATION: &str = "order_processing_duration_seconds";
 /// From creation to the start of the first attempt, in seconds.
 pub const QUEUE_WAIT: &str = "order_queue_wait_seconds";
+
+/// Time of one page of a bulk action (one transaction, its orders locked), in seconds.
+pub const BULK_PAGE_DURATION: &str = "order_bulk_page_duration_seconds";
 
 /// Time in one run of a pipeline's step, in seconds, labelled `step`.
 pub const STEP_DURATION: &str = "order_step_duration_seconds";
@@ -118,6 +122,11 @@ pub fn describe() {
         PROCESSING_DURATION,
         Unit::Seconds,
         "Time in the handler per attempt that reached an outcome."
+    );
+    describe_histogram!(
+        BULK_PAGE_DURATION,
+        Unit::Seconds,
+        "Time of one page of a bulk action: one transaction, its orders locked."
     );
     describe_histogram!(
         QUEUE_WAIT,

@@ -84,6 +84,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 mod auth;
+mod bulk;
 mod closing;
 pub mod config;
 mod dashboard;
@@ -197,6 +198,9 @@ fn documented_router(
         .routes(routes!(routes::get_order))
         .routes(routes!(routes::cancel_order))
         .routes(routes!(routes::retry_order))
+        .routes(routes!(bulk::bulk_cancel))
+        .routes(routes!(bulk::bulk_retry))
+        .routes(routes!(bulk::get_bulk_action))
         .routes(routes!(routes::order_events))
         .routes(routes!(routes::metrics))
         .routes(routes!(history::metrics_stream))

@@ -162,12 +162,15 @@ pub(crate) async fn create_order(
 }
 
 /// The header that marks a replayed response.
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// The request's `Idempotency-Key`, in the caller's scope: a bare value (as Stripe takes it) or
 /// a quoted string (as the IETF draft writes it); `400` for more than one, or one that is not
 /// 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap, scope: String) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(crate) fn idempotency_key(
+    headers: &HeaderMap,
+    scope: String,
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
         return Ok(None);

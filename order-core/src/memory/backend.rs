@@ -7,10 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::backend::Backend;
+use crate::bulk::BulkActions;
 use crate::error::StorageError;
 use crate::error::TransitionError;
 use crate::idempotency::{Insertion, KeyRecord};
-use crate::memory::{InMemoryQueue, InMemoryRepository};
+use crate::memory::{InMemoryBulkActions, InMemoryQueue, InMemoryRepository};
 use crate::order::{Order, OrderId, ValidatedOrder};
 use crate::queue::{Claim, Queue, QueueDepth, QueueError, QueueStorage};
 use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
@@ -46,6 +47,8 @@ use crate::repository::{OrderMetrics, OrderQuery, Repository, Transition};
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryBackend {
     stores: Arc<Stores>,
+    /// Its bulk actions, made on first use around its repository; shared by its clones.
+    bulk: Arc<std::sync::OnceLock<InMemoryBulkActions>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,7 @@ impl InMemoryBackend {
                 orders: InMemoryRepository::with_max_unfinished(max),
                 queue: InMemoryQueue::new(),
             }),
+            bulk: Arc::default(),
         }
     }
 }
@@ -79,6 +83,13 @@ impl Backend for InMemoryBackend {
 
     fn queue(&self) -> Arc<dyn Queue> {
         Arc::new(Work(self.stores.clone()))
+    }
+
+    fn bulk_actions(&self) -> Option<Arc<dyn BulkActions>> {
+        let bulk = self
+            .bulk
+            .get_or_init(|| InMemoryBulkActions::new(self.repository()));
+        Some(Arc::new(bulk.clone()))
     }
 }
 

@@ -6,6 +6,7 @@ mod m20261125_000002_idempotency_keys;
 mod m20261203_000001_queue_in_orders;
 mod m20261204_000001_order_steps;
 mod m20261205_000001_retried_orders;
+mod m20261206_000001_bulk_actions;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_queue_in_orders::QueueInOrders),
             Box::new(m20261204_000001_order_steps::OrderSteps),
             Box::new(m20261205_000001_retried_orders::RetriedOrders),
+            Box::new(m20261206_000001_bulk_actions::BulkActions),
         ]
     }
 

@@ -7,10 +7,11 @@ use tokio::sync::broadcast;
 
 use super::{Engine, OrderProcessor, Work};
 use crate::backend::Backend;
+use crate::bulk::BulkActions;
 use crate::changes::ChangeFeed;
 use crate::handler::OrderHandler;
 use crate::idempotency::DEFAULT_KEY_TTL;
-use crate::memory::{InMemoryQueue, InMemoryRepository};
+use crate::memory::{InMemoryBulkActions, InMemoryQueue, InMemoryRepository};
 use crate::queue::{Queue, QueueStorage};
 use crate::repository::Repository;
 use crate::retry::RetryPolicy;
@@ -71,6 +72,7 @@ pub enum BuildError {
 pub struct OrderProcessorBuilder {
     storage: Storage,
     change_feed: Option<Arc<dyn ChangeFeed>>,
+    bulk_actions: Option<Arc<dyn BulkActions>>,
     work: Work,
     settings: Settings,
 }
@@ -159,6 +161,16 @@ impl OrderProcessorBuilder {
         if let Some(feed) = backend.change_feed() {
             self.change_feed = Some(feed);
         }
+        if let Some(bulk) = backend.bulk_actions() {
+            self.bulk_actions = Some(bulk);
+        }
+        self
+    }
+
+    /// Where bulk actions ([`OrderProcessor::bulk`]) are kept; by default the
+    /// [`backend`](Self::backend)'s, else this process's memory.
+    pub fn bulk_actions(mut self, store: Arc<dyn BulkActions>) -> Self {
+        self.bulk_actions = Some(store);
         self
     }
 
@@ -285,8 +297,13 @@ impl OrderProcessorBuilder {
             return Err(BuildError::RepositoryWithoutItsQueue);
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let bulk = self
+            .bulk_actions
+            .unwrap_or_else(|| Arc::new(InMemoryBulkActions::new(repository.clone())));
         Ok(OrderProcessor {
             engine: Arc::new(Engine {
+                bulk,
+                bulk_accepted: tokio::sync::Notify::new(),
                 repository,
                 queue,
                 shared_storage,
@@ -322,6 +339,7 @@ impl OrderProcessor {
         OrderProcessorBuilder {
             storage: Storage::NONE,
             change_feed: None,
+            bulk_actions: None,
             work,
             settings: Settings {
                 concurrency: 64,

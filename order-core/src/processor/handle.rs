@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::OrderProcessor;
+use super::bulk::bulk_loop;
 use super::sweep::sweep_loop;
 use super::worker::claim_loop;
 
@@ -41,6 +42,8 @@ impl OrderProcessor {
             tracker.clone(),
         ));
         let sweeper = tokio::spawn(sweep_loop(self.engine.clone(), stop.clone()));
+        // Tracked with the orders in progress: shutdown lets the page in hand finish.
+        tracker.spawn(bulk_loop(self.engine.clone(), stop.clone()));
         ProcessorHandle {
             stop,
             abandon,

@@ -5,6 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bulk;
+
+pub use bulk::{
+    a_bulk_cancel_acts_on_what_matched_when_accepted, a_bulk_retry_requeues_the_failed_orders,
+    concurrent_bulk_requests_with_one_key_accept_one, one_key_names_one_bulk_action,
+    pages_are_bounded_and_a_lapsed_holder_is_fenced,
+};
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -369,9 +377,14 @@ macro_rules! backend_contract_tests {
             retry_and_release_wait_for_the_queue,
             a_renewal_holds_the_claim,
             a_requeued_order_is_claimed_again,
-            a_lapsed_claim_is_taken_over;
+            a_lapsed_claim_is_taken_over,
+            a_bulk_cancel_acts_on_what_matched_when_accepted,
+            a_bulk_retry_requeues_the_failed_orders,
+            pages_are_bounded_and_a_lapsed_holder_is_fenced,
+            one_key_names_one_bulk_action;
             racing:
             concurrent_claimers_start_each_order_once,
+            concurrent_bulk_requests_with_one_key_accept_one,
         );
     };
 }

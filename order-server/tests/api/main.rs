@@ -10,6 +10,7 @@
 )]
 
 mod binary_lifecycle;
+mod bulk;
 #[cfg(feature = "postgres")]
 mod chaos;
 mod child_process;

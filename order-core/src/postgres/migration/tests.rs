@@ -120,8 +120,10 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
         assert_eq!(fields[1], fields[2], "{row}");
     }
 
-    // The failures' column goes first, then the steps', then the queue comes back out of the
-    // orders' rows.
+    // The bulk actions' tables go first, then the failures' column, then the steps', then the
+    // queue comes back out of the orders' rows.
+    postgres::revert(db.pool(), 1).await.unwrap();
+    assert_eq!(text_rows(pool, ORDERS).await, orders);
     postgres::revert(db.pool(), 1).await.unwrap();
     assert_eq!(text_rows(pool, ORDERS).await, orders);
     postgres::revert(db.pool(), 1).await.unwrap();
