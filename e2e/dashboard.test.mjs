@@ -580,4 +580,49 @@ describe('dashboard, a failed order retried', () => {
       assertNoErrors(errors);
     });
   });
+
+  test('retries all failed orders of the filter after a confirmation that says how many', { timeout: 60_000 }, async () => {
+    const { server, browser } = running;
+    await reportingFailure('bulk-retry', server, browser, async () => {
+      const { page, errors } = browser;
+      await page.goto(`${server.base}/dashboard`);
+      await eventually('the live indicator to say Live', async () => (await textOf(page.getByTestId('live'))) === 'Live');
+      step('three orders of user cy fail');
+      const ids = [];
+      for (let i = 0; i < 3; i += 1) {
+        ids.push((await api(server, 'POST', '/orders', { body: { userId: 'cy', itemIds: ['mug'], totalAmount: 4 }, expect: 201 })).body.order.id);
+      }
+      await eventually('the three FAILED', async () => {
+        const orders = await Promise.all(ids.map(async (id) => (await api(server, 'GET', `/orders/${id}`)).body.order));
+        return orders.every((order) => order.status === 'FAILED');
+      }, { timeout: 15_000 });
+
+      step('filter on FAILED orders of cy: only "Retry all failed" is offered');
+      await page.locator('#filter-status').selectOption('FAILED');
+      await page.locator('#filter-user').fill('cy');
+      const retryAll = page.getByTestId('bulk-retry');
+      await eventually('Retry all failed offered, Cancel all pending not', async () =>
+        (await retryAll.isVisible()) && !(await page.getByTestId('bulk-cancel').isVisible()));
+      await retryAll.click();
+      const dialog = page.getByTestId('bulk-dialog');
+      await dialog.waitFor({ state: 'visible' });
+      await eventually('the confirmation to say how many', async () =>
+        /^Retry 3 failed orders of user cy\? /.test((await textOf(dialog.getByTestId('bulk-text'))) ?? ''));
+      const confirm = dialog.getByTestId('bulk-confirm');
+      assert.equal(await textOf(confirm), 'Retry 3');
+
+      step('confirm: the action goes through the three, and they run again');
+      await confirm.click();
+      await eventually('the dialog to say it is done', async () =>
+        /^Done: 3 retried, 0 left alone/.test((await textOf(dialog.getByTestId('bulk-progress'))) ?? ''),
+      { timeout: 15_000 });
+      await eventually('each of the three retried once', async () => {
+        const orders = await Promise.all(ids.map(async (id) => (await api(server, 'GET', `/orders/${id}`)).body.order));
+        return orders.every((order) => order.failures.length === 1 && order.attempts === 2);
+      }, { timeout: 15_000 });
+      await dialog.getByRole('button', { name: 'Close' }).click();
+      await dialog.waitFor({ state: 'hidden' });
+      assertNoErrors(errors);
+    });
+  });
 });

@@ -25,6 +25,7 @@
 #   BENCH_GET_ORDERS=1000         orders created on each server for the GET runs to read
 #   BENCH_BURNDOWN_ORDERS=100000  backlog size of each burn-down run
 #   BENCH_STEPS_ORDERS=50000      backlog size of each run of the steps phase
+#   BENCH_BULK_ORDERS=100000      FAILED orders the bulk phase retries, then cancels
 #   BENCH_METRICS_ORDERS=1000000  orders stored for the large /metrics measurement
 #   BENCH_METRICS_SECONDS=3       length of each /metrics wrk run
 #   BENCH_CRITERION_SECONDS=5     criterion's --measurement-time (warm-up is 1 s)
@@ -35,7 +36,8 @@
 #                                 at 1,000,000 orders), burndown, steps (three-step pipelines
 #                                 against one-step ones), cost (PostgreSQL's work per
 #                                 order), migration (from the first design, at
-#                                 BENCH_METRICS_ORDERS orders), criterion. A run of some
+#                                 BENCH_METRICS_ORDERS orders), bulk (a bulk retry and a bulk
+#                                 cancel of BENCH_BULK_ORDERS orders), criterion. A run of some
 #                                 phases only prints its table, unless BENCH_OUTPUT is set.
 #   BENCH_FLOW_BATCH=32           orders per statement in the pgbench reference that makes
 #                                 the design's writes (insert, claim and start, complete)
@@ -56,6 +58,7 @@ CONNS=${BENCH_CONNECTIONS:-32}
 GET_ORDERS=${BENCH_GET_ORDERS:-1000}
 BURN_ORDERS=${BENCH_BURNDOWN_ORDERS:-100000}
 METRICS_ORDERS=${BENCH_METRICS_ORDERS:-1000000}
+BULK_ORDERS=${BENCH_BULK_ORDERS:-100000}
 METRICS_SMALL=1000
 METRICS_SECS=${BENCH_METRICS_SECONDS:-3}
 CRITERION_SECS=${BENCH_CRITERION_SECONDS:-5}
@@ -90,8 +93,8 @@ die() {
 # wants PHASE: whether BENCH_PHASES asks for it.
 wants() { [[ $PHASES == all || ,$PHASES, == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
-  [[ $phase =~ ^(all|http|metrics|burndown|steps|cost|migration|criterion)$ ]] ||
-    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, steps, cost, migration, criterion)"
+  [[ $phase =~ ^(all|http|metrics|burndown|steps|cost|migration|bulk|criterion)$ ]] ||
+    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, steps, cost, migration, bulk, criterion)"
 done
 
 for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
@@ -1153,6 +1156,76 @@ if wants migration; then
     "$(printf '%.2f s' "$migrate_secs")" \
     "the same server's start on the migrated database: $(printf '%.2f s' "$plain_secs")" \
     "$(ratio "$migrate_secs" "$plain_secs")" "— (measured)" "—"
+  say "($((SECONDS - phase_started)) s)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Bulk actions: BENCH_BULK_ORDERS FAILED orders (written straight into a database of their own,
+# as a day of failures would leave them) retried by one POST /orders/bulk/retry, then the same
+# orders, PENDING again, cancelled by one POST /orders/bulk/cancel, each timed from the POST to
+# the action's DONE as GET /orders/bulk/{id} reports it, with the longest a page held its
+# orders locked (`longestPageMs`). The server has one worker whose orders take 10 minutes, so
+# that the retried orders stay PENDING for the cancel. The reference: the same number of rows
+# moved by one UPDATE, in one transaction, which locks every row until it commits.
+if wants bulk; then
+  phase_started=$SECONDS
+  step "bulk actions: retry, then cancel, $(commas "$BULK_ORDERS") orders on PostgreSQL"
+  BULK_URL=$(pg_url_with_database "$TEST_DATABASE_URL" order_bulk)
+  bulk_sql() { pg_psql "$BULK_URL" -Atq -c 'SET client_min_messages TO warning' "$@"; }
+  pg_psql "$TEST_DATABASE_URL" -q -c 'DROP DATABASE IF EXISTS order_bulk WITH (FORCE)' \
+    -c 'CREATE DATABASE order_bulk' || die "could not create the database order_bulk"
+  start_server order-server-bulk RUST_LOG=warn WORKERS=1 PROCESSING_DELAY_MS=600000 \
+    DATABASE_URL="$BULK_URL" "$SERVER_BIN"
+  BULK_PID=$SERVER_PID BULK_PORT=$SERVER_PORT
+  bulk_sql -c "INSERT INTO order_engine_orders (user_id, item_ids, total_amount, status, attempts,
+                 last_error, processing_start_time, processing_end_time)
+               SELECT 'user-' || (g % 100), ARRAY['book'], 12.50, 'FAILED', 1, 'declined', now(), now()
+                 FROM generate_series(1, $BULK_ORDERS) g" -c 'VACUUM ANALYZE order_engine_orders' >/dev/null
+  # bulk_run KIND: POSTs the bulk action and waits for its DONE; prints seconds, matched,
+  # acted, skipped and the longest page in milliseconds.
+  bulk_run() {
+    local kind=$1 began answer location action status deadline
+    began=$(date +%s.%N)
+    answer=$(curl -fsS -D "$WORK/bulk-$kind.headers" -H 'content-type: application/json' \
+      -d "{\"limit\": $BULK_ORDERS}" "http://127.0.0.1:$BULK_PORT/orders/bulk/$kind") ||
+      die "POST /orders/bulk/$kind failed"
+    location=$(tr -d '\r' <"$WORK/bulk-$kind.headers" | awk 'tolower($1) == "location:" { print $2 }')
+    [[ -n $location ]] || die "POST /orders/bulk/$kind answered no Location: $answer"
+    deadline=$((SECONDS + 600))
+    for (( ; ; )); do
+      action=$(curl -fsS "http://127.0.0.1:$BULK_PORT$location") || die "GET $location failed"
+      status=$(jq -r .action.status <<<"$action")
+      [[ $status == DONE ]] && break
+      ((SECONDS < deadline)) || die "the bulk $kind was not done within 600 s: $action"
+      sleep 0.1
+    done
+    printf '%s %s %s %s %s\n' "$(calc "$(date +%s.%N) - $began")" "$(jq -r .action.matched <<<"$action")" \
+      "$(jq -r .action.acted <<<"$action")" "$(jq -r .action.skipped <<<"$action")" \
+      "$(jq -r .action.longestPageMs <<<"$action")"
+  }
+  command -v jq >/dev/null 2>&1 || apt_install -qq jq >/dev/null || die "jq is needed (sudo apt-get install jq)"
+  for kind in retry cancel; do
+    read -r secs matched acted skipped longest <<<"$(bulk_run "$kind")"
+    say "bulk $kind: $(commas "$matched") selected, $(commas "$acted") acted on, $skipped skipped, in $(printf '%.2f' "$secs") s; longest page $(ms "$longest")"
+    # The reference: the same rows moved back in one statement, timed by psql.
+    if [[ $kind == retry ]]; then
+      from=PENDING to=FAILED
+    else
+      from=CANCELLED to=PENDING
+    fi
+    ref_ms=$(bulk_sql -c '\timing on' -c "UPDATE order_engine_orders SET status = '$to' WHERE status = '$from'" |
+      sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -n 1)
+    bulk_sql -c "UPDATE order_engine_orders SET status = '$from' WHERE status = '$to'" >/dev/null
+    rate=$(calc "$acted / $secs")
+    # The one worker holds one retried order: the cancel selects the others.
+    row "bulk $kind of $(commas "$matched") orders by one request, POST to DONE (pages of 1,000, one transaction each)" \
+      "$(printf '%.1f s' "$secs") ($(commas "$rate") orders/s); longest lock held $(ms "$longest")" \
+      "one UPDATE of the same rows, every row locked until it commits: $(ms "$ref_ms")" \
+      "$(ratio "$longest" "$ref_ms") (longest lock)" "≤ 60 s; every order acted on" \
+      "$(verdict "$secs <= 60" "$acted == $matched" "$matched >= $BULK_ORDERS - 1")"
+  done
+  stop_server "$BULK_PID"
+  pg_psql "$TEST_DATABASE_URL" -q -c 'DROP DATABASE IF EXISTS order_bulk WITH (FORCE)' || true
   say "($((SECONDS - phase_started)) s)"
 fi
 

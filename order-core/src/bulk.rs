@@ -199,7 +199,7 @@ pub enum BulkStatus {
 }
 
 /// A bulk action as stored: what was asked, what it selected, and how far it has got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -222,6 +222,9 @@ pub struct BulkAction {
     /// How many of them it found no longer in the status it selects (started, cancelled or
     /// retried since), and left alone.
     pub skipped: u64,
+    /// The longest any of its pages held its orders locked, in milliseconds: what the action
+    /// made other writers of those orders wait at most.
+    pub longest_page_ms: f64,
     /// Where it is.
     pub status: BulkStatus,
     /// When it was accepted.
@@ -244,7 +247,7 @@ impl BulkAction {
 }
 
 /// What [`BulkActions::accept`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Acceptance {
     /// A new action, its orders selected now.
@@ -295,6 +298,10 @@ pub trait BulkActions: Send + Sync {
         request: &BulkRequest,
         key: Option<&IdempotencyKey>,
     ) -> Result<Acceptance, StorageError>;
+
+    /// How many orders `request` would select now (at most its limit), without storing
+    /// anything: what a confirmation asks before the action is accepted.
+    async fn preview(&self, request: &BulkRequest) -> Result<u64, StorageError>;
 
     /// The action with this id, or `None`.
     async fn get(&self, id: BulkId) -> Result<Option<BulkAction>, StorageError>;

@@ -39,6 +39,17 @@ pub(crate) struct BulkSelection {
     /// may go.
     #[schema(minimum = 1, maximum = 1_000_000)]
     limit: u32,
+    /// Only count the orders it would select now, and answer `200` with the count: nothing
+    /// is stored or changed. What a confirmation asks first.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// How many orders a bulk request would select now: `{"matched": 120}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BulkPreview {
+    /// The orders it would select, at most its limit.
+    matched: u64,
 }
 
 /// The path of one bulk action.
@@ -91,6 +102,10 @@ async fn accept(
     let mut request = BulkRequest::new(kind, selection.limit);
     if let Some(user) = selection.user_id {
         request = request.user(user);
+    }
+    if selection.dry_run {
+        let matched = processor.bulk_preview(request).await?;
+        return Ok(Json(BulkPreview { matched }).into_response());
     }
     // On its own task, as a create: the selection is stored whole even if the client goes.
     let accepted =
@@ -150,6 +165,7 @@ async fn accept(
     ),
     request_body(content = BulkSelection, description = "Which orders; any other field is refused."),
     responses(
+        (status = 200, description = "With `dryRun`: how many orders it would select now; nothing was stored.", body = BulkPreview),
         (status = 202, description = "The action, accepted: its orders are selected and being cancelled.",
             body = BulkBody,
             headers(
@@ -201,6 +217,7 @@ pub(crate) async fn bulk_cancel(
     ),
     request_body(content = BulkSelection, description = "Which orders; any other field is refused."),
     responses(
+        (status = 200, description = "With `dryRun`: how many orders it would select now; nothing was stored.", body = BulkPreview),
         (status = 202, description = "The action, accepted: its orders are selected and being retried.",
             body = BulkBody,
             headers(

@@ -122,6 +122,7 @@ impl BulkActions for InMemoryBulkActions {
             matched: selected.len() as u64,
             acted: 0,
             skipped: 0,
+            longest_page_ms: 0.0,
             // Nothing selected: nothing to go through.
             status: if selected.is_empty() {
                 BulkStatus::Done
@@ -145,6 +146,10 @@ impl BulkActions for InMemoryBulkActions {
             },
         );
         Ok(Acceptance::Accepted(action))
+    }
+
+    async fn preview(&self, request: &BulkRequest) -> Result<u64, StorageError> {
+        Ok(self.select(request).await?.len() as u64)
     }
 
     async fn get(&self, id: BulkId) -> Result<Option<BulkAction>, StorageError> {
@@ -186,6 +191,7 @@ impl BulkActions for InMemoryBulkActions {
         {
             return Ok(None);
         }
+        let began = Instant::now();
         let end = (entry.done + PAGE).min(entry.selected.len());
         let mut changed = Vec::new();
         let mut skipped = 0;
@@ -217,6 +223,9 @@ impl BulkActions for InMemoryBulkActions {
         let action = &mut entry.action;
         action.acted += changed.len() as u64;
         action.skipped += skipped;
+        action.longest_page_ms = action
+            .longest_page_ms
+            .max(began.elapsed().as_secs_f64() * 1000.0);
         action.updated_at = now().max(action.updated_at);
         if entry.done == entry.selected.len() {
             action.status = BulkStatus::Done;

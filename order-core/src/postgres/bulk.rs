@@ -80,6 +80,13 @@ fn action_row(row: &QueryResult) -> Result<BulkAction, StorageError> {
         matched: count("matched")?,
         acted: count("acted")?,
         skipped: count("skipped")?,
+        longest_page_ms: {
+            let micros: i64 = row.try_get("", "longest_page_micros").map_err(read)?;
+            // Microseconds to milliseconds: exact well past any page's length.
+            #[allow(clippy::cast_precision_loss)]
+            let ms = micros as f64 / 1000.0;
+            ms
+        },
         status: if finished_at.is_some() {
             BulkStatus::Done
         } else {
@@ -190,6 +197,36 @@ impl BulkActions for PostgresBulkActions {
         Ok(Acceptance::Accepted(action))
     }
 
+    async fn preview(&self, request: &BulkRequest) -> Result<u64, StorageError> {
+        let mut values: Vec<Value> = vec![i64::from(request.limit).into()];
+        let user = match &request.user_id {
+            Some(user) => {
+                values.push(user.clone().into());
+                " AND user_id = $2"
+            }
+            None => "",
+        };
+        let row = self
+            .db
+            .query_one_raw(statement(
+                &format!(
+                    "SELECT count(*) AS matched FROM (
+                         SELECT 1 FROM order_engine_orders
+                          WHERE status = '{}'{user} ORDER BY id LIMIT $1) s",
+                    request.kind.selects().as_str()
+                ),
+                values,
+            ))
+            .await
+            .map_err(|err| storage_error("could not count the orders selected", err))?;
+        let matched: i64 = row
+            .map(|row| row.try_get("", "matched"))
+            .transpose()
+            .map_err(|err| storage_error("could not count the orders selected", err))?
+            .unwrap_or(0);
+        Ok(u64::try_from(matched).unwrap_or(0))
+    }
+
     async fn get(&self, id: BulkId) -> Result<Option<BulkAction>, StorageError> {
         let row = self
             .db
@@ -282,7 +319,10 @@ impl BulkActions for PostgresBulkActions {
                     SET acted = acted + $2, skipped = skipped + $3,
                         last_order_id = greatest(last_order_id, $4),
                         lease_until = now() + $5 * interval '1 microsecond',
-                        updated_at = now(), finished_at = CASE WHEN $6 THEN now() END
+                        updated_at = now(), finished_at = CASE WHEN $6 THEN now() END,
+                        -- From the page's first lock (its transaction's start) to here.
+                        longest_page_micros = greatest(longest_page_micros,
+                            (extract(epoch FROM clock_timestamp() - now()) * 1000000)::bigint)
                   WHERE id = $1 RETURNING *",
                 vec![
                     id.as_uuid().into(),

@@ -27,7 +27,7 @@ const BULK_POLL: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What [`OrderProcessor::bulk`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BulkAccepted {
     /// The action, as accepted or as it is now.
     pub action: BulkAction,
@@ -95,6 +95,13 @@ impl OrderProcessor {
                 action: action.id,
             }),
         }
+    }
+
+    /// How many orders `request` would select now (at most its limit), storing nothing: what
+    /// to show in a confirmation before [`bulk`](Self::bulk).
+    pub async fn bulk_preview(&self, request: BulkRequest) -> Result<u64, BulkError> {
+        let request = request.validate()?;
+        Ok(self.engine.bulk.preview(&request).await?)
     }
 
     /// The bulk action with this id, as far as it has got; `None` if there is none.

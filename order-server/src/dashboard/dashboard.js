@@ -776,6 +776,106 @@
     }
   });
 
+  // ---- Bulk actions on the filtered orders ----------------------------------------------
+
+  // The most orders one bulk action from the page acts on, the oldest first.
+  const BULK_LIMIT = 100000;
+  const BULK = {
+    retry: { status: 'FAILED', verb: 'Retry', done: 'retried', path: '/orders/bulk/retry' },
+    cancel: { status: 'PENDING', verb: 'Cancel', done: 'cancelled', path: '/orders/bulk/cancel' },
+  };
+  // The request the open dialog would send, and whether one is in flight.
+  let bulkAsked = null;
+
+  function bulkButtons() {
+    const status = $('filter-status').value;
+    $('bulk-retry').hidden = !(status === '' || status === 'FAILED');
+    $('bulk-cancel').hidden = !(status === '' || status === 'PENDING');
+  }
+
+  function bulkBody(extra = {}) {
+    const body = { limit: BULK_LIMIT, ...extra };
+    const user = $('filter-user').value.trim();
+    if (user) body.userId = user;
+    return body;
+  }
+
+  async function openBulk(kind) {
+    const what = BULK[kind];
+    const dialog = $('bulk');
+    const user = $('filter-user').value.trim();
+    const whose = user ? ` of user ${user}` : '';
+    setText($('bulk-h'), `${what.verb} all ${what.status.toLowerCase()} orders${whose}`);
+    setText($('bulk-text'), 'Counting…');
+    setText($('bulk-progress'), '');
+    $('bulk-progress').className = 'message';
+    const confirm = $('bulk-confirm');
+    confirm.hidden = true;
+    confirm.disabled = false;
+    bulkAsked = null;
+    if (!dialog.open) dialog.showModal();
+    try {
+      const body = bulkBody({ dryRun: true });
+      const { matched } = await apiJson(what.path, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+      });
+      if (matched === 0) {
+        setText($('bulk-text'), `No ${what.status.toLowerCase()} orders${whose} match.`);
+        return;
+      }
+      const oldest = matched >= BULK_LIMIT ? ` (the oldest ${BULK_LIMIT.toLocaleString()})` : '';
+      setText($('bulk-text'), `${what.verb} ${plural(matched, `${what.status.toLowerCase()} order`).replace(/^\d+/, matched.toLocaleString())}${whose}${oldest}? Orders that change before their turn are left alone.`);
+      setText(confirm, `${what.verb} ${matched.toLocaleString()}`);
+      confirm.hidden = false;
+      // One key per confirmation: a resend of this request answers the same action.
+      bulkAsked = { what, body: bulkBody(), key: `dashboard-${Date.now()}-${Math.random().toString(36).slice(2)}` };
+    } catch (error) {
+      setText($('bulk-text'), error.message);
+    }
+  }
+
+  async function runBulk() {
+    const asked = bulkAsked;
+    if (!asked) return;
+    const confirm = $('bulk-confirm');
+    confirm.disabled = true;
+    const progress = $('bulk-progress');
+    try {
+      const response = await api(asked.what.path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': asked.key },
+        body: JSON.stringify(asked.body),
+      });
+      if (!response.ok) throw await errorOf(response);
+      let { action } = await response.json();
+      confirm.hidden = true;
+      $('bulk-close').focus();
+      const say = () => setText(progress, action.status === 'DONE'
+        ? `Done: ${action.acted.toLocaleString()} ${asked.what.done}, ${action.skipped.toLocaleString()} left alone (they had changed).`
+        : `${asked.what.verb}: ${(action.acted + action.skipped).toLocaleString()} of ${action.matched.toLocaleString()} gone through…`);
+      say();
+      const location = response.headers.get('location') || `/orders/bulk/${action.id}`;
+      while (action.status !== 'DONE' && $('bulk').open && bulkAsked === asked) {
+        await sleep(500);
+        action = (await apiJson(location.replace(/^.*\/orders\/bulk\//, '/orders/bulk/'))).action;
+        say();
+      }
+      refreshTable();
+    } catch (error) {
+      progress.className = 'message error';
+      setText(progress, error.message);
+      confirm.disabled = false;
+    }
+  }
+
+  $('bulk-retry').addEventListener('click', () => openBulk('retry'));
+  $('bulk-cancel').addEventListener('click', () => openBulk('cancel'));
+  $('bulk-confirm').addEventListener('click', runBulk);
+  $('bulk-close').addEventListener('click', () => $('bulk').close());
+  $('bulk').addEventListener('close', () => { bulkAsked = null; });
+  $('filter-status').addEventListener('change', bulkButtons);
+  bulkButtons();
+
   followMetrics();
   refreshTable();
 })();

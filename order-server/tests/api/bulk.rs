@@ -68,6 +68,15 @@ async fn a_bulk_cancel_cancels_the_pending_orders_that_matched() {
         }
     }
 
+    // A dry run counts what it would select, and stores nothing.
+    let preview = post_json(
+        &app,
+        "/orders/bulk/cancel",
+        r#"{"userId": "ann", "limit": 10, "dryRun": true}"#,
+    )
+    .await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    assert_eq!(preview.body, json!({"matched": 10}));
     let accepted = post_json(
         &app,
         "/orders/bulk/cancel",
@@ -112,6 +121,7 @@ async fn a_bulk_cancel_cancels_the_pending_orders_that_matched() {
     assert_eq!(acted + skipped, 10, "{done}");
     assert!(skipped <= 1, "{done}");
     assert!(done["finishedAt"].is_string());
+    assert!(done["longestPageMs"].as_f64().unwrap() >= 0.0, "{done}");
     let mut cancelled = 0;
     for id in &ann {
         let status = get(&app, &format!("/orders/{id}")).await.body["order"]["status"].clone();

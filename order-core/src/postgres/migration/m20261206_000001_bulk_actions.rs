@@ -3,7 +3,8 @@
 //! - `order_engine_bulk_actions`: one row per action, with its request (`kind`, `user_id`,
 //!   `max_orders`), its idempotency key (unique, when given) and the request's fingerprint,
 //!   its counts (`matched`, `acted`, `skipped`), its place (`last_order_id`, the last order a
-//!   page went through) and who holds it (`claim_token` until `lease_until`). A partial index
+//!   page went through), the longest a page held its orders locked (`longest_page_micros`),
+//!   and who holds it (`claim_token` until `lease_until`). A partial index
 //!   finds the unfinished ones.
 //! - `order_engine_bulk_items`: the selected order ids, keyed by action and order, so that a
 //!   page reads the next ids after its place from the primary key. A finished action's ids are
@@ -34,6 +35,7 @@ CREATE TABLE order_engine_bulk_actions (
     acted bigint NOT NULL DEFAULT 0,
     skipped bigint NOT NULL DEFAULT 0,
     last_order_id bigint NOT NULL DEFAULT 0,
+    longest_page_micros bigint NOT NULL DEFAULT 0,
     claim_token uuid,
     lease_until timestamptz,
     accepted_at timestamptz NOT NULL DEFAULT now(),
