@@ -187,6 +187,26 @@ impl BulkRequest {
     }
 }
 
+/// Why [`OrderProcessor::bulk`](crate::OrderProcessor::bulk) did not accept a bulk action.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BulkError {
+    /// The request breaks a rule (its limit, its user id).
+    #[error(transparent)]
+    Invalid(#[from] crate::ValidationError),
+    /// The idempotency key was used before for another bulk request.
+    #[error("idempotency key {key:?} was already used for another bulk action ({action})")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The action it names.
+        action: BulkId,
+    },
+    /// The storage failed; the action may or may not have been accepted.
+    #[error("could not accept the bulk action")]
+    Storage(#[from] StorageError),
+}
+
 /// Whether a bulk action still has orders to go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -105,26 +105,6 @@ impl From<TransitionError> for CancelError {
     }
 }
 
-/// Why [`OrderProcessor::bulk`](crate::OrderProcessor::bulk) did not accept a bulk action.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BulkError {
-    /// The request breaks a rule (its limit, its user id).
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-    /// The idempotency key was used before for another bulk request.
-    #[error("idempotency key {key:?} was already used for another bulk action ({action})")]
-    KeyReused {
-        /// The key.
-        key: String,
-        /// The action it names.
-        action: crate::bulk::BulkId,
-    },
-    /// The storage failed; the action may or may not have been accepted.
-    #[error("could not accept the bulk action")]
-    Storage(#[from] StorageError),
-}
-
 /// Why [`OrderProcessor::retry`](crate::OrderProcessor::retry) did not retry.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -130,8 +130,9 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use bulk::BulkError;
 pub use chrono;
-pub use error::{BulkError, CancelError, RetryError, StorageError, SubmitError};
+pub use error::{CancelError, RetryError, StorageError, SubmitError};
 #[cfg(any(test, feature = "mock"))]
 pub use handler::MockOrderHandler;
 pub use handler::{HandlerError, OrderHandler};

@@ -195,6 +195,27 @@ pub fn sample_order(user: &str, items: usize) -> ValidatedOrder {
     .expect("the sample order is valid")
 }
 
+/// Stores a new order of `user`, starts it and fails it with `error`; returns it FAILED.
+async fn failed_order<R: crate::backend::Repository + ?Sized>(
+    repository: &R,
+    user: &str,
+    error: &str,
+) -> crate::Order {
+    use crate::backend::Transition;
+    let order = repository.insert(&sample_order(user, 1)).await.unwrap();
+    let claim = crate::queue::ClaimToken::generate();
+    repository
+        .transition(order.id, Transition::Start { claim, lease: LONG })
+        .await
+        .unwrap();
+    let fail = Transition::Fail {
+        claim,
+        error: error.to_owned(),
+        steps: None,
+    };
+    repository.transition(order.id, fail).await.unwrap()
+}
+
 async fn sleep(duration: Duration) {
     tokio::time::sleep(duration).await;
 }

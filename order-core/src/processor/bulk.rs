@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{Engine, OrderProcessor};
-use crate::bulk::{Acceptance, BulkAction, BulkId, BulkRequest, BulkStatus};
-use crate::error::{BulkError, StorageError};
+use crate::bulk::{Acceptance, BulkAction, BulkError, BulkId, BulkRequest, BulkStatus};
+use crate::error::StorageError;
 use crate::idempotency::IdempotencyKey;
 use crate::order::OrderStatus;
 use crate::queue::ClaimToken;

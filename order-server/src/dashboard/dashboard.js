@@ -728,52 +728,42 @@
     watching = null;
   });
   $('detail-close').addEventListener('click', () => $('detail').close());
-  $('detail-cancel').addEventListener('click', async () => {
-    const id = shownId;
-    const button = $('detail-cancel');
-    button.disabled = true;
-    try {
-      const response = await api(`/orders/${id}/cancel`, { method: 'POST' });
-      if (!response.ok) throw await errorOf(response);
-      const body = await response.json();
-      if (shownId === id) {
-        // 202: the order is PROCESSING in steps; it ends CANCELLED once they are undone.
-        const requested = response.status === 202;
-        say(requested ? 'Cancel requested: the running step finishes, then the finished steps are compensated and the order ends CANCELLED.' : 'Cancelled.');
-        cancelAsked = requested ? id : null;
-        showDetail(body.order);
+  // An action on the order shown: POSTs `/orders/{id}/{action}` with its button disabled,
+  // then `done(response, body)` if the dialog still shows that order; errors are said there.
+  function orderAction(buttonId, action, done) {
+    const button = $(buttonId);
+    button.addEventListener('click', async () => {
+      const id = shownId;
+      button.disabled = true;
+      try {
+        const response = await api(`/orders/${id}/${action}`, { method: 'POST' });
+        if (!response.ok) throw await errorOf(response);
+        const body = await response.json();
+        if (shownId === id) done(response, body, id);
+        refreshTable();
+      } catch (error) {
+        if (shownId === id) say(error.message, true);
+      } finally {
+        button.disabled = false;
+        // The button hides once the action no longer applies: focus stays in the dialog.
+        if (button.hidden && $('detail').open) $('detail-close').focus();
       }
-      refreshTable();
-    } catch (error) {
-      if (shownId === id) say(error.message, true);
-    } finally {
-      button.disabled = false;
-      // The button hides once the order can no longer be cancelled: focus stays in the dialog.
-      if (button.hidden && $('detail').open) $('detail-close').focus();
-    }
+    });
+  }
+
+  orderAction('detail-cancel', 'cancel', (response, body, id) => {
+    // 202: the order is PROCESSING in steps; it ends CANCELLED once they are undone.
+    const requested = response.status === 202;
+    say(requested ? 'Cancel requested: the running step finishes, then the finished steps are compensated and the order ends CANCELLED.' : 'Cancelled.');
+    cancelAsked = requested ? id : null;
+    showDetail(body.order);
   });
 
-  $('detail-retry').addEventListener('click', async () => {
-    const id = shownId;
-    const button = $('detail-retry');
-    button.disabled = true;
-    try {
-      const response = await api(`/orders/${id}/retry`, { method: 'POST' });
-      if (!response.ok) throw await errorOf(response);
-      const body = await response.json();
-      if (shownId === id) {
-        say('Retried: the order is PENDING again; its failure is kept below.');
-        showDetail(body.order);
-        // The stream ended at FAILED: follow the order's new run.
-        follow(id);
-      }
-      refreshTable();
-    } catch (error) {
-      if (shownId === id) say(error.message, true);
-    } finally {
-      button.disabled = false;
-      if (button.hidden && $('detail').open) $('detail-close').focus();
-    }
+  orderAction('detail-retry', 'retry', (_response, body, id) => {
+    say('Retried: the order is PENDING again; its failure is kept below.');
+    showDetail(body.order);
+    // The stream ended at FAILED: follow the order's new run.
+    follow(id);
   });
 
   // ---- Bulk actions on the filtered orders ----------------------------------------------

@@ -4,9 +4,9 @@
 use crate::backend::{Backend, BulkActions, Repository, Transition};
 use crate::bulk::{Acceptance, BulkAction, BulkKind, BulkRequest, BulkStatus, PAGE};
 use crate::idempotency::IdempotencyKey;
-use crate::order::{Order, OrderId, OrderStatus};
+use crate::order::{OrderId, OrderStatus};
 use crate::queue::ClaimToken;
-use crate::testing::{LONG, SHORT, race, sample_order, sleep};
+use crate::testing::{LONG, SHORT, failed_order, race, sample_order, sleep};
 use std::sync::Arc;
 
 fn bulk<B: Backend + ?Sized>(backend: &B) -> Arc<dyn BulkActions> {
@@ -30,22 +30,6 @@ async fn start(repository: &dyn Repository, id: OrderId) -> ClaimToken {
         .await
         .unwrap();
     claim
-}
-
-async fn failed(repository: &dyn Repository, user: &str) -> Order {
-    let order = repository.insert(&sample_order(user, 1)).await.unwrap();
-    let claim = start(repository, order.id).await;
-    repository
-        .transition(
-            order.id,
-            Transition::Fail {
-                claim,
-                error: "declined".to_owned(),
-                steps: None,
-            },
-        )
-        .await
-        .unwrap()
 }
 
 async fn status(repository: &dyn Repository, id: OrderId) -> OrderStatus {
@@ -122,7 +106,7 @@ pub async fn a_bulk_retry_requeues_the_failed_orders<B: Backend + ?Sized>(backen
     let store = bulk(&*backend);
     let mut orders = Vec::new();
     for _ in 0..3 {
-        orders.push(failed(&*repository, "ann").await);
+        orders.push(failed_order(&*repository, "ann", "declined").await);
     }
     let action = accepted(&*store, BulkRequest::new(BulkKind::Retry, 10)).await;
     assert_eq!(action.matched, 3);

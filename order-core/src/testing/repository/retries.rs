@@ -6,7 +6,7 @@ use super::{conflict, insert, started};
 use crate::order::{FailureRecord, Order, OrderId, OrderStatus};
 use crate::repository::{Repository, Transition};
 use crate::step::{StepOutput, StepRecord, StepStatus};
-use crate::testing::{LONG, race, sample_order};
+use crate::testing::{failed_order, race};
 
 /// Starts `id` and fails it with `error`, its steps `steps`; returns the failed order.
 async fn failed(
@@ -158,24 +158,7 @@ where
     const ROUNDS: usize = 20;
     let mut orders = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
-        let order = repos[0].insert(&sample_order("user-1", 1)).await.unwrap();
-        let claim = crate::queue::ClaimToken::generate();
-        repos[0]
-            .transition(order.id, Transition::Start { claim, lease: LONG })
-            .await
-            .unwrap();
-        let failed = repos[0]
-            .transition(
-                order.id,
-                Transition::Fail {
-                    claim,
-                    error: "declined".to_owned(),
-                    steps: None,
-                },
-            )
-            .await
-            .unwrap();
-        orders.push(failed);
+        orders.push(failed_order(&*repos[0], "user-1", "declined").await);
     }
     let orders = Arc::new(orders);
     let rounds = race(
