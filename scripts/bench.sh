@@ -1213,9 +1213,13 @@ if wants bulk; then
     else
       from=CANCELLED to=PENDING
     fi
-    ref_ms=$(bulk_sql -c '\timing on' -c "UPDATE order_engine_orders SET status = '$to' WHERE status = '$from'" |
+    # (An unfinished order must be due: one made PENDING gets a due time.)
+    move="available_at = coalesce(available_at, now())"
+    ref_ms=$(bulk_sql -c '\timing on' -c "UPDATE order_engine_orders SET status = '$to', $move WHERE status = '$from'" |
       sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -n 1)
-    bulk_sql -c "UPDATE order_engine_orders SET status = '$from' WHERE status = '$to'" >/dev/null
+    # Back as the bulk action left them, and vacuumed: the next run meets no dead rows of this one.
+    bulk_sql -c "UPDATE order_engine_orders SET status = '$from', $move WHERE status = '$to'" \
+      -c 'VACUUM ANALYZE order_engine_orders' >/dev/null
     rate=$(calc "$acted / $secs")
     # The one worker holds one retried order: the cancel selects the others.
     row "bulk $kind of $(commas "$matched") orders by one request, POST to DONE (pages of 1,000, one transaction each)" \

@@ -288,6 +288,12 @@ impl Order {
     }
 }
 
+/// What a user or item id (`NewOrder::validate`) accepts, as a pattern: no NUL, and at least one
+/// character that is not whitespace as Rust's `char::is_whitespace` has it (Unicode's
+/// `White_Space`), listed rather than written `\s`, whose meaning varies between regex
+/// engines (Python's takes U+001C to U+001F, ECMAScript's U+FEFF).
+pub const ID_PATTERN: &str = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+
 /// The most items one order may hold.
 pub const MAX_ITEMS: usize = 1000;
 /// The longest user id or item id, in characters.

@@ -6,6 +6,7 @@ use axum::extract::{Extension, OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_core::bulk::{BulkAction, BulkId, BulkKind, BulkRequest};
+use order_core::order::{ID_PATTERN, MAX_ID_CHARS};
 use order_core::{BulkError, OrderProcessor, OrderStatus};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -31,9 +32,10 @@ pub(crate) struct BulkSelection {
     /// takes (`PENDING` to cancel, `FAILED` to retry), and the one assumed when left out.
     #[serde(default)]
     status: Option<OrderStatus>,
-    /// Only this user's orders, as the listing's `userId`.
+    /// Only this user's orders, as the listing's `userId`: 1 to 128 characters, not all
+    /// whitespace, none of them NUL (as an order's).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(schema_with = user_filter)]
     user_id: Option<String>,
     /// At most this many orders, the oldest first. Required: a bulk action says how far it
     /// may go.
@@ -50,6 +52,22 @@ pub(crate) struct BulkSelection {
 pub(crate) struct BulkPreview {
     /// The orders it would select, at most its limit.
     matched: u64,
+}
+
+/// The schema of a bulk request's `userId`: an order's user id, by the same rule.
+fn user_filter() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "Only this user's orders, as the listing's `userId`: 1 to 128 characters, not all \
+             whitespace, none of them NUL.",
+        ))
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_CHARS))
+        .pattern(Some(ID_PATTERN))
+        .examples(["user-123"])
+        .build()
 }
 
 /// The path of one bulk action.

@@ -5,13 +5,7 @@
 use rust_decimal::Decimal;
 use utoipa::openapi::schema::{Array, ArrayBuilder, Object, ObjectBuilder, Type};
 
-use super::{MAX_AMOUNT_SCALE, MAX_ID_CHARS, MAX_ITEMS, MAX_TOTAL_AMOUNT};
-
-/// What [`check_id`](super::check_id) accepts, as a pattern: no NUL, and at least one
-/// character that is not whitespace as Rust's `char::is_whitespace` has it (Unicode's
-/// `White_Space`), listed rather than written `\s`, whose meaning varies between regex
-/// engines (Python's takes U+001C to U+001F, ECMAScript's U+FEFF).
-const ID_PATTERN: &str = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+use super::{ID_PATTERN, MAX_AMOUNT_SCALE, MAX_ID_CHARS, MAX_ITEMS, MAX_TOTAL_AMOUNT};
 
 /// A user or item id: 1 to `MAX_ID_CHARS` characters, not all whitespace, no NUL.
 fn id(description: &str, example: &str) -> Object {
