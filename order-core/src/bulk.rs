@@ -195,7 +195,9 @@ pub enum BulkError {
     #[error(transparent)]
     Invalid(#[from] crate::ValidationError),
     /// The idempotency key was used before for another bulk request.
-    #[error("idempotency key {key:?} was already used for another bulk action ({action})")]
+    #[error(
+        "idempotency key {key:?} was already used for a different bulk request (action {action})"
+    )]
     KeyReused {
         /// The key.
         key: String,

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_core::bulk::{BulkAction, BulkId, BulkKind, BulkRequest};
 use order_core::order::{ID_PATTERN, MAX_ID_CHARS};
-use order_core::{BulkError, OrderProcessor, OrderStatus};
+use order_core::{BulkError, OrderProcessor};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -23,15 +23,12 @@ pub(crate) struct BulkBody {
     action: BulkAction,
 }
 
-/// Which orders a bulk action selects: the listing's filters and a limit.
+/// Which orders a bulk action selects, besides the status its route names (PENDING to cancel,
+/// FAILED to retry): the listing's user filter and a limit.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"userId": "user-123", "limit": 1000}))]
 pub(crate) struct BulkSelection {
-    /// The status of the orders selected, as the listing's `status`: the only one the action
-    /// takes (`PENDING` to cancel, `FAILED` to retry), and the one assumed when left out.
-    #[serde(default)]
-    status: Option<OrderStatus>,
     /// Only this user's orders, as the listing's `userId`: 1 to 128 characters, not all
     /// whitespace, none of them NUL (as an order's).
     #[serde(default)]
@@ -40,11 +37,32 @@ pub(crate) struct BulkSelection {
     /// At most this many orders, the oldest first. Required: a bulk action says how far it
     /// may go.
     #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     limit: u32,
     /// Only count the orders it would select now, and answer `200` with the count: nothing
     /// is stored or changed. What a confirmation asks first.
     #[serde(default)]
     dry_run: bool,
+}
+
+/// A JSON integer as JSON Schema has one: `113` or `113.0` (a number with no fraction), in
+/// `u32`'s range; the range the document states is checked with the rest of the request.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
+            // Checked above: a whole number within u32's range converts exactly.
+            .map(|n| {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let n = n as u64;
+                n
+            })
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {number}")))
 }
 
 /// How many orders a bulk request would select now: `{"matched": 120}`.
@@ -101,18 +119,6 @@ async fn accept(
     headers: &HeaderMap,
     selection: BulkSelection,
 ) -> Result<Response, ApiError> {
-    if let Some(status) = selection.status
-        && status != kind.selects()
-    {
-        return Err(ApiError::Invalid(order_core::ValidationError::new(
-            "status",
-            format!(
-                "a bulk {} acts on {} orders only",
-                kind.as_str().to_ascii_lowercase(),
-                kind.selects()
-            ),
-        )));
-    }
     let scope = caller
         .map(|Extension(caller)| caller.scope)
         .unwrap_or_default();
@@ -193,7 +199,7 @@ async fn accept(
         (status = 400, description = "The body is not JSON, or the Idempotency-Key is not a valid key or is given twice.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The content type is not `application/json`.", body = ErrorBody),
-        (status = 422, description = "JSON of the wrong shape, a limit out of range, a status other than PENDING, or an Idempotency-Key already used for another request.", body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape, a limit out of range, or an Idempotency-Key already used for another request.", body = ErrorBody),
         (status = 500, response = InternalError),
         (status = 503, response = Unavailable),
     ),
@@ -245,7 +251,7 @@ pub(crate) async fn bulk_cancel(
         (status = 400, description = "The body is not JSON, or the Idempotency-Key is not a valid key or is given twice.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The content type is not `application/json`.", body = ErrorBody),
-        (status = 422, description = "JSON of the wrong shape, a limit out of range, a status other than FAILED, or an Idempotency-Key already used for another request.", body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape, a limit out of range, or an Idempotency-Key already used for another request.", body = ErrorBody),
         (status = 500, response = InternalError),
         (status = 503, response = Unavailable),
     ),
