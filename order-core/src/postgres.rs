@@ -1119,7 +1119,7 @@ mod repository_contract {
 mod backend_repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let pool = db.connection().clone();
+        let pool = db.pool().clone();
         crate::testing::Shared::new(
             move || {
                 std::sync::Arc::new(super::PostgresRepository::announcing(

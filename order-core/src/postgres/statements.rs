@@ -111,6 +111,171 @@ impl PostgresPool {
     }
 }
 
+/// Through a real PgBouncer in transaction mode with two server connections, shared by many
+/// more clients.
+#[cfg(test)]
+mod through_pgbouncer {
+    use std::time::Duration;
+
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+
+    use crate::postgres::{PoolMode, PoolOptions, connect};
+    use crate::testing::{PgBouncer, PgBouncerSettings, TestDatabase};
+
+    const CLIENTS: usize = 12;
+    const ROUNDS: i64 = 40;
+
+    fn bouncer(db: &TestDatabase) -> Option<PgBouncer> {
+        PgBouncer::start_or_skip(db.url(), &PgBouncerSettings::default().default_pool_size(2))
+    }
+
+    /// `SELECT $1 + 1` from many clients at once: how many answers were right, and the errors.
+    async fn sums(
+        run: impl Fn(i64) -> futures::future::BoxFuture<'static, Result<i64, String>>,
+    ) -> (usize, Vec<String>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..CLIENTS as i64 {
+            let rounds: Vec<_> = (0..ROUNDS)
+                .map(|round| run(client * 1000 + round))
+                .collect();
+            tasks.spawn(async move {
+                let mut outcomes = Vec::new();
+                for (round, sum) in (0..ROUNDS).zip(rounds) {
+                    outcomes.push(sum.await.map(|sum| sum == client * 1000 + round + 1));
+                }
+                outcomes
+            });
+        }
+        let (mut right, mut errors) = (0, Vec::new());
+        while let Some(outcomes) = tasks.join_next().await {
+            for outcome in outcomes.unwrap() {
+                match outcome {
+                    Ok(true) => right += 1,
+                    Ok(false) => errors.push("a wrong answer".to_owned()),
+                    Err(err) => errors.push(err),
+                }
+            }
+        }
+        (right, errors)
+    }
+
+    fn sum_statement(n: i64) -> Statement {
+        Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT $1::bigint + 1 AS n",
+            [n.into()],
+        )
+    }
+
+    /// The driver alone, its statement cache on, as a session pool would send them: the
+    /// statements prepared on one server connection are executed on another. (The startup
+    /// `statement_timeout` is left out: PgBouncer would refuse the connection.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_as_the_driver_sends_them_fail_behind_the_pooler() {
+        let db = TestDatabase::create().await;
+        let Some(bouncer) = bouncer(&db) else { return };
+        let mut options = ConnectOptions::new(bouncer.url(db.url()));
+        options.max_connections(CLIENTS as u32).sqlx_logging(false);
+        let raw = Database::connect(options).await.unwrap();
+        let (right, errors) = sums(|n| {
+            let raw = raw.clone();
+            Box::pin(async move {
+                let row = raw
+                    .query_one_raw(sum_statement(n))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                row.unwrap()
+                    .try_get::<i64>("", "n")
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .await;
+        assert!(
+            errors.iter().any(|err| err.contains("prepared statement")),
+            "{right} right, errors: {errors:?}"
+        );
+    }
+
+    /// Fails without the transaction around each statement (the `Bind` reaches another server
+    /// connection than its `Parse`) and without `DEALLOCATE ALL` (a statement name already
+    /// taken on the server connection).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_transaction_mode_every_statement_reaches_one_server_connection_whole() {
+        let db = TestDatabase::create().await;
+        let Some(bouncer) = bouncer(&db) else { return };
+        let options = PoolOptions::default()
+            .pool_mode(PoolMode::Transaction)
+            .max_connections(CLIENTS as u32);
+        let pool = connect(&bouncer.url(db.url()), &options).await.unwrap();
+        let (right, errors) = sums(|n| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let row = pool
+                    .query_one(sum_statement(n))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                row.unwrap()
+                    .try_get::<i64>("", "n")
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .await;
+        assert_eq!(
+            (right, errors),
+            (CLIENTS * ROUNDS as usize, Vec::<String>::new())
+        );
+        // The driver's own decoding of rows, as the repository reads orders.
+        let rows = pool
+            .fetch_all(sea_orm::sqlx::query("SELECT $1::bigint AS n").bind(7_i64))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_transaction_mode_a_slow_statement_is_cut_off_and_the_timeout_stays_with_it() {
+        let db = TestDatabase::create().await;
+        let Some(bouncer) = bouncer(&db) else { return };
+        let options = PoolOptions::default()
+            .pool_mode(PoolMode::Transaction)
+            .statement_timeout(Duration::from_millis(300));
+        let pool = connect(&bouncer.url(db.url()), &options).await.unwrap();
+        let began = std::time::Instant::now();
+        let err = pool
+            .execute(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_sleep(5)",
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("statement timeout"), "{err}");
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            began.elapsed()
+        );
+        let shown = |row: Option<sea_orm::QueryResult>| -> String {
+            row.unwrap().try_get("", "statement_timeout").unwrap()
+        };
+        let show = || Statement::from_string(DbBackend::Postgres, "SHOW statement_timeout");
+        assert_eq!(shown(pool.query_one(show()).await.unwrap()), "300ms");
+        // Another client of the same server connections (there are two) sees the server's
+        // default, not ours: the timeout was set for our transaction only.
+        let mut options = ConnectOptions::new(bouncer.url(db.url()));
+        options.max_connections(1).sqlx_logging(false);
+        let other = Database::connect(options).await.unwrap();
+        let mut seen = 0;
+        for _ in 0..6 {
+            // The other client's own named statement may miss on another server connection.
+            if let Ok(row) = other.query_one_raw(show()).await {
+                assert_eq!(shown(row), "0");
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "the other client never got an answer");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
