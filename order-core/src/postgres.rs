@@ -24,7 +24,10 @@
 //!   are recorded in `order_engine_migrations`, so they live beside an embedding service's own
 //!   migrations in the same database.
 //! - [`PostgresPool`] is the connection pool they share, opened by [`connect`]: no driver type
-//!   appears in this module's API.
+//!   appears in this module's API. Behind PgBouncer in transaction mode, set
+//!   [`PoolMode::Transaction`] (every statement whole, its timeout kept to it) and give `LISTEN`
+//!   a direct connection with [`PoolOptions::listen_url`]; a `NOTIFY` round trip tells whether
+//!   notifications arrive, and the backend polls while they do not ([`NotificationMode`]).
 //!
 //! ```no_run
 //! use order_core::postgres::{PoolOptions, PostgresBackend};

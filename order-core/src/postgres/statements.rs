@@ -122,8 +122,8 @@ mod through_pgbouncer {
     use crate::postgres::{PoolMode, PoolOptions, connect};
     use crate::testing::{PgBouncer, PgBouncerSettings, TestDatabase};
 
-    const CLIENTS: usize = 12;
-    const ROUNDS: i64 = 40;
+    const CLIENTS: u32 = 12;
+    const ROUNDS: u32 = 40;
 
     fn bouncer(db: &TestDatabase) -> Option<PgBouncer> {
         PgBouncer::start_or_skip(db.url(), &PgBouncerSettings::default().default_pool_size(2))
@@ -134,13 +134,13 @@ mod through_pgbouncer {
         run: impl Fn(i64) -> futures::future::BoxFuture<'static, Result<i64, String>>,
     ) -> (usize, Vec<String>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for client in 0..CLIENTS as i64 {
-            let rounds: Vec<_> = (0..ROUNDS)
+        for client in 0..i64::from(CLIENTS) {
+            let rounds: Vec<_> = (0..i64::from(ROUNDS))
                 .map(|round| run(client * 1000 + round))
                 .collect();
             tasks.spawn(async move {
                 let mut outcomes = Vec::new();
-                for (round, sum) in (0..ROUNDS).zip(rounds) {
+                for (round, sum) in (0_i64..).zip(rounds) {
                     outcomes.push(sum.await.map(|sum| sum == client * 1000 + round + 1));
                 }
                 outcomes
@@ -175,7 +175,7 @@ mod through_pgbouncer {
         let db = TestDatabase::create().await;
         let Some(bouncer) = bouncer(&db) else { return };
         let mut options = ConnectOptions::new(bouncer.url(db.url()));
-        options.max_connections(CLIENTS as u32).sqlx_logging(false);
+        options.max_connections(CLIENTS).sqlx_logging(false);
         let raw = Database::connect(options).await.unwrap();
         let (right, errors) = sums(|n| {
             let raw = raw.clone();
@@ -205,7 +205,7 @@ mod through_pgbouncer {
         let Some(bouncer) = bouncer(&db) else { return };
         let options = PoolOptions::default()
             .pool_mode(PoolMode::Transaction)
-            .max_connections(CLIENTS as u32);
+            .max_connections(CLIENTS);
         let pool = connect(&bouncer.url(db.url()), &options).await.unwrap();
         let (right, errors) = sums(|n| {
             let pool = pool.clone();
@@ -222,7 +222,10 @@ mod through_pgbouncer {
         .await;
         assert_eq!(
             (right, errors),
-            (CLIENTS * ROUNDS as usize, Vec::<String>::new())
+            (
+                usize::try_from(CLIENTS * ROUNDS).unwrap(),
+                Vec::<String>::new()
+            )
         );
         // The driver's own decoding of rows, as the repository reads orders.
         let rows = pool
