@@ -223,7 +223,7 @@ pub const NOTIFY_CHANNEL: &str = "order_engine_queue";
 #[non_exhaustive]
 pub struct PoolOptions {
     /// Connections the pool may open. One of them is held by the queue's `LISTEN` while
-    /// workers wait, so at least 2.
+    /// workers wait (unless [`listen_url`](Self::listen_url) is set), so at least 2.
     pub max_connections: u32,
     /// Connections kept open while idle.
     pub min_connections: u32,

@@ -174,8 +174,7 @@ async fn probe(pool: PostgresPool, notifications: Weak<Notifications>) {
                     listen,
                     reason,
                     poll_ms = POLL.as_millis(),
-                    "notifications do not arrive: polling (behind PgBouncer in transaction \
-                     mode, give LISTEN a direct connection)"
+                    "notifications do not arrive: polling"
                 ),
             }
         }

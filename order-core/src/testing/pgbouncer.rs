@@ -307,6 +307,60 @@ fn run_as() -> Result<Option<(u32, u32)>, String> {
         .ok_or_else(|| "running as root, and there is no postgres user to run pgbouncer as".into())
 }
 
+/// What a failover test relies on: a reload moves PgBouncer's clients to another server
+/// without their reconnecting.
+#[cfg(all(test, feature = "postgres"))]
+mod retargeting {
+    use std::time::Duration;
+
+    use sea_orm::{DbBackend, Statement};
+
+    use super::{PgBouncer, PgBouncerSettings, free_port};
+    use crate::postgres::{PoolMode, PoolOptions, connect};
+    use crate::testing::TestDatabase;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retargeted_pgbouncer_sends_the_same_clients_to_the_new_server() {
+        let db = TestDatabase::create().await;
+        let Some(mut bouncer) = PgBouncer::start_or_skip(db.url(), &PgBouncerSettings::default())
+        else {
+            return;
+        };
+        let options = PoolOptions::default()
+            .pool_mode(PoolMode::Transaction)
+            .acquire_timeout(Duration::from_secs(1))
+            .statement_timeout(Duration::from_secs(1));
+        let pool = connect(&bouncer.url(db.url()), &options).await.unwrap();
+        let select = || Statement::from_string(DbBackend::Postgres, "SELECT 1 AS n");
+        pool.query_one(select()).await.unwrap();
+
+        // A server that is not there: statements wait for it, and fail.
+        let nowhere = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            free_port().unwrap()
+        );
+        bouncer.retarget(&nowhere).unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(3), pool.query_one(select())).await;
+        assert!(
+            !matches!(answered, Ok(Ok(_))),
+            "answered after the retarget:\n{}",
+            bouncer.log()
+        );
+
+        // Back: the same pool is answered again, within PgBouncer's login retry.
+        bouncer.retarget(db.url()).unwrap();
+        let began = std::time::Instant::now();
+        while pool.query_one(select()).await.is_err() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "not answered after the retarget back:\n{}",
+                bouncer.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
