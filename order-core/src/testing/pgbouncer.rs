@@ -115,7 +115,8 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
         let port = free_port()?;
-        write_files(&dir, port, &upstream, settings)?;
+        let run_as = run_as()?;
+        write_files(&dir, port, &upstream, settings, run_as.is_some())?;
         let log = File::create(dir.join("pgbouncer.log")).map_err(|err| err.to_string())?;
         let mut command = Command::new(&binary);
         // In the foreground, logging to stderr: no pid file or log file for the postgres user
@@ -125,7 +126,7 @@ impl PgBouncer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some((uid, gid)) = run_as()? {
+        if let Some((uid, gid)) = run_as {
             command.uid(uid).gid(gid);
         }
         let child = command
@@ -163,7 +164,13 @@ impl PgBouncer {
     /// connections go there; PgBouncer closes the old ones as they are released.
     pub fn retarget(&mut self, upstream_url: &str) -> Result<(), String> {
         let upstream = Upstream::parse(upstream_url)?;
-        write_files(&self.dir, self.port, &upstream, &self.settings)?;
+        write_files(
+            &self.dir,
+            self.port,
+            &upstream,
+            &self.settings,
+            run_as()?.is_some(),
+        )?;
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status()
@@ -238,12 +245,14 @@ impl Upstream {
     }
 }
 
-/// Writes `pgbouncer.ini` and its `users.txt` into `dir`.
+/// Writes `pgbouncer.ini` and its `users.txt` into `dir`; `for_postgres`: hands them to the
+/// `postgres` user that PgBouncer runs as (whatever the umask made them).
 fn write_files(
     dir: &Path,
     port: u16,
     upstream: &Upstream,
     settings: &PgBouncerSettings,
+    for_postgres: bool,
 ) -> Result<(), String> {
     let Upstream {
         user,
@@ -279,7 +288,18 @@ fn write_files(
         std::fs::write(dir.join(name), text).map_err(|err| format!("{name}: {err}"))
     };
     write("users.txt", &users)?;
-    write("pgbouncer.ini", &ini)
+    write("pgbouncer.ini", &ini)?;
+    if for_postgres {
+        let chown = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir)
+            .status()
+            .map_err(|err| format!("chown: {err}"))?;
+        if !chown.success() {
+            return Err(format!("chown -R postgres {} failed", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
