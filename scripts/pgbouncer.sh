@@ -83,12 +83,20 @@ pgbouncer_start() {
   PGBOUNCER_PORT=$port
 }
 
+# Returns once PgBouncer has logged the reload (it handles the signal in its own time).
 pgbouncer_retarget() {
-  local dir=$1 url=$2 port
+  local dir=$1 url=$2 port size reloads tries=0
   port=$(sed -n 's/^listen_port = //p' "$dir/pgbouncer.ini")
-  pgbouncer__write "$dir" "$url" "$port"
+  size=$(sed -n 's/^default_pool_size = //p' "$dir/pgbouncer.ini")
+  pgbouncer__write "$dir" "$url" "$port" "$size"
   [[ $(id -u) == 0 ]] && chown -R postgres "$dir"
-  kill -HUP "$(pgbouncer__pid "$dir")"
+  reloads=$(grep -c 're-reading config' "$dir/pgbouncer.log" || true)
+  kill -HUP "$(pgbouncer__pid "$dir")" || return 1
+  until (($(grep -c 're-reading config' "$dir/pgbouncer.log" || true) > reloads)); do
+    ((++tries < 500)) || { echo "error: pgbouncer in $dir did not reload" >&2; return 1; }
+    sleep 0.01
+  done
+  sleep 0.1
 }
 
 pgbouncer_stop() {

@@ -160,9 +160,11 @@ impl PgBouncer {
         format!("{scheme}://{userinfo}127.0.0.1:{}{path}", self.port)
     }
 
-    /// Points PgBouncer at the server of `upstream_url` and reloads it (`SIGHUP`): new server
-    /// connections go there; PgBouncer closes the old ones as they are released.
+    /// Points PgBouncer at the server of `upstream_url` and reloads it (`SIGHUP`), returning
+    /// once it has read the new configuration: new server connections go there, and PgBouncer
+    /// closes the old ones as they are released.
     pub fn retarget(&mut self, upstream_url: &str) -> Result<(), String> {
+        const RELOADED: &str = "re-reading config";
         let upstream = Upstream::parse(upstream_url)?;
         write_files(
             &self.dir,
@@ -171,15 +173,28 @@ impl PgBouncer {
             &self.settings,
             run_as()?.is_some(),
         )?;
+        let reloads = self.log().matches(RELOADED).count();
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status()
             .map_err(|err| format!("could not signal pgbouncer: {err}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -HUP {} failed", self.child.id()))
+        if !status.success() {
+            return Err(format!("kill -HUP {} failed", self.child.id()));
         }
+        // The signal is handled in PgBouncer's own time; its log says when.
+        let began = Instant::now();
+        while self.log().matches(RELOADED).count() == reloads {
+            if began.elapsed() > Duration::from_secs(5) {
+                return Err(format!(
+                    "pgbouncer did not reload within 5 s:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // It logs before it reads the file.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(())
     }
 
     /// What it has logged so far.
@@ -354,18 +369,24 @@ mod retargeting {
         let select = || Statement::from_string(DbBackend::Postgres, "SELECT 1 AS n");
         pool.query_one(select()).await.unwrap();
 
-        // A server that is not there: statements wait for it, and fail.
+        // A server that is not there: statements wait for it, and fail. (A server connection
+        // that was idle at the reload may answer once more before PgBouncer closes it.)
         let nowhere = format!(
             "postgres://postgres@127.0.0.1:{}/postgres",
             free_port().unwrap()
         );
         bouncer.retarget(&nowhere).unwrap();
-        let answered = tokio::time::timeout(Duration::from_secs(3), pool.query_one(select())).await;
-        assert!(
-            !matches!(answered, Ok(Ok(_))),
-            "answered after the retarget:\n{}",
-            bouncer.log()
-        );
+        let began = std::time::Instant::now();
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), pool.query_one(select())).await
+        {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "still answered 10 s after the retarget:\n{}",
+                bouncer.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Back: the same pool is answered again, within PgBouncer's login retry.
         bouncer.retarget(db.url()).unwrap();
