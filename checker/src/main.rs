@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::cluster::Cluster;
 use crate::server::ServerProcess;
 use crate::workload::Workload;
+use order_core::testing::{PgBouncer, PgBouncerSettings};
 
 /// Checks order-server's promises against a recorded history of concurrent clients.
 #[derive(Debug, Parser)]
@@ -59,6 +60,18 @@ struct Args {
     /// PostgreSQL restarts when `--faults` is set.
     #[arg(long, default_value_t = 1)]
     database_restarts: usize,
+
+    /// With `--backend postgres`: the server reaches the cluster through a PgBouncer of the
+    /// checker's own in transaction mode (`DATABASE_POOL_MODE=transaction`; the binary is
+    /// PGBOUNCER, else /usr/sbin/pgbouncer), which stays up while the cluster restarts.
+    /// LISTEN goes nowhere, so the server polls, unless `--listen-direct` is set.
+    #[arg(long)]
+    pgbouncer: bool,
+
+    /// With `--pgbouncer`: LISTEN on a direct connection to the cluster
+    /// (`DATABASE_LISTEN_URL`).
+    #[arg(long, requires = "pgbouncer")]
+    listen_direct: bool,
 
     /// Seed of the clients' choices and of the fault schedule.
     #[arg(long, default_value_t = 1)]
@@ -112,10 +125,22 @@ async fn main() -> Result<ExitCode> {
              design: use --backend postgres, or --kills 0"
         );
     }
+    if args.pgbouncer && args.backend != Backend::Postgres {
+        anyhow::bail!("--pgbouncer stands in front of PostgreSQL: use --backend postgres");
+    }
     let began = Instant::now();
     let cluster = match args.backend {
         Backend::Memory => None,
         Backend::Postgres => Some(Cluster::create().context("starting a private PostgreSQL")?),
+    };
+    // Dropped after the server is killed, before the cluster.
+    let bouncer = match (&cluster, args.pgbouncer) {
+        (Some(cluster), true) => Some(
+            PgBouncer::start(&cluster.url(), &PgBouncerSettings::default())
+                .map_err(|err| anyhow::anyhow!(err))
+                .context("starting PgBouncer")?,
+        ),
+        _ => None,
     };
     let binary = match &args.server {
         Some(path) => path.clone(),
@@ -132,8 +157,16 @@ async fn main() -> Result<ExitCode> {
         ("DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
         ("REQUEST_TIMEOUT_SECS", "5".to_owned()),
     ];
-    if let Some(cluster) = &cluster {
-        env.push(("DATABASE_URL", cluster.url()));
+    match (&cluster, &bouncer) {
+        (Some(cluster), Some(bouncer)) => {
+            env.push(("DATABASE_URL", bouncer.url(&cluster.url())));
+            env.push(("DATABASE_POOL_MODE", "transaction".to_owned()));
+            if args.listen_direct {
+                env.push(("DATABASE_LISTEN_URL", cluster.url()));
+            }
+        }
+        (Some(cluster), None) => env.push(("DATABASE_URL", cluster.url())),
+        _ => {}
     }
     // Named as the server reads them, spaces around the commas trimmed.
     let pipeline: Option<Vec<String>> = args
@@ -192,6 +225,7 @@ async fn main() -> Result<ExitCode> {
         workload.database_counts(cluster.count_by_status()?);
     }
     server.kill().await?;
+    drop(bouncer);
     drop(cluster);
 
     let mut history = workload.take_history();
@@ -206,8 +240,16 @@ async fn main() -> Result<ExitCode> {
     };
     writeln!(
         out,
-        "order-checker: {:?} backend, {processed_in}, {} clients, {} s, seed {}",
-        args.backend, args.clients, args.duration, args.seed
+        "order-checker: {:?} backend{}, {processed_in}, {} clients, {} s, seed {}",
+        args.backend,
+        match (args.pgbouncer, args.listen_direct) {
+            (false, _) => "",
+            (true, false) => " through PgBouncer (polling)",
+            (true, true) => " through PgBouncer (LISTEN direct)",
+        },
+        args.clients,
+        args.duration,
+        args.seed
     )?;
     let kills = count(&history, FaultKind::ServerKill);
     let restarts = count(&history, FaultKind::DatabaseRestart);

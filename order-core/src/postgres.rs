@@ -24,7 +24,10 @@
 //!   are recorded in `order_engine_migrations`, so they live beside an embedding service's own
 //!   migrations in the same database.
 //! - [`PostgresPool`] is the connection pool they share, opened by [`connect`]: no driver type
-//!   appears in this module's API.
+//!   appears in this module's API. Behind PgBouncer in transaction mode, set
+//!   [`PoolMode::Transaction`] (every statement whole, its timeout kept to it) and give `LISTEN`
+//!   a direct connection with [`PoolOptions::listen_url`]; a `NOTIFY` round trip tells whether
+//!   notifications arrive, and the backend polls while they do not ([`NotificationMode`]).
 //!
 //! ```no_run
 //! use order_core::postgres::{PoolOptions, PostgresBackend};
@@ -50,19 +53,23 @@ mod entity;
 mod error;
 mod listen;
 mod migration;
+mod notifications;
 mod queue;
 mod repository;
+mod statements;
 mod wakeups;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 use sea_orm_migration::MigratorTrait;
 
 pub use bulk::PostgresBulkActions;
 pub use changes::PostgresChangeFeed;
 pub(crate) use migration::Migrator;
+pub use notifications::NotificationMode;
 pub use queue::PostgresQueue;
 pub use repository::PostgresRepository;
 use sea_orm::DatabaseConnection;
@@ -72,7 +79,7 @@ use crate::changes::ChangeFeed;
 use crate::error::StorageError;
 use crate::queue::Queue;
 use crate::repository::Repository;
-use error::storage_error;
+use error::{sqlx_storage_error, storage_error};
 
 /// A pool of connections to one PostgreSQL database: what [`connect`] opens, [`migrate`] sets
 /// up, and every part of a backend shares. Cloning is cheap: clones share the pool.
@@ -82,20 +89,59 @@ use error::storage_error;
 #[derive(Debug, Clone)]
 pub struct PostgresPool {
     db: DatabaseConnection,
+    /// Behind a pooler in transaction mode, the `statement_timeout` that each statement's own
+    /// transaction sets (see [`statements`]); `None` on a direct connection, which sets it once
+    /// per connection.
+    pinned: Option<Duration>,
+    /// Where `LISTEN` connections come from: the pool's own driver pool, or a small one on
+    /// [`PoolOptions::listen_url`].
+    listen: PgPool,
+    /// Which way other processes' news reaches this one, kept up to date by a `NOTIFY` round
+    /// trip (see [`notifications`]); shared by every clone.
+    notifications: Arc<notifications::Notifications>,
 }
 
 impl PostgresPool {
-    /// The driver's pool, for this crate's statements.
+    /// The driver's pool, for tests that read and write the database behind the backend.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
     }
 
     /// Closes every connection; later calls on any clone fail as unavailable.
     pub async fn close(self) -> Result<(), StorageError> {
+        self.listen.close().await;
         self.db
             .close()
             .await
             .map_err(|err| storage_error("could not close the pool", err))
+    }
+
+    /// Whether this pool may open `LISTEN` connections. Not on a pooler in transaction mode
+    /// without a listen URL: `LISTEN` there stays on a server connection that other clients
+    /// share, the notifications that then reach it land in the middle of their statements, and
+    /// the driver fails those statements ("unexpected message: NotificationResponse").
+    pub(crate) fn may_listen(&self) -> bool {
+        self.pinned.is_none() || self.notifications.separate()
+    }
+
+    /// Whether [`close`](Self::close) has been called on a clone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.db.get_postgres_connection_pool().is_closed()
+    }
+
+    /// Whether other processes' `NOTIFY` reaches this pool's `LISTEN` connections, as the last
+    /// round trip found: [`NotificationMode::Polling`] until the first one succeeds. The first
+    /// call starts the round trips (at once, then every half minute); a backend starts them
+    /// when its workers first wait or its change feed is first subscribed to.
+    pub fn notification_mode(&self) -> NotificationMode {
+        self.notifications.current(self)
+    }
+
+    /// Waits until the notification mode is no longer `previous`, starting the round trips if
+    /// no one has; for a caller that reports the mode as it changes.
+    pub async fn notification_mode_change(&self, previous: NotificationMode) -> NotificationMode {
+        self.notifications.changed(self, previous).await
     }
 }
 
@@ -127,12 +173,17 @@ impl PostgresBackend {
 
     /// The backend on a pool whose database [`migrate`] has set up.
     pub fn new(pool: &PostgresPool) -> Self {
-        let db = pool.db();
-        let wakeups = wakeups::Wakeups::new(db.clone());
+        let wakeups = wakeups::Wakeups::new(pool.clone());
         Self {
-            repository: Arc::new(PostgresRepository::announcing(db.clone(), wakeups.clone())),
-            bulk: Arc::new(PostgresBulkActions::new(db.clone(), Some(wakeups.clone()))),
-            queue: Arc::new(PostgresQueue::new(db.clone(), wakeups)),
+            repository: Arc::new(PostgresRepository::announcing(
+                pool.clone(),
+                wakeups.clone(),
+            )),
+            bulk: Arc::new(PostgresBulkActions::new(
+                pool.clone(),
+                Some(wakeups.clone()),
+            )),
+            queue: Arc::new(PostgresQueue::new(pool.clone(), wakeups)),
             changes: Arc::new(PostgresChangeFeed::new(pool)),
             pool: pool.clone(),
         }
@@ -183,7 +234,7 @@ pub const NOTIFY_CHANNEL: &str = "order_engine_queue";
 #[non_exhaustive]
 pub struct PoolOptions {
     /// Connections the pool may open. One of them is held by the queue's `LISTEN` while
-    /// workers wait, so at least 2.
+    /// workers wait (unless [`listen_url`](Self::listen_url) is set), so at least 2.
     pub max_connections: u32,
     /// Connections kept open while idle.
     pub min_connections: u32,
@@ -198,6 +249,49 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
     /// Shown in `pg_stat_activity`.
     pub application_name: String,
+    /// How the URL's server shares its connections to PostgreSQL: [`PoolMode::Transaction`]
+    /// for PgBouncer in `pool_mode = transaction`.
+    pub pool_mode: PoolMode,
+    /// A URL of the same database for the `LISTEN` connections (the queue's wake-ups, the
+    /// change feed), for when the main URL cannot hold a session (PgBouncer in transaction
+    /// mode): PostgreSQL itself, or a pooler in session mode. `None`: the main URL. Either way,
+    /// a `NOTIFY` round trip decides whether notifications arrive, and the backend polls when
+    /// they do not ([`NotificationMode`]).
+    pub listen_url: Option<String>,
+}
+
+/// How the server at a pool's URL shares its connections to PostgreSQL among its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PoolMode {
+    /// Each connection of the pool is one PostgreSQL session from open to close: PostgreSQL
+    /// itself, or a pooler in session mode. Statements are prepared once per connection and
+    /// cached, and `statement_timeout` is set when a connection opens.
+    #[default]
+    Session,
+    /// A pooler in transaction mode (PgBouncer's `pool_mode = transaction`): a connection's
+    /// transactions may each run on a different PostgreSQL session, and a statement outside a
+    /// transaction is a transaction of its own. Every statement then runs in a transaction of
+    /// its own that sets `statement_timeout` (`SET LOCAL`) and clears the session's prepared
+    /// statements first, unprepared by the driver's cache: four round trips more than a cached
+    /// statement on a session connection. `LISTEN` needs [`PoolOptions::listen_url`].
+    Transaction,
+}
+
+impl PoolMode {
+    /// `session` or `transaction`, as PgBouncer names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for PoolOptions {
@@ -209,6 +303,8 @@ impl Default for PoolOptions {
             statement_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             application_name: "order-engine".to_owned(),
+            pool_mode: PoolMode::Session,
+            listen_url: None,
         }
     }
 }
@@ -255,6 +351,21 @@ impl PoolOptions {
         self.application_name = name.into();
         self
     }
+
+    /// The same options for a server at the URL that shares connections in `mode`.
+    #[must_use]
+    pub fn pool_mode(mut self, mode: PoolMode) -> Self {
+        self.pool_mode = mode;
+        self
+    }
+
+    /// The same options with `LISTEN` connections opened on `url` (see
+    /// [`listen_url`](Self::listen_url)).
+    #[must_use]
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(url.into());
+        self
+    }
 }
 
 /// Opens a pool of connections to the database at `url`
@@ -268,17 +379,69 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, S
         .max_connections(options.max_connections.max(2))
         .min_connections(options.min_connections.min(options.max_connections))
         .acquire_timeout(options.acquire_timeout)
-        .statement_timeout(options.statement_timeout)
         .idle_timeout(options.idle_timeout)
         // A connection that sat idle may have been cut by a database restart; check it before
         // use rather than fail the request that drew it.
         .test_before_acquire_if_idle_for(Duration::from_secs(10))
         .set_application_name(options.application_name.clone())
         .sqlx_logging(false);
-    Database::connect(connect)
-        .await
-        .map(|db| PostgresPool { db })
-        .map_err(|err| storage_error("could not connect to PostgreSQL", err))
+    let pinned = match options.pool_mode {
+        // Sent as the startup packet's `options`, so it holds for the whole session and costs
+        // no round trip.
+        PoolMode::Session => {
+            connect.statement_timeout(options.statement_timeout);
+            None
+        }
+        // PgBouncer refuses a startup `options` parameter (1.18 accepts only the parameters it
+        // tracks, and `ignore_startup_parameters` would drop the timeout silently), and a
+        // session `SET` would hold on whichever server connection it happened to run on, for
+        // every client that later shares it. Each statement's own transaction sets it with
+        // `SET LOCAL` instead (see `statements`). A cached statement is prepared on one server
+        // connection and executed on another: no cache.
+        PoolMode::Transaction => {
+            connect.map_sqlx_postgres_opts(|options| options.statement_cache_capacity(0));
+            Some(options.statement_timeout)
+        }
+    };
+    let db = Database::connect(connect).await.map_err(|err| {
+        let mut err = storage_error("could not connect to PostgreSQL", err);
+        if options.pool_mode == PoolMode::Session && err.message.contains("startup parameter") {
+            // What PgBouncer answers the `options` that carries `statement_timeout`.
+            err.message.push_str(
+                " (behind PgBouncer in transaction mode, set the pool mode to transaction)",
+            );
+        }
+        err
+    })?;
+    let listen = match &options.listen_url {
+        Some(listen_url) => {
+            let listen_options: PgConnectOptions = listen_url
+                .parse()
+                .map_err(|err| sqlx_storage_error("invalid LISTEN URL", err))?;
+            let listen_options = listen_options
+                .application_name(&options.application_name)
+                .options([(
+                    "statement_timeout",
+                    options.statement_timeout.as_millis().to_string(),
+                )]);
+            // The queue's wake-ups, the change feed and the round trip each hold one at most;
+            // opened when first needed, so a listen server that is down delays nothing else.
+            PgPoolOptions::new()
+                .max_connections(4)
+                .min_connections(0)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_lazy_with(listen_options)
+        }
+        None => db.get_postgres_connection_pool().clone(),
+    };
+    Ok(PostgresPool {
+        db,
+        pinned,
+        listen,
+        notifications: Arc::new(notifications::Notifications::new(
+            options.listen_url.is_some(),
+        )),
+    })
 }
 
 /// A key for `pg_advisory_xact_lock` that serialises migrators: "order_en" in ASCII.
@@ -310,7 +473,7 @@ async fn under_migration_lock(
     pool: &PostgresPool,
     revert: Option<u32>,
 ) -> Result<(), sea_orm::DbErr> {
-    let txn = pool.db().begin().await?;
+    let txn = pool.begin().await?;
     // Waiting for another server's migration is not a slow statement: no timeout here.
     txn.execute_unprepared("SET LOCAL statement_timeout = 0")
         .await?;
@@ -326,15 +489,19 @@ async fn under_migration_lock(
 /// Checks that the database answers and that every migration has been applied: what a
 /// readiness probe asks before sending traffic.
 pub async fn check_ready(pool: &PostgresPool) -> Result<(), StorageError> {
-    check_schema(pool.db()).await
+    check_schema(pool).await
 }
 
-/// [`check_ready`] on the driver's pool.
-pub(crate) async fn check_schema(db: &DatabaseConnection) -> Result<(), StorageError> {
-    // The read-only variant: a readiness probe must not create the migrations table.
-    let pending = Migrator::get_pending_migrations_read_only(db)
+/// [`check_ready`], for the repository.
+pub(crate) async fn check_schema(pool: &PostgresPool) -> Result<(), StorageError> {
+    let read = |err| storage_error("could not read the applied migrations", err);
+    // The read-only variant: a readiness probe must not create the migrations table. In a
+    // transaction of its own, as every statement behind a transaction pooler.
+    let txn = pool.begin().await.map_err(read)?;
+    let pending = Migrator::get_pending_migrations_read_only(&txn)
         .await
-        .map_err(|err| storage_error("could not read the applied migrations", err))?;
+        .map_err(read)?;
+    txn.commit().await.map_err(read)?;
     if pending.is_empty() {
         Ok(())
     } else {
@@ -401,8 +568,8 @@ mod shared_database {
                     let repository = PostgresRepository::new(&pool);
                     repositories.push(Arc::new(if linked {
                         PostgresRepository::announcing(
-                            pool.db().clone(),
-                            wakeups::Wakeups::new(pool.db().clone()),
+                            pool.clone(),
+                            wakeups::Wakeups::new(pool.clone()),
                         )
                     } else {
                         repository
@@ -966,7 +1133,7 @@ mod repository_contract {
 mod backend_repository_contract {
     crate::repository_contract_tests!(async || {
         let db = crate::testing::TestDatabase::create().await;
-        let pool = db.connection().clone();
+        let pool = db.pool().clone();
         crate::testing::Shared::new(
             move || {
                 std::sync::Arc::new(super::PostgresRepository::announcing(

@@ -22,6 +22,7 @@
 //! | `order_step_failures_total{step}` | counter | runs of a step that failed (transient or permanent) |
 //! | `order_step_compensations_total{step}` | counter | compensations of a step that succeeded |
 //! | `order_step_compensation_failures_total{step}` | counter | compensations of a step that failed and will be tried again |
+//! | `order_notifications_mode{mode}` | gauge | PostgreSQL backends: 1 on the series of the mode the last `NOTIFY` round trip found (`listening` or `polling`), 0 on the other; absent until the first round trip |
 //!
 //! Counters count what this process did, so a fleet's total is the sum over its processes.
 //! The queue wait covers first attempts only: a retry waits out its backoff on purpose, and
@@ -37,7 +38,7 @@
 
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, histogram};
 
 /// Orders accepted by `submit`.
 pub const ORDERS_CREATED: &str = "order_created_total";
@@ -71,6 +72,10 @@ pub const STEP_FAILURES: &str = "order_step_failures_total";
 pub const STEP_COMPENSATIONS: &str = "order_step_compensations_total";
 /// Compensations that failed and will be tried again, labelled `step`.
 pub const STEP_COMPENSATION_FAILURES: &str = "order_step_compensation_failures_total";
+
+/// Whether other processes' `NOTIFY` reaches this one, labelled `mode` (`listening`,
+/// `polling`): 1 on the current mode's series, 0 on the other.
+pub const NOTIFICATIONS_MODE: &str = "order_notifications_mode";
 
 /// The per-step series, for [`describe`]: they carry a `step` label, so they appear with the
 /// first step that records one.
@@ -140,6 +145,11 @@ pub fn describe() {
         STEP_DURATION,
         Unit::Seconds,
         "Time in one run of a pipeline's step that reached an outcome."
+    );
+    describe_gauge!(
+        NOTIFICATIONS_MODE,
+        Unit::Count,
+        "1 on the notification mode (listening or polling) the last NOTIFY round trip found."
     );
     // A histogram handle that has recorded nothing still shows up, with empty buckets.
     let _ = histogram!(PROCESSING_DURATION);

@@ -32,11 +32,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod backend;
+pub mod pgbouncer;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod queue;
 pub mod repository;
 
+pub use pgbouncer::{PGBOUNCER, PgBouncer, PgBouncerSettings};
 #[cfg(feature = "postgres")]
 pub use postgres::{TEST_DATABASE_URL, TestDatabase};
 

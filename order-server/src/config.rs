@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use order_core::handler::SimulatedStep;
 use order_core::memory::{InMemoryQueue, InMemoryRepository};
 #[cfg(feature = "postgres")]
-use order_core::postgres::{self, PoolOptions, PostgresBackend};
+use order_core::postgres::{self, PoolMode, PoolOptions, PostgresBackend};
 use order_core::{BuildError, OrderProcessor, Pipeline, RetryPolicy, StorageError};
 #[cfg(feature = "postgres")]
 use tracing::{info, warn};
@@ -95,6 +95,23 @@ pub struct Config {
     /// PostgreSQL `statement_timeout` for every statement, in milliseconds.
     #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub db_statement_timeout_ms: u64,
+
+    /// How the server at DATABASE_URL shares its connections to PostgreSQL: `session`
+    /// (PostgreSQL itself, or a pooler in session mode) or `transaction` (PgBouncer's
+    /// `pool_mode = transaction`, whose server connections change between transactions: each
+    /// statement then runs in a transaction of its own that sets the statement timeout with
+    /// `SET LOCAL`, and no statement is cached prepared).
+    #[arg(long, env = "DATABASE_POOL_MODE", value_enum, default_value_t = DbPoolMode::Session)]
+    pub database_pool_mode: DbPoolMode,
+
+    /// A URL of the same database for LISTEN (new work, and changes made by other servers for
+    /// the event streams), reaching PostgreSQL directly or through a pooler in session mode:
+    /// what a pooler in transaction mode cannot hold. Unset: DATABASE_URL. A NOTIFY round trip,
+    /// at start and every 30 s, decides whether notifications arrive; while they do not, idle
+    /// workers and event streams poll four times a second. The mode is logged when it changes
+    /// and shown by the `order_notifications_mode` metric.
+    #[arg(long, env = "DATABASE_LISTEN_URL", hide_env_values = true)]
+    pub database_listen_url: Option<String>,
 
     /// At start, how long to keep trying to reach PostgreSQL before giving up, in seconds.
     #[arg(long, env = "DB_STARTUP_TIMEOUT_SECS", default_value_t = 30)]
@@ -192,11 +209,24 @@ impl Config {
     /// The connection pool settings these flags describe.
     #[cfg(feature = "postgres")]
     pub fn pool_options(&self) -> PoolOptions {
-        PoolOptions::default()
+        let options = PoolOptions::default()
             .max_connections(self.db_max_connections)
             .acquire_timeout(Duration::from_millis(self.db_acquire_timeout_ms))
             .statement_timeout(Duration::from_millis(self.db_statement_timeout_ms))
             .application_name("order-server")
+            .pool_mode(match self.database_pool_mode {
+                DbPoolMode::Session => PoolMode::Session,
+                DbPoolMode::Transaction => PoolMode::Transaction,
+            });
+        // Empty is unset, as a compose file's `DATABASE_LISTEN_URL:` leaves it.
+        match self
+            .database_listen_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+        {
+            Some(url) => options.listen_url(url),
+            None => options,
+        }
     }
 
     /// The order processor these settings describe, not yet started: in memory, or on
@@ -258,12 +288,15 @@ impl Config {
         })
         .await?;
         info!("PostgreSQL schema is up to date");
+        // Starts the NOTIFY round trips now rather than at the workers' first wait: the mode
+        // is logged at start, and the metric shows it from the first scrape.
+        let _ = db.notification_mode();
         Ok(db)
     }
 }
 
 /// `SIMULATED_FAILURE`: how the simulated processing fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SimulatedFailure {
     /// The order is FAILED at once.
     Permanent,
@@ -277,6 +310,15 @@ fn parse_share(text: &str) -> Result<f64, String> {
         Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
         _ => Err(format!("must be a number from 0 to 1, got {text:?}")),
     }
+}
+
+/// `DATABASE_POOL_MODE`: how the server at `DATABASE_URL` shares connections to PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbPoolMode {
+    /// One PostgreSQL session per connection, from open to close.
+    Session,
+    /// A PostgreSQL session per transaction (PgBouncer's `pool_mode = transaction`).
+    Transaction,
 }
 
 /// The names of `PROCESSING_STEPS`.

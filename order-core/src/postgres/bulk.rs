@@ -5,15 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
-    TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value};
 
 use super::entity::order_row;
 use super::error::storage_error;
-use super::micros;
 use super::wakeups::Wakeups;
+use super::{PostgresPool, micros};
 use crate::backend::Transition;
 use crate::bulk::{
     Acceptance, BulkAction, BulkActions, BulkId, BulkKind, BulkRequest, BulkStatus, PAGE, Page,
@@ -34,15 +31,15 @@ use crate::step::encode_steps;
 /// counted once, acted on or skipped.
 #[derive(Debug, Clone)]
 pub struct PostgresBulkActions {
-    db: DatabaseConnection,
+    pool: PostgresPool,
     /// A retried order is new work for the backend's workers.
     wakeups: Option<Arc<Wakeups>>,
 }
 
 impl PostgresBulkActions {
-    /// The bulk actions of a backend on `db`, waking its workers through `wakeups`.
-    pub(super) fn new(db: DatabaseConnection, wakeups: Option<Arc<Wakeups>>) -> Self {
-        Self { db, wakeups }
+    /// The bulk actions of a backend on `pool`, waking its workers through `wakeups`.
+    pub(super) fn new(pool: PostgresPool, wakeups: Option<Arc<Wakeups>>) -> Self {
+        Self { pool, wakeups }
     }
 }
 
@@ -113,7 +110,7 @@ impl BulkActions for PostgresBulkActions {
         key: Option<&IdempotencyKey>,
     ) -> Result<Acceptance, StorageError> {
         let failed = |err| storage_error("could not accept the bulk action", err);
-        let txn = self.db.begin().await.map_err(failed)?;
+        let txn = self.pool.begin().await.map_err(failed)?;
         let id = BulkId::generate();
         let fingerprint = request.fingerprint();
         let key = key.map(stored_key);
@@ -207,8 +204,8 @@ impl BulkActions for PostgresBulkActions {
             None => "",
         };
         let row = self
-            .db
-            .query_one_raw(statement(
+            .pool
+            .query_one(statement(
                 &format!(
                     "SELECT count(*) AS matched FROM (
                          SELECT 1 FROM order_engine_orders
@@ -229,8 +226,8 @@ impl BulkActions for PostgresBulkActions {
 
     async fn get(&self, id: BulkId) -> Result<Option<BulkAction>, StorageError> {
         let row = self
-            .db
-            .query_one_raw(statement(
+            .pool
+            .query_one(statement(
                 "SELECT * FROM order_engine_bulk_actions WHERE id = $1",
                 vec![id.as_uuid().into()],
             ))
@@ -245,8 +242,8 @@ impl BulkActions for PostgresBulkActions {
     ) -> Result<Option<(BulkAction, ClaimToken)>, StorageError> {
         let claim = ClaimToken::generate();
         let row = self
-            .db
-            .query_one_raw(statement(
+            .pool
+            .query_one(statement(
                 "UPDATE order_engine_bulk_actions
                     SET claim_token = $1, lease_until = now() + $2 * interval '1 microsecond'
                   WHERE id = (SELECT id FROM order_engine_bulk_actions
@@ -272,7 +269,7 @@ impl BulkActions for PostgresBulkActions {
         lease: Duration,
     ) -> Result<Option<Page>, StorageError> {
         let failed = |err| storage_error("could not go through a page of the bulk action", err);
-        let txn = self.db.begin().await.map_err(failed)?;
+        let txn = self.pool.begin().await.map_err(failed)?;
         let held = txn
             .query_one_raw(statement(
                 "SELECT kind FROM order_engine_bulk_actions

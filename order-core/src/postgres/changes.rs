@@ -2,13 +2,13 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use sea_orm::sqlx::postgres::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
-use super::CHANGES_CHANNEL;
 use super::listen::{self, next_notification};
+use super::notifications::{self, NotificationMode};
+use super::{CHANGES_CHANNEL, PostgresPool};
 use crate::changes::{Change, ChangeFeed};
 use crate::order::OrderId;
 
@@ -17,8 +17,11 @@ const BACKLOG: usize = 4096;
 
 /// Status changes made by every process on the database: a trigger sends
 /// `NOTIFY order_engine_changes` with the ids each statement changed, and this feed
-/// `LISTEN`s on one connection of the pool, opened when the first receiver subscribes and
-/// reopened (with a [`Change::Resync`]) whenever it is lost.
+/// `LISTEN`s on one `LISTEN` connection of the pool (see
+/// [`PoolOptions::listen_url`](super::PoolOptions::listen_url)), opened when the first receiver
+/// subscribes and reopened (with a [`Change::Resync`]) whenever it is lost. While
+/// notifications do not arrive ([`NotificationMode::Polling`]), it sends a `Resync` four times
+/// a second instead, for watchers to read their orders again.
 ///
 /// Cloning is cheap: clones share the connection and the receivers; the connection is closed
 /// when the last clone is dropped.
@@ -45,7 +48,7 @@ pub struct PostgresChangeFeed {
 
 #[derive(Debug)]
 struct Shared {
-    pool: PgPool,
+    pool: PostgresPool,
     reports: broadcast::Sender<Change>,
     /// The task that holds the `LISTEN` connection; stopped when the last clone is dropped.
     listener: OnceLock<AbortOnDropHandle<()>>,
@@ -56,7 +59,7 @@ impl PostgresChangeFeed {
     pub fn new(pool: &super::PostgresPool) -> Self {
         Self {
             shared: Arc::new(Shared {
-                pool: pool.db().get_postgres_connection_pool().clone(),
+                pool: pool.clone(),
                 reports: broadcast::Sender::new(BACKLOG),
                 listener: OnceLock::new(),
             }),
@@ -76,20 +79,41 @@ impl ChangeFeed for PostgresChangeFeed {
     }
 }
 
+/// Listens, and polls while listening does not work.
+async fn relay(pool: PostgresPool, shared: Weak<Shared>) {
+    tokio::join!(listen(&pool, &shared), poll(&pool, &shared));
+}
+
+/// Reports a `Resync` every [`notifications::POLL`] while notifications do not arrive.
+async fn poll(pool: &PostgresPool, shared: &Weak<Shared>) {
+    loop {
+        tokio::time::sleep(notifications::POLL).await;
+        if shared.strong_count() == 0 {
+            return;
+        }
+        if pool.notification_mode() == NotificationMode::Polling {
+            report(shared, Change::Resync);
+        }
+    }
+}
+
 /// Holds the `LISTEN` connection, reopening it with growing pauses, and reports each
 /// notification's ids; every time `LISTEN` is (re)established, reports a `Resync` for what
 /// happened while nobody listened.
-async fn relay(pool: PgPool, shared: Weak<Shared>) {
+async fn listen(pool: &PostgresPool, shared: &Weak<Shared>) {
+    if !pool.may_listen() {
+        return;
+    }
     loop {
         let gone = || shared.strong_count() == 0;
-        let Some(mut listener) = listen::open(&pool, CHANGES_CHANNEL, gone).await else {
+        let Some(mut listener) = listen::open(&pool.listen, CHANGES_CHANNEL, gone).await else {
             return;
         };
-        report(&shared, Change::Resync);
+        report(shared, Change::Resync);
         while let Some(notification) = next_notification(&mut listener).await {
             for raw in notification.payload().split(',') {
                 match raw.parse().ok().and_then(OrderId::new) {
-                    Some(id) => report(&shared, Change::Order(id)),
+                    Some(id) => report(shared, Change::Order(id)),
                     None => warn!(payload = raw, "unexpected order change payload"),
                 }
             }

@@ -52,7 +52,9 @@ pub(super) async fn next_notification(listener: &mut PgListener) -> Option<PgNot
         let received = match tokio::time::timeout(LISTEN_PING_AFTER, listener.try_recv()).await {
             Ok(received) => received,
             Err(_) => {
-                let ping = sea_orm::sqlx::query("SELECT 1").execute(&mut *listener);
+                // A simple query, unprepared: on a pooler in transaction mode a prepared
+                // statement would not outlive its first use.
+                let ping = sea_orm::sqlx::raw_sql("SELECT 1").execute(&mut *listener);
                 match tokio::time::timeout(LISTEN_PING_TIMEOUT, ping).await {
                     Ok(Ok(_)) => continue,
                     Ok(Err(err)) => warn!(error = %err, "LISTEN connection failed its ping"),

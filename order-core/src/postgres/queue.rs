@@ -4,8 +4,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
+use sea_orm::{DbBackend, QueryResult, Statement, Value};
 
+use super::PostgresPool;
 use super::entity::{order_row, start};
 use super::error::storage_error;
 use super::micros;
@@ -31,13 +32,14 @@ use crate::queue::{Claim, ClaimToken, Queue, QueueDepth, QueueError, QueueStorag
 ///   wakes this process's idle workers at once and other processes' through
 ///   `NOTIFY order_engine_queue`.
 /// - [`wait`](Queue::wait) sleeps on a `LISTEN` connection (opened on first use, reopened after
-///   a database restart) until a notification arrives. Behind a pooler that drops
-///   notifications, waiters still wake at their timeout.
+///   a database restart) until a notification arrives. While notifications do not arrive (a
+///   pooler in transaction mode without a listen URL: see
+///   [`NotificationMode`](super::NotificationMode)), waiters wake four times a second.
 ///
 /// Cloning is cheap: clones share the connection pool and the listener.
 #[derive(Debug, Clone)]
 pub struct PostgresQueue {
-    db: DatabaseConnection,
+    db: PostgresPool,
     wakeups: Arc<Wakeups>,
 }
 
@@ -73,14 +75,14 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 
 impl PostgresQueue {
     /// The queue of a backend on `db`, waking workers through `wakeups`.
-    pub(super) fn new(db: DatabaseConnection, wakeups: Arc<Wakeups>) -> Self {
+    pub(super) fn new(db: PostgresPool, wakeups: Arc<Wakeups>) -> Self {
         Self { db, wakeups }
     }
 
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, QueueError> {
         let result = self
             .db
-            .execute_raw(Statement::from_sql_and_values(
+            .execute(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql,
                 values,
@@ -93,7 +95,7 @@ impl PostgresQueue {
     async fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, QueueError> {
         Ok(self
             .db
-            .query_all_raw(Statement::from_sql_and_values(
+            .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 sql,
                 values,

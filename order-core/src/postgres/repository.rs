@@ -5,16 +5,14 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryResult, Statement, Value,
-};
+use sea_orm::{DbBackend, EntityTrait, FromQueryResult, QueryResult, Statement, Value};
 use uuid::Uuid;
 
 use super::batch::{Batcher, LIMITS, failed, lost_batch};
 use super::entity::{Entity as Orders, ORDER_COLUMNS, decode_order, order_row, start};
 use super::error::{sqlx_storage_error, storage_error};
-use super::micros;
 use super::wakeups::Wakeups;
+use super::{PostgresPool, micros};
 use crate::error::StorageError;
 use crate::error::TransitionError;
 use crate::idempotency::{Insertion, KeyRecord};
@@ -46,7 +44,7 @@ use crate::step::encode_steps;
 /// Cloning is cheap: clones share the connection pool and the batches.
 #[derive(Debug, Clone)]
 pub struct PostgresRepository {
-    db: DatabaseConnection,
+    db: PostgresPool,
     batches: Arc<Batches>,
     /// A backend's wake-ups: an order retried after it FAILED is new work, as an insert is.
     wakeups: Option<Arc<Wakeups>>,
@@ -81,17 +79,17 @@ impl PostgresRepository {
     /// for use with a queue of another kind (a [`PostgresBackend`](super::PostgresBackend)
     /// pairs it with PostgreSQL's own).
     pub fn new(pool: &super::PostgresPool) -> Self {
-        Self::build(pool.db().clone(), None)
+        Self::build(pool.clone(), None)
     }
 
     /// The repository of a backend, waking its workers through `wakeups`.
-    pub(super) fn announcing(db: DatabaseConnection, wakeups: Arc<Wakeups>) -> Self {
+    pub(super) fn announcing(db: PostgresPool, wakeups: Arc<Wakeups>) -> Self {
         Self::build(db, Some(wakeups))
     }
 
     /// A backend's repository (`wakeups`) wakes the backend's idle workers for each order it
     /// stores.
-    fn build(db: DatabaseConnection, wakeups: Option<Arc<Wakeups>>) -> Self {
+    fn build(db: PostgresPool, wakeups: Option<Arc<Wakeups>>) -> Self {
         let batches = Batches {
             inserts: Batcher::new(LIMITS, {
                 let (db, wakeups) = (db.clone(), wakeups.clone());
@@ -127,12 +125,12 @@ impl PostgresRepository {
 }
 
 async fn rows(
-    db: &DatabaseConnection,
+    db: &PostgresPool,
     context: &str,
     sql: &str,
     values: Vec<Value>,
 ) -> Result<Vec<QueryResult>, StorageError> {
-    db.query_all_raw(Statement::from_sql_and_values(
+    db.query_all(Statement::from_sql_and_values(
         DbBackend::Postgres,
         sql,
         values,
@@ -229,7 +227,7 @@ static INSERT_KEYED_ORDERS: LazyLock<String> = LazyLock::new(|| insert_statement
 static TAKE_OVER_KEY: LazyLock<String> = LazyLock::new(|| insert_statement(KeyWrite::TakeOver));
 
 async fn insert_orders(
-    db: DatabaseConnection,
+    db: PostgresPool,
     wakeups: Option<Arc<Wakeups>>,
     orders: Vec<ValidatedOrder>,
 ) -> Vec<Reply<Order>> {
@@ -242,7 +240,7 @@ async fn insert_orders(
     replies
 }
 
-async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
+async fn insert_each(db: &PostgresPool, orders: Vec<ValidatedOrder>) -> Vec<Reply<Order>> {
     let all: Vec<&ValidatedOrder> = orders.iter().collect();
     match insert_rows(db, &all, None, None).await {
         Ok(inserted) => inserted
@@ -271,7 +269,7 @@ async fn insert_each(db: &DatabaseConnection, orders: Vec<ValidatedOrder>) -> Ve
 /// place, `None` where its key (in `keys`, one per order) was in use. With `taking_over`, the
 /// keys are taken over from that deleted order ([`KeyWrite::TakeOver`]) rather than claimed.
 async fn insert_rows(
-    db: &DatabaseConnection,
+    db: &PostgresPool,
     orders: &[&ValidatedOrder],
     keys: Option<&[&KeyRecord]>,
     taking_over: Option<i64>,
@@ -350,7 +348,7 @@ fn hex(bytes: &[u8]) -> String {
 /// already in the batch is settled after it, as one that found the key in use), and the
 /// requests whose key was in use settled each on its own ([`settle_key`]).
 async fn keyed_batch(
-    db: DatabaseConnection,
+    db: PostgresPool,
     wakeups: Option<Arc<Wakeups>>,
     requests: Vec<(ValidatedOrder, KeyRecord)>,
 ) -> Vec<Reply<Insertion>> {
@@ -399,7 +397,7 @@ async fn keyed_batch(
 /// names. The key changes hands between two statements only when it expired, was pruned or
 /// lost its order meanwhile: then the request tries again, a bounded number of times.
 async fn settle_key(
-    db: &DatabaseConnection,
+    db: &PostgresPool,
     order: &ValidatedOrder,
     record: &KeyRecord,
 ) -> Reply<Insertion> {
@@ -452,17 +450,16 @@ static READ_ORDERS: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {ORDER_COLUMNS} FROM order_engine_orders WHERE id = ANY($1::bigint[])")
 });
 
-async fn read_orders(db: &DatabaseConnection, ids: &[OrderId]) -> Result<Vec<Order>, StorageError> {
+async fn read_orders(db: &PostgresPool, ids: &[OrderId]) -> Result<Vec<Order>, StorageError> {
     let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-    let rows = sea_orm::sqlx::query(READ_ORDERS.as_str())
-        .bind(raw)
-        .fetch_all(db.get_postgres_connection_pool())
+    let rows = db
+        .fetch_all(sea_orm::sqlx::query(READ_ORDERS.as_str()).bind(raw))
         .await
         .map_err(|err| sqlx_storage_error("could not read the order", err))?;
     rows.iter().map(decode_order).collect()
 }
 
-async fn read_batch(db: DatabaseConnection, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
+async fn read_batch(db: PostgresPool, ids: Vec<OrderId>) -> Vec<Reply<Option<Order>>> {
     let found = read_orders(&db, &ids).await.map(|orders| {
         orders
             .into_iter()
@@ -580,7 +577,7 @@ const CHECKPOINT_BATCH: &str = "UPDATE order_engine_orders o
 RETURNING o.*, ($2::uuid[])[array_position($1::bigint[], o.id)] AS fenced_by";
 
 async fn start_batch(
-    db: DatabaseConnection,
+    db: PostgresPool,
     starts: Vec<(OrderId, ClaimToken, i64)>,
 ) -> Vec<Reply<Option<Order>>> {
     let mut sorted: Vec<&(OrderId, ClaimToken, i64)> = starts.iter().collect();
@@ -663,7 +660,7 @@ where
 }
 
 async fn complete_batch(
-    db: DatabaseConnection,
+    db: PostgresPool,
     completions: Vec<(OrderId, ClaimToken, Option<String>)>,
 ) -> Vec<Reply<Option<Order>>> {
     let size =
@@ -672,7 +669,7 @@ async fn complete_batch(
 }
 
 async fn complete_run(
-    db: DatabaseConnection,
+    db: PostgresPool,
     completions: Vec<(OrderId, ClaimToken, Option<String>)>,
 ) -> Vec<Reply<Option<Order>>> {
     let mut sorted: Vec<&(OrderId, ClaimToken, Option<String>)> = completions.iter().collect();
@@ -711,7 +708,7 @@ fn text_array(texts: impl Iterator<Item = Option<String>>) -> Value {
 }
 
 async fn checkpoint_batch(
-    db: DatabaseConnection,
+    db: PostgresPool,
     checkpoints: Vec<CheckpointCall>,
 ) -> Vec<Reply<Option<Order>>> {
     let size = |call: &CheckpointCall| call.2.as_ref().map_or(0, String::len);
@@ -719,7 +716,7 @@ async fn checkpoint_batch(
 }
 
 async fn checkpoint_run(
-    db: DatabaseConnection,
+    db: PostgresPool,
     checkpoints: Vec<CheckpointCall>,
 ) -> Vec<Reply<Option<Order>>> {
     let mut sorted: Vec<&CheckpointCall> = checkpoints.iter().collect();
@@ -756,7 +753,7 @@ async fn checkpoint_run(
 /// Runs a fenced batch `UPDATE` and answers each (order, claim) with the row it wrote, or
 /// `None` when the fence kept it from writing.
 async fn fenced_batch(
-    db: &DatabaseConnection,
+    db: &PostgresPool,
     context: &str,
     sql: &str,
     values: Vec<Value>,
@@ -895,7 +892,7 @@ impl Repository for PostgresRepository {
 
     async fn prune_keys(&self) -> Result<u64, StorageError> {
         self.db
-            .execute_raw(Statement::from_string(
+            .execute(Statement::from_string(
                 DbBackend::Postgres,
                 // Keys a request holds are skipped, not waited for: a batch of keyed inserts
                 // locks its keys in key order, and a prune that waited in expiry order could
@@ -958,16 +955,19 @@ impl Repository for PostgresRepository {
             None => {
                 let (sql, values) = transition_statement(id, transition)
                     .ok_or_else(|| StorageError::other("a batched transition went unbatched"))?;
-                let written = Orders::find()
-                    .from_raw_sql(Statement::from_sql_and_values(
+                let update = |err| storage_error("could not update the order", err);
+                let written = self
+                    .db
+                    .query_one(Statement::from_sql_and_values(
                         DbBackend::Postgres,
                         sql,
                         values,
                     ))
-                    .one(&self.db)
                     .await
-                    .map_err(|err| storage_error("could not update the order", err))?;
+                    .map_err(update)?;
                 if let Some(row) = written {
+                    let row = <Orders as EntityTrait>::Model::from_query_result(&row, "")
+                        .map_err(update)?;
                     if requeue && let Some(wakeups) = &self.wakeups {
                         wakeups.announce();
                     }
@@ -980,7 +980,7 @@ impl Repository for PostgresRepository {
         let read = |err| storage_error("could not read the order", err);
         let row = self
             .db
-            .query_one_raw(Statement::from_sql_and_values(
+            .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT status, claim_token, cancel_requested_at IS NOT NULL AS cancelling, \
                         (status = 'PROCESSING' AND available_at > now()) AS lease_live \
@@ -1022,7 +1022,7 @@ impl Repository for PostgresRepository {
     ) -> Result<Vec<OrderId>, StorageError> {
         let rows = self
             .db
-            .query_all_raw(Statement::from_sql_and_values(
+            .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT id FROM order_engine_orders \
                   WHERE status IN ('PENDING', 'PROCESSING') \
@@ -1061,7 +1061,7 @@ impl Repository for PostgresRepository {
     async fn metrics(&self) -> Result<OrderMetrics, StorageError> {
         let rows = self
             .db
-            .query_all_raw(Statement::from_string(
+            .query_all(Statement::from_string(
                 DbBackend::Postgres,
                 "SELECT status, sum(orders)::bigint AS orders, \
                         sum(processing_micros)::bigint AS micros \

@@ -5,13 +5,14 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{DbBackend, Statement};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use super::NOTIFY_CHANNEL;
 use super::listen::{self, next_notification};
+use super::notifications::{self, NotificationMode};
+use super::{NOTIFY_CHANNEL, PostgresPool};
 
 /// One process's side of the wake-ups, shared by the backend's repository (an insert is new
 /// work) and its queue (a retry, and the workers' waits).
@@ -21,7 +22,7 @@ use super::listen::{self, next_notification};
 /// `NOTIFY` at a time.
 #[derive(Debug)]
 pub(super) struct Wakeups {
-    db: DatabaseConnection,
+    db: PostgresPool,
     /// Signalled for each notification (and for this process's own announcements, without
     /// waiting for the round trip). `notify_one` keeps a permit when nobody waits, so work that
     /// arrives between a worker's empty claim and its wait is not missed.
@@ -40,7 +41,7 @@ pub(super) struct Wakeups {
 }
 
 impl Wakeups {
-    pub(super) fn new(db: DatabaseConnection) -> Arc<Self> {
+    pub(super) fn new(db: PostgresPool) -> Arc<Self> {
         Arc::new(Self {
             db,
             notify: Notify::new(),
@@ -59,12 +60,21 @@ impl Wakeups {
         self.announce.notify_one();
     }
 
-    /// Waits until work may have arrived, or `timeout` has passed.
+    /// Waits until work may have arrived, or `timeout` has passed; while other processes'
+    /// notifications do not arrive, no longer than [`notifications::POLL`], for the caller to
+    /// claim what they stored.
     pub(super) async fn wait(self: &Arc<Self>, timeout: Duration) {
+        let timeout = match self.db.notification_mode() {
+            NotificationMode::Listening => timeout,
+            NotificationMode::Polling => timeout.min(notifications::POLL),
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         // Started here rather than at first use, so a process that only takes orders in holds
-        // no extra connection.
-        self.listener.get_or_init(|| self.start_listener());
+        // no extra connection. Without one, `listening` stays false: the wait ends at the
+        // poll.
+        if self.db.may_listen() {
+            self.listener.get_or_init(|| self.start_listener());
+        }
         let mut listening = self.listening.subscribe();
         if !*listening.borrow_and_update() {
             // Until LISTEN is in place, other processes' notifications are lost: hold the
@@ -96,14 +106,14 @@ impl Wakeups {
                     continue;
                 }
                 let sent = db
-                    .execute_raw(Statement::from_sql_and_values(
+                    .execute(Statement::from_sql_and_values(
                         DbBackend::Postgres,
                         "SELECT pg_notify($1, $2)",
                         [NOTIFY_CHANNEL.into(), sender.clone().into()],
                     ))
                     .await;
                 if let Err(err) = sent {
-                    if db.get_postgres_connection_pool().is_closed() {
+                    if db.is_closed() {
                         // Closed by its owner: nothing will be sent on it again.
                         return;
                     }
@@ -120,7 +130,7 @@ impl Wakeups {
     }
 
     fn start_listener(self: &Arc<Self>) -> AbortOnDropHandle<()> {
-        let pool = self.db.get_postgres_connection_pool().clone();
+        let pool = self.db.listen.clone();
         // The task holds only a weak reference: dropping the last handle stops it.
         let wakeups = Arc::downgrade(self);
         AbortOnDropHandle::new(tokio::spawn(async move {

@@ -36,6 +36,8 @@ mod pg_helpers;
 mod pg_list_cancel_watch;
 #[cfg(feature = "postgres")]
 mod pg_steps;
+#[cfg(feature = "postgres")]
+mod pgbouncer;
 mod properties;
 mod races;
 mod reliability;

@@ -10,8 +10,8 @@ use order_core::testing::TestDatabase;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::child_process::{Server, spawn_server};
-use crate::pg_helpers::{direct_counts, wait_until_all_finished};
+use crate::child_process::Server;
+use crate::pg_helpers::{Route, direct_counts, wait_until_all_finished};
 
 fn order(user: &str) -> Value {
     json!({"userId": user, "itemIds": ["item1", "item2"], "totalAmount": 59.99})
@@ -43,13 +43,23 @@ async fn orders_by_id(db: &DatabaseConnection) -> HashMap<i64, (String, i32)> {
 /// the statement it was given to the end, commit included, and only then notices that its
 /// client is gone. Then the rows are as the server left them.
 pub(crate) async fn killed_server_sessions_gone(db: &DatabaseConnection) {
+    killed_server_statements_landed(db, false).await;
+}
+
+/// [`killed_server_sessions_gone`]; through a pooler (`pooled`), whose server connections
+/// outlive the server, until none of them is busy with its statements.
+pub(crate) async fn killed_server_statements_landed(db: &DatabaseConnection, pooled: bool) {
+    let busy = if pooled { "AND state <> 'idle'" } else { "" };
     let began = Instant::now();
     loop {
         let sessions: i64 = db
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                  WHERE datname = current_database() AND application_name = 'order-server'",
+                format!(
+                    "SELECT count(*) AS n FROM pg_stat_activity \
+                      WHERE datname = current_database() AND application_name = 'order-server' \
+                      {busy}"
+                ),
             ))
             .await
             .unwrap()
@@ -80,15 +90,18 @@ async fn queue_length(db: &DatabaseConnection) -> i64 {
 }
 
 pub(crate) async fn pg_server(db: &TestDatabase, env: &[(&str, &str)]) -> Server {
-    let mut all = vec![("DATABASE_URL", db.url())];
-    all.extend_from_slice(env);
-    spawn_server(&all).await
+    Route::direct(db).server(env).await
 }
 
 #[tokio::test]
 async fn the_api_keeps_orders_in_postgres_across_restarts() {
     let db = TestDatabase::create().await;
-    let server = pg_server(&db, &[("PROCESSING_DELAY_MS", "50")]).await;
+    keeps_orders_across_restarts(&db, &Route::direct(&db)).await;
+}
+
+/// The API, processing, a restart and readiness, with servers reaching `db` by `route`.
+pub(crate) async fn keeps_orders_across_restarts(db: &TestDatabase, route: &Route) {
+    let server = route.server(&[("PROCESSING_DELAY_MS", "50")]).await;
     let (status, ready) = server.get("/readyz").await;
     assert_eq!((status, &ready["status"]), (200, &json!("ready")));
 
@@ -109,7 +122,7 @@ async fn the_api_keeps_orders_in_postgres_across_restarts() {
     assert!(clean);
 
     // A new process finds the order as the first one left it.
-    let server = pg_server(&db, &[]).await;
+    let server = route.server(&[]).await;
     let (status, body) = server.get(&format!("/orders/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(body["order"]["status"], "COMPLETED");
@@ -156,6 +169,12 @@ async fn the_api_keeps_orders_in_postgres_across_restarts() {
 #[tokio::test]
 async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_restart() {
     let db = TestDatabase::create().await;
+    acknowledged_orders_survive_a_sigkill(&db, &Route::direct(&db)).await;
+}
+
+/// Every order acknowledged before a SIGKILL mid-processing completes exactly once after a
+/// restart, with servers reaching `db` by `route`.
+pub(crate) async fn acknowledged_orders_survive_a_sigkill(db: &TestDatabase, route: &Route) {
     // Short leases so that orders the killed server held are taken over within seconds, yet
     // long enough that a loaded machine's stalls do not cause takeovers of their own.
     let env = [
@@ -164,7 +183,7 @@ async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_
         ("LEASE_MS", "3000"),
         ("POLL_INTERVAL_MS", "200"),
     ];
-    let server = pg_server(&db, &env).await;
+    let server = route.server(&env).await;
 
     // Clients keep creating orders while the server is killed under them.
     let base = server.base.clone();
@@ -219,7 +238,7 @@ async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_
     }
     server.kill().await;
     // The state at the kill, once its last statements have landed; nothing else writes.
-    killed_server_sessions_gone(db.connection()).await;
+    killed_server_statements_landed(db.connection(), route.pooled).await;
     let at_kill = orders_by_id(db.connection()).await;
     let in_flight: HashSet<i64> = at_kill
         .iter()
@@ -247,7 +266,7 @@ async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_
     );
 
     let restarted = Instant::now();
-    let server = pg_server(&db, &env).await;
+    let server = route.server(&env).await;
     wait_until_all_finished(db.connection(), Duration::from_secs(30)).await;
     let recovered_in = restarted.elapsed();
 
@@ -294,12 +313,17 @@ async fn orders_acknowledged_before_a_sigkill_all_complete_exactly_once_after_a_
 #[tokio::test]
 async fn two_servers_on_one_database_share_the_work_and_start_each_order_once() {
     let db = TestDatabase::create().await;
+    two_servers_share_the_work(&db, &Route::direct(&db)).await;
+}
+
+/// Two servers reaching `db` by `route` share the work and start each order once.
+pub(crate) async fn two_servers_share_the_work(db: &TestDatabase, route: &Route) {
     let env = [
         ("PROCESSING_DELAY_MS", "40"),
         ("WORKERS", "4"),
         ("RUST_LOG", "info,order_core=debug"),
     ];
-    let servers = [pg_server(&db, &env).await, pg_server(&db, &env).await];
+    let servers = [route.server(&env).await, route.server(&env).await];
     let mut ids = HashSet::new();
     for i in 0..120 {
         let server = &servers[i % 2];

@@ -19,7 +19,7 @@ use crate::child_process::spawn_server;
 /// Clients in each race.
 const RACERS: usize = 16;
 /// Races, each with a key of its own.
-const ROUNDS: usize = 20;
+pub(crate) const ROUNDS: usize = 20;
 
 /// What one racer got: status, whether the reply said it was a replay, and the body as sent.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ async fn connected(base: &str) -> reqwest::Client {
 
 /// Runs the rounds: in each, racer `i` sends the round's key to `bases[i % bases.len()]`.
 /// Checks what every client saw and returns, per round, the id of the order made.
-async fn race_rounds(bases: &[String]) -> Vec<i64> {
+pub(crate) async fn race_rounds(bases: &[String]) -> Vec<i64> {
     let mut clients = Vec::with_capacity(RACERS);
     for racer in 0..RACERS {
         let base = bases[racer % bases.len()].clone();
@@ -116,7 +116,7 @@ async fn race_rounds(bases: &[String]) -> Vec<i64> {
 
 /// `(orders, keys, keys naming an order)` as the database holds them.
 #[cfg(feature = "postgres")]
-async fn stored(db: &DatabaseConnection) -> (i64, i64, i64) {
+pub(crate) async fn stored(db: &DatabaseConnection) -> (i64, i64, i64) {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
@@ -135,7 +135,7 @@ async fn stored(db: &DatabaseConnection) -> (i64, i64, i64) {
     )
 }
 
-fn distinct(ids: &[i64]) -> usize {
+pub(crate) fn distinct(ids: &[i64]) -> usize {
     ids.iter().collect::<std::collections::HashSet<_>>().len()
 }
 
