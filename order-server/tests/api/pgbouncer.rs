@@ -146,7 +146,15 @@ async fn through_pgbouncer_event_streams_and_workers_follow_other_servers_in_bot
 
         let cancelled = here.create(&order("ann")).await;
         let mut watch = Watch::connect(&format!("{}/orders/{cancelled}/events", there.base)).await;
-        assert_eq!(statuses(&watch.until_events(1).await), ["PENDING"]);
+        // The worker, woken by the new order, may have claimed it before the watch opened.
+        let first = statuses(&watch.until_events(1).await)
+            .first()
+            .copied()
+            .map(str::to_owned);
+        assert!(
+            matches!(first.as_deref(), Some("PENDING" | "PROCESSING")),
+            "{first:?}"
+        );
         // Cancelled before the worker, which may claim it first: either way the stream shows
         // where it ends.
         let (status, _) = here
