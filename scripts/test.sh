@@ -80,6 +80,74 @@ else
     --seed "$checker_seed"
 fi
 
+# Sustained load, short: bench-sustained (benches/bin/sustained.rs; scripts/bench.sh runs it
+# for ten minutes) posts 300 orders/s for 60 s to the order-server binary the tests built (its
+# debug build takes about 1,300/s with its workers on, on 2 cores), every tenth with an
+# Idempotency-Key, and samples the database every 5 s; a missed bound fails the run: the bytes
+# each order adds level off, dead rows in the orders table stay under 10% of its live ones, and
+# the small tables stay small. On a private cluster with autovacuum waking every second: this
+# machine's shared server runs with autovacuum off, and its default wake-up, a minute, is the
+# whole run. The orders table starts with 50,000 COMPLETED orders, as a service's has a
+# history: its dead rows are judged against a table's live ones, not a minute-old table's. Its
+# growth is judged from 20 s on, once the updates have filled the free space its fillfactor
+# left on the history's pages. 20 s adds about 2 MB to the orders table, which the heap's
+# extension in batches and index page splits move by a tenth or more: the growth bound is 1.25
+# here, 1.05 over the ten minutes.
+step "sustained load (60 s on PostgreSQL: bytes per order, dead tuples, hot tables)"
+sustained_shared_url=$TEST_DATABASE_URL
+sustained_own_cluster=""
+if [[ -z ${PG__PRIVATE_DIR:-} ]]; then
+  pg_start_private || exit 1
+  sustained_own_cluster=1
+fi
+sustained_admin_url=$TEST_DATABASE_URL
+TEST_DATABASE_URL=$sustained_shared_url
+sustained_db="order_sustained_$$"
+sustained_url=$(pg_url_with_database "$sustained_admin_url" "$sustained_db")
+sustained_pid=""
+sustained_done() {
+  if [[ -n $sustained_pid ]]; then
+    kill -TERM "$sustained_pid" 2>/dev/null || true
+    wait "$sustained_pid" 2>/dev/null || true
+    sustained_pid=""
+  fi
+  if [[ -n ${sustained_db:-} ]]; then
+    pg_psql "$sustained_admin_url" -q -c "DROP DATABASE IF EXISTS $sustained_db WITH (FORCE)" \
+      -c 'ALTER SYSTEM RESET autovacuum_naptime' -c 'SELECT pg_reload_conf()' >/dev/null || true
+    sustained_db=""
+    if [[ -n $sustained_own_cluster ]]; then
+      pg_stop_private
+    fi
+  fi
+}
+pg_at_exit sustained_done # also when a bound is missed
+pg_psql "$sustained_admin_url" -q -c "CREATE DATABASE $sustained_db" \
+  -c "ALTER SYSTEM SET autovacuum_naptime = '1s'" -c 'SELECT pg_reload_conf()' >/dev/null
+sustained_port=18400
+while (exec 3<>"/dev/tcp/127.0.0.1/$sustained_port") 2>/dev/null; do
+  sustained_port=$((sustained_port + 1))
+done
+HOST=127.0.0.1 PORT=$sustained_port RUST_LOG=warn PROCESSING_DELAY_MS=0 IDEMPOTENCY_TTL_SECS=20 \
+  DATABASE_URL=$sustained_url "${CARGO_TARGET_DIR:-target}/debug/order-server" &
+sustained_pid=$!
+sustained_deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null "http://127.0.0.1:$sustained_port/readyz" 2>/dev/null; do
+  if ! kill -0 "$sustained_pid" 2>/dev/null || ((SECONDS > sustained_deadline)); then
+    echo "error: order-server for the sustained load was not ready within 60 s" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+pg_psql "$sustained_url" -q -c "
+  INSERT INTO order_engine_orders
+      (user_id, item_ids, total_amount, status, attempts, processing_start_time, processing_end_time)
+  SELECT 'user-' || (g % 1000), ARRAY['item1', 'item2'], 59.99, 'COMPLETED', 1, now(), now()
+    FROM generate_series(1, 50000) AS g" -c 'VACUUM ANALYZE order_engine_orders'
+timeout 120 "${CARGO_TARGET_DIR:-target}/debug/bench-sustained" \
+  --url "http://127.0.0.1:$sustained_port" --database-url "$sustained_url" --rate 300 \
+  --duration-secs 60 --sample-secs 5 --settle-secs 10 --growth-from-secs 20 --max-growth-ratio 1.25
+sustained_done
+
 step "docs (cargo doc, warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 

@@ -7,6 +7,7 @@ mod m20261203_000001_queue_in_orders;
 mod m20261204_000001_order_steps;
 mod m20261205_000001_retried_orders;
 mod m20261206_000001_bulk_actions;
+mod m20261207_000001_autovacuum;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_order_steps::OrderSteps),
             Box::new(m20261205_000001_retried_orders::RetriedOrders),
             Box::new(m20261206_000001_bulk_actions::BulkActions),
+            Box::new(m20261207_000001_autovacuum::Autovacuum),
         ]
     }
 

@@ -87,6 +87,10 @@ const SECOND_QUEUE: &str = "SELECT id, status, date_trunc('second', available_at
 
 const KEYS: &str = "SELECT * FROM order_engine_idempotency_keys ORDER BY scope, key";
 
+/// The orders table's storage parameters, space-separated.
+const AUTOVACUUM: &str = "SELECT coalesce(array_to_string(reloptions, ' '), '')
+   FROM pg_class WHERE oid = 'order_engine_orders'::regclass";
+
 /// Counted in the table, and as the counters say.
 const COUNTS: &str = "SELECT s.status, s.n, c.n FROM
         (SELECT status, count(*) AS n FROM order_engine_orders GROUP BY status) s
@@ -120,8 +124,17 @@ async fn a_database_of_the_first_design_migrates_with_every_order_and_back() {
         assert_eq!(fields[1], fields[2], "{row}");
     }
 
-    // The bulk actions' tables go first, then the failures' column, then the steps', then the
-    // queue comes back out of the orders' rows.
+    assert_eq!(
+        text_rows(pool, AUTOVACUUM).await,
+        ["(\"fillfactor=85 autovacuum_vacuum_scale_factor=0.02 autovacuum_vacuum_threshold=500\")"]
+    );
+
+    // The orders' autovacuum thresholds go first (back to the server's), then the bulk
+    // actions' tables, then the failures' column, then the steps', then the queue comes back
+    // out of the orders' rows.
+    postgres::revert(db.pool(), 1).await.unwrap();
+    assert_eq!(text_rows(pool, AUTOVACUUM).await, ["(fillfactor=85)"]);
+    assert_eq!(text_rows(pool, ORDERS).await, orders);
     postgres::revert(db.pool(), 1).await.unwrap();
     assert_eq!(text_rows(pool, ORDERS).await, orders);
     postgres::revert(db.pool(), 1).await.unwrap();
