@@ -37,8 +37,12 @@
 #                                 against one-step ones), cost (PostgreSQL's work per
 #                                 order), migration (from the first design, at
 #                                 BENCH_METRICS_ORDERS orders), bulk (a bulk retry and a bulk
-#                                 cancel of BENCH_BULK_ORDERS orders), criterion. A run of some
+#                                 cancel of BENCH_BULK_ORDERS orders), sustained (half the
+#                                 maximum POST rate for BENCH_SUSTAINED_SECONDS: bytes per
+#                                 order, dead rows, hot tables), criterion. A run of some
 #                                 phases only prints its table, unless BENCH_OUTPUT is set.
+#   BENCH_SUSTAINED_SECONDS=600   length of the sustained load
+#   BENCH_SUSTAINED_NAPTIME=1s    autovacuum_naptime of the sustained phase's private cluster
 #   BENCH_FLOW_BATCH=32           orders per statement in the pgbench reference that makes
 #                                 the design's writes (insert, claim and start, complete)
 #   BENCH_OPERATOR_BACKLOG=50000  the least backlog an API-only server builds for the
@@ -62,6 +66,8 @@ BULK_ORDERS=${BENCH_BULK_ORDERS:-100000}
 METRICS_SMALL=1000
 METRICS_SECS=${BENCH_METRICS_SECONDS:-3}
 CRITERION_SECS=${BENCH_CRITERION_SECONDS:-5}
+SUSTAINED_SECS=${BENCH_SUSTAINED_SECONDS:-600}
+SUSTAINED_NAPTIME=${BENCH_SUSTAINED_NAPTIME:-1s}
 BENCH_DB=${BENCH_DATABASE:-order_bench}
 OUTPUT=${BENCH_OUTPUT:-BENCHMARKS.md}
 PHASES=${BENCH_PHASES:-all}
@@ -93,17 +99,19 @@ die() {
 # wants PHASE: whether BENCH_PHASES asks for it.
 wants() { [[ $PHASES == all || ,$PHASES, == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
-  [[ $phase =~ ^(all|http|metrics|burndown|steps|cost|migration|bulk|criterion)$ ]] ||
-    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, steps, cost, migration, bulk, criterion)"
+  [[ $phase =~ ^(all|http|metrics|burndown|steps|cost|migration|bulk|sustained|criterion)$ ]] ||
+    die "BENCH_PHASES: unknown phase '$phase' (all, http, metrics, burndown, steps, cost, migration, bulk, sustained, criterion)"
 done
 
-for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS; do
+for var in RUNS SECS WARMUP CONNS GET_ORDERS BURN_ORDERS METRICS_ORDERS METRICS_SECS CRITERION_SECS SUSTAINED_SECS; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number, not '${!var}'"
 done
 ((RUNS >= 1 && SECS >= 1 && CONNS >= 1 && GET_ORDERS >= 1 && BURN_ORDERS >= 1)) ||
   die "BENCH_RUNS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_GET_ORDERS and BENCH_BURNDOWN_ORDERS must be at least 1"
 ((METRICS_ORDERS > METRICS_SMALL)) || die "BENCH_METRICS_ORDERS must be more than $METRICS_SMALL"
 [[ $BENCH_DB =~ ^[a-z_][a-z0-9_]*$ ]] || die "BENCH_DATABASE must be a plain lower-case identifier"
+((SUSTAINED_SECS >= 60)) || die "BENCH_SUSTAINED_SECONDS must be at least 60 (its first minute is not judged)"
+[[ $SUSTAINED_NAPTIME =~ ^[0-9]+(ms|s|min)?$ ]] || die "BENCH_SUSTAINED_NAPTIME must be a duration such as 1s or 1min"
 
 # ---------------------------------------------------------------------------------------------
 # Arithmetic and formatting (awk: no Python on the machine is assumed).
@@ -551,6 +559,7 @@ copy_executable() {
 SERVER_BIN=$(copy_executable "$WORK/build.json" order-server)
 ECHO_BIN=$(copy_executable "$WORK/build.json" bench-echo)
 BURNDOWN_BIN=$(copy_executable "$WORK/build.json" bench-burndown)
+SUSTAINED_BIN=$(copy_executable "$WORK/build.json" bench-sustained)
 CRITERION_BIN=$(copy_executable "$WORK/build.json" processor)
 
 step "PostgreSQL"
@@ -681,6 +690,7 @@ done
 PG_POST_RSS=$(peak_rss_mb "$PG_PID")
 m_rps=$(median "${pg_rps[@]}") m_p50=$(median "${pg_p50[@]}") m_p99=$(median "${pg_p99[@]}")
 m_ins=$(median "${ins_tps[@]}") errors=$(sum "${pg_errors[@]}") ref_errors=$(sum "${ins_failed[@]}")
+PG_POST_RPS=$m_rps # the sustained phase's maximum
 row "POST /orders per second, PostgreSQL (workers on)" \
   "$(commas "$m_rps")/s, p50 $(ms "$m_p50"), p99 $(ms "$m_p99")$(flag_errors "$errors"); $(commas "$(median "${pg_backlog[@]}")") unfinished when wrk stopped" \
   "pgbench -c$CONNS -j2 single-row INSERT ... RETURNING id: $(commas "$m_ins")/s$(flag_errors "$ref_errors")" \
@@ -1230,6 +1240,99 @@ if wants bulk; then
   done
   stop_server "$BULK_PID"
   pg_psql "$TEST_DATABASE_URL" -q -c 'DROP DATABASE IF EXISTS order_bulk WITH (FORCE)' || true
+  say "($((SECONDS - phase_started)) s)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Sustained load: whether the database stays its size. bench-sustained posts orders at half the
+# maximum POST rate on PostgreSQL for BENCH_SUSTAINED_SECONDS (ten minutes), every tenth with an
+# Idempotency-Key, to a server with its workers on (PROCESSING_DELAY_MS=0: each order is taken
+# in, claimed and completed as it comes) that keeps keys 60 s (IDEMPOTENCY_TTL_SECS; the default
+# day would never let the keys table reach its steady state in the run), and samples the tables
+# every 10 s. Its bounds: the bytes added per order in the second half under 1.05 times the
+# first half's; dead rows in the orders table under 10% of its live ones after the first minute;
+# each small table (counters, bulk actions and items, migrations) under 1 MiB and the keys under
+# 16 MiB. The maximum is the http phase's POST figure when it ran, else measured here as that
+# phase measures it. The load runs on a private cluster (a new one, or the cost phase's) at
+# PostgreSQL's defaults except autovacuum_naptime (BENCH_SUSTAINED_NAPTIME): a shared server
+# cannot be reconfigured, and may run with autovacuum off; at the default minute between
+# wake-ups, dead rows pile up to twice the orders of a minute whatever the tables' settings.
+if wants sustained; then
+  phase_started=$SECONDS
+  if [[ -z ${PG_POST_RPS:-} ]]; then
+    step "sustained load: the maximum POST rate on PostgreSQL (wrk, as the http phase)"
+    recreate_bench_db
+    start_server order-server-max RUST_LOG=warn PROCESSING_DELAY_MS=0 DATABASE_URL="$BENCH_URL" "$SERVER_BIN"
+    MAX_PID=$SERVER_PID MAX_PORT=$SERVER_PORT
+    if ((WARMUP > 0)); then
+      wrk_run max-post-warmup "http://127.0.0.1:$MAX_PORT/orders" "$POST_LUA" "$WARMUP" >/dev/null
+      wait_drained "$MAX_PORT"
+    fi
+    max_rps=()
+    for ((run = 1; run <= RUNS; run++)); do
+      result=$(wrk_run "max-post-$run" "http://127.0.0.1:$MAX_PORT/orders" "$POST_LUA")
+      read -r rps _ _ errors <<<"$result"
+      say "run $run/$RUNS: $(commas "$rps")/s, $errors errors"
+      max_rps+=("$rps")
+      wait_drained "$MAX_PORT"
+    done
+    stop_server "$MAX_PID"
+    PG_POST_RPS=$(median "${max_rps[@]}")
+  fi
+  SUSTAINED_RATE=$(calc "$PG_POST_RPS / 2")
+  step "sustained load: $(commas "$SUSTAINED_RATE") orders/s (half of $(commas "$PG_POST_RPS")/s) for $SUSTAINED_SECS s on a private cluster (autovacuum_naptime $SUSTAINED_NAPTIME)"
+  # The bench's own cluster or the cost phase's when private (stopped at exit), else a new one,
+  # stopped when the phase is done.
+  sus_own_cluster=""
+  if [[ -n ${PG__PRIVATE_DIR:-} ]]; then
+    SUS_ADMIN_URL=$(pg_url_with_database "${COST_ADMIN_URL:-$TEST_DATABASE_URL}" postgres)
+  else
+    bench_admin_url=$TEST_DATABASE_URL
+    pg_start_private || die "could not start a private cluster for the sustained load"
+    SUS_ADMIN_URL=$TEST_DATABASE_URL
+    TEST_DATABASE_URL=$bench_admin_url
+    sus_own_cluster=1
+  fi
+  SUS_URL=$(pg_url_with_database "$SUS_ADMIN_URL" order_sustained)
+  pg_psql "$SUS_ADMIN_URL" -q -c 'DROP DATABASE IF EXISTS order_sustained WITH (FORCE)' -c 'CREATE DATABASE order_sustained' \
+    -c "ALTER SYSTEM SET autovacuum_naptime = '$SUSTAINED_NAPTIME'" -c 'SELECT pg_reload_conf()' >/dev/null ||
+    die "could not set up the sustained load's database"
+  start_server order-server-sustained RUST_LOG=warn PROCESSING_DELAY_MS=0 IDEMPOTENCY_TTL_SECS=60 \
+    DATABASE_URL="$SUS_URL" "$SERVER_BIN"
+  SUS_PID=$SERVER_PID SUS_PORT=$SERVER_PORT
+  sustained_status=0
+  "$SUSTAINED_BIN" --url "http://127.0.0.1:$SUS_PORT" --database-url "$SUS_URL" \
+    --rate "$SUSTAINED_RATE" --duration-secs "$SUSTAINED_SECS" --sample-secs 10 --settle-secs 60 \
+    >"$WORK/sustained.out" 2> >(tee "$WORK/sustained.err" | sed 's/^bench-sustained: /    /' >&2) ||
+    sustained_status=$?
+  stop_server "$SUS_PID"
+  if [[ -n $sus_own_cluster ]]; then
+    pg_stop_private
+  else
+    pg_psql "$SUS_ADMIN_URL" -q -c 'DROP DATABASE IF EXISTS order_sustained WITH (FORCE)' \
+      -c 'ALTER SYSTEM RESET autovacuum_naptime' -c 'SELECT pg_reload_conf()' >/dev/null || true
+  fi
+  if ((sustained_status != 0 && sustained_status != 2)); then
+    die "bench-sustained failed (exit $sustained_status; $WORK/sustained.err)"
+  fi
+  sed 's/^/    /' "$WORK/sustained.out"
+  sus_line=$(tail -n 1 "$WORK/sustained.out")
+  # sus KEY: a figure from bench-sustained's last line (key=value pairs).
+  sus() { tr ' ' '\n' <<<"$sus_line" | awk -F= -v key="$1" '$1 == key { print $2 }'; }
+  sus_failed=$(sus failed)
+  sus_errors() { with_errors "$1" "$sus_failed"; }
+  row "sustained load, $((SUSTAINED_SECS / 60)) min at half the maximum POST rate (workers on, private cluster): table and index bytes per order added, second half against first" \
+    "$(commas "$(sus achieved_rate)") orders/s for $(commas "$(sus created)") orders; all tables: $(commas "$(sus schema_second_half)") B/order added (orders table $(commas "$(sus orders_second_half)")); $(commas "$(sus end_bytes_per_order)") B per stored order at the end, $(commas "$(sus mid_bytes_per_order)") at $(sus mid_secs) s" \
+    "the first half: $(commas "$(sus schema_first_half)") B/order (orders table $(commas "$(sus orders_first_half)"))" \
+    "$(ratio "$(sus schema_second_half)" "$(sus schema_first_half)")" "ratio < 1.05 (all tables and orders table); ≥ 95% of $(commas "$SUSTAINED_RATE")/s" \
+    "$(sus_errors "$(verdict "$(sus schema_ratio) < 1.05" "$(sus orders_ratio) < 1.05" "$(sus achieved_rate) >= 0.95 * $SUSTAINED_RATE")")"
+  row "sustained load: dead rows in the orders table, most seen after the first minute (a sample every 10 s; autovacuum_naptime $SUSTAINED_NAPTIME)" \
+    "$(awk -v v="$(sus max_dead_share)" 'BEGIN { printf "%.1f%% of live rows", v * 100 }'); $(sus orders_autovacuums) autovacuums of the orders table" \
+    "—" "—" "< 10%" "$(verdict "$(sus max_dead_share) < 0.10")"
+  row "sustained load: small hot tables, largest size seen" \
+    "idempotency keys (60 s) $(awk -v v="$(sus keys_max_bytes)" 'BEGIN { printf "%.1f MiB", v / 1048576 }'); counters, bulk actions and items, migrations: $(awk -v v="$(sus hot_max_bytes)" 'BEGIN { printf "%.0f KiB", v / 1024 }') at most" \
+    "—" "—" "keys ≤ 16 MiB; the others ≤ 1 MiB each" \
+    "$(verdict "$(sus keys_max_bytes) <= 16 * 1048576" "$(sus hot_max_bytes) <= 1048576")"
   say "($((SECONDS - phase_started)) s)"
 fi
 
