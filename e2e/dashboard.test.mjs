@@ -223,7 +223,10 @@ describe('dashboard, live', () => {
       await eventually('the dialog to show CANCELLED', async () =>
         (await textOf(detail.getByTestId('detail-status'))) === 'CANCELLED',
       );
-      assert.equal(await textOf(detail.getByRole('status')), 'Cancelled.');
+      // The stream may show CANCELLED before the POST's answer says so in the dialog.
+      await eventually('the dialog to say Cancelled.', async () =>
+        (await textOf(detail.getByRole('status'))) === 'Cancelled.',
+      );
       await eventually('the Cancel order button to go', async () =>
         !(await detail.getByRole('button', { name: 'Cancel order' }).isVisible()),
       );

@@ -62,6 +62,7 @@ mod wakeups;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sea_orm::sqlx;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 use sea_orm_migration::MigratorTrait;
@@ -390,6 +391,7 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, S
         // no round trip.
         PoolMode::Session => {
             connect.statement_timeout(options.statement_timeout);
+            connect.map_sqlx_postgres_pool_opts(|pool| pool.after_connect(refuse_read_only));
             None
         }
         // PgBouncer refuses a startup `options` parameter (1.18 accepts only the parameters it
@@ -441,6 +443,39 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, S
         notifications: Arc::new(notifications::Notifications::new(
             options.listen_url.is_some(),
         )),
+    })
+}
+
+/// Refuses a new session on a node that does not take writes: a standby, or one set
+/// `default_transaction_read_only`. A failover can leave a name or address pointing at the
+/// old primary, back as a standby, or at a standby not yet promoted; a connection kept there
+/// would fail every write (and read rows not yet replayed) for as long as it lived. Refused,
+/// it is closed, the call that wanted it fails as unavailable and is retried, and the next
+/// connection is opened afresh, by then on the new primary. A node cannot turn read-only
+/// under a session it already has: PostgreSQL demotes a primary only through a restart,
+/// which ends every session.
+fn refuse_read_only(
+    connection: &mut sqlx::PgConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
+            .fetch_one(&mut *connection)
+            .await?;
+        if read_only == "on" {
+            // The server ends the session itself. The pool then drops the connection without a
+            // goodbye, and over TLS that drop waits to read the server's reply to its
+            // close_notify: a server still holding the session would never send one, and the
+            // pool would hang. The error this answers is the one expected.
+            let _ = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&mut *connection)
+                .await;
+            return Err(sqlx::Error::Io(std::io::Error::other(
+                "the server takes no writes (a standby, or default_transaction_read_only): \
+                 the connection was closed, and the next one is opened afresh",
+            )));
+        }
+        Ok(())
     })
 }
 
@@ -548,6 +583,88 @@ mod shared_database {
 
     async fn second_pool(db: &TestDatabase) -> PostgresPool {
         connect(db.url(), &PoolOptions::default()).await.unwrap()
+    }
+
+    /// A node that takes no writes gets no session: once a pool's connections were cut (the
+    /// node restarted as a standby, say), each new one is closed as soon as it is opened and
+    /// another tried, calls fail as unavailable at the acquire timeout, a new pool cannot
+    /// open, and a call waiting meanwhile goes through, on the same pool, once the node takes
+    /// writes. `default_transaction_read_only` stands in for a standby, which answers
+    /// `SHOW transaction_read_only` the same way.
+    #[tokio::test]
+    async fn sessions_on_a_node_that_takes_no_writes_are_refused_until_it_does() {
+        use sea_orm::ConnectionTrait;
+
+        let db = TestDatabase::create().await;
+        let admin = db.connection();
+        let name: String = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT current_database() AS name",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get("", "name")
+            .unwrap();
+        let options = PoolOptions {
+            application_name: "refused-when-read-only".to_owned(),
+            acquire_timeout: Duration::from_secs(2),
+            ..PoolOptions::default()
+        };
+        let pool = connect(db.url(), &options).await.unwrap();
+        pool.db().execute_unprepared("SELECT 1").await.unwrap();
+
+        admin
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = on"
+            ))
+            .await
+            .unwrap();
+        admin
+            .execute_unprepared(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'refused-when-read-only'",
+            )
+            .await
+            .unwrap();
+        // The pool opens a session, finds the node read-only, closes it and tries again until
+        // its acquire timeout: the call fails as unavailable, and so does a new pool.
+        for _ in 0..2 {
+            let err = pool
+                .db()
+                .execute_unprepared("SELECT 1")
+                .await
+                .map_err(|err| storage_error("a call", err))
+                .expect_err("no session on a node that takes no writes");
+            assert!(err.unavailable, "retryable: {err}");
+        }
+        let err = connect(db.url(), &options)
+            .await
+            .expect_err("a new pool opens no session there either");
+        assert!(err.unavailable, "retryable: {err}");
+
+        // A call made while the node is read-only goes through once it takes writes, within
+        // the acquire timeout: the pool kept trying with new sessions.
+        let call = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.db()
+                    .execute_unprepared("CREATE TEMPORARY TABLE written (x int)")
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!call.is_finished(), "the call waits for a writable session");
+        admin
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {name} RESET default_transaction_read_only"
+            ))
+            .await
+            .unwrap();
+        call.await
+            .unwrap()
+            .expect("the same pool writes once the node takes writes");
     }
 
     /// A key whose order an operator deleted is taken over by exactly one of the requests that

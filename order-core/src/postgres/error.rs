@@ -57,9 +57,18 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| retryable_sqlstate(&code)),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| retryable_sqlstate(&code)) || on_standby(db.as_ref())
+        }
         _ => false,
     }
+}
+
+/// True for a standby's refusal of a read-write transaction (see `statements::opening`):
+/// PostgreSQL reports it as a feature not supported (0A000), not as 25006, so the message
+/// tells it from the features that are really missing.
+fn on_standby(err: &dyn sqlx::error::DatabaseError) -> bool {
+    err.code().as_deref() == Some("0A000") && err.message().contains("during recovery")
 }
 
 #[cfg(test)]

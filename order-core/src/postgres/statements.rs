@@ -37,9 +37,16 @@ use super::PostgresPool;
 /// either (another client's, or an older server's): a notification that reached this
 /// connection between two of our statements would arrive in the middle of the next one, and
 /// the driver fails a statement that meets one.
+///
+/// It first asks for a read-write transaction, which a standby refuses: when the pooler was
+/// pointed at a node before it was promoted, every transaction fails there, reads included,
+/// and is retried, rather than reading rows that the standby has received but not yet
+/// replayed. Session connections are checked once, when they are opened (see
+/// [`connect`](super::connect)); the pooler's server connections cannot be.
 fn opening(timeout: Duration) -> String {
     format!(
-        "SET LOCAL statement_timeout = {}; DEALLOCATE ALL; UNLISTEN *",
+        "SET LOCAL transaction_read_only = off; SET LOCAL statement_timeout = {}; \
+         DEALLOCATE ALL; UNLISTEN *",
         timeout.as_millis()
     )
 }
