@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's line says when it started, in seconds from the first: where the time goes.
+step() { printf '\n==> [%d s] %s\n' "$((SECONDS - ${started:-$SECONDS}))" "$*"; }
 
 need_component() {
   if ! cargo "$1" --version >/dev/null 2>&1; then
