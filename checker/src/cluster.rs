@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -31,7 +32,21 @@ impl Cluster {
         let uid = Command::new("id").arg("-u").output().context("id -u")?;
         let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
         let run_as = root.then(|| "postgres".to_owned());
-        let dir = std::env::temp_dir().join(format!("order-checker-pg-{}", std::process::id()));
+        let cluster = Self::prepare(bindir, run_as, "primary")?;
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )?;
+        cluster.pg_ctl("start")?;
+        Ok(cluster)
+    }
+
+    /// An empty directory of its own (`name` tells a primary from its standby) and a free
+    /// port, for a cluster not yet created.
+    fn prepare(bindir: PathBuf, run_as: Option<String>, name: &str) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("order-checker-pg-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if let Some(user) = &run_as {
             let chown = Command::new("chown").arg(user).arg(&dir).status()?;
@@ -44,19 +59,12 @@ impl Cluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let cluster = Self {
+        Ok(Self {
             bindir,
             dir,
             port,
             run_as,
-        };
-        let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
-        )?;
-        cluster.pg_ctl("start")?;
-        Ok(cluster)
+        })
     }
 
     fn data(&self) -> String {
@@ -77,6 +85,21 @@ impl Cluster {
     /// How many orders the database holds in each status, counted with `psql`: the direct
     /// count that `/metrics` must equal once all is quiet.
     pub(crate) fn count_by_status(&self) -> Result<BTreeMap<String, u64>> {
+        self.query("SELECT status, count(*) FROM order_engine_orders GROUP BY status")?
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                let (status, count) = line
+                    .split_once(' ')
+                    .with_context(|| format!("psql printed {line:?}"))?;
+                Ok((status.to_owned(), count.trim().parse()?))
+            })
+            .collect()
+    }
+
+    /// Runs `sql` with `psql` on its `postgres` database; returns the rows it printed, one per
+    /// line, fields separated by a space.
+    pub(crate) fn query(&self, sql: &str) -> Result<String> {
         let port = self.port.to_string();
         let out = self
             .command("psql")
@@ -91,22 +114,108 @@ impl Cluster {
                 "postgres",
             ])
             .args(["-X", "-A", "-t", "-F", " ", "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg("SELECT status, count(*) FROM order_engine_orders GROUP BY status")
+            .arg(sql)
             .output()
             .context("running psql")?;
         if !out.status.success() {
             bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        String::from_utf8_lossy(&out.stdout)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A streaming standby of `primary`, copied with `pg_basebackup` and started: read-only
+    /// until [`promote`](Self::promote)d. The primary waits for it on every commit once
+    /// [`require_synchronous_standby`](Self::require_synchronous_standby) is called.
+    pub(crate) fn standby_of(primary: &Cluster) -> Result<Self> {
+        let cluster = Self::prepare(primary.bindir.clone(), primary.run_as.clone(), "standby")?;
+        let data = cluster.data();
+        let primary_port = primary.port.to_string();
+        // -R writes `primary_conninfo` and `standby.signal`; -X stream copies the WAL written
+        // meanwhile.
+        cluster.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        cluster.pg_ctl("start")?;
+        Ok(cluster)
+    }
+
+    /// Makes every commit on this primary wait until the standby has flushed it
+    /// (`synchronous_standby_names`), and returns once the standby is streaming as the
+    /// synchronous one. Set after the standby was copied, so that it does not inherit the
+    /// setting: promoted, it must not wait for a standby of its own.
+    pub(crate) fn require_synchronous_standby(&self) -> Result<()> {
+        self.query("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
+        self.query("SELECT pg_reload_conf()")?;
+        let began = Instant::now();
+        loop {
+            let state = self.query("SELECT sync_state FROM pg_stat_replication")?;
+            if state.lines().any(|line| line.trim() == "sync") {
+                return Ok(());
+            }
+            if began.elapsed() > Duration::from_secs(30) {
+                bail!("the standby was not streaming synchronously within 30 s: {state:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL to the postmaster and every process it started, at once: the machine gone, as
+    /// far as clients can tell. Nothing is flushed, nothing says goodbye.
+    pub(crate) fn kill_everything(&self) -> Result<()> {
+        let pidfile = Path::new(&self.data()).join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile)
+            .with_context(|| format!("reading {}", pidfile.display()))?;
+        let postmaster = text
             .lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(|line| {
-                let (status, count) = line
-                    .split_once(' ')
-                    .with_context(|| format!("psql printed {line:?}"))?;
-                Ok((status.to_owned(), count.trim().parse()?))
-            })
-            .collect()
+            .next()
+            .and_then(|line| line.trim().parse::<u32>().ok())
+            .context("postmaster.pid names no process")?;
+        let mut pids = vec![postmaster.to_string()];
+        pids.extend(children_of(postmaster).iter().map(u32::to_string));
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -KILL {pids:?} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits until the standby has replayed all the WAL it received.
+    pub(crate) fn wait_for_replay(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let caught_up =
+                self.query("SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()")?;
+            if caught_up.trim() == "t" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the standby did not replay what it received within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `pg_ctl promote`, returning once the standby accepts writes.
+    pub(crate) fn promote(&self) -> Result<()> {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "-t", "60", "promote"])
     }
 
     fn pg_ctl(&self, action: &str) -> Result<()> {
@@ -176,6 +285,24 @@ impl Drop for Cluster {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The processes whose parent is `parent`, read from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses, so the
+            // fields are counted from the last `)`.
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 fn find_bindir() -> Option<PathBuf> {

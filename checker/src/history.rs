@@ -73,6 +73,11 @@ pub enum FaultKind {
     ServerKill,
     /// PostgreSQL was restarted with `pg_ctl restart -m immediate`.
     DatabaseRestart,
+    /// The primary was killed with SIGKILL, every process of it, and the connection pointed
+    /// at its synchronous standby, still read-only.
+    PrimaryKill,
+    /// The standby was promoted: the new primary takes writes from here on.
+    Promotion,
 }
 
 /// One operation of one client.

@@ -1,6 +1,7 @@
 //! `order-checker`: runs concurrent clients against a real `order-server` for a bounded time,
-//! optionally killing the server and restarting PostgreSQL meanwhile, then checks the
-//! recorded history (see the `order_checker` library) and exits non-zero on a violation.
+//! optionally killing the server, restarting PostgreSQL or failing over to a standby meanwhile,
+//! then checks the recorded history (see the `order_checker` library) and exits non-zero on a
+//! violation.
 //!
 //! ```sh
 //! order-checker --backend postgres --clients 8 --duration 30 --faults --seed 7
@@ -29,6 +30,12 @@ use crate::cluster::Cluster;
 use crate::server::ServerProcess;
 use crate::workload::Workload;
 use order_core::testing::{PgBouncer, PgBouncerSettings};
+
+/// The server's lease on an order it processes (`LEASE_MS`).
+const LEASE: Duration = Duration::from_secs(1);
+/// How often the server's idle workers look for orders (`POLL_INTERVAL_MS`): on PostgreSQL
+/// their claim also takes the orders whose lease ran out, so it is the sweep's interval too.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Checks order-server's promises against a recorded history of concurrent clients.
 #[derive(Debug, Parser)]
@@ -72,6 +79,16 @@ struct Args {
     /// (`DATABASE_LISTEN_URL`).
     #[arg(long, requires = "pgbouncer")]
     listen_direct: bool,
+
+    /// With `--pgbouncer`: the cluster is a primary with a synchronous streaming standby, and
+    /// once, mid-run, the primary is killed (SIGKILL to every process of it), PgBouncer is
+    /// pointed at the standby while it is still read-only, and the standby is promoted; the
+    /// server runs on, not restarted. Prints how many orders were acknowledged, lost and
+    /// doubled, and how long the orders unfinished at the promotion took to end after it;
+    /// one still unfinished at the end, or that took longer than two leases, a poll and its
+    /// steps and compensations, is a violation.
+    #[arg(long, requires = "pgbouncer", conflicts_with = "listen_direct")]
+    failover: bool,
 
     /// Seed of the clients' choices and of the fault schedule.
     #[arg(long, default_value_t = 1)]
@@ -129,12 +146,22 @@ async fn main() -> Result<ExitCode> {
         anyhow::bail!("--pgbouncer stands in front of PostgreSQL: use --backend postgres");
     }
     let began = Instant::now();
-    let cluster = match args.backend {
+    let mut cluster = match args.backend {
         Backend::Memory => None,
         Backend::Postgres => Some(Cluster::create().context("starting a private PostgreSQL")?),
     };
+    let mut standby = match (&cluster, args.failover) {
+        (Some(primary), true) => {
+            let standby = Cluster::standby_of(primary).context("starting a standby")?;
+            primary.require_synchronous_standby()?;
+            Some(standby)
+        }
+        _ => None,
+    };
+    // The primary killed by the failover, kept until the end so that its directory goes.
+    let mut retired = None;
     // Dropped after the server is killed, before the cluster.
-    let bouncer = match (&cluster, args.pgbouncer) {
+    let mut bouncer = match (&cluster, args.pgbouncer) {
         (Some(cluster), true) => Some(
             PgBouncer::start(&cluster.url(), &PgBouncerSettings::default())
                 .map_err(|err| anyhow::anyhow!(err))
@@ -152,8 +179,8 @@ async fn main() -> Result<ExitCode> {
     let mut env = vec![
         ("PROCESSING_DELAY_MS", args.processing_delay_ms.to_string()),
         // Short leases and polls: a killed server's orders are taken over within a second.
-        ("LEASE_MS", "1000".to_owned()),
-        ("POLL_INTERVAL_MS", "200".to_owned()),
+        ("LEASE_MS", LEASE.as_millis().to_string()),
+        ("POLL_INTERVAL_MS", POLL.as_millis().to_string()),
         ("DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
         ("REQUEST_TIMEOUT_SECS", "5".to_owned()),
     ];
@@ -202,9 +229,13 @@ async fn main() -> Result<ExitCode> {
         tokio::spawn(async move { workload.run(count, deadline).await })
     };
     let start = Instant::now();
+    let mut failover = None;
     for (at, kind) in plan {
         tokio::time::sleep_until(start + at).await;
-        workload.fault(kind);
+        // A failover records its kill and its promotion itself, each when it happens.
+        if kind != FaultKind::PrimaryKill {
+            workload.fault(kind);
+        }
         match kind {
             FaultKind::ServerKill => {
                 server.kill().await?;
@@ -215,6 +246,17 @@ async fn main() -> Result<ExitCode> {
                     cluster.restart_immediately()?;
                 }
             }
+            FaultKind::PrimaryKill => {
+                let (Some(primary), Some(new_primary), Some(bouncer)) =
+                    (cluster.take(), standby.take(), bouncer.as_mut())
+                else {
+                    anyhow::bail!("a failover needs a primary, its standby and PgBouncer");
+                };
+                failover = Some(fail_over(&workload, &primary, &new_primary, bouncer).await?);
+                retired = Some(primary);
+                cluster = Some(new_primary);
+            }
+            FaultKind::Promotion => {}
         }
     }
     clients.await?;
@@ -224,9 +266,15 @@ async fn main() -> Result<ExitCode> {
     if let Some(cluster) = &cluster {
         workload.database_counts(cluster.count_by_status()?);
     }
+    let failover = match (failover, &cluster) {
+        (Some(failover), Some(cluster)) => Some(failover.ended(cluster)?),
+        _ => None,
+    };
     server.kill().await?;
     drop(bouncer);
     drop(cluster);
+    drop(standby);
+    drop(retired);
 
     let mut history = workload.take_history();
     history.pipeline = pipeline.clone();
@@ -242,10 +290,13 @@ async fn main() -> Result<ExitCode> {
         out,
         "order-checker: {:?} backend{}, {processed_in}, {} clients, {} s, seed {}",
         args.backend,
-        match (args.pgbouncer, args.listen_direct) {
-            (false, _) => "",
-            (true, false) => " through PgBouncer (polling)",
-            (true, true) => " through PgBouncer (LISTEN direct)",
+        match (args.pgbouncer, args.listen_direct, args.failover) {
+            (false, _, _) => "",
+            (true, false, false) => " through PgBouncer (polling)",
+            (true, false, true) => {
+                " through PgBouncer (polling), a primary with a synchronous standby"
+            }
+            (true, true, _) => " through PgBouncer (LISTEN direct)",
         },
         args.clients,
         args.duration,
@@ -253,10 +304,12 @@ async fn main() -> Result<ExitCode> {
     )?;
     let kills = count(&history, FaultKind::ServerKill);
     let restarts = count(&history, FaultKind::DatabaseRestart);
+    let failovers = count(&history, FaultKind::Promotion);
     writeln!(
         out,
         "checked {} operations: {} creates, {} orders acknowledged, {} indeterminate; \
-         {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts)",
+         {} faults injected ({kills} server kills, {restarts} PostgreSQL restarts, \
+         {failovers} failovers, each a primary killed and a standby promoted)",
         report.ops, report.creates, report.acknowledged, report.indeterminate, report.faults,
     )?;
     writeln!(
@@ -283,7 +336,53 @@ async fn main() -> Result<ExitCode> {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "history written to {}", path.display())?;
     }
+    let mut failed = false;
+    if let Some(failover) = &failover {
+        let counts = report.counts();
+        let rule = |rule| counts.get(&rule).copied().unwrap_or(0);
+        // Lost: acknowledged, then missing or changed. Doubled: one key, two orders; or an
+        // order moved on from an end (COMPLETED twice, say).
+        writeln!(
+            out,
+            "failover: {} orders acknowledged, {} lost, {} doubled; promoted {:.0} ms after \
+             the kill; {} orders unfinished at the promotion, the last of them ({}) ended {:.0} \
+             ms after it (bound: two leases, a poll, its steps and their compensations, {:.0} ms); {} ended \
+             COMPLETED, {} CANCELLED, {} FAILED, {} unfinished",
+            report.acknowledged,
+            rule(order_checker::check::Rule::Acknowledged),
+            rule(order_checker::check::Rule::DuplicateOrder)
+                + rule(order_checker::check::Rule::Transition),
+            failover.promoted_after.as_secs_f64() * 1e3,
+            failover.unfinished_at_promotion,
+            failover
+                .slowest
+                .map_or_else(|| "none".to_owned(), |id| format!("order {id}")),
+            failover.longest_after_promotion.as_secs_f64() * 1e3,
+            failover.bound.as_secs_f64() * 1e3,
+            failover.ends.completed,
+            failover.ends.cancelled,
+            failover.ends.failed,
+            failover.ends.unfinished,
+        )?;
+        if failover.ends.unfinished > 0 {
+            writeln!(
+                out,
+                "VIOLATION: orders were left unfinished after the failover"
+            )?;
+            failed = true;
+        }
+        if failover.longest_after_promotion > failover.bound {
+            writeln!(
+                out,
+                "VIOLATION: an order waited past the bound after the promotion"
+            )?;
+            failed = true;
+        }
+    }
     let Some(first) = report.first() else {
+        if failed {
+            return Ok(ExitCode::FAILURE);
+        }
         writeln!(out, "no violation")?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -326,6 +425,146 @@ fn answers(
     counts.join(", ")
 }
 
+/// What a failover left to measure once the run is over.
+struct Failover {
+    /// From the kill to the promotion's end.
+    promoted_after: Duration,
+    /// When the promotion ended, on the machine's clock (the database's too).
+    promoted_at: std::time::SystemTime,
+    /// The orders PENDING or PROCESSING when the primary died, as the standby had them.
+    unfinished: Vec<i64>,
+    /// The longest an order may take to end after the promotion.
+    bound: Duration,
+}
+
+/// What [`Failover::ended`] measured.
+struct FailoverReport {
+    promoted_after: Duration,
+    unfinished_at_promotion: usize,
+    longest_after_promotion: Duration,
+    /// The order that ended last of them.
+    slowest: Option<i64>,
+    bound: Duration,
+    ends: Ends,
+}
+
+/// How the orders in the new primary ended.
+struct Ends {
+    completed: u64,
+    cancelled: u64,
+    failed: u64,
+    unfinished: u64,
+}
+
+/// Kills the primary, points PgBouncer at the standby, still read-only, lets connections land
+/// there for a moment, then promotes it: as when a name or address is moved before the
+/// promotion completes. Records both as faults.
+///
+/// The standby lags: it stops replaying a moment before the kill, as one does under load (a
+/// synchronous standby has each acknowledged commit on disk, not yet visible). A server that
+/// read from it while it is read-only would answer with orders as they were before their
+/// acknowledged changes, or not at all, and the history shows it; one that refuses the node
+/// answers 503s, and its clients try again. It replays everything before its promotion.
+async fn fail_over(
+    workload: &Workload,
+    primary: &Cluster,
+    standby: &Cluster,
+    bouncer: &mut PgBouncer,
+) -> Result<Failover> {
+    /// How far behind the primary the standby's visible state is at the kill.
+    const LAG: Duration = Duration::from_millis(300);
+    /// How long the standby is reachable, read-only, before it takes writes: longer than
+    /// PgBouncer's `server_login_retry` (1 s in its test settings), the pause it takes after
+    /// logins to the dead primary failed, so that its server connections do land there.
+    const READ_ONLY: Duration = Duration::from_secs(2);
+    standby.query("SELECT pg_wal_replay_pause()")?;
+    tokio::time::sleep(LAG).await;
+    workload.fault(FaultKind::PrimaryKill);
+    let killed = Instant::now();
+    primary.kill_everything()?;
+    bouncer
+        .retarget(&standby.url())
+        .map_err(|err| anyhow::anyhow!(err))
+        .context("pointing PgBouncer at the standby")?;
+    tokio::time::sleep(READ_ONLY).await;
+    standby.query("SELECT pg_wal_replay_resume()")?;
+    standby.wait_for_replay()?;
+    // Everything a commit was acknowledged for is on the standby (synchronous replication),
+    // now replayed, and nothing can be committed between the kill and the promotion.
+    let unfinished = cluster_ids(
+        standby,
+        "SELECT id FROM order_engine_orders WHERE status IN ('PENDING', 'PROCESSING')",
+    )?;
+    standby.promote()?;
+    let promoted_at = std::time::SystemTime::now();
+    let promoted_after = killed.elapsed();
+    workload.fault(FaultKind::Promotion);
+    Ok(Failover {
+        promoted_after,
+        promoted_at,
+        unfinished,
+        // A claim sent before the promotion can come back after it, held by the pooler until
+        // it reached a server that took writes. Its lease, counted from when it was sent, is
+        // then gone: the worker drops the order rather than run it unsure of holding it, and
+        // the order waits out that lease in the database before the next claim. Hence two
+        // leases; then a poll, and the order's steps and, when it is cancelled, their
+        // compensations, which take as long.
+        bound: 2 * LEASE + POLL + 2 * workload.processing(),
+    })
+}
+
+impl Failover {
+    /// Reads, from the new primary once all is quiet, when each order unfinished at the
+    /// promotion ended (its last change) and how all orders ended.
+    fn ended(self, primary: &Cluster) -> Result<FailoverReport> {
+        let promoted = self
+            .promoted_at
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let mut slowest = None;
+        let longest_ms = if self.unfinished.is_empty() {
+            0.0
+        } else {
+            let ids: Vec<String> = self.unfinished.iter().map(i64::to_string).collect();
+            let out = primary.query(&format!(
+                "SELECT id, (extract(epoch FROM updated_at) - {promoted}) * 1000 \
+                 FROM order_engine_orders WHERE id IN ({}) ORDER BY updated_at DESC LIMIT 1",
+                ids.join(",")
+            ))?;
+            let (id, ms) = out.trim().split_once(' ').context("the longest wait")?;
+            slowest = id.parse().ok();
+            ms.parse::<f64>().context("the longest wait")?
+        };
+        let counts = primary.count_by_status()?;
+        let of = |status: &str| counts.get(status).copied().unwrap_or(0);
+        let total: u64 = counts.values().sum();
+        let ends = Ends {
+            completed: of("COMPLETED"),
+            cancelled: of("CANCELLED"),
+            failed: of("FAILED"),
+            unfinished: total - of("COMPLETED") - of("CANCELLED") - of("FAILED"),
+        };
+        Ok(FailoverReport {
+            promoted_after: self.promoted_after,
+            unfinished_at_promotion: self.unfinished.len(),
+            longest_after_promotion: Duration::from_secs_f64(longest_ms.max(0.0) / 1e3),
+            slowest,
+            bound: self.bound,
+            ends,
+        })
+    }
+}
+
+/// The ids `sql` selects on `cluster`.
+fn cluster_ids(cluster: &Cluster, sql: &str) -> Result<Vec<i64>> {
+    cluster
+        .query(sql)?
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| Ok(line.trim().parse()?))
+        .collect()
+}
+
 fn count(history: &History, kind: FaultKind) -> usize {
     history.faults.iter().filter(|f| f.kind == kind).count()
 }
@@ -333,12 +572,18 @@ fn count(history: &History, kind: FaultKind) -> usize {
 /// When each fault is injected: spread evenly over the run, in an order the seed shuffles,
 /// each at a jittered point of its own slot.
 fn fault_plan(args: &Args, duration: Duration) -> Vec<(Duration, FaultKind)> {
-    if !args.faults {
-        return Vec::new();
+    let mut kinds = Vec::new();
+    if args.faults {
+        kinds.extend(vec![FaultKind::ServerKill; args.kills]);
+        if args.backend == Backend::Postgres {
+            kinds.extend(vec![FaultKind::DatabaseRestart; args.database_restarts]);
+        }
     }
-    let mut kinds = vec![FaultKind::ServerKill; args.kills];
-    if args.backend == Backend::Postgres {
-        kinds.extend(vec![FaultKind::DatabaseRestart; args.database_restarts]);
+    if args.failover {
+        kinds.push(FaultKind::PrimaryKill);
+    }
+    if kinds.is_empty() {
+        return Vec::new();
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
     kinds.shuffle(&mut rng);

@@ -68,6 +68,11 @@ impl Workload {
         })
     }
 
+    /// How long the server takes to process one order, all its steps.
+    pub(crate) fn processing(&self) -> Duration {
+        self.processing
+    }
+
     /// Microseconds since the run started.
     pub(crate) fn now(&self) -> Micros {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)

@@ -117,12 +117,15 @@ impl RetryPolicy {
         jitter: true,
     };
 
-    /// Reconnecting, and claiming again after a failed claim: 100 ms, doubling up to 5 s, for
-    /// as long as it takes.
+    /// Reconnecting, and claiming again after a failed claim: 100 ms, doubling up to 1 s, for
+    /// as long as it takes. A longer pause would outlast the outage it waits on: after a
+    /// failover the new primary takes writes within a second or two, and a worker asleep for
+    /// five would leave its queue idle for most of them. One claim a second from each server
+    /// is nothing to a database coming back.
     pub(crate) const RECONNECT: RetryPolicy = RetryPolicy {
         max_attempts: u32::MAX,
         initial_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(5),
+        max_backoff: Duration::from_secs(1),
         multiplier: 2.0,
         jitter: true,
     };
