@@ -585,6 +585,72 @@ mod shared_database {
         connect(db.url(), &PoolOptions::default()).await.unwrap()
     }
 
+    /// A transaction abandoned while its `BEGIN` is in flight (the caller's future dropped: a
+    /// timeout, a client that hung up) leaves no transaction open on the pooled connection:
+    /// the statements run on that connection afterwards commit on their own, and another
+    /// session sees each of them. Both pool modes; every connection of the pool gets
+    /// abandoned `BEGIN`s first.
+    #[tokio::test]
+    async fn an_abandoned_begin_leaves_no_transaction_open() {
+        use sea_orm::ConnectionTrait;
+
+        const ROWS: i64 = 20;
+        let db = TestDatabase::create().await;
+        let admin = db.connection();
+        for pool_mode in [PoolMode::Session, PoolMode::Transaction] {
+            admin
+                .execute_unprepared(
+                    "DROP TABLE IF EXISTS abandoned; CREATE TABLE abandoned (x int)",
+                )
+                .await
+                .unwrap();
+            let options = PoolOptions {
+                max_connections: 2,
+                pool_mode,
+                ..PoolOptions::default()
+            };
+            let pool = connect(db.url(), &options).await.unwrap();
+            let mut abandoned = 0;
+            for _ in 0..200 {
+                if abandoned == ROWS {
+                    break;
+                }
+                // Polled once: an idle connection is taken and the BEGIN goes out, then the
+                // caller gives up on it while the answer is on its way.
+                let mut begin = Box::pin(pool.begin());
+                if futures::poll!(&mut begin).is_pending() {
+                    abandoned += 1;
+                }
+                drop(begin);
+                // The pool takes its connection back in a task of its own.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(abandoned, ROWS, "{pool_mode:?}: BEGINs abandoned in flight");
+            for x in 0..ROWS {
+                pool.execute(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    format!("INSERT INTO abandoned VALUES ({x})"),
+                ))
+                .await
+                .unwrap();
+            }
+            let seen: i64 = admin
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT count(*) AS seen FROM abandoned",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get("", "seen")
+                .unwrap();
+            assert_eq!(
+                seen, ROWS,
+                "{pool_mode:?}: rows committed and seen by another session"
+            );
+        }
+    }
+
     /// A node that takes no writes gets no session: once a pool's connections were cut (the
     /// node restarted as a standby, say), each new one is closed as soon as it is opened and
     /// another tried, calls fail as unavailable at the acquire timeout, a new pool cannot

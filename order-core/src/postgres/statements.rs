@@ -54,12 +54,26 @@ fn opening(timeout: Duration) -> String {
 impl PostgresPool {
     /// A transaction; behind a pooler in transaction mode, opened as [the module](self) says,
     /// so that statements in it run as on a session.
+    ///
+    /// Opened in a task of its own, which the caller awaits: the driver counts a transaction
+    /// as open only once the answer to its `BEGIN` has arrived, so a caller that gave up
+    /// while the answer was on its way (a timeout, a client that hung up) would leave the
+    /// server's transaction open on a connection the pool hands out again, and the
+    /// statements run there next would join it, uncommitted and unseen by other sessions. A
+    /// task always sees the answer, and a transaction nobody takes is rolled back as it is
+    /// dropped.
     pub(crate) async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
-        let txn = self.db.begin().await?;
-        if let Some(timeout) = self.pinned {
-            txn.execute_unprepared(&opening(timeout)).await?;
-        }
-        Ok(txn)
+        let db = self.db.clone();
+        let pinned = self.pinned;
+        tokio::spawn(async move {
+            let txn = db.begin().await?;
+            if let Some(timeout) = pinned {
+                txn.execute_unprepared(&opening(timeout)).await?;
+            }
+            Ok(txn)
+        })
+        .await
+        .map_err(|err| DbErr::Custom(format!("opening a transaction: {err}")))?
     }
 
     /// Runs `statement`, which returns no rows.
@@ -108,10 +122,17 @@ impl PostgresPool {
         let Some(timeout) = self.pinned else {
             return query.fetch_all(pool).await;
         };
-        let mut txn = pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
-            .execute(&mut *txn)
-            .await?;
+        // In a task of its own, as `begin` says why.
+        let pool = pool.clone();
+        let mut txn = tokio::spawn(async move {
+            let mut txn = pool.begin().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
+                .execute(&mut *txn)
+                .await?;
+            Ok::<_, sqlx::Error>(txn)
+        })
+        .await
+        .map_err(|err| sqlx::Error::Protocol(format!("opening a transaction: {err}")))??;
         let rows = query.fetch_all(&mut *txn).await?;
         txn.commit().await?;
         Ok(rows)
@@ -291,10 +312,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_opening_sets_the_timeout_in_milliseconds_and_drops_prepared_statements() {
+    fn the_opening_asks_for_read_write_sets_the_timeout_in_milliseconds_and_drops_prepared_statements()
+     {
         assert_eq!(
             opening(Duration::from_millis(2500)),
-            "SET LOCAL statement_timeout = 2500; DEALLOCATE ALL; UNLISTEN *"
+            "SET LOCAL transaction_read_only = off; SET LOCAL statement_timeout = 2500; \
+             DEALLOCATE ALL; UNLISTEN *"
         );
     }
 }
