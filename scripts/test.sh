@@ -364,7 +364,10 @@ PY
 step "module cycles"
 python3 scripts/module_cycles.py order-core/src order-server/src
 
+# The criterion benches compile and link, in the test profile, on the artifacts the tests
+# built (same flags): a release build would compile the whole dependency tree a second time.
+# scripts/bench.sh builds and runs them in release.
 step "benches build"
-cargo bench -p benches --no-run
+cargo test --quiet --workspace --all-features --benches --no-run
 
 step "all checks passed in $((SECONDS - started)) s"
