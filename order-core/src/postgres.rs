@@ -585,6 +585,21 @@ mod shared_database {
         connect(db.url(), &PoolOptions::default()).await.unwrap()
     }
 
+    /// The column `value` of the one row `sql` returns.
+    async fn value<T: sea_orm::TryGetable>(db: &DatabaseConnection, sql: &str) -> T {
+        use sea_orm::ConnectionTrait;
+
+        db.query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            sql,
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "value")
+        .unwrap()
+    }
+
     /// A transaction abandoned while its `BEGIN` is in flight (the caller's future dropped: a
     /// timeout, a client that hung up) leaves no transaction open on the pooled connection:
     /// the statements run on that connection afterwards commit on their own, and another
@@ -634,16 +649,7 @@ mod shared_database {
                 .await
                 .unwrap();
             }
-            let seen: i64 = admin
-                .query_one_raw(sea_orm::Statement::from_string(
-                    sea_orm::DbBackend::Postgres,
-                    "SELECT count(*) AS seen FROM abandoned",
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get("", "seen")
-                .unwrap();
+            let seen: i64 = value(admin, "SELECT count(*) AS value FROM abandoned").await;
             assert_eq!(
                 seen, ROWS,
                 "{pool_mode:?}: rows committed and seen by another session"
@@ -663,16 +669,7 @@ mod shared_database {
 
         let db = TestDatabase::create().await;
         let admin = db.connection();
-        let name: String = admin
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT current_database() AS name",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get("", "name")
-            .unwrap();
+        let name: String = value(admin, "SELECT current_database() AS value").await;
         let options = PoolOptions {
             application_name: "refused-when-read-only".to_owned(),
             acquire_timeout: Duration::from_secs(2),
