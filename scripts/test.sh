@@ -85,15 +85,15 @@ fi
 # primary is killed (SIGKILL to all its processes) while the standby lags in what it shows,
 # PgBouncer is pointed at the standby, still read-only, for 2 s, and then it is promoted. The
 # server is never restarted. It fails on an acknowledged order lost or doubled, an order left
-# unfinished, or one that took longer than two leases, a poll and its steps to end after the
-# promotion; it prints the figures.
+# unfinished, or one that took longer than a lease, a poll and its steps to end after the
+# promotion; it prints the figures. No order fails for good here: a client's retry of one,
+# at any time later, would count as that order's wait.
 step "history checker (PostgreSQL through PgBouncer, a primary failover to its synchronous standby)"
 if [[ -n $pgbouncer_skip ]]; then
   echo "skipped: $pgbouncer_skip"
 else
   "$checker" --backend postgres --pgbouncer --failover --clients 8 --duration 20 \
-    --processing-steps reserve,charge,ship --processing-delay-ms 40 --failure-rate 0.1 \
-    --seed "$checker_seed"
+    --processing-steps reserve,charge,ship --processing-delay-ms 40 --seed "$checker_seed"
 fi
 
 # Sustained load, short: bench-sustained (benches/bin/sustained.rs; scripts/bench.sh runs it
