@@ -184,16 +184,32 @@ impl Cluster {
             .next()
             .and_then(|line| line.trim().parse::<u32>().ok())
             .context("postmaster.pid names no process")?;
-        let mut pids = vec![postmaster.to_string()];
-        pids.extend(children_of(postmaster).iter().map(u32::to_string));
-        let status = Command::new("kill")
+        // pg_ctl starts the postmaster in a session of its own, and every process it forks
+        // stays in its process group: one signal to the group reaches them all, including a
+        // backend forked a moment ago. Otherwise, the ones /proc lists now.
+        let targets = if process_group(postmaster) == Some(postmaster) {
+            vec!["--".to_owned(), format!("-{postmaster}")]
+        } else {
+            let mut pids = vec![postmaster.to_string()];
+            pids.extend(children_of(postmaster).iter().map(u32::to_string));
+            pids
+        };
+        // kill fails when one of them exited meanwhile; what matters is that none is left.
+        let _ = Command::new("kill")
             .arg("-KILL")
-            .args(&pids)
+            .args(&targets)
             .status()
             .context("running kill")?;
-        if !status.success() {
-            bail!("kill -KILL {pids:?} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(postmaster) {
+            if Instant::now() > deadline {
+                bail!("the postmaster ({postmaster}) outlived kill -KILL {targets:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        // So that stopping it later signals no process that took the number since.
+        std::fs::remove_file(&pidfile)
+            .with_context(|| format!("removing {}", pidfile.display()))?;
         Ok(())
     }
 
@@ -213,9 +229,18 @@ impl Cluster {
         }
     }
 
-    /// `pg_ctl promote`, returning once the standby accepts writes.
+    /// `pg_ctl promote`, returning as soon as the standby is out of recovery (asked every
+    /// 10 ms: `pg_ctl -w` looks every 100 ms), so that the caller knows when it took writes.
     pub(crate) fn promote(&self) -> Result<()> {
-        self.run("pg_ctl", &["-D", &self.data(), "-w", "-t", "60", "promote"])
+        self.run("pg_ctl", &["-D", &self.data(), "-W", "promote"])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.query("SELECT pg_is_in_recovery()")?.trim() != "f" {
+            if Instant::now() > deadline {
+                bail!("the standby was still in recovery 60 s after pg_ctl promote");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     fn pg_ctl(&self, action: &str) -> Result<()> {
@@ -287,6 +312,28 @@ impl Drop for Cluster {
     }
 }
 
+/// The process group of `pid`, from `/proc`.
+fn process_group(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.nth(2)?.parse().ok()
+}
+
+/// True while `pid` runs: gone from `/proc`, or a zombie its parent has not reaped, it does not.
+fn alive(pid: u32) -> bool {
+    stat_fields(pid)
+        .and_then(|mut fields| fields.next())
+        .is_some_and(|state| state != "Z")
+}
+
+/// The fields of `/proc/<pid>/stat` after the process's name: state, ppid, pgrp, ...
+fn stat_fields(pid: u32) -> Option<std::vec::IntoIter<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`: the name may hold spaces and parentheses, so the
+    // fields are counted from the last `)`.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<String> = after_name.split_whitespace().map(str::to_owned).collect();
+    Some(fields.into_iter())
+}
+
 /// The processes whose parent is `parent`, read from `/proc`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -295,11 +342,7 @@ fn children_of(parent: u32) -> Vec<u32> {
     entries
         .filter_map(|entry| {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses, so the
-            // fields are counted from the last `)`.
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid: u32 = stat_fields(pid)?.nth(1)?.parse().ok()?;
             (ppid == parent).then_some(pid)
         })
         .collect()

@@ -87,7 +87,7 @@ struct Args {
     /// doubled, and how long the orders unfinished at the promotion took to end after it;
     /// one still unfinished at the end, or that took longer than a lease, a poll and its
     /// steps and compensations, is a violation.
-    #[arg(long, requires = "pgbouncer", conflicts_with = "listen_direct")]
+    #[arg(long, requires = "pgbouncer", conflicts_with_all = ["listen_direct", "faults"])]
     failover: bool,
 
     /// Seed of the clients' choices and of the fault schedule.
@@ -346,10 +346,11 @@ async fn main() -> Result<ExitCode> {
         let counts = report.counts();
         let rule = |rule| counts.get(&rule).copied().unwrap_or(0);
         // Lost: acknowledged, then missing or changed. Doubled: one key, two orders; or an
-        // order moved on from an end (COMPLETED twice, say).
+        // order seen in a status no transition leads to from one seen before it (COMPLETED,
+        // then PROCESSING again, say: done twice).
         writeln!(
             out,
-            "failover: {} orders acknowledged, {} lost, {} doubled; promoted {:.0} ms after \
+            "failover: {} orders acknowledged, {} lost, {} doubled or out of order; promoted {:.0} ms after \
              the kill; {} orders unfinished at the promotion, the last of them ({}) ended {:.0} \
              ms after it (bound: a lease, a poll, its steps and their compensations, {:.0} ms); {} ended \
              COMPLETED, {} CANCELLED, {} FAILED, {} unfinished",

@@ -451,9 +451,10 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, S
 /// old primary, back as a standby, or at a standby not yet promoted; a connection kept there
 /// would fail every write (and read rows not yet replayed) for as long as it lived. Refused,
 /// it is closed, the call that wanted it fails as unavailable and is retried, and the next
-/// connection is opened afresh, by then on the new primary. A node cannot turn read-only
-/// under a session it already has: PostgreSQL demotes a primary only through a restart,
-/// which ends every session.
+/// connection is opened afresh, by then on the new primary. A session that passed cannot
+/// find itself on a standby later: a primary becomes one only through a restart, which ends
+/// its sessions. What an operator sets read-only with `ALTER SYSTEM` and a reload reaches the sessions already open
+/// too; their writes then fail with 25006, which is retried, until they are recycled.
 fn refuse_read_only(
     connection: &mut sqlx::PgConnection,
     _: sqlx::pool::PoolConnectionMetadata,
@@ -470,10 +471,7 @@ fn refuse_read_only(
             let _ = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
                 .execute(&mut *connection)
                 .await;
-            return Err(sqlx::Error::Io(std::io::Error::other(
-                "the server takes no writes (a standby, or default_transaction_read_only): \
-                 the connection was closed, and the next one is opened afresh",
-            )));
+            return Err(error::takes_no_writes());
         }
         Ok(())
     })

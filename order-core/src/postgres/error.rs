@@ -57,18 +57,18 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| retryable_sqlstate(&code)) || on_standby(db.as_ref())
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| retryable_sqlstate(&code)),
         _ => false,
     }
 }
 
-/// True for a standby's refusal of a read-write transaction (see `statements::opening`):
-/// PostgreSQL reports it as a feature not supported (0A000), not as 25006, so the message
-/// tells it from the features that are really missing.
-fn on_standby(err: &dyn sqlx::error::DatabaseError) -> bool {
-    err.code().as_deref() == Some("0A000") && err.message().contains("during recovery")
+/// What a node that takes no writes is refused with, in both pool modes: an I/O error, which
+/// is unavailable, and says why.
+pub(super) fn takes_no_writes() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(
+        "the server takes no writes (a standby, or default_transaction_read_only): \
+         the connection is given up and another one tried",
+    ))
 }
 
 #[cfg(test)]

@@ -25,10 +25,13 @@ use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgArguments, PgRow};
 use sea_orm::sqlx::{self, Postgres};
+use std::sync::Arc;
+
 use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, QueryResult, Statement,
+    ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, QueryResult, RuntimeErr, Statement,
     TransactionTrait,
 };
+use tracing::Instrument;
 
 use super::PostgresPool;
 
@@ -38,17 +41,49 @@ use super::PostgresPool;
 /// connection between two of our statements would arrive in the middle of the next one, and
 /// the driver fails a statement that meets one.
 ///
-/// It first asks for a read-write transaction, which a standby refuses: when the pooler was
-/// pointed at a node before it was promoted, every transaction fails there, reads included,
-/// and is retried, rather than reading rows that the standby has received but not yet
-/// replayed. Session connections are checked once, when they are opened (see
-/// [`connect`](super::connect)); the pooler's server connections cannot be.
+/// It first asks for a read-write transaction, which a standby refuses (SQLSTATE 0A000,
+/// "cannot set transaction read-write mode during recovery"): when the pooler was pointed at
+/// a node before it was promoted, every transaction fails there, reads included, and is
+/// retried, rather than reading rows that the standby has received but not yet replayed.
+/// Session connections are checked once, when they are opened (see
+/// [`connect`](super::connect)); the pooler's server connections cannot be. A primary set
+/// `default_transaction_read_only` is refused in session mode only: here the request
+/// overrides that default, as any client may.
 fn opening(timeout: Duration) -> String {
     format!(
         "SET LOCAL transaction_read_only = off; SET LOCAL statement_timeout = {}; \
          DEALLOCATE ALL; UNLISTEN *",
         timeout.as_millis()
     )
+}
+
+/// What a standby answers the opening's request for read-write. No other statement of the
+/// opening can fail with it.
+const FEATURE_NOT_SUPPORTED: &str = "0A000";
+
+/// True when the opening failed as a standby fails it.
+fn refused_read_write(err: &DbErr) -> bool {
+    let sqlstate = match err {
+        DbErr::Exec(RuntimeErr::SqlxError(err))
+        | DbErr::Query(RuntimeErr::SqlxError(err))
+        | DbErr::Conn(RuntimeErr::SqlxError(err)) => {
+            err.as_database_error().and_then(|db| db.code())
+        }
+        _ => None,
+    };
+    sqlstate.as_deref() == Some(FEATURE_NOT_SUPPORTED)
+}
+
+/// The result of a task that opened a transaction: a panic in it is the caller's panic, and a
+/// task cancelled (the runtime shutting down) is a connection lost.
+fn joined<T>(opened: Result<T, tokio::task::JoinError>) -> Result<T, sqlx::Error> {
+    match opened {
+        Ok(result) => Ok(result),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(sqlx::Error::Io(std::io::Error::other(format!(
+            "opening a transaction: {err}"
+        )))),
+    }
 }
 
 impl PostgresPool {
@@ -61,19 +96,33 @@ impl PostgresPool {
     /// server's transaction open on a connection the pool hands out again, and the
     /// statements run there next would join it, uncommitted and unseen by other sessions. A
     /// task always sees the answer, and a transaction nobody takes is rolled back as it is
-    /// dropped.
+    /// dropped. (The task goes on after its caller gave up, through the pool's acquire
+    /// timeout if need be: the price of never leaving a `BEGIN` unanswered.)
     pub(crate) async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         let db = self.db.clone();
         let pinned = self.pinned;
-        tokio::spawn(async move {
-            let txn = db.begin().await?;
-            if let Some(timeout) = pinned {
-                txn.execute_unprepared(&opening(timeout)).await?;
+        let opened = tokio::spawn(
+            async move {
+                let txn = db.begin().await?;
+                if let Some(timeout) = pinned {
+                    txn.execute_unprepared(&opening(timeout))
+                        .await
+                        .map_err(|err| {
+                            if refused_read_write(&err) {
+                                DbErr::Conn(RuntimeErr::SqlxError(Arc::new(
+                                    super::error::takes_no_writes(),
+                                )))
+                            } else {
+                                err
+                            }
+                        })?;
+                }
+                Ok(txn)
             }
-            Ok(txn)
-        })
-        .await
-        .map_err(|err| DbErr::Custom(format!("opening a transaction: {err}")))?
+            .in_current_span(),
+        )
+        .await;
+        joined(opened).map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))?
     }
 
     /// Runs `statement`, which returns no rows.
@@ -124,15 +173,25 @@ impl PostgresPool {
         };
         // In a task of its own, as `begin` says why.
         let pool = pool.clone();
-        let mut txn = tokio::spawn(async move {
-            let mut txn = pool.begin().await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
-                .execute(&mut *txn)
-                .await?;
-            Ok::<_, sqlx::Error>(txn)
-        })
-        .await
-        .map_err(|err| sqlx::Error::Protocol(format!("opening a transaction: {err}")))??;
+        let opened = tokio::spawn(
+            async move {
+                let mut txn = pool.begin().await?;
+                if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
+                    .execute(&mut *txn)
+                    .await
+                {
+                    let sqlstate = err.as_database_error().and_then(|db| db.code());
+                    return Err(match sqlstate.as_deref() {
+                        Some(FEATURE_NOT_SUPPORTED) => super::error::takes_no_writes(),
+                        _ => err,
+                    });
+                }
+                Ok::<_, sqlx::Error>(txn)
+            }
+            .in_current_span(),
+        )
+        .await;
+        let mut txn = joined(opened)??;
         let rows = query.fetch_all(&mut *txn).await?;
         txn.commit().await?;
         Ok(rows)
