@@ -210,6 +210,15 @@ impl Cluster {
         // So that stopping it later signals no process that took the number since.
         std::fs::remove_file(&pidfile)
             .with_context(|| format!("removing {}", pidfile.display()))?;
+        // Its System V shared memory segment (a few bytes; the id is the seventh line's second
+        // field) outlives it, as no server starts on this directory again. Best effort.
+        if let Some(segment) = text
+            .lines()
+            .nth(6)
+            .and_then(|line| line.split_whitespace().nth(1))
+        {
+            let _ = Command::new("ipcrm").args(["-m", segment]).status();
+        }
         Ok(())
     }
 
