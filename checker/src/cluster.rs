@@ -160,16 +160,36 @@ impl Cluster {
     pub(crate) fn require_synchronous_standby(&self) -> Result<()> {
         self.query("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
         self.query("SELECT pg_reload_conf()")?;
-        let began = Instant::now();
+        self.wait_until(
+            "SELECT sync_state FROM pg_stat_replication",
+            |states| states.lines().any(|state| state == "sync"),
+            Duration::from_secs(30),
+            "the standby to stream synchronously",
+        )
+    }
+
+    /// Runs `sql` every 10 ms until what it prints (trimmed) satisfies `done`; fails after
+    /// `within`, saying what it waited for.
+    fn wait_until(
+        &self,
+        sql: &str,
+        done: impl Fn(&str) -> bool,
+        within: Duration,
+        what: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + within;
         loop {
-            let state = self.query("SELECT sync_state FROM pg_stat_replication")?;
-            if state.lines().any(|line| line.trim() == "sync") {
+            let printed = self.query(sql)?;
+            if done(printed.trim()) {
                 return Ok(());
             }
-            if began.elapsed() > Duration::from_secs(30) {
-                bail!("the standby was not streaming synchronously within 30 s: {state:?}");
+            if Instant::now() > deadline {
+                bail!(
+                    "waited {} s for {what}; last seen: {printed:?}",
+                    within.as_secs()
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -224,32 +244,24 @@ impl Cluster {
 
     /// Waits until the standby has replayed all the WAL it received.
     pub(crate) fn wait_for_replay(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let caught_up =
-                self.query("SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()")?;
-            if caught_up.trim() == "t" {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the standby did not replay what it received within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_until(
+            "SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()",
+            |caught_up| caught_up == "t",
+            Duration::from_secs(30),
+            "the standby to replay what it received",
+        )
     }
 
     /// `pg_ctl promote`, returning as soon as the standby is out of recovery (asked every
     /// 10 ms: `pg_ctl -w` looks every 100 ms), so that the caller knows when it took writes.
     pub(crate) fn promote(&self) -> Result<()> {
         self.run("pg_ctl", &["-D", &self.data(), "-W", "promote"])?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.query("SELECT pg_is_in_recovery()")?.trim() != "f" {
-            if Instant::now() > deadline {
-                bail!("the standby was still in recovery 60 s after pg_ctl promote");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        self.wait_until(
+            "SELECT pg_is_in_recovery()",
+            |in_recovery| in_recovery == "f",
+            Duration::from_secs(60),
+            "the standby to leave recovery after pg_ctl promote",
+        )
     }
 
     fn pg_ctl(&self, action: &str) -> Result<()> {

@@ -11,6 +11,7 @@ mod cluster;
 mod server;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -268,13 +269,14 @@ async fn main() -> Result<ExitCode> {
     let settling = Instant::now();
     workload.settle(Duration::from_secs(60)).await?;
     let settled_in = settling.elapsed();
-    if let Some(cluster) = &cluster {
-        workload.database_counts(cluster.count_by_status()?);
-    }
-    let failover = match (failover, &cluster) {
-        (Some(failover), Some(cluster)) => Some(failover.ended(cluster)?),
+    let counts = cluster.as_ref().map(Cluster::count_by_status).transpose()?;
+    let failover = match (failover, &cluster, &counts) {
+        (Some(failover), Some(cluster), Some(counts)) => Some(failover.ended(cluster, counts)?),
         _ => None,
     };
+    if let Some(counts) = counts {
+        workload.database_counts(counts);
+    }
     server.kill().await?;
     drop(bouncer);
     drop(cluster);
@@ -519,8 +521,8 @@ async fn fail_over(
 
 impl Failover {
     /// Reads, from the new primary once all is quiet, when each order unfinished at the
-    /// promotion ended (its last change) and how all orders ended.
-    fn ended(self, primary: &Cluster) -> Result<FailoverReport> {
+    /// promotion ended (its last change); `counts` are its orders by status then.
+    fn ended(self, primary: &Cluster, counts: &BTreeMap<String, u64>) -> Result<FailoverReport> {
         let promoted = self
             .promoted_at
             .duration_since(std::time::UNIX_EPOCH)?
@@ -539,7 +541,6 @@ impl Failover {
             slowest = id.parse().ok();
             ms.parse::<f64>().context("the longest wait")?
         };
-        let counts = primary.count_by_status()?;
         let of = |status: &str| counts.get(status).copied().unwrap_or(0);
         let total: u64 = counts.values().sum();
         let ends = Ends {

@@ -453,8 +453,9 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<PostgresPool, S
 /// it is closed, the call that wanted it fails as unavailable and is retried, and the next
 /// connection is opened afresh, by then on the new primary. A session that passed cannot
 /// find itself on a standby later: a primary becomes one only through a restart, which ends
-/// its sessions. What an operator sets read-only with `ALTER SYSTEM` and a reload reaches the sessions already open
-/// too; their writes then fail with 25006, which is retried, until they are recycled.
+/// its sessions. What an operator sets read-only with `ALTER SYSTEM` and a reload reaches the
+/// sessions already open too; their writes then fail with 25006, which is retried, until they
+/// are recycled.
 fn refuse_read_only(
     connection: &mut sqlx::PgConnection,
     _: sqlx::pool::PoolConnectionMetadata,

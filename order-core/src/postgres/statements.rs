@@ -21,12 +21,11 @@
 //! server connection. On a session (a direct connection), statements go as the driver sends
 //! them, cached.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgArguments, PgRow};
 use sea_orm::sqlx::{self, Postgres};
-use std::sync::Arc;
-
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, QueryResult, RuntimeErr, Statement,
     TransactionTrait,
@@ -61,16 +60,19 @@ fn opening(timeout: Duration) -> String {
 /// opening can fail with it.
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
 
+/// The opening's error as its caller should see it: a standby's refusal becomes the error
+/// of a node that takes no writes, which is unavailable; any other stays as it was.
+fn opening_failed(err: sqlx::Error) -> sqlx::Error {
+    if refused_by_standby(&err) {
+        super::error::takes_no_writes()
+    } else {
+        err
+    }
+}
+
 /// True when the opening failed as a standby fails it.
-fn refused_read_write(err: &DbErr) -> bool {
-    let sqlstate = match err {
-        DbErr::Exec(RuntimeErr::SqlxError(err))
-        | DbErr::Query(RuntimeErr::SqlxError(err))
-        | DbErr::Conn(RuntimeErr::SqlxError(err)) => {
-            err.as_database_error().and_then(|db| db.code())
-        }
-        _ => None,
-    };
+fn refused_by_standby(err: &sqlx::Error) -> bool {
+    let sqlstate = err.as_database_error().and_then(|db| db.code());
     sqlstate.as_deref() == Some(FEATURE_NOT_SUPPORTED)
 }
 
@@ -107,14 +109,17 @@ impl PostgresPool {
                 if let Some(timeout) = pinned {
                     txn.execute_unprepared(&opening(timeout))
                         .await
-                        .map_err(|err| {
-                            if refused_read_write(&err) {
+                        .map_err(|err| match &err {
+                            DbErr::Exec(RuntimeErr::SqlxError(sqlx))
+                            | DbErr::Query(RuntimeErr::SqlxError(sqlx))
+                            | DbErr::Conn(RuntimeErr::SqlxError(sqlx))
+                                if refused_by_standby(sqlx) =>
+                            {
                                 DbErr::Conn(RuntimeErr::SqlxError(Arc::new(
                                     super::error::takes_no_writes(),
                                 )))
-                            } else {
-                                err
                             }
+                            _ => err,
                         })?;
                 }
                 Ok(txn)
@@ -176,16 +181,10 @@ impl PostgresPool {
         let opened = tokio::spawn(
             async move {
                 let mut txn = pool.begin().await?;
-                if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(opening(timeout)))
                     .execute(&mut *txn)
                     .await
-                {
-                    let sqlstate = err.as_database_error().and_then(|db| db.code());
-                    return Err(match sqlstate.as_deref() {
-                        Some(FEATURE_NOT_SUPPORTED) => super::error::takes_no_writes(),
-                        _ => err,
-                    });
-                }
+                    .map_err(opening_failed)?;
                 Ok::<_, sqlx::Error>(txn)
             }
             .in_current_span(),
