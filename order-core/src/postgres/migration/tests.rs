@@ -38,13 +38,16 @@ async fn load_first_design(db: &TestDatabase) {
         .execute_unprepared(&format!("{sql}\nRESET search_path;"))
         .await
         .unwrap();
-    // The dump's leases and retry delays ran out long ago; make them live again, as they were
-    // when it was taken, so that what the migration keeps can be seen.
+    // The dump's leases, retry delays and idempotency keys (kept 24 h) ran out long ago; make
+    // them live again, as they were when it was taken, so that what the migration keeps can be
+    // seen.
     loader
         .db()
         .execute_unprepared(
             "UPDATE public.order_engine_orders SET lease_expires_at = now() + interval '1 hour'
               WHERE status = 'PROCESSING';
+             UPDATE public.order_engine_idempotency_keys
+                SET expires_at = now() + interval '1 hour';
              UPDATE public.order_engine_queue SET available_at = now() + interval '1 hour'
               WHERE available_at > '2026-01-01';
              UPDATE public.order_engine_queue SET available_at = now() - interval '1 second'
