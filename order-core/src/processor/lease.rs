@@ -1,16 +1,135 @@
 //! Leases: a worker renews its claim while the handler runs, and stops when it cannot.
 
-use tracing::warn;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use super::Engine;
+use super::worker::{release_abandoned, settle};
 use crate::error::TransitionError;
 use crate::queue::{Claim, QueueError};
 use crate::repository::Transition;
+use crate::retry::RetryPolicy;
+use crate::telemetry::{self, count};
+
+/// How long a run that stopped for want of a confirmed lease keeps trying to end that lease,
+/// so that another worker takes the order over as soon as the database answers again (after a
+/// failover, say) rather than once the lease it may still hold there runs out: about as long
+/// as a failover manager takes to promote a standby.
+const HAND_BACK_FOR: Duration = Duration::from_secs(30);
+
+/// When the claim's lease is known to run from, for [`keep_lease`]: `claimed_at`, when the claim
+/// was asked for, or, for a claim answered so late that less than half its lease may be left
+/// (a pooler that held the claim across a failover, a stalled connection), the start of a
+/// renewal fenced by the claim's token and made before any work begins. A late claim is not
+/// worked on unproven: its lease may have run out and another worker may have started the
+/// order meanwhile. `None` when that renewal was refused or not answered within half a lease:
+/// the run is then given up, as one whose lease was lost ([`lease_lost`]).
+pub(super) async fn lease_start(
+    engine: &Engine,
+    claim: &Claim,
+    claimed_at: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    let lease = engine.settings.lease;
+    let waited = claimed_at.elapsed();
+    if waited < lease / 2 {
+        return Some(claimed_at);
+    }
+    let asked_at = tokio::time::Instant::now();
+    let renewal = engine.repository.transition(
+        claim.order_id,
+        Transition::Renew {
+            claim: claim.token,
+            lease,
+        },
+    );
+    match tokio::time::timeout(lease / 2, renewal).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            warn!(error = %err, waited_ms = waited.as_millis(), "a late claim could not be renewed");
+            return None;
+        }
+        Err(_) => {
+            warn!(
+                waited_ms = waited.as_millis(),
+                "a late claim's renewal was not answered in time"
+            );
+            return None;
+        }
+    }
+    if !engine.shared_storage {
+        match tokio::time::timeout(lease / 2, engine.queue.extend(claim, lease)).await {
+            Ok(Err(QueueError::LeaseLost(_))) => return None,
+            Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
+            Err(_) => warn!("extending the queue lease timed out"),
+            Ok(Ok(())) => {}
+        }
+    }
+    info!(
+        waited_ms = waited.as_millis(),
+        "the claim was answered late; its lease was renewed before the work began"
+    );
+    Some(asked_at)
+}
+
+/// How a run of an order (a handler's, a pipeline's) that outlived its first poll ended.
+pub(super) enum Ended<T> {
+    /// It went to its end, with this.
+    Finished(T),
+    /// Shutdown abandoned it.
+    Abandoned,
+    /// Its lease was lost, or could not be renewed in time.
+    LeaseLost,
+}
+
+impl<T> Ended<T> {
+    /// What the run ended with; `None` for a stopped run, whose order is handed back: at
+    /// shutdown to be started again without using up an attempt, and after a lost lease as
+    /// [`lease_lost`] does. The stopped run must be dropped before this is called, so that
+    /// nothing of it is left when another worker may take the order.
+    pub(super) async fn finished(
+        self,
+        engine: &Engine,
+        claim: &Claim,
+        abandon: &CancellationToken,
+    ) -> Option<T> {
+        match self {
+            Ended::Finished(result) => Some(result),
+            Ended::Abandoned => {
+                release_abandoned(engine, claim).await;
+                None
+            }
+            Ended::LeaseLost => {
+                lease_lost(engine, claim, abandon).await;
+                None
+            }
+        }
+    }
+}
+
+/// Drives `run` to its end while keeping the claim's lease (which runs from no earlier than
+/// `leased_at`), unless shutdown abandons it or the lease is lost first.
+pub(super) async fn under_lease<F: Future>(
+    engine: &Engine,
+    claim: &Claim,
+    leased_at: tokio::time::Instant,
+    abandon: &CancellationToken,
+    run: Pin<&mut F>,
+) -> Ended<F::Output> {
+    tokio::select! {
+        biased;
+        () = abandon.cancelled() => Ended::Abandoned,
+        () = keep_lease(engine, claim, leased_at) => Ended::LeaseLost,
+        result = run => Ended::Finished(result),
+    }
+}
 
 /// Renews the claim's lease, in the queue and in the repository, every third of the lease;
 /// returns when the lease was lost to another worker, or is about to run out because renewals
 /// keep failing (so that the handler stops before another worker may start the order).
-pub(super) async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Instant) {
+async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Instant) {
     let lease = engine.settings.lease;
     let period = lease / 3;
     let mut held_until = started_at + lease;
@@ -64,6 +183,60 @@ pub(super) async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio
             Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
             Err(_) => warn!("extending the queue lease timed out"),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Gives up a run whose lease was lost, or could not be confirmed in time: the handler has
+/// stopped. The lease is then ended at once, fenced by the claim's token (a takeover already
+/// made refuses it), trying again through an outage for up to [`HAND_BACK_FOR`] unless
+/// shutdown abandons the order first: the database may still count the lease as this run's
+/// (a renewal applied whose answer was lost, a pooler that held it across a failover), and the
+/// order would otherwise wait for it to run out.
+pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, abandon: &CancellationToken) {
+    count(telemetry::LEASES_LOST);
+    warn!("lease lost or unconfirmed; abandoning this attempt");
+    let deadline = tokio::time::Instant::now() + HAND_BACK_FOR;
+    let mut failures = 0;
+    loop {
+        let ending = engine.repository.transition(
+            claim.order_id,
+            Transition::Renew {
+                claim: claim.token,
+                lease: Duration::ZERO,
+            },
+        );
+        let ended = tokio::select! {
+            () = abandon.cancelled() => return,
+            ended = tokio::time::timeout_at(deadline, ending) => ended,
+        };
+        match ended {
+            Ok(Ok(_)) => {
+                if !engine.shared_storage {
+                    settle(engine.queue.retry(claim, Duration::ZERO).await);
+                }
+                info!("the order's lease was ended for another worker to take it over");
+                return;
+            }
+            Ok(Err(TransitionError::Storage(err))) => {
+                failures += 1;
+                let pause = RetryPolicy::RECONNECT.backoff(failures);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    warn!(error = %err, "could not end the lease; it will run out by itself");
+                    return;
+                }
+                debug!(error = %err, retry_in_ms = pause.as_millis(), "could not end the lease yet");
+                tokio::select! {
+                    () = abandon.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            // Another worker holds the order, or it is finished or gone: nothing to end.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                warn!("ending the lease was not answered in time; it will run out by itself");
+                return;
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lease::keep_lease;
+use super::lease::{Ended, under_lease};
 use super::worker::{bounded, panicked, release_abandoned};
 use super::{Engine, RetryPolicy};
 use crate::error::TransitionError;
@@ -35,14 +35,15 @@ enum Unwind {
 /// back).
 struct Stopped;
 
-/// Runs the claimed `order` through `pipeline` while keeping its lease, until it is finished,
-/// the lease is lost, or shutdown abandons it (then it is handed back).
+/// Runs the claimed `order` through `pipeline` while keeping its lease (which runs from no
+/// earlier than `leased_at`), until it is finished, the lease is lost, or shutdown abandons it
+/// (then it is handed back).
 pub(super) async fn drive(
     engine: &Engine,
     pipeline: &Pipeline,
     claim: &Claim,
     order: Order,
-    claimed_at: tokio::time::Instant,
+    leased_at: tokio::time::Instant,
     abandon: &CancellationToken,
 ) {
     if abandon.is_cancelled() {
@@ -56,23 +57,21 @@ pub(super) async fn drive(
         claim,
         order: Arc::new(order),
     };
-    let mut running = std::pin::pin!(run.run());
-    // A run that ends on its first poll (steps that take no time, on a backend that answers
-    // at once) took no time, so its lease cannot need renewing: as for a plain handler, the
-    // lease keeper and the shutdown watch are set up only for a run that waits.
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-    if first_poll.is_ready() {
-        observe(telemetry::PROCESSING_DURATION, began.elapsed());
-        return;
-    }
-    tokio::select! {
-        biased;
-        () = abandon.cancelled() => release_abandoned(engine, claim).await,
-        () = keep_lease(engine, claim, claimed_at) => {
-            count(telemetry::LEASES_LOST);
-            warn!("lease lost to another worker; abandoning this attempt");
+    let ended = {
+        let mut running = std::pin::pin!(run.run());
+        // A run that ends on its first poll (steps that take no time, on a backend that
+        // answers at once) took no time, so its lease cannot need renewing: as for a plain
+        // handler, the lease keeper and the shutdown watch are set up only for a run that
+        // waits.
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
+        match first_poll {
+            Poll::Ready(result) => Ended::Finished(result),
+            Poll::Pending => under_lease(engine, claim, leased_at, abandon, running).await,
         }
-        _ = running.as_mut() => observe(telemetry::PROCESSING_DURATION, began.elapsed()),
+        // A stopped run is dropped here, before its order is handed back.
+    };
+    if ended.finished(engine, claim, abandon).await.is_some() {
+        observe(telemetry::PROCESSING_DURATION, began.elapsed());
     }
 }
 

@@ -104,12 +104,16 @@ enum Fault {
     ApplyThenFail,
     /// Never answer, as a connection to a partitioned database does not.
     Hang,
+    /// Writes it, then never answers, as a reply stalled on its way back.
+    ApplyThenHang,
+    /// Passes it through after a round trip of a few milliseconds, as a database answers.
+    Slow,
 }
 
-/// An in-memory repository with storage failures on demand, for the failure paths a real
-/// database cannot be made to produce at a chosen moment.
+/// A repository (in memory unless told otherwise) with storage failures on demand, for the
+/// failure paths a real database cannot be made to produce at a chosen moment.
 struct FaultyRepository {
-    inner: InMemoryRepository,
+    inner: Arc<dyn Repository>,
     fault: Box<dyn Fn(&Transition) -> Fault + Send + Sync>,
     stranded_delay: Duration,
     /// How many sweeps have asked for stranded orders.
@@ -118,8 +122,15 @@ struct FaultyRepository {
 
 impl FaultyRepository {
     fn new(fault: impl Fn(&Transition) -> Fault + Send + Sync + 'static) -> Self {
+        Self::around(Arc::new(InMemoryRepository::new()), fault)
+    }
+
+    fn around(
+        inner: Arc<dyn Repository>,
+        fault: impl Fn(&Transition) -> Fault + Send + Sync + 'static,
+    ) -> Self {
         Self {
-            inner: InMemoryRepository::new(),
+            inner,
             fault: Box::new(fault),
             stranded_delay: Duration::ZERO,
             stranded_calls: AtomicU32::new(0),
@@ -158,6 +169,14 @@ impl Repository for FaultyRepository {
                 Err(StorageError::unavailable("reply lost").into())
             }
             Fault::Hang => std::future::pending().await,
+            Fault::ApplyThenHang => {
+                self.inner.transition(id, transition).await?;
+                std::future::pending().await
+            }
+            Fault::Slow => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.inner.transition(id, transition).await
+            }
         }
     }
     async fn stranded(

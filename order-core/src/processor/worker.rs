@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::lease::keep_lease;
+use super::lease::{Ended, lease_lost, lease_start, under_lease};
 use super::{Engine, RetryPolicy, Work};
 use crate::error::{StorageError, TransitionError};
 use crate::handler::{HandlerError, error_chain};
@@ -208,10 +208,14 @@ async fn process(
         }
     }
 
+    let Some(leased_at) = lease_start(engine, &claim, claimed_at).await else {
+        lease_lost(engine, &claim, abandon).await;
+        return;
+    };
     let handler = match &engine.work {
         Work::Handler(handler) => handler,
         Work::Pipeline(pipeline) => {
-            super::pipeline::drive(engine, pipeline, &claim, order, claimed_at, abandon).await;
+            super::pipeline::drive(engine, pipeline, &claim, order, leased_at, abandon).await;
             return;
         }
     };
@@ -221,26 +225,20 @@ async fn process(
         release_abandoned(engine, &claim).await;
         return;
     }
-    let mut handling = std::pin::pin!(AssertUnwindSafe(handler.process(&order)).catch_unwind());
-    // A handler that finishes on its first poll took no time, so its lease cannot need
-    // renewing: the lease keeper (a timer registered and cancelled per order) and the
-    // shutdown watch are set up only for a handler that waits.
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
-    let outcome = match first_poll {
-        Poll::Ready(result) => result,
-        Poll::Pending => tokio::select! {
-            biased;
-            () = abandon.cancelled() => {
-                release_abandoned(engine, &claim).await;
-                return;
-            }
-            () = keep_lease(engine, &claim, claimed_at) => {
-                count(telemetry::LEASES_LOST);
-                warn!("lease lost to another worker; abandoning this attempt");
-                return;
-            }
-            result = handling.as_mut() => result,
-        },
+    let ended = {
+        let mut handling = std::pin::pin!(AssertUnwindSafe(handler.process(&order)).catch_unwind());
+        // A handler that finishes on its first poll took no time, so its lease cannot need
+        // renewing: the lease keeper (a timer registered and cancelled per order) and the
+        // shutdown watch are set up only for a handler that waits.
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
+        match first_poll {
+            Poll::Ready(result) => Ended::Finished(result),
+            Poll::Pending => under_lease(engine, &claim, leased_at, abandon, handling).await,
+        }
+        // A stopped handler is dropped here, before its order is handed back.
+    };
+    let Some(outcome) = ended.finished(engine, &claim, abandon).await else {
+        return;
     };
     observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());
     let result = outcome.unwrap_or_else(|panic| Err(panicked("handler", &*panic)));

@@ -1,6 +1,8 @@
 //! Leases: renewed while a handler runs, and given up in time when renewals fail.
 
 use super::*;
+use crate::backend::Backend;
+use crate::queue::QueueStorage;
 
 /// Counts handler runs that are under way at once, and the most there ever were.
 #[derive(Default)]
@@ -77,12 +79,47 @@ async fn a_worker_whose_renewal_hangs_stops_before_its_lease_runs_out() {
 }
 
 #[tokio::test]
+async fn a_run_that_cannot_confirm_its_lease_ends_it_for_a_prompt_takeover() {
+    // Renewals are written but never answered, as through a pooler whose server died: the
+    // repository extends the lease each time, and the worker, which cannot know it, stops its
+    // handler before the lease it knows of runs out (the first renewal at 500 ms, the stop
+    // half a renewal period short of 1,500 ms). It then ends the lease, so the order is taken
+    // over at once, not once the lease the repository holds (to 2,000 ms) runs out.
+    const LEASE: Duration = Duration::from_millis(1500);
+    let repository = FaultyRepository::new(|t| match t {
+        Transition::Renew { lease, .. } if !lease.is_zero() => Fault::ApplyThenHang,
+        _ => Fault::Pass,
+    });
+    let step = Arc::new(RecordedStep::new(Duration::from_secs(3600)));
+    let (processor, running) = start_on(Arc::new(repository), ArcStep(step.clone()), LEASE);
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    tokio::time::timeout(WAIT, async {
+        while step.runs_of(id) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the order was taken over");
+    let runs = step.runs();
+    let gap = runs[1].began - runs[0].began;
+    assert!(
+        gap >= LEASE * 3 / 4,
+        "taken over {gap:?} after the first run began, before it stopped"
+    );
+    assert!(
+        gap < LEASE * 4 / 3,
+        "taken over {gap:?} after the first run began: the lease was not ended"
+    );
+    running.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
 async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
     // Two processors share one repository and one queue, and ask the queue for work every
     // 100 ms; the handler runs for more than three leases.
     const LEASE: Duration = Duration::from_millis(600);
     let repository: Arc<dyn Repository> = Arc::new(InMemoryRepository::new());
-    let queue = Arc::new(ClaimTimes::default());
+    let queue = Arc::new(SlowClaims::around(Arc::new(InMemoryQueue::new()), None));
     let step = Arc::new(RecordedStep::new(Duration::from_millis(2000)));
     let build = || {
         OrderProcessor::builder(ArcStep(step.clone()))
@@ -136,21 +173,60 @@ async fn a_long_handler_keeps_its_lease_and_is_not_run_twice() {
     }
 }
 
-/// An in-memory queue that notes when each claim was asked for.
-#[derive(Default)]
-struct ClaimTimes {
-    inner: InMemoryQueue,
+/// How [`SlowClaims`] holds back the answer of a claim.
+#[derive(Clone, Copy)]
+enum Late {
+    /// Before the claim reaches the queue, as a pooler holds a query while it has no server
+    /// (across a failover): the orders are taken, and their leases begin, late.
+    Sent(Duration),
+    /// After the claim took its orders, as a reply stalled on its way back: their leases run
+    /// out while the answer is held.
+    Answered(Duration),
+}
+
+/// A queue around another that notes when each claim was asked for, and holds back the answer
+/// of its first claim by `first` (none when `None`).
+struct SlowClaims {
+    inner: Arc<dyn Queue>,
+    first: std::sync::Mutex<Option<Late>>,
     asked: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    /// Orders the held-back claim carried, once it answered.
+    carried_late: std::sync::atomic::AtomicUsize,
+}
+
+impl SlowClaims {
+    fn around(inner: Arc<dyn Queue>, first: Option<Late>) -> Self {
+        Self {
+            inner,
+            first: std::sync::Mutex::new(first),
+            asked: std::sync::Mutex::default(),
+            carried_late: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
 }
 
 #[async_trait]
-impl Queue for ClaimTimes {
+impl Queue for SlowClaims {
     async fn push(&self, id: OrderId) -> Result<bool, QueueError> {
         self.inner.push(id).await
     }
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, QueueError> {
         self.asked.lock().unwrap().push(tokio::time::Instant::now());
-        self.inner.claim(max, lease).await
+        let late = self.first.lock().unwrap().take();
+        let claims = match late {
+            None => return self.inner.claim(max, lease).await,
+            Some(Late::Sent(delay)) => {
+                tokio::time::sleep(delay).await;
+                self.inner.claim(max, lease).await?
+            }
+            Some(Late::Answered(delay)) => {
+                let claims = self.inner.claim(max, lease).await?;
+                tokio::time::sleep(delay).await;
+                claims
+            }
+        };
+        self.carried_late.store(claims.len(), Ordering::SeqCst);
+        Ok(claims)
     }
     async fn extend(&self, claim: &Claim, lease: Duration) -> Result<(), QueueError> {
         self.inner.extend(claim, lease).await
@@ -167,4 +243,96 @@ impl Queue for ClaimTimes {
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.inner.depth().await
     }
+    fn storage(&self) -> QueueStorage {
+        self.inner.storage()
+    }
+}
+
+/// A backend around another whose first claim is answered late, and whose transitions take a
+/// database's round trip.
+struct LateFirstClaim {
+    repository: Arc<dyn Repository>,
+    queue: Arc<SlowClaims>,
+}
+
+impl LateFirstClaim {
+    fn around(inner: &dyn Backend, late: Late) -> Self {
+        Self {
+            repository: Arc::new(FaultyRepository::around(inner.repository(), |_| {
+                Fault::Slow
+            })),
+            queue: Arc::new(SlowClaims::around(inner.queue(), Some(late))),
+        }
+    }
+}
+
+impl Backend for LateFirstClaim {
+    fn repository(&self) -> Arc<dyn Repository> {
+        self.repository.clone()
+    }
+    fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+}
+
+/// A processor on `backend` with a short lease, polling often.
+fn leased_on(backend: &dyn Backend, step: &Arc<RecordedStep>, lease: Duration) -> OrderProcessor {
+    OrderProcessor::builder(ArcStep(step.clone()))
+        .backend(backend)
+        .lease(lease)
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_answered_late_is_renewed_and_its_order_run_once() {
+    // The claim is held 700 ms before it reaches the queue, as PgBouncer holds a query across
+    // a failover: when it answers, the lease it began may, for all the worker knows, have run
+    // out (600 ms). A renewal fenced by its token proves it held, and the order is run then,
+    // once, rather than dropped until the lease it holds runs out.
+    const LEASE: Duration = Duration::from_millis(600);
+    let backend = crate::memory::InMemoryBackend::new();
+    let late = LateFirstClaim::around(&backend, Late::Sent(Duration::from_millis(700)));
+    let step = Arc::new(RecordedStep::new(Duration::from_millis(300)));
+    let processor = leased_on(&late, &step, LEASE);
+    let id = processor.submit(new_order("u")).await.unwrap().id;
+    let running = processor.start();
+    let order = done(&processor, id).await;
+    assert_eq!(late.queue.carried_late.load(Ordering::SeqCst), 1);
+    assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 1));
+    assert_eq!(step.runs_of(id), 1, "{:?}", step.runs());
+    running.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_claim_answered_after_a_takeover_never_starts_the_order() {
+    // A's claim takes the order, and its answer is held for 1 s, well past the 300 ms lease;
+    // meanwhile B takes the order over and runs it for 1.5 s. A's late claim must not start
+    // the handler (a payment's first request goes out on its first poll) beside B's run.
+    const LEASE: Duration = Duration::from_millis(300);
+    let backend = crate::memory::InMemoryBackend::new();
+    let late = LateFirstClaim::around(&backend, Late::Answered(Duration::from_millis(1000)));
+    let step = Arc::new(RecordedStep::new(Duration::from_millis(1500)));
+    let a = leased_on(&late, &step, LEASE);
+    let id = a.submit(new_order("u")).await.unwrap().id;
+    let run_a = a.start();
+    // B starts once A's claim has taken the order, so that the order is A's first.
+    tokio::time::timeout(WAIT, async {
+        while a.get(id).await.unwrap().unwrap().status != OrderStatus::Processing {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A's claim took the order");
+    let b = leased_on(&backend, &step, LEASE);
+    let run_b = b.start();
+    let order = done(&b, id).await;
+    // A's answer came while B ran; had A started the order, a second run would show.
+    assert_eq!(late.queue.carried_late.load(Ordering::SeqCst), 1);
+    assert_eq!((order.status, order.attempts), (OrderStatus::Completed, 2));
+    assert_eq!(step.runs_of(id), 1, "{:?}", step.runs());
+    run_a.shutdown(WAIT).await;
+    run_b.shutdown(WAIT).await;
+    assert_eq!(step.runs_of(id), 1, "{:?}", step.runs());
 }
