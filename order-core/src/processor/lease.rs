@@ -25,8 +25,10 @@ const HAND_BACK_FOR: Duration = Duration::from_secs(30);
 /// (a pooler that held the claim across a failover, a stalled connection), the start of a
 /// renewal fenced by the claim's token and made before any work begins. A late claim is not
 /// worked on unproven: its lease may have run out and another worker may have started the
-/// order meanwhile. `None` when that renewal was refused or not answered within half a lease:
-/// the run is then given up, as one whose lease was lost ([`lease_lost`]).
+/// order meanwhile. `None` when, within half a lease (storage errors tried again), that
+/// renewal was refused (the order is held elsewhere, finished or gone) or not answered, or a
+/// separate queue says the claim was lost: the run is then given up, as one whose lease was
+/// lost ([`lease_lost`]).
 pub(super) async fn lease_start(
     engine: &Engine,
     claim: &Claim,
@@ -37,44 +39,58 @@ pub(super) async fn lease_start(
     if waited < lease / 2 {
         return Some(claimed_at);
     }
+    let waited_ms = waited.as_millis();
     let asked_at = tokio::time::Instant::now();
-    let renewal = engine.repository.transition(
-        claim.order_id,
-        Transition::Renew {
-            claim: claim.token,
-            lease,
-        },
-    );
-    match tokio::time::timeout(lease / 2, renewal).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => {
-            warn!(error = %err, waited_ms = waited.as_millis(), "a late claim could not be renewed");
-            return None;
-        }
-        Err(_) => {
-            warn!(
-                waited_ms = waited.as_millis(),
-                "a late claim's renewal was not answered in time"
-            );
-            return None;
+    let deadline = asked_at + lease / 2;
+    let mut failures = 0;
+    loop {
+        let renewal = engine.repository.transition(
+            claim.order_id,
+            Transition::Renew {
+                claim: claim.token,
+                lease,
+            },
+        );
+        match tokio::time::timeout_at(deadline, renewal).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(TransitionError::Storage(err))) => {
+                failures += 1;
+                let pause = RetryPolicy::QUICK.backoff(failures);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    warn!(error = %err, waited_ms, "a late claim could not be renewed");
+                    return None;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Err(err)) => {
+                warn!(error = %err, waited_ms, "a late claim's order is no longer its own");
+                return None;
+            }
+            Err(_) => {
+                warn!(waited_ms, "a late claim's renewal was not answered in time");
+                return None;
+            }
         }
     }
     if !engine.shared_storage {
         match tokio::time::timeout(lease / 2, engine.queue.extend(claim, lease)).await {
-            Ok(Err(QueueError::LeaseLost(_))) => return None,
+            Ok(Err(QueueError::LeaseLost(_))) => {
+                warn!(waited_ms, "a late claim was lost in the queue");
+                return None;
+            }
             Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
             Err(_) => warn!("extending the queue lease timed out"),
             Ok(Ok(())) => {}
         }
     }
     info!(
-        waited_ms = waited.as_millis(),
+        waited_ms,
         "the claim was answered late; its lease was renewed before the work began"
     );
     Some(asked_at)
 }
 
-/// How a run of an order (a handler's, a pipeline's) that outlived its first poll ended.
+/// How a run of an order (a handler's, a pipeline's) ended.
 pub(super) enum Ended<T> {
     /// It went to its end, with this.
     Finished(T),
@@ -93,7 +109,7 @@ impl<T> Ended<T> {
         self,
         engine: &Engine,
         claim: &Claim,
-        abandon: &CancellationToken,
+        stop: &CancellationToken,
     ) -> Option<T> {
         match self {
             Ended::Finished(result) => Some(result),
@@ -102,7 +118,7 @@ impl<T> Ended<T> {
                 None
             }
             Ended::LeaseLost => {
-                lease_lost(engine, claim, abandon).await;
+                lease_lost(engine, claim, stop).await;
                 None
             }
         }
@@ -188,14 +204,16 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
 }
 
 /// Gives up a run whose lease was lost, or could not be confirmed in time: the handler has
-/// stopped. The lease is then ended at once, fenced by the claim's token (a takeover already
-/// made refuses it), trying again through an outage for up to [`HAND_BACK_FOR`] unless
-/// shutdown abandons the order first: the database may still count the lease as this run's
-/// (a renewal applied whose answer was lost, a pooler that held it across a failover), and the
-/// order would otherwise wait for it to run out.
-pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, abandon: &CancellationToken) {
+/// been dropped. The lease is then ended at once, fenced by the claim's token (a takeover
+/// already made refuses it): the database may still count the lease as this run's (a renewal
+/// applied whose answer was lost, a pooler that held it across a failover), and the order
+/// would otherwise wait for it to run out. Each try is bounded by half a lease; a failed or
+/// unanswered one is tried again, backing off, for up to [`HAND_BACK_FOR`], unless the
+/// processor begins to stop (`stop`): the lease then brings the order back, as before.
+pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, stop: &CancellationToken) {
     count(telemetry::LEASES_LOST);
     warn!("lease lost or unconfirmed; abandoning this attempt");
+    let lease = engine.settings.lease;
     let deadline = tokio::time::Instant::now() + HAND_BACK_FOR;
     let mut failures = 0;
     loop {
@@ -206,37 +224,35 @@ pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, abandon: &Cancell
                 lease: Duration::ZERO,
             },
         );
-        let ended = tokio::select! {
-            () = abandon.cancelled() => return,
-            ended = tokio::time::timeout_at(deadline, ending) => ended,
-        };
-        match ended {
+        let try_until = deadline.min(tokio::time::Instant::now() + lease / 2);
+        let failure = match tokio::time::timeout_at(try_until, ending).await {
             Ok(Ok(_)) => {
                 if !engine.shared_storage {
-                    settle(engine.queue.retry(claim, Duration::ZERO).await);
+                    match tokio::time::timeout(lease / 2, engine.queue.retry(claim, Duration::ZERO))
+                        .await
+                    {
+                        Ok(result) => settle(result),
+                        Err(_) => warn!("handing the claim back to the queue timed out"),
+                    }
                 }
                 info!("the order's lease was ended for another worker to take it over");
                 return;
             }
-            Ok(Err(TransitionError::Storage(err))) => {
-                failures += 1;
-                let pause = RetryPolicy::RECONNECT.backoff(failures);
-                if tokio::time::Instant::now() + pause >= deadline {
-                    warn!(error = %err, "could not end the lease; it will run out by itself");
-                    return;
-                }
-                debug!(error = %err, retry_in_ms = pause.as_millis(), "could not end the lease yet");
-                tokio::select! {
-                    () = abandon.cancelled() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
+            Ok(Err(TransitionError::Storage(err))) => err.to_string(),
+            Err(_) => "not answered in time".to_owned(),
             // Another worker holds the order, or it is finished or gone: nothing to end.
             Ok(Err(_)) => return,
-            Err(_) => {
-                warn!("ending the lease was not answered in time; it will run out by itself");
-                return;
-            }
+        };
+        failures += 1;
+        let pause = RetryPolicy::RECONNECT.backoff(failures);
+        if tokio::time::Instant::now() + pause >= deadline {
+            warn!(error = %failure, "could not end the lease; it will run out by itself");
+            return;
+        }
+        debug!(error = %failure, retry_in_ms = pause.as_millis(), "could not end the lease yet");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }

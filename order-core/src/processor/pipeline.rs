@@ -37,13 +37,15 @@ struct Stopped;
 
 /// Runs the claimed `order` through `pipeline` while keeping its lease (which runs from no
 /// earlier than `leased_at`), until it is finished, the lease is lost, or shutdown abandons it
-/// (then it is handed back).
+/// (then it is handed back). `stop` and `abandon` are the processor's: shutdown begun, and
+/// its drain timeout reached.
 pub(super) async fn drive(
     engine: &Engine,
     pipeline: &Pipeline,
     claim: &Claim,
     order: Order,
     leased_at: tokio::time::Instant,
+    stop: &CancellationToken,
     abandon: &CancellationToken,
 ) {
     if abandon.is_cancelled() {
@@ -70,7 +72,7 @@ pub(super) async fn drive(
         }
         // A stopped run is dropped here, before its order is handed back.
     };
-    if ended.finished(engine, claim, abandon).await.is_some() {
+    if ended.finished(engine, claim, stop).await.is_some() {
         observe(telemetry::PROCESSING_DURATION, began.elapsed());
     }
 }

@@ -108,13 +108,14 @@ pub(super) async fn claim_loop(
                     };
                     let span = info_span!("order", order_id = %claim.order_id, delivery = claim.deliveries);
                     let engine = engine.clone();
+                    let stop = stop.clone();
                     let abandon = abandon.clone();
                     // Boxed: the order's future is a few kilobytes (the handler's, the lease
                     // keeper's), and a box is built once where the bare future would be
                     // copied into each wrapper and then into the task.
                     tracker.spawn(
                         Box::pin(async move {
-                            process(&engine, claim, claimed_at, &abandon).await;
+                            process(&engine, claim, claimed_at, &stop, &abandon).await;
                             drop(permit);
                         })
                         .instrument(span),
@@ -142,6 +143,7 @@ async fn process(
     engine: &Engine,
     mut claim: Claim,
     claimed_at: tokio::time::Instant,
+    stop: &CancellationToken,
     abandon: &CancellationToken,
 ) {
     let s = engine.settings;
@@ -209,13 +211,13 @@ async fn process(
     }
 
     let Some(leased_at) = lease_start(engine, &claim, claimed_at).await else {
-        lease_lost(engine, &claim, abandon).await;
+        lease_lost(engine, &claim, stop).await;
         return;
     };
     let handler = match &engine.work {
         Work::Handler(handler) => handler,
         Work::Pipeline(pipeline) => {
-            super::pipeline::drive(engine, pipeline, &claim, order, leased_at, abandon).await;
+            super::pipeline::drive(engine, pipeline, &claim, order, leased_at, stop, abandon).await;
             return;
         }
     };
@@ -237,7 +239,7 @@ async fn process(
         }
         // A stopped handler is dropped here, before its order is handed back.
     };
-    let Some(outcome) = ended.finished(engine, &claim, abandon).await else {
+    let Some(outcome) = ended.finished(engine, &claim, stop).await else {
         return;
     };
     observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());

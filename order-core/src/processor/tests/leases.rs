@@ -78,20 +78,36 @@ async fn a_worker_whose_renewal_hangs_stops_before_its_lease_runs_out() {
     a_run_whose_renewals_stall_stops_in_time(Fault::Hang).await;
 }
 
-#[tokio::test]
-async fn a_run_that_cannot_confirm_its_lease_ends_it_for_a_prompt_takeover() {
-    // Renewals are written but never answered, as through a pooler whose server died: the
-    // repository extends the lease each time, and the worker, which cannot know it, stops its
-    // handler before the lease it knows of runs out (the first renewal at 500 ms, the stop
-    // half a renewal period short of 1,500 ms). It then ends the lease, so the order is taken
-    // over at once, not once the lease the repository holds (to 2,000 ms) runs out.
-    const LEASE: Duration = Duration::from_millis(1500);
-    let repository = FaultyRepository::new(|t| match t {
+/// Renewals are written but never answered, as through a pooler whose server died: the
+/// repository extends the 3 s lease at each one, and the worker, which cannot know it, stops
+/// its handler before the lease it knows of runs out (the first renewal at 1 s, which
+/// extends the lease to 4 s; the stop half a renewal period short of 3 s, at 2.5 s). It then
+/// ends the lease, so the order is taken over at once, not once the lease the repository
+/// holds runs out (nor, with a queue of its own, once the queue's lease does, at 3 s).
+async fn a_run_that_cannot_confirm_its_lease_ends_it(shared_storage: bool) {
+    const LEASE: Duration = Duration::from_secs(3);
+    let renewals_unanswered = |t: &Transition| match t {
         Transition::Renew { lease, .. } if !lease.is_zero() => Fault::ApplyThenHang,
         _ => Fault::Pass,
-    });
+    };
     let step = Arc::new(RecordedStep::new(Duration::from_secs(3600)));
-    let (processor, running) = start_on(Arc::new(repository), ArcStep(step.clone()), LEASE);
+    let processor = if shared_storage {
+        let backend = crate::memory::InMemoryBackend::new();
+        leased_on(
+            &FaultyBackend::around(&backend, renewals_unanswered, None),
+            &step,
+            LEASE,
+        )
+    } else {
+        OrderProcessor::builder(ArcStep(step.clone()))
+            .repository(Arc::new(FaultyRepository::new(renewals_unanswered)))
+            .queue(Arc::new(InMemoryQueue::new()))
+            .lease(LEASE)
+            .poll_interval(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let running = processor.start();
     let id = processor.submit(new_order("u")).await.unwrap().id;
     tokio::time::timeout(WAIT, async {
         while step.runs_of(id) < 2 {
@@ -107,10 +123,20 @@ async fn a_run_that_cannot_confirm_its_lease_ends_it_for_a_prompt_takeover() {
         "taken over {gap:?} after the first run began, before it stopped"
     );
     assert!(
-        gap < LEASE * 4 / 3,
+        gap < Duration::from_millis(2900),
         "taken over {gap:?} after the first run began: the lease was not ended"
     );
     running.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn a_run_that_cannot_confirm_its_lease_ends_it_for_a_prompt_takeover() {
+    a_run_that_cannot_confirm_its_lease_ends_it(false).await;
+}
+
+#[tokio::test]
+async fn on_a_shared_backend_a_run_that_cannot_confirm_its_lease_ends_it() {
+    a_run_that_cannot_confirm_its_lease_ends_it(true).await;
 }
 
 #[tokio::test]
@@ -248,25 +274,27 @@ impl Queue for SlowClaims {
     }
 }
 
-/// A backend around another whose first claim is answered late, and whose transitions take a
-/// database's round trip.
-struct LateFirstClaim {
+/// A backend around another whose transitions meet `fault`, and whose first claim may be
+/// answered late.
+struct FaultyBackend {
     repository: Arc<dyn Repository>,
     queue: Arc<SlowClaims>,
 }
 
-impl LateFirstClaim {
-    fn around(inner: &dyn Backend, late: Late) -> Self {
+impl FaultyBackend {
+    fn around(
+        inner: &dyn Backend,
+        fault: impl Fn(&Transition) -> Fault + Send + Sync + 'static,
+        late: Option<Late>,
+    ) -> Self {
         Self {
-            repository: Arc::new(FaultyRepository::around(inner.repository(), |_| {
-                Fault::Slow
-            })),
-            queue: Arc::new(SlowClaims::around(inner.queue(), Some(late))),
+            repository: Arc::new(FaultyRepository::around(inner.repository(), fault)),
+            queue: Arc::new(SlowClaims::around(inner.queue(), late)),
         }
     }
 }
 
-impl Backend for LateFirstClaim {
+impl Backend for FaultyBackend {
     fn repository(&self) -> Arc<dyn Repository> {
         self.repository.clone()
     }
@@ -293,7 +321,11 @@ async fn a_claim_answered_late_is_renewed_and_its_order_run_once() {
     // once, rather than dropped until the lease it holds runs out.
     const LEASE: Duration = Duration::from_millis(600);
     let backend = crate::memory::InMemoryBackend::new();
-    let late = LateFirstClaim::around(&backend, Late::Sent(Duration::from_millis(700)));
+    let late = FaultyBackend::around(
+        &backend,
+        |_| Fault::Slow,
+        Some(Late::Sent(Duration::from_millis(700))),
+    );
     let step = Arc::new(RecordedStep::new(Duration::from_millis(300)));
     let processor = leased_on(&late, &step, LEASE);
     let id = processor.submit(new_order("u")).await.unwrap().id;
@@ -312,7 +344,11 @@ async fn a_claim_answered_after_a_takeover_never_starts_the_order() {
     // the handler (a payment's first request goes out on its first poll) beside B's run.
     const LEASE: Duration = Duration::from_millis(300);
     let backend = crate::memory::InMemoryBackend::new();
-    let late = LateFirstClaim::around(&backend, Late::Answered(Duration::from_millis(1000)));
+    let late = FaultyBackend::around(
+        &backend,
+        |_| Fault::Slow,
+        Some(Late::Answered(Duration::from_millis(1000))),
+    );
     let step = Arc::new(RecordedStep::new(Duration::from_millis(1500)));
     let a = leased_on(&late, &step, LEASE);
     let id = a.submit(new_order("u")).await.unwrap().id;
