@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use super::Engine;
 use super::worker::{release_abandoned, settle};
 use crate::error::TransitionError;
+use crate::order::Order;
 use crate::queue::{Claim, QueueError};
 use crate::repository::Transition;
 use crate::retry::RetryPolicy;
@@ -44,13 +45,7 @@ pub(super) async fn lease_start(
     let deadline = asked_at + lease / 2;
     let mut failures = 0;
     loop {
-        let renewal = engine.repository.transition(
-            claim.order_id,
-            Transition::Renew {
-                claim: claim.token,
-                lease,
-            },
-        );
+        let renewal = renew(engine, claim, lease);
         match tokio::time::timeout_at(deadline, renewal).await {
             Ok(Ok(_)) => break,
             Ok(Err(TransitionError::Storage(err))) => {
@@ -156,13 +151,7 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
         // A renewal still unanswered when the lease ends (a hung connection, a partitioned
         // database) must not let the handler run on: another worker may take the order
         // over then.
-        let renewal = engine.repository.transition(
-            claim.order_id,
-            Transition::Renew {
-                claim: claim.token,
-                lease,
-            },
-        );
+        let renewal = renew(engine, claim, lease);
         // Half a period short of the lease's end: the queue's lease began at the claim, a
         // little earlier, and a takeover must find this run already stopped.
         let budget = held_until
@@ -217,13 +206,7 @@ pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, stop: &Cancellati
     let deadline = tokio::time::Instant::now() + HAND_BACK_FOR;
     let mut failures = 0;
     loop {
-        let ending = engine.repository.transition(
-            claim.order_id,
-            Transition::Renew {
-                claim: claim.token,
-                lease: Duration::ZERO,
-            },
-        );
+        let ending = renew(engine, claim, Duration::ZERO);
         let try_until = deadline.min(tokio::time::Instant::now() + lease / 2);
         let failure = match tokio::time::timeout_at(try_until, ending).await {
             Ok(Ok(_)) => {
@@ -255,4 +238,14 @@ pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, stop: &Cancellati
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// The claim's lease renewed for `lease` from now (ended now, for zero), fenced by the claim's
+/// token.
+async fn renew(engine: &Engine, claim: &Claim, lease: Duration) -> Result<Order, TransitionError> {
+    let renewal = Transition::Renew {
+        claim: claim.token,
+        lease,
+    };
+    engine.repository.transition(claim.order_id, renewal).await
 }
