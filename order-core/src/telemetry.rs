@@ -13,7 +13,7 @@
 //! | `order_cancelled_total` | counter | orders cancelled through [`OrderProcessor::cancel`] |
 //! | `order_retries_total` | counter | failed attempts that were given another try |
 //! | `order_retried_total` | counter | FAILED orders put back in the queue through [`OrderProcessor::retry`] |
-//! | `order_leases_lost_total` | counter | attempts abandoned because their lease was lost, or would have run out before it could be renewed; the worker ends what is left of the lease, so another takes the order over as soon as the database answers |
+//! | `order_leases_lost_total` | counter | attempts abandoned because their lease was lost, or would have run out before it could be renewed; the worker then tries to end what is left of the lease, so that, when the database answers in time, another takes the order over at once |
 //! | `order_sweep_requeued_total` | counter | orders the recovery sweep put back in a queue that did not hold them (a queue lost in a crash, a push that failed at submit or had not happened yet) |
 //! | `order_processing_duration_seconds` | histogram | time in the handler, per attempt that reached an outcome (success, error or panic) |
 //! | `order_queue_wait_seconds` | histogram | from an order's creation to the start of its first attempt |

@@ -20,6 +20,9 @@ use crate::telemetry::{self, count};
 /// failover, say) rather than once the lease it may still hold there runs out: about as long
 /// as a failover manager takes to promote a standby.
 const HAND_BACK_FOR: Duration = Duration::from_secs(30);
+/// The longest one try to end a lease may take (half a lease, when that is shorter): a try
+/// held by a dead connection is given up, and made again, rather than waited on.
+const HAND_BACK_TRY: Duration = Duration::from_secs(2);
 
 /// When the claim's lease is known to run from, for [`keep_lease`]: `claimed_at`, when the claim
 /// was asked for, or, for a claim answered so late that less than half its lease may be left
@@ -68,7 +71,10 @@ pub(super) async fn lease_start(
         }
     }
     if !engine.shared_storage {
-        match tokio::time::timeout(lease / 2, engine.queue.extend(claim, lease)).await {
+        // Within the same half lease, so that at least half a lease is left when the work
+        // begins; an extension not confirmed by then leaves the repository's renewed lease,
+        // which is what fences a takeover.
+        match tokio::time::timeout_at(deadline, engine.queue.extend(claim, lease)).await {
             Ok(Err(QueueError::LeaseLost(_))) => {
                 warn!(waited_ms, "a late claim was lost in the queue");
                 return None;
@@ -105,6 +111,7 @@ impl<T> Ended<T> {
         engine: &Engine,
         claim: &Claim,
         stop: &CancellationToken,
+        abandon: &CancellationToken,
     ) -> Option<T> {
         match self {
             Ended::Finished(result) => Some(result),
@@ -113,7 +120,7 @@ impl<T> Ended<T> {
                 None
             }
             Ended::LeaseLost => {
-                lease_lost(engine, claim, stop).await;
+                lease_lost(engine, claim, stop, abandon).await;
                 None
             }
         }
@@ -196,26 +203,40 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
 /// been dropped. The lease is then ended at once, fenced by the claim's token (a takeover
 /// already made refuses it): the database may still count the lease as this run's (a renewal
 /// applied whose answer was lost, a pooler that held it across a failover), and the order
-/// would otherwise wait for it to run out. Each try is bounded by half a lease; a failed or
-/// unanswered one is tried again, backing off, for up to [`HAND_BACK_FOR`], unless the
-/// processor begins to stop (`stop`): the lease then brings the order back, as before.
-pub(super) async fn lease_lost(engine: &Engine, claim: &Claim, stop: &CancellationToken) {
+/// would otherwise wait for it to run out. Each try is bounded by [`HAND_BACK_TRY`] (or half
+/// a lease); a failed or unanswered one is tried again, backing off, for up to
+/// [`HAND_BACK_FOR`]. Once the processor begins to stop (`stop`) no try is begun again, and
+/// once its drain timeout is reached (`abandon`) the try under way is dropped: the lease then
+/// brings the order back, as it would have without this.
+pub(super) async fn lease_lost(
+    engine: &Engine,
+    claim: &Claim,
+    stop: &CancellationToken,
+    abandon: &CancellationToken,
+) {
     count(telemetry::LEASES_LOST);
     warn!("lease lost or unconfirmed; abandoning this attempt");
-    let lease = engine.settings.lease;
+    let try_for = HAND_BACK_TRY.min(engine.settings.lease / 2);
     let deadline = tokio::time::Instant::now() + HAND_BACK_FOR;
     let mut failures = 0;
     loop {
-        let ending = renew(engine, claim, Duration::ZERO);
-        let try_until = deadline.min(tokio::time::Instant::now() + lease / 2);
-        let failure = match tokio::time::timeout_at(try_until, ending).await {
+        let try_until = deadline.min(tokio::time::Instant::now() + try_for);
+        let ending = tokio::time::timeout_at(try_until, renew(engine, claim, Duration::ZERO));
+        let ended = tokio::select! {
+            () = abandon.cancelled() => return,
+            ended = ending => ended,
+        };
+        let failure = match ended {
             Ok(Ok(_)) => {
                 if !engine.shared_storage {
-                    match tokio::time::timeout(lease / 2, engine.queue.retry(claim, Duration::ZERO))
-                        .await
-                    {
-                        Ok(result) => settle(result),
-                        Err(_) => warn!("handing the claim back to the queue timed out"),
+                    let handing_back =
+                        tokio::time::timeout(try_for, engine.queue.retry(claim, Duration::ZERO));
+                    tokio::select! {
+                        () = abandon.cancelled() => return,
+                        handed_back = handing_back => match handed_back {
+                            Ok(result) => settle(result),
+                            Err(_) => warn!("handing the claim back to the queue timed out"),
+                        },
                     }
                 }
                 info!("the order's lease was ended for another worker to take it over");

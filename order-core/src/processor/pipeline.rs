@@ -72,7 +72,7 @@ pub(super) async fn drive(
         }
         // A stopped run is dropped here, before its order is handed back.
     };
-    if ended.finished(engine, claim, stop).await.is_some() {
+    if ended.finished(engine, claim, stop, abandon).await.is_some() {
         observe(telemetry::PROCESSING_DURATION, began.elapsed());
     }
 }

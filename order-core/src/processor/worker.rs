@@ -211,7 +211,7 @@ async fn process(
     }
 
     let Some(leased_at) = lease_start(engine, &claim, claimed_at).await else {
-        lease_lost(engine, &claim, stop).await;
+        lease_lost(engine, &claim, stop, abandon).await;
         return;
     };
     let handler = match &engine.work {
@@ -239,7 +239,7 @@ async fn process(
         }
         // A stopped handler is dropped here, before its order is handed back.
     };
-    let Some(outcome) = ended.finished(engine, &claim, stop).await else {
+    let Some(outcome) = ended.finished(engine, &claim, stop, abandon).await else {
         return;
     };
     observe(telemetry::PROCESSING_DURATION, handler_began.elapsed());

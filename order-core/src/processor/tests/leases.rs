@@ -79,30 +79,38 @@ async fn a_worker_whose_renewal_hangs_stops_before_its_lease_runs_out() {
 }
 
 /// Renewals are written but never answered, as through a pooler whose server died: the
-/// repository extends the 3 s lease at each one, and the worker, which cannot know it, stops
-/// its handler before the lease it knows of runs out (the first renewal at 1 s, which
-/// extends the lease to 4 s; the stop half a renewal period short of 3 s, at 2.5 s). It then
+/// repository extends the 6 s lease at each one, and the worker, which cannot know it, stops
+/// its handler before the lease it knows of runs out (the first renewal at 2 s, which
+/// extends the lease to 8 s; the stop half a renewal period short of 6 s, at 5 s). It then
 /// ends the lease, so the order is taken over at once, not once the lease the repository
-/// holds runs out (nor, with a queue of its own, once the queue's lease does, at 3 s).
-async fn a_run_that_cannot_confirm_its_lease_ends_it(shared_storage: bool) {
-    const LEASE: Duration = Duration::from_secs(3);
-    let renewals_unanswered = |t: &Transition| match t {
+/// holds runs out (nor, with a queue of its own, once the queue's lease does, at 6 s). With
+/// `first_end_hangs`, the first try to end the lease is never answered, as on a connection
+/// that died. Returns how long after the first run began the second one did.
+async fn takeover_after_unconfirmed_renewals(
+    shared_storage: bool,
+    first_end_hangs: bool,
+) -> Duration {
+    let ended_once = std::sync::atomic::AtomicBool::new(false);
+    let renewals = move |t: &Transition| match t {
         Transition::Renew { lease, .. } if !lease.is_zero() => Fault::ApplyThenHang,
+        Transition::Renew { .. } if first_end_hangs && !ended_once.swap(true, Ordering::SeqCst) => {
+            Fault::Hang
+        }
         _ => Fault::Pass,
     };
     let step = Arc::new(RecordedStep::new(Duration::from_secs(3600)));
     let processor = if shared_storage {
         let backend = crate::memory::InMemoryBackend::new();
         leased_on(
-            &FaultyBackend::around(&backend, renewals_unanswered, None),
+            &FaultyBackend::around(&backend, renewals, None),
             &step,
-            LEASE,
+            UNCONFIRMED_LEASE,
         )
     } else {
         OrderProcessor::builder(ArcStep(step.clone()))
-            .repository(Arc::new(FaultyRepository::new(renewals_unanswered)))
+            .repository(Arc::new(FaultyRepository::new(renewals)))
             .queue(Arc::new(InMemoryQueue::new()))
-            .lease(LEASE)
+            .lease(UNCONFIRMED_LEASE)
             .poll_interval(Duration::from_millis(50))
             .build()
             .unwrap()
@@ -116,27 +124,46 @@ async fn a_run_that_cannot_confirm_its_lease_ends_it(shared_storage: bool) {
     })
     .await
     .expect("the order was taken over");
+    running.shutdown(Duration::from_millis(10)).await;
     let runs = step.runs();
-    let gap = runs[1].began - runs[0].began;
+    runs[1].began - runs[0].began
+}
+
+/// The lease of [`takeover_after_unconfirmed_renewals`].
+const UNCONFIRMED_LEASE: Duration = Duration::from_secs(6);
+
+/// Checks that the order was taken over once the first run stopped (at 5 s), and well before
+/// the lease that the first run's queue (6 s) or repository (8 s) held ran out.
+fn taken_over_when_stopped(gap: Duration) {
     assert!(
-        gap >= LEASE * 3 / 4,
+        gap >= Duration::from_millis(4500),
         "taken over {gap:?} after the first run began, before it stopped"
     );
     assert!(
-        gap < Duration::from_millis(2900),
+        gap < Duration::from_millis(5600),
         "taken over {gap:?} after the first run began: the lease was not ended"
     );
-    running.shutdown(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
 async fn a_run_that_cannot_confirm_its_lease_ends_it_for_a_prompt_takeover() {
-    a_run_that_cannot_confirm_its_lease_ends_it(false).await;
+    taken_over_when_stopped(takeover_after_unconfirmed_renewals(false, false).await);
 }
 
 #[tokio::test]
 async fn on_a_shared_backend_a_run_that_cannot_confirm_its_lease_ends_it() {
-    a_run_that_cannot_confirm_its_lease_ends_it(true).await;
+    taken_over_when_stopped(takeover_after_unconfirmed_renewals(true, false).await);
+}
+
+#[tokio::test]
+async fn ending_a_lease_on_a_dead_connection_is_tried_again() {
+    // The first try hangs: it is given up after 2 s and made again, so the order is taken
+    // over at about 7.1 s, before the repository's lease (8 s) would have let it.
+    let gap = takeover_after_unconfirmed_renewals(true, true).await;
+    assert!(
+        gap >= Duration::from_millis(6900) && gap < Duration::from_millis(7700),
+        "taken over {gap:?} after the first run began"
+    );
 }
 
 #[tokio::test]
