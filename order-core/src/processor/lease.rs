@@ -1,6 +1,7 @@
 //! Leases: a worker renews its claim while the handler runs, and stops when it cannot.
 
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -74,14 +75,9 @@ pub(super) async fn lease_start(
         // Within the same half lease, so that at least half a lease is left when the work
         // begins; an extension not confirmed by then leaves the repository's renewed lease,
         // which is what fences a takeover.
-        match tokio::time::timeout_at(deadline, engine.queue.extend(claim, lease)).await {
-            Ok(Err(QueueError::LeaseLost(_))) => {
-                warn!(waited_ms, "a late claim was lost in the queue");
-                return None;
-            }
-            Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
-            Err(_) => warn!("extending the queue lease timed out"),
-            Ok(Ok(())) => {}
+        if extend_queue_lease(engine, claim, deadline).await.is_err() {
+            warn!(waited_ms, "a late claim was lost in the queue");
+            return None;
         }
     }
     info!(
@@ -128,14 +124,21 @@ impl<T> Ended<T> {
 }
 
 /// Drives `run` to its end while keeping the claim's lease (which runs from no earlier than
-/// `leased_at`), unless shutdown abandons it or the lease is lost first.
+/// `leased_at`), unless shutdown abandons it or the lease is lost first. A run that ends on its
+/// first poll (a handler or steps that take no time, on a backend that answers at once) took
+/// no time, so its lease cannot need renewing: the lease keeper (a timer registered and
+/// cancelled per order) and the shutdown watch are set up only for a run that waits.
 pub(super) async fn under_lease<F: Future>(
     engine: &Engine,
     claim: &Claim,
     leased_at: tokio::time::Instant,
     abandon: &CancellationToken,
-    run: Pin<&mut F>,
+    mut run: Pin<&mut F>,
 ) -> Ended<F::Output> {
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first_poll {
+        return Ended::Finished(result);
+    }
     tokio::select! {
         biased;
         () = abandon.cancelled() => Ended::Abandoned,
@@ -190,11 +193,11 @@ async fn keep_lease(engine: &Engine, claim: &Claim, started_at: tokio::time::Ins
             // The renewal held the queue's entry too: it is the same row.
             continue;
         }
-        match tokio::time::timeout(period, engine.queue.extend(claim, lease)).await {
-            Ok(Err(QueueError::LeaseLost(_))) => return,
-            Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
-            Err(_) => warn!("extending the queue lease timed out"),
-            Ok(Ok(())) => {}
+        if extend_queue_lease(engine, claim, tokio::time::Instant::now() + period)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -259,6 +262,24 @@ pub(super) async fn lease_lost(
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Extends the claim's lease in a queue of its own, waiting until `until` at most; `Err` when
+/// the queue says the claim was lost. A failure or a timeout is logged and left: the
+/// repository's lease, renewed first, is what fences a takeover.
+async fn extend_queue_lease(
+    engine: &Engine,
+    claim: &Claim,
+    until: tokio::time::Instant,
+) -> Result<(), QueueError> {
+    let extension = engine.queue.extend(claim, engine.settings.lease);
+    match tokio::time::timeout_at(until, extension).await {
+        Ok(Err(lost @ QueueError::LeaseLost(_))) => return Err(lost),
+        Ok(Err(err)) => warn!(error = %err, "could not extend the queue lease"),
+        Err(_) => warn!("extending the queue lease timed out"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
 }
 
 /// The claim's lease renewed for `lease` from now (ended now, for zero), fenced by the claim's

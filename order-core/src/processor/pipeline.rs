@@ -4,14 +4,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lease::{Ended, under_lease};
+use super::lease::under_lease;
 use super::worker::{bounded, panicked, release_abandoned};
 use super::{Engine, RetryPolicy};
 use crate::error::TransitionError;
@@ -60,16 +59,8 @@ pub(super) async fn drive(
         order: Arc::new(order),
     };
     let ended = {
-        let mut running = std::pin::pin!(run.run());
-        // A run that ends on its first poll (steps that take no time, on a backend that
-        // answers at once) took no time, so its lease cannot need renewing: as for a plain
-        // handler, the lease keeper and the shutdown watch are set up only for a run that
-        // waits.
-        let first_poll = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
-        match first_poll {
-            Poll::Ready(result) => Ended::Finished(result),
-            Poll::Pending => under_lease(engine, claim, leased_at, abandon, running).await,
-        }
+        let running = std::pin::pin!(run.run());
+        under_lease(engine, claim, leased_at, abandon, running).await
         // A stopped run is dropped here, before its order is handed back.
     };
     if ended.finished(engine, claim, stop, abandon).await.is_some() {

@@ -3,7 +3,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::lease::{Ended, lease_lost, lease_start, under_lease};
+use super::lease::{lease_lost, lease_start, under_lease};
 use super::{Engine, RetryPolicy, Work};
 use crate::error::{StorageError, TransitionError};
 use crate::handler::{HandlerError, error_chain};
@@ -228,15 +227,8 @@ async fn process(
         return;
     }
     let ended = {
-        let mut handling = std::pin::pin!(AssertUnwindSafe(handler.process(&order)).catch_unwind());
-        // A handler that finishes on its first poll took no time, so its lease cannot need
-        // renewing: the lease keeper (a timer registered and cancelled per order) and the
-        // shutdown watch are set up only for a handler that waits.
-        let first_poll = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
-        match first_poll {
-            Poll::Ready(result) => Ended::Finished(result),
-            Poll::Pending => under_lease(engine, &claim, leased_at, abandon, handling).await,
-        }
+        let handling = std::pin::pin!(AssertUnwindSafe(handler.process(&order)).catch_unwind());
+        under_lease(engine, &claim, leased_at, abandon, handling).await
         // A stopped handler is dropped here, before its order is handed back.
     };
     let Some(outcome) = ended.finished(engine, &claim, stop, abandon).await else {
