@@ -102,8 +102,10 @@ async fn sigterm_drains_orders_in_progress_then_exits_zero() {
 /// request is still answered.
 #[tokio::test]
 async fn sigterm_stops_claiming_at_once_while_a_request_is_still_in_progress() {
+    // 4 s in the handler: the order must still be there when the drain begins, however slow
+    // a loaded machine is to report it PROCESSING and to deliver the signal.
     let server = spawn_server(&[
-        ("PROCESSING_DELAY_MS", "2000"),
+        ("PROCESSING_DELAY_MS", "4000"),
         ("WORKERS", "1"),
         ("SHUTDOWN_TIMEOUT_SECS", "20"),
     ])
@@ -127,7 +129,7 @@ async fn sigterm_stops_claiming_at_once_while_a_request_is_still_in_progress() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let tail = tail.to_owned();
     let slow_client = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(3000)).await;
+        tokio::time::sleep(Duration::from_millis(5000)).await;
         slow.write_all(tail.as_bytes()).await.unwrap();
         let mut answer = String::new();
         slow.read_to_string(&mut answer).await.unwrap();
